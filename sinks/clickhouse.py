@@ -1,0 +1,146 @@
+"""The ClickHouse writer: columnar, idempotent inserts through clickhouse-connect.
+
+``ClickHouseSink.write(batch)`` inserts one ``ColumnBatch`` with an ``insert_deduplication_token``
+derived from (table, topic, partition, first offset, last offset): writing the same messages again
+after a crash is dropped by ClickHouse (every table sets ``non_replicated_deduplication_window``).
+The offset-range ledger (``otelpipe_sink_ranges``) remembers which ranges were attempted, so that
+re-delivered messages can be cut back into the same ranges (see ``sinks.write_plan``).
+
+All calls block; the worker runs them on one dedicated thread, never on the event loop. With the
+embedded store (``chdb://PATH``) one process holds the path; other processes query through the
+worker's read-only ``/query`` endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Sequence
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+
+from streams.batch import ColumnBatch, SourceRange
+from streams.config import ClickHouseSettings
+
+log = logging.getLogger(__name__)
+
+RANGES_TABLE = "otelpipe_sink_ranges"
+
+# ClickHouse error codes worth retrying: the server is busy, slow or briefly unable to write.
+RETRYABLE_CODES = {
+    3,  # UNEXPECTED_END_OF_FILE
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY (replica in readonly mode)
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    252,  # TOO_MANY_PARTS
+    285,  # TOO_FEW_LIVE_REPLICAS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION
+}
+
+
+def chdb_path(dsn: str) -> Path:
+    """``chdb:///abs/path`` or ``chdb://relative/path`` → an absolute directory."""
+    rest = dsn[len("chdb://"):]
+    return Path(os.path.expanduser(rest)).resolve()
+
+
+def connect(settings: ClickHouseSettings) -> Any:
+    """A clickhouse-connect client for the configured DSN (chDB embedded, or a server)."""
+    if settings.dsn.startswith("chdb://"):
+        path = chdb_path(settings.dsn)
+        path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(interface="chdb", path=str(path))
+    return clickhouse_connect.get_client(
+        dsn=settings.dsn, send_receive_timeout=int(settings.insert_timeout_s), connect_timeout=10
+    )
+
+
+def error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    text = str(exc)
+    marker = "Code: "
+    if marker in text:
+        digits = text.split(marker, 1)[1].split(".", 1)[0].strip()
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures that say "try later" (server down, busy, throttling), not "bad data"."""
+    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError, socket.timeout, OSError)):
+        return True
+    if isinstance(exc, (DatabaseError, ClickHouseError)):
+        code = error_code(exc)
+        return code is None or code in RETRYABLE_CODES
+    return False
+
+
+class ClickHouseSink:
+    def __init__(self, client: Any, settings: ClickHouseSettings, consumer_group: str):
+        self.client = client
+        self.settings = settings
+        self.database = settings.database
+        self.consumer_group = consumer_group
+
+    @classmethod
+    def open(cls, settings: ClickHouseSettings, consumer_group: str) -> "ClickHouseSink":
+        return cls(connect(settings), settings, consumer_group)
+
+    def write(self, batch: ColumnBatch, token: str | None = None) -> int:
+        """Insert a batch; the same token twice inserts once. Returns the rows sent."""
+        if not len(batch):
+            return 0
+        if token is None:
+            if batch.source is None:
+                raise ValueError(f"batch for {batch.table} has no source range to derive its token from")
+            token = batch.source.token(batch.table)
+        self.client.insert(
+            f"{self.database}.{batch.table}",
+            list(batch.columns.values()),
+            column_names=batch.column_names,
+            column_oriented=True,
+            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+        )
+        return len(batch)
+
+    def recorded_ranges(self, topic: str, partition: int, from_offset: int) -> list[tuple[int, int]]:
+        """Ranges of this partition recorded by any worker of the group that end at or after from_offset."""
+        result = self.client.query(
+            f"SELECT DISTINCT FirstOffset, LastOffset FROM {self.database}.{RANGES_TABLE} "
+            "WHERE ConsumerGroup = {g:String} AND Topic = {t:String} AND Partition = {p:UInt32} "
+            "AND LastOffset >= {o:UInt64} ORDER BY FirstOffset",
+            parameters={"g": self.consumer_group, "t": topic, "p": partition, "o": max(from_offset, 0)},
+        )
+        return [(int(a), int(b)) for a, b in result.result_rows]
+
+    def record_ranges(self, ranges: Sequence[SourceRange]) -> None:
+        """Remember ranges before their rows are inserted (a duplicate record is harmless)."""
+        if not ranges:
+            return
+        self.client.insert(
+            f"{self.database}.{RANGES_TABLE}",
+            [[self.consumer_group, r.topic, r.partition, r.first_offset, r.last_offset] for r in ranges],
+            column_names=["ConsumerGroup", "Topic", "Partition", "FirstOffset", "LastOffset"],
+        )
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True) -> Any:
+        settings = {"readonly": 1} if readonly else {}
+        return self.client.query(sql, parameters=parameters or {}, settings=settings)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing is best effort
+            log.debug("closing the ClickHouse client failed", exc_info=True)

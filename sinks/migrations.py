@@ -1,0 +1,147 @@
+"""Versioned, idempotent schema migrations from ``schemas/clickhouse/NNNN_name.sql``.
+
+Each file is one migration (statements separated by ``;`` at a line end), applied once and
+recorded in ``<database>.otelpipe_schema_migrations`` with its checksum. A second ``migrate`` is a
+no-op; a recorded migration whose file has changed is an error (write a new migration instead).
+
+Files are templates with a few placeholders, so the same DDL serves chDB and servers:
+- ``${database}``, ``${dedup_window}``;
+- ``${on_cluster}`` → ``ON CLUSTER <cluster>`` on a server with ``clickhouse.cluster``, else nothing;
+- ``${engine:Kind}`` → ``Kind`` or, with a cluster, ``ReplicatedKind('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')``;
+- ``${ttl:EXPR}`` → ``TTL EXPR + toIntervalDay(N)`` when ``clickhouse.ttl_days`` is set, else nothing.
+The embedded chDB path renders with no cluster and no TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.config import PROJECT_ROOT, ClickHouseSettings
+
+SCHEMA_DIR = PROJECT_ROOT / "schemas" / "clickhouse"
+MIGRATIONS_TABLE = "otelpipe_schema_migrations"
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def text(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = SCHEMA_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        m = _FILE.match(path.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), path))
+    versions = [m.version for m in found]
+    if len(versions) != len(set(versions)):
+        raise ValueError(f"two migrations share a version in {directory}")
+    return found
+
+
+def render(sql: str, settings: ClickHouseSettings) -> str:
+    """Fill the placeholders; an unknown placeholder is an error, never left in the SQL."""
+
+    def fill(match: re.Match[str]) -> str:
+        key, arg = match.group(1), match.group(2)
+        if key == "database":
+            return settings.database
+        if key == "dedup_window":
+            return str(settings.dedup_window)
+        if key == "on_cluster":
+            return f"ON CLUSTER {settings.cluster}" if settings.cluster else ""
+        if key == "engine" and arg:
+            if settings.cluster:
+                return f"Replicated{arg}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}')"
+            return arg
+        if key == "ttl" and arg:
+            return f"TTL {arg} + toIntervalDay({settings.ttl_days})" if settings.ttl_days else ""
+        raise ValueError(f"unknown placeholder {match.group(0)}")
+
+    return _PLACEHOLDER.sub(fill, sql)
+
+
+def statements(sql: str) -> list[str]:
+    """Split a file into statements at ``;`` ending a line, dropping comment-only pieces."""
+    parts = re.split(r";\s*$", sql, flags=re.MULTILINE)
+    out = []
+    for part in parts:
+        body = "\n".join(line for line in part.splitlines() if not line.strip().startswith("--")).strip()
+        if body:
+            out.append(body)
+    return out
+
+
+def ensure_database(client: Any, settings: ClickHouseSettings) -> None:
+    on_cluster = f" ON CLUSTER {settings.cluster}" if settings.cluster else ""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {settings.database}{on_cluster}")
+    engine = render("${engine:ReplacingMergeTree}", settings)
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {settings.database}.{MIGRATIONS_TABLE}{on_cluster} ("
+        "Version UInt32, Name String, Checksum String, AppliedAt DateTime64(3) DEFAULT now64(3)"
+        f") ENGINE = {engine} ORDER BY Version"
+    )
+
+
+def applied_versions(client: Any, settings: ClickHouseSettings) -> dict[int, tuple[str, str]]:
+    result = client.query(
+        f"SELECT Version, argMax(Name, AppliedAt), argMax(Checksum, AppliedAt) "
+        f"FROM {settings.database}.{MIGRATIONS_TABLE} GROUP BY Version"
+    )
+    return {int(v): (n, c) for v, n, c in result.result_rows}
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def migrate(client: Any, settings: ClickHouseSettings, directory: Path = SCHEMA_DIR) -> list[Migration]:
+    """Apply every migration not yet recorded; return those applied (empty on a second run)."""
+    ensure_database(client, settings)
+    done = applied_versions(client, settings)
+    applied = []
+    for migration in load_migrations(directory):
+        if migration.version in done:
+            name, checksum = done[migration.version]
+            if checksum != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} was applied with checksum "
+                    f"{checksum[:12]} but the file now has {migration.checksum[:12]}: "
+                    "add a new migration instead of editing an applied one"
+                )
+            continue
+        for statement in statements(render(migration.text, settings)):
+            client.command(statement)
+        client.insert(
+            f"{settings.database}.{MIGRATIONS_TABLE}",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["Version", "Name", "Checksum"],
+        )
+        applied.append(migration)
+    return applied
+
+
+def table_columns(client: Any, database: str, table: str) -> dict[str, str]:
+    """Column name → type of a table as ClickHouse sees it (Nested columns as Name.Sub)."""
+    result = client.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+        "AND default_kind NOT IN ('ALIAS', 'MATERIALIZED') ORDER BY position",
+        parameters={"db": database, "t": table},
+    )
+    return {name: typ for name, typ in result.result_rows}

@@ -1,0 +1,64 @@
+"""Cut a partition's messages into insert segments that a crash cannot duplicate.
+
+A batch's insert token is derived from its offset range. After a crash the same messages come back,
+but in batches of other sizes, so tokens alone would not match. The sink therefore records every
+range before inserting it; ``plan_segments`` cuts re-delivered offsets at those recorded ranges:
+
+- offsets inside a recorded range ``[a, b]`` form one segment with that range's token, once offset
+  ``b`` itself has arrived (ClickHouse then drops the rows that had already landed, or inserts
+  them if the crash came first);
+- if a recorded range is only partly here, the offsets from it on are held back (not written, not
+  acked) until the rest arrives with a later batch;
+- offsets outside every recorded range form new segments, recorded before they are inserted.
+
+Pure: offsets and ranges in, segments out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Segment:
+    first_offset: int  # token range: for a recorded segment, the recorded range itself
+    last_offset: int
+    start: int  # index into the offsets list, inclusive
+    stop: int  # index, exclusive
+    recorded: bool  # True: range already in the ledger, reuse its token
+
+
+def plan_segments(offsets: Sequence[int], recorded: Sequence[tuple[int, int]]) -> tuple[list[Segment], int]:
+    """Return (segments, ready): offsets[ready:] must be held back for a later batch.
+
+    ``offsets`` is sorted and distinct; ``recorded`` holds inclusive (first, last) ranges.
+    """
+    n = len(offsets)
+    segments: list[Segment] = []
+    i = 0
+    for first, last in sorted(recorded):
+        if i >= n:
+            break
+        if last < offsets[i]:
+            continue
+        j = i
+        while j < n and offsets[j] < first:
+            j += 1
+        if j > i:
+            segments.append(Segment(offsets[i], offsets[j - 1], i, j, False))
+            i = j
+        if i >= n:
+            break
+        k = i
+        while k < n and offsets[k] <= last:
+            k += 1
+        if k == i:
+            continue  # nothing of this range here; the next offsets are past it
+        if offsets[k - 1] != last:
+            return segments, i  # the range's last message has not arrived yet: hold
+        segments.append(Segment(first, last, i, k, True))
+        i = k
+    if i < n:
+        segments.append(Segment(offsets[i], offsets[n - 1], i, n, False))
+    return segments, n

@@ -1,0 +1,211 @@
+"""The faust app: topics, agents and the worker's web pages. Thin wiring around the stages.
+
+One agent per signal takes batches with ``stream.noack_take`` and hands them to a
+``SignalWriter`` on the single ClickHouse thread; only after every row of a message is inserted
+(and its dead letters published) is the message acked, so faust never commits an offset ahead of
+the data. ``take``/``take_events`` are not used: they ack even when the body raised.
+
+Settings come from ``load_settings()`` (``OTELPIPE_CONFIG`` and ``OTELPIPE_*`` variables) when this
+module is imported; ``otelpipe run`` sets them before importing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sinks.clickhouse import ClickHouseSink, is_retryable
+from streams import worker_metrics as m
+from streams.batch import DeadLetter, RawMessage
+from streams.config import load_settings, resolve_path
+from streams.signal_writer import SignalWriter, WriteOutcome
+
+log = logging.getLogger("otelpipe.worker")
+
+settings = load_settings()
+K, W = settings.kafka, settings.worker
+
+app = faust.App(
+    W.app_id,
+    broker=[f"kafka://{server.strip()}" for server in K.bootstrap_servers.split(",")],
+    store="memory://",
+    datadir=str(resolve_path(W.data_dir)),
+    value_serializer="raw",
+    key_serializer="raw",
+    topic_partitions=K.partitions,
+    consumer_auto_offset_reset="earliest",
+    web_host=W.web_host,
+    web_port=W.web_port,
+    web_bind=W.web_host,
+    web_in_thread=False,
+    producer_acks=-1,
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+    stream_buffer_maxsize=max(4096, 4 * W.batch_max_messages),
+)
+
+
+def _topic(name: str) -> faust.TopicT:
+    return app.topic(name, value_type=bytes, key_type=bytes, partitions=K.partitions, internal=False)
+
+
+spans_topic = _topic(K.spans_topic)
+logs_topic = _topic(K.logs_topic)
+metrics_topic = _topic(K.metrics_topic)
+dlq_topics = {name: _topic(settings.dlq_topic(name)) for name in settings.source_topics()}
+
+# chDB and clickhouse-connect block: every call runs on this one thread (calls serialise anyway).
+clickhouse_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+_sink: ClickHouseSink | None = None
+
+
+def _open_sink() -> ClickHouseSink:
+    global _sink
+    if _sink is None:
+        _sink = ClickHouseSink.open(settings.clickhouse, W.app_id)
+    return _sink
+
+
+async def on_clickhouse_thread(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(clickhouse_thread, fn, *args)
+
+
+def _raw(event: Any) -> RawMessage:
+    msg = event.message
+    headers = msg.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return RawMessage(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        value=msg.value if msg.value is not None else b"",
+        key=msg.key,
+        headers=tuple((k, bytes(v) if v is not None else b"") for k, v in headers),
+        timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+    )
+
+
+async def _write_until_done(signal: str, writer: SignalWriter, msgs: list[RawMessage]) -> WriteOutcome:
+    """Retry a failed write with capped exponential backoff and jitter; never drop the batch.
+
+    While this waits the agent takes no new batch, its stream buffer fills and faust stops
+    fetching: backpressure, with memory bounded by the buffer size.
+    """
+    delay = W.retry_initial_s
+    attempt = 0
+    while True:
+        try:
+            outcome = await on_clickhouse_thread(writer.write, msgs)
+            m.WRITER_BLOCKED.labels(signal).set(0)
+            return outcome
+        except Exception as exc:  # every failure is retried; the kind decides only the log level
+            attempt += 1
+            m.WRITE_RETRIES.labels(signal).inc()
+            m.WRITER_BLOCKED.labels(signal).set(1)
+            level = logging.WARNING if is_retryable(exc) else logging.ERROR
+            log.log(
+                level,
+                "writing %d %s messages failed (attempt %d, retrying in %.1fs): %s",
+                len(msgs), signal, attempt, delay, exc,
+                exc_info=level >= logging.ERROR,
+            )
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, W.retry_max_s)
+
+
+async def publish_dead_letters(signal: str, dead: list[DeadLetter]) -> None:
+    futures = []
+    for letter in dead:
+        topic = dlq_topics.get(letter.message.topic) or _topic(settings.dlq_topic(letter.message.topic))
+        futures.append(
+            await topic.send(key=letter.message.key, value=letter.message.value, headers=letter.headers())
+        )
+        m.DEAD_LETTERS.labels(signal, letter.reason).inc()
+        log.warning(
+            "dead letter %s[%d]@%d: %s: %s",
+            letter.message.topic, letter.message.partition, letter.message.offset, letter.reason, letter.detail,
+        )
+    for fut in futures:
+        await fut  # delivered to the broker before the source offset is acked
+
+
+async def consume_signal(signal: str, stream: Any) -> None:
+    writer = SignalWriter(signal, await on_clickhouse_thread(_open_sink), K.encoding_for, W.max_message_bytes)
+    pending: dict[tuple[str, int, int], Any] = {}
+    async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
+        msgs = []
+        for event in events:
+            raw = _raw(event)
+            pending[(raw.topic, raw.partition, raw.offset)] = event
+            msgs.append(raw)
+        m.MESSAGES_CONSUMED.labels(signal).inc(len(msgs))
+        m.BATCH_MESSAGES.labels(signal).observe(len(msgs))
+        outcome = await _write_until_done(signal, writer, msgs)
+        if outcome.dead_letters:
+            await publish_dead_letters(signal, outcome.dead_letters)
+        for raw in outcome.done:
+            event = pending.pop((raw.topic, raw.partition, raw.offset), None)
+            if event is not None:
+                await stream.ack(event)
+
+
+@app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
+async def spans_agent(stream: Any) -> None:
+    await consume_signal("traces", stream)
+
+
+@app.agent(logs_topic, name="otelpipe.logs", concurrency=1)
+async def logs_agent(stream: Any) -> None:
+    await consume_signal("logs", stream)
+
+
+@app.agent(metrics_topic, name="otelpipe.metrics", concurrency=1)
+async def metrics_agent(stream: Any) -> None:
+    await consume_signal("metrics", stream)
+
+
+@app.page("/metrics")
+async def metrics_page(web: Any, request: Any) -> Any:
+    return web.bytes(generate_latest(m.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+@app.page("/query")
+class QueryView(faust.web.View):
+    """Read-only SQL for other processes while this one holds the embedded chDB path.
+
+    POST {"sql": "...", "parameters": {...}} → {"columns": [...], "types": [...], "rows": [[...]]}.
+    Queries run with ``readonly=1``: nothing sent here can change data.
+    """
+
+    async def post(self, request: Any) -> Any:
+        try:
+            body = orjson.loads(await request.read())
+            sql = body["sql"]
+            parameters = body.get("parameters") or {}
+        except Exception as exc:
+            return self.bytes(orjson.dumps({"error": f"bad request: {exc}"}), status=400,
+                              content_type="application/json")
+
+        def run() -> Any:
+            return _open_sink().query(sql, parameters, readonly=True)
+
+        try:
+            result = await on_clickhouse_thread(run)
+        except Exception as exc:
+            return self.bytes(orjson.dumps({"error": str(exc)}), status=400, content_type="application/json")
+        payload = {
+            "columns": list(result.column_names),
+            "types": [t.name for t in result.column_types],
+            "rows": [list(row) for row in result.result_rows],
+        }
+        return self.bytes(
+            orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS), content_type="application/json"
+        )

@@ -1,0 +1,347 @@
+"""The ``otelpipe`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+import orjson
+
+from streams.config import ConfigError, Settings, describe, load_settings
+from streams.render import FORMATS, format_table
+
+DEMO_QUESTIONS = [
+    ("Spans per service",
+     "SELECT ServiceName, count() AS spans, countIf(StatusCode = 'Error') AS errors "
+     "FROM {db}.otel_traces GROUP BY ServiceName ORDER BY spans DESC"),
+    ("p99 latency per service (server spans, ms)",
+     "SELECT ServiceName, round(quantile(0.5)(Duration) / 1e6, 2) AS p50_ms, "
+     "round(quantile(0.99)(Duration) / 1e6, 2) AS p99_ms FROM {db}.otel_traces "
+     "WHERE SpanKind = 'Server' GROUP BY ServiceName ORDER BY p99_ms DESC"),
+    ("Error traces (latest 5)",
+     "SELECT TraceId, any(SpanName) AS root, count() AS error_spans, max(Timestamp) AS last_seen "
+     "FROM {db}.otel_traces WHERE StatusCode = 'Error' GROUP BY TraceId ORDER BY last_seen DESC LIMIT 5"),
+    ("Logs by severity",
+     "SELECT SeverityText, count() AS logs, countIf(TraceId != '') AS with_trace "
+     "FROM {db}.otel_logs GROUP BY SeverityText ORDER BY logs DESC"),
+    ("Metric points by type",
+     "SELECT 'gauge' AS type, count() AS points FROM {db}.otel_metrics_gauge UNION ALL "
+     "SELECT 'sum', count() FROM {db}.otel_metrics_sum UNION ALL "
+     "SELECT 'histogram', count() FROM {db}.otel_metrics_histogram UNION ALL "
+     "SELECT 'exponential_histogram', count() FROM {db}.otel_metrics_exponential_histogram UNION ALL "
+     "SELECT 'summary', count() FROM {db}.otel_metrics_summary"),
+]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        os.environ["OTELPIPE_CONFIG"] = args.config
+    return load_settings()
+
+
+def _broker(settings: Settings) -> Any:
+    from streams.local_kafka import LocalBroker
+
+    return LocalBroker.from_settings(settings)
+
+
+def _all_topics(settings: Settings) -> list[str]:
+    topics = settings.source_topics()
+    return topics + [settings.dlq_topic(t) for t in topics]
+
+
+# ------------------------------------------------------------------ query
+
+
+class QueryFailed(RuntimeError):
+    pass
+
+
+def worker_url(settings: Settings) -> str:
+    return f"http://{settings.worker.web_host}:{settings.worker.web_port}"
+
+
+def query_worker(settings: Settings, sql: str, parameters: dict[str, Any] | None = None,
+                 timeout_s: float = 60.0) -> tuple[list[str], list[list[Any]]] | None:
+    """Ask a running worker's read-only /query; None when no worker answers."""
+    body = orjson.dumps({"sql": sql, "parameters": parameters or {}})
+    request = urllib.request.Request(worker_url(settings) + "/query", data=body,
+                                     headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = orjson.loads(exc.read()).get("error", str(exc))
+        except Exception:
+            message = str(exc)
+        raise QueryFailed(message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    return payload["columns"], payload["rows"]
+
+
+def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None
+              ) -> tuple[list[str], list[list[Any]]]:
+    """Read-only SQL: through the running worker when there is one, else directly."""
+    if settings.clickhouse.dsn.startswith("chdb://"):
+        answer = query_worker(settings, sql, parameters)
+        if answer is not None:
+            return answer
+    from sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink.open(settings.clickhouse, settings.worker.app_id)
+    try:
+        result = sink.query(sql, parameters, readonly=True)
+    except Exception as exc:
+        raise QueryFailed(str(exc)) from None
+    finally:
+        sink.close()
+    return list(result.column_names), [list(r) for r in result.result_rows]
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param takes NAME=VALUE, got {item!r}")
+        params[name] = value
+    return params
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        columns, rows = run_query(settings, args.sql, _parse_params(args.param))
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 1
+    print(FORMATS[args.format](columns, rows))
+    return 0
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(format_table(["setting", "value", "unit", "meaning"], describe(settings), max_width=90))
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    broker = _broker(settings)
+    if args.action == "up":
+        print("kafka:", broker.up(_all_topics(settings)))
+    elif args.action == "down":
+        print("kafka:", broker.down())
+    else:
+        info = broker.status()
+        print(format_table(["key", "value"], [(k, v) for k, v in info.items()], max_width=100))
+        return 0 if info["running"] else 3
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from sinks.clickhouse import connect
+    from sinks.migrations import migrate
+
+    client = connect(settings.clickhouse)
+    applied = migrate(client, settings.clickhouse)
+    if applied:
+        for mig in applied:
+            print(f"applied {mig.version:04d}_{mig.name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from sinks.clickhouse import connect
+    from sinks.migrations import migrate
+    from streams.kafka_admin import ensure_topics
+
+    applied = migrate(connect(settings.clickhouse), settings.clickhouse)
+    for mig in applied:
+        print(f"applied {mig.version:04d}_{mig.name}")
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
+
+    from faust import Worker
+
+    from streams.app import app
+
+    worker = Worker(app, loglevel=args.loglevel, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from streams.kafka_admin import ensure_topics
+    from streams.producer import produce_workload
+
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
+    started = time.monotonic()
+    summary = asyncio.run(produce_workload(
+        settings, messages=args.messages, traces_per_message=args.traces_per_message, seed=args.seed,
+        encoding=args.encoding, rate=args.rate, duration_s=args.duration, extra_attributes=args.extra_attributes,
+    ))
+    elapsed = time.monotonic() - started
+    data = summary.as_dict()
+    if args.json:
+        print(orjson.dumps(data).decode())
+        return 0
+    rows = [
+        ("traces", data["traces"]), ("error traces", data["error_traces"]), ("spans", data["spans"]),
+        ("error spans", data["error_spans"]), ("logs", data["logs"]), ("logs with trace id", data["logs_with_trace"]),
+    ]
+    rows += [(f"{kind} points", n) for kind, n in data["metric_points"].items()]
+    rows += [(f"{signal} messages", n) for signal, n in data["messages"].items()]
+    print(format_table(["sent", "count"], rows))
+    print(f"in {elapsed:.1f}s, encoding {args.encoding}, seed {args.seed}")
+    return 0
+
+
+def _wait_for_worker(settings: Settings, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with code {proc.returncode}")
+        try:
+            if query_worker(settings, "SELECT 1", timeout_s=2) is not None:
+                return
+        except QueryFailed:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the worker did not answer on {worker_url(settings)} within {timeout_s:.0f}s")
+
+
+def _count(settings: Settings, table: str) -> int:
+    answer = query_worker(settings, f"SELECT count() FROM {settings.clickhouse.database}.{table}")
+    return int(answer[1][0][0]) if answer else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Broker up, worker on chDB, a workload in, answers out."""
+    settings = _settings(args)
+    broker = _broker(settings)
+    print("kafka:", broker.up(_all_topics(settings)))
+    log_path = os.path.abspath(".otelpipe/worker.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    print(f"worker: starting (log in {log_path})")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
+                                env=os.environ.copy())
+    try:
+        _wait_for_worker(settings, proc, 180)
+        before = {t: _count(settings, t) for t in ("otel_traces", "otel_logs")}
+        summary = asyncio.run(_produce_demo(settings, args))
+        want = {"otel_traces": before["otel_traces"] + summary.spans,
+                "otel_logs": before["otel_logs"] + summary.logs}
+        print(f"produced {summary.spans} spans in {summary.traces} traces, {summary.logs} logs, "
+              f"{sum(summary.metric_points.values())} metric points; waiting for ClickHouse ...")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            have = {t: _count(settings, t) for t in want}
+            if all(have[t] >= want[t] for t in want):
+                break
+            time.sleep(1)
+        else:
+            print(f"timed out waiting for rows: have {have}, want {want}", file=sys.stderr)
+            return 1
+        db = settings.clickhouse.database
+        for title, sql in DEMO_QUESTIONS:
+            columns, rows = run_query(settings, sql.format(db=db))
+            print(f"\n{title}")
+            print(format_table(columns, rows))
+        print(f"\nAsk your own: otelpipe query \"SELECT ... FROM {db}.otel_traces\" (worker still running: "
+              "no)" if not args.keep_running else "\nworker still running; stop it with Ctrl-C")
+        if args.keep_running:
+            proc.wait()
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _produce_demo(settings: Settings, args: argparse.Namespace) -> Any:
+    from streams.producer import produce_workload
+
+    return await produce_workload(settings, messages=args.messages, traces_per_message=5, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="otelpipe", description="OTLP on Kafka → ClickHouse, exact and crash-safe.")
+    parser.add_argument("--config", help="TOML settings file (else $OTELPIPE_CONFIG; OTELPIPE_* variables override)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the worker")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("kafka", help="the local single-node Kafka broker")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser("query", help="read-only SQL against the configured ClickHouse")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="query parameter, used as {NAME:Type} in the SQL (never pasted into it)")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("produce", help="send a synthetic OTLP workload")
+    p.add_argument("--messages", type=int, default=200, help="steps to send (a spans, a logs, sometimes a metrics "
+                   "message each); 0 with --duration sends until the duration ends")
+    p.add_argument("--traces-per-message", type=int, default=5)
+    p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--encoding", choices=["otlp_proto", "otlp_json"], default="otlp_proto")
+    p.add_argument("--extra-attributes", type=int, default=0, help="extra attributes per span")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("config", help="show every setting, its value and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="broker + worker on chDB + workload, then answers from ClickHouse")
+    p.add_argument("--messages", type=int, default=100)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--keep-running", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

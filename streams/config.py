@@ -1,0 +1,321 @@
+"""One typed, validated configuration for every otelpipe process.
+
+Sources, later ones winning:
+1. the defaults below,
+2. a TOML file (``--config FILE`` or ``OTELPIPE_CONFIG``), sections named after the dataclasses
+   (``[kafka]``, ``[clickhouse]``, ``[worker]``),
+3. environment variables ``OTELPIPE_<SECTION>_<FIELD>`` (``OTELPIPE_CLICKHOUSE_DSN=...``).
+
+``load_settings`` validates everything at once and raises ``ConfigError`` listing every problem
+with its path (``worker.batch_max_messages: must be > 0``), never just the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENCODINGS = ("otlp_proto", "otlp_json")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """Every problem found in a configuration, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def doc(text: str, unit: str = "") -> dict[str, str]:
+    return {"doc": text, "unit": unit}
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = field(
+        default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers, comma separated.")
+    )
+    partitions: int = field(
+        default=6,
+        metadata=doc("Partitions for topics otelpipe creates (source topics and dead-letter topics)."),
+    )
+    spans_topic: str = field(default="otlp_spans", metadata=doc("Topic holding OTLP trace requests."))
+    logs_topic: str = field(default="otlp_logs", metadata=doc("Topic holding OTLP log requests."))
+    metrics_topic: str = field(default="otlp_metrics", metadata=doc("Topic holding OTLP metric requests."))
+    spans_encoding: str = field(
+        default="otlp_proto",
+        metadata=doc("Encoding of the spans topic when a message has no content-type header: otlp_proto or otlp_json."),
+    )
+    logs_encoding: str = field(default="otlp_proto", metadata=doc("Encoding of the logs topic (see spans_encoding)."))
+    metrics_encoding: str = field(
+        default="otlp_proto", metadata=doc("Encoding of the metrics topic (see spans_encoding).")
+    )
+    dlq_suffix: str = field(
+        default=".dlq", metadata=doc("Suffix of a source topic's dead-letter topic: otlp_spans.dlq.")
+    )
+    # Local broker (otelpipe kafka up); ignored when bootstrap_servers points elsewhere.
+    local_data_dir: str = field(
+        default=".otelpipe/kafka", metadata=doc("Data and log directory of the local broker.")
+    )
+    local_controller_port: int = field(
+        default=9093, metadata=doc("Controller listener port of the local KRaft broker.")
+    )
+    local_heap: str = field(default="512m", metadata=doc("JVM heap of the local broker (-Xmx/-Xms)."))
+    jar_cache: str = field(
+        default="~/.cache/otelpipe/kafka-3.9.2",
+        metadata=doc("Where the broker's jars resolved from Maven Central are cached (outside the repo)."),
+    )
+
+    def encoding_for(self, topic: str) -> str:
+        return {
+            self.spans_topic: self.spans_encoding,
+            self.logs_topic: self.logs_encoding,
+            self.metrics_topic: self.metrics_encoding,
+        }.get(topic, "otlp_proto")
+
+
+@dataclass(frozen=True)
+class ClickHouseSettings:
+    dsn: str = field(
+        default="chdb:///.otelpipe/chdb",
+        metadata=doc(
+            "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
+            "the current directory); http(s)://user:pass@host:8123/db reaches a server."
+        ),
+    )
+    database: str = field(default="otel", metadata=doc("Database holding the otel_* tables."))
+    cluster: str = field(
+        default="", metadata=doc("Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
+    )
+    ttl_days: int = field(
+        default=0, metadata=doc("Server only: drop parts older than this many days (0 keeps data forever).", "days")
+    )
+    dedup_window: int = field(
+        default=10000,
+        metadata=doc(
+            "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
+            "their deduplication token.",
+            "blocks",
+        ),
+    )
+    insert_timeout_s: float = field(default=60.0, metadata=doc("Timeout of one insert.", "s"))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    app_id: str = field(
+        default="otelpipe", metadata=doc("Faust app id: the consumer group and the prefix of internal topics.")
+    )
+    batch_max_messages: int = field(
+        default=200, metadata=doc("Most Kafka messages decoded and inserted as one batch.", "messages")
+    )
+    batch_within_s: float = field(
+        default=1.0, metadata=doc("Longest wait for a batch to fill before it is written anyway.", "s")
+    )
+    max_message_bytes: int = field(
+        default=16 * 1024 * 1024,
+        metadata=doc("Messages larger than this go to the dead-letter topic unread.", "bytes"),
+    )
+    web_port: int = field(
+        default=6066, metadata=doc("Port of the worker's HTTP server: /metrics and the read-only /query.")
+    )
+    web_host: str = field(default="127.0.0.1", metadata=doc("Address the worker's HTTP server binds."))
+    data_dir: str = field(default=".otelpipe/worker", metadata=doc("Faust's local state directory."))
+    retry_initial_s: float = field(
+        default=0.5, metadata=doc("First wait before retrying a failed ClickHouse write.", "s")
+    )
+    retry_max_s: float = field(
+        default=30.0, metadata=doc("Longest wait between retries of a failed ClickHouse write.", "s")
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+    def dlq_topic(self, topic: str) -> str:
+        return topic + self.kafka.dlq_suffix
+
+    def source_topics(self) -> list[str]:
+        return [self.kafka.spans_topic, self.kafka.logs_topic, self.kafka.metrics_topic]
+
+
+SECTIONS: dict[str, type] = {
+    "kafka": KafkaSettings,
+    "clickhouse": ClickHouseSettings,
+    "worker": WorkerSettings,
+}
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _coerce(raw: Any, typ: type, path: str, problems: list[str]) -> Any:
+    """Turn a TOML value or an environment string into the field's type, or note why not."""
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if typ is str:
+            if not isinstance(raw, (str, int, float)):
+                raise ValueError
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    problems.append(f"{path}: expected {typ.__name__}, got {raw!r}")
+    return None
+
+
+def _validate(s: Settings) -> list[str]:
+    problems: list[str] = []
+    k, c, w = s.kafka, s.clickhouse, s.worker
+
+    def positive(path: str, value: float) -> None:
+        if value <= 0:
+            problems.append(f"{path}: must be > 0, got {value!r}")
+
+    if not k.bootstrap_servers.strip():
+        problems.append("kafka.bootstrap_servers: must not be empty")
+    positive("kafka.partitions", k.partitions)
+    for name in ("spans_topic", "logs_topic", "metrics_topic"):
+        value = getattr(k, name)
+        if not _TOPIC.match(value):
+            problems.append(f"kafka.{name}: {value!r} is not a valid Kafka topic name")
+    topics = [k.spans_topic, k.logs_topic, k.metrics_topic]
+    if len(set(topics)) != len(topics):
+        problems.append("kafka: spans_topic, logs_topic and metrics_topic must be distinct")
+    for name in ("spans_encoding", "logs_encoding", "metrics_encoding"):
+        value = getattr(k, name)
+        if value not in ENCODINGS:
+            problems.append(f"kafka.{name}: must be one of {', '.join(ENCODINGS)}, got {value!r}")
+    if not k.dlq_suffix:
+        problems.append("kafka.dlq_suffix: must not be empty (dead letters would loop into the source topic)")
+    for name in ("local_controller_port",):
+        value = getattr(k, name)
+        if not 0 < value < 65536:
+            problems.append(f"kafka.{name}: must be a TCP port, got {value!r}")
+    if not re.match(r"^\d+[mMgG]$", k.local_heap):
+        problems.append(f"kafka.local_heap: must look like 512m or 1g, got {k.local_heap!r}")
+
+    if not (c.dsn.startswith("chdb://") or c.dsn.startswith("http://") or c.dsn.startswith("https://")):
+        problems.append(f"clickhouse.dsn: must start with chdb://, http:// or https://, got {c.dsn!r}")
+    if not _IDENT.match(c.database):
+        problems.append(f"clickhouse.database: {c.database!r} is not a plain identifier")
+    if c.cluster and not _IDENT.match(c.cluster):
+        problems.append(f"clickhouse.cluster: {c.cluster!r} is not a plain identifier")
+    if c.dsn.startswith("chdb://") and (c.cluster or c.ttl_days):
+        problems.append("clickhouse: cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
+    if c.ttl_days < 0:
+        problems.append(f"clickhouse.ttl_days: must be >= 0, got {c.ttl_days!r}")
+    positive("clickhouse.dedup_window", c.dedup_window)
+    positive("clickhouse.insert_timeout_s", c.insert_timeout_s)
+
+    if not w.app_id.strip():
+        problems.append("worker.app_id: must not be empty")
+    positive("worker.batch_max_messages", w.batch_max_messages)
+    positive("worker.batch_within_s", w.batch_within_s)
+    positive("worker.max_message_bytes", w.max_message_bytes)
+    if not 0 < w.web_port < 65536:
+        problems.append(f"worker.web_port: must be a TCP port, got {w.web_port!r}")
+    positive("worker.retry_initial_s", w.retry_initial_s)
+    if w.retry_max_s < w.retry_initial_s:
+        problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")
+    return problems
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build and validate the settings; raise ConfigError naming every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+
+    path = path or env.get("OTELPIPE_CONFIG") or None
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"config file {path}: not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {path}: {exc}"]) from None
+        for section, values in data.items():
+            if section not in SECTIONS:
+                problems.append(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
+            elif not isinstance(values, dict):
+                problems.append(f"{section}: must be a table")
+            else:
+                raw[section].update(values)
+
+    prefix = "OTELPIPE_"
+    for key, value in env.items():
+        if not key.startswith(prefix) or key == "OTELPIPE_CONFIG":
+            continue
+        rest = key[len(prefix):].lower()
+        section, _, name = rest.partition("_")
+        if section in SECTIONS and name:
+            raw[section][name] = value
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for name, value in raw.get(section, {}).items():
+            if name not in fields:
+                problems.append(f"{section}.{name}: unknown setting")
+                continue
+            coerced = _coerce(value, hints[name], f"{section}.{name}", problems)
+            if coerced is not None:
+                kwargs[name] = coerced
+        built[section] = cls(**kwargs)
+    settings = Settings(**built)
+    problems.extend(_validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(path, value, unit, meaning) of every setting, for `otelpipe config`."""
+    rows = []
+    for section in SECTIONS:
+        obj = getattr(settings, section)
+        for f in dataclasses.fields(obj):
+            rows.append(
+                (f"{section}.{f.name}", repr(getattr(obj, f.name)), f.metadata.get("unit", ""), f.metadata.get("doc", ""))
+            )
+    return rows
+
+
+def resolve_path(path: str) -> Path:
+    return Path(os.path.expanduser(path)).resolve()

@@ -1,0 +1,57 @@
+"""Prometheus metrics of the worker, served at ``/metrics`` on the worker's web port.
+
+Names follow the conventions otelpipe asks of others: ``otelpipe_`` prefix, base units
+(seconds, bytes), ``_total`` for counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+MESSAGES_CONSUMED = Counter(
+    "otelpipe_messages_consumed_total", "Kafka messages taken from source topics.", ["signal"], registry=REGISTRY
+)
+MESSAGES_DECODED = Counter(
+    "otelpipe_messages_decoded_total", "Kafka messages decoded into rows.", ["signal"], registry=REGISTRY
+)
+ROWS_WRITTEN = Counter(
+    "otelpipe_rows_written_total",
+    "Rows sent to ClickHouse (a deduplicated retry counts again).",
+    ["table"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "otelpipe_dead_letters_total", "Messages sent to a dead-letter topic, by reason.", ["signal", "reason"],
+    registry=REGISTRY,
+)
+WRITE_RETRIES = Counter(
+    "otelpipe_write_retries_total", "Failed ClickHouse writes that will be retried.", ["signal"], registry=REGISTRY
+)
+INSERT_SECONDS = Histogram(
+    "otelpipe_insert_duration_seconds",
+    "Time of one ClickHouse insert.",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+BATCH_MESSAGES = Histogram(
+    "otelpipe_batch_messages",
+    "Kafka messages per processed batch.",
+    ["signal"],
+    buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000, 5000),
+    registry=REGISTRY,
+)
+HELD_MESSAGES = Gauge(
+    "otelpipe_held_messages",
+    "Messages held back until a recorded offset range is complete again (after a restart).",
+    ["signal"],
+    registry=REGISTRY,
+)
+WRITER_BLOCKED = Gauge(
+    "otelpipe_writer_blocked",
+    "1 while a signal's writes are failing and being retried (consumption paused).",
+    ["signal"],
+    registry=REGISTRY,
+)
