@@ -257,13 +257,14 @@ def any_value_str(value: Any) -> str:
     return ""
 
 
+def _value_str(value: Any) -> str:
+    # Strings are by far the most common kind: a non-empty string_value settles it without
+    # asking which kind is set; anything else (including "") takes the general path.
+    return value.string_value or any_value_str(value)
+
+
 def attributes_map(kvs: Iterable[Any]) -> dict[str, str]:
-    out = {}
-    for kv in kvs:
-        value = kv.value
-        # string is by far the most common kind: skip the generic path for it
-        out[kv.key] = value.string_value if value.WhichOneof("value") == "string_value" else any_value_str(value)
-    return out
+    return {kv.key: _value_str(kv.value) for kv in kvs}
 
 
 def service_name(resource_attrs: dict[str, str]) -> str:
@@ -323,8 +324,9 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            kind = "wrong_encoding" if payload[:1] not in (b"{", b"[", b" ", b"\n", b"\t") else "undecodable"
-            raise BadMessage(kind, f"not JSON: {exc}") from None
+            if payload.lstrip()[:1] in (b"{", b"["):
+                raise BadMessage("undecodable", f"not valid JSON: {exc}") from None
+            raise BadMessage("wrong_encoding", f"not JSON (is the topic's encoding otlp_proto?): {exc}") from None
         if not isinstance(data, dict):
             raise BadMessage("wrong_shape", f"OTLP JSON must be an object, got {type(data).__name__}")
         keys = _TOP_LEVEL_JSON_KEYS[signal]
@@ -399,9 +401,12 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
                 start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
                 ts(start)
-                trace_id(_id_hex(span.trace_id, 16, "trace_id"))
-                span_id(_id_hex(span.span_id, 8, "span_id"))
-                parent(_id_hex(span.parent_span_id, 8, "parent_span_id"))
+                raw = span.trace_id
+                trace_id(raw.hex() if len(raw) == 16 else _id_hex(raw, 16, "trace_id"))
+                raw = span.span_id
+                span_id(raw.hex() if len(raw) == 8 else _id_hex(raw, 8, "span_id"))
+                raw = span.parent_span_id
+                parent(raw.hex() if len(raw) == 8 else _id_hex(raw, 8, "parent_span_id"))
                 state(span.trace_state)
                 name(span.name)
                 k = span.kind

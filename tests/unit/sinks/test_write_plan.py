@@ -1,0 +1,63 @@
+from sinks.write_plan import Segment, plan_segments
+
+
+def test_no_recorded_ranges_is_one_new_segment():
+    assert plan_segments([5, 6, 7], []) == ([Segment(5, 7, 0, 3, False)], 3)
+
+
+def test_redelivered_batch_is_cut_at_recorded_range():
+    # [0..9] was recorded (and maybe inserted) before a crash; after restart 0..14 arrive at once.
+    segments, ready = plan_segments(list(range(15)), [(0, 9)])
+    assert segments == [Segment(0, 9, 0, 10, True), Segment(10, 14, 10, 15, False)]
+    assert ready == 15
+
+
+def test_partial_recorded_range_is_held_until_complete():
+    segments, ready = plan_segments([0, 1, 2, 3, 4], [(0, 9)])
+    assert segments == [] and ready == 0
+    segments, ready = plan_segments(list(range(12)), [(0, 9)])
+    assert segments[0] == Segment(0, 9, 0, 10, True) and ready == 12
+
+
+def test_several_recorded_ranges_and_gaps():
+    offsets = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    segments, ready = plan_segments(offsets, [(2, 3), (6, 8)])
+    assert segments == [
+        Segment(0, 1, 0, 2, False),
+        Segment(2, 3, 2, 4, True),
+        Segment(4, 5, 4, 6, False),
+        Segment(6, 8, 6, 9, True),
+        Segment(9, 9, 9, 10, False),
+    ]
+    assert ready == 10
+
+
+def test_ranges_before_the_batch_are_ignored():
+    assert plan_segments([10, 11], [(0, 4), (5, 9)]) == ([Segment(10, 11, 0, 2, False)], 2)
+
+
+def test_batch_starting_inside_a_recorded_range_reuses_its_token():
+    segments, ready = plan_segments([5, 6, 7, 8], [(3, 6)])
+    assert segments == [Segment(3, 6, 0, 2, True), Segment(7, 8, 2, 4, False)]
+
+
+def test_offsets_with_gaps_from_transaction_markers():
+    segments, _ = plan_segments([0, 2, 4, 6], [(0, 4)])
+    assert segments == [Segment(0, 4, 0, 3, True), Segment(6, 6, 3, 4, False)]
+
+
+def test_every_offset_is_planned_exactly_once():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(500):
+        offsets = sorted(rng.sample(range(60), rng.randrange(1, 40)))
+        cuts = sorted(rng.sample(range(60), rng.randrange(0, 10)))
+        ranges = []
+        for a, b in zip(cuts[::2], cuts[1::2]):
+            ranges.append((a, b))
+        segments, ready = plan_segments(offsets, ranges)
+        covered = [i for s in segments for i in range(s.start, s.stop)]
+        assert covered == list(range(ready))
+        for s in segments:
+            assert s.first_offset <= offsets[s.start] and offsets[s.stop - 1] <= s.last_offset

@@ -1,0 +1,62 @@
+import pytest
+
+from streams.config import ConfigError, describe, load_settings
+
+
+def test_defaults_are_valid():
+    s = load_settings(env={})
+    assert s.kafka.partitions == 6
+    assert s.clickhouse.dsn.startswith("chdb://")
+    assert s.dlq_topic("otlp_spans") == "otlp_spans.dlq"
+
+
+def test_file_then_environment(tmp_path):
+    path = tmp_path / "otelpipe.toml"
+    path.write_text('[kafka]\npartitions = 3\nspans_topic = "raw_spans"\n[worker]\nbatch_max_messages = 50\n')
+    s = load_settings(path, env={"OTELPIPE_KAFKA_PARTITIONS": "12", "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.25"})
+    assert s.kafka.partitions == 12  # the environment wins over the file
+    assert s.kafka.spans_topic == "raw_spans"
+    assert s.worker.batch_max_messages == 50
+    assert s.worker.batch_within_s == 0.25
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[kafka]\npartitions = 0\nspans_encoding = "avro"\nlogs_topic = "otlp_spans"\n'
+        '[clickhouse]\ndsn = "mysql://x"\ndatabase = "bad-name"\nttl_days = "soon"\n'
+        '[worker]\nbatch_max_messages = -1\nweb_port = 70000\nsurprise = 1\n[extra]\nx = 1\n'
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    problems = "\n".join(err.value.problems)
+    for expected in [
+        "kafka.partitions: must be > 0",
+        "kafka.spans_encoding: must be one of otlp_proto, otlp_json",
+        "spans_topic, logs_topic and metrics_topic must be distinct",
+        "clickhouse.dsn: must start with chdb://",
+        "clickhouse.database: 'bad-name' is not a plain identifier",
+        "clickhouse.ttl_days: expected int, got 'soon'",
+        "worker.batch_max_messages: must be > 0",
+        "worker.web_port: must be a TCP port",
+        "worker.surprise: unknown setting",
+        "extra: unknown section",
+    ]:
+        assert expected in problems, f"missing {expected!r} in:\n{problems}"
+
+
+def test_server_only_options_are_refused_for_chdb():
+    with pytest.raises(ConfigError, match="cluster and ttl_days apply to a ClickHouse server"):
+        load_settings(env={"OTELPIPE_CLICKHOUSE_CLUSTER": "main"})
+    s = load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "http://u:p@ch:8123/otel", "OTELPIPE_CLICKHOUSE_TTL_DAYS": "7"})
+    assert s.clickhouse.ttl_days == 7
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_every_setting_is_documented():
+    rows = describe(load_settings(env={}))
+    assert rows and all(meaning for _, _, _, meaning in rows)
