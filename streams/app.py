@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from sinks.clickhouse import ClickHouseSink, is_retryable
 from streams import worker_metrics as m
@@ -174,7 +174,8 @@ async def metrics_agent(stream: Any) -> None:
 
 @app.page("/metrics")
 async def metrics_page(web: Any, request: Any) -> Any:
-    return web.bytes(generate_latest(m.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    # Prometheus text exposition format 0.0.4 (aiohttp takes the charset separately).
+    return web.bytes(generate_latest(m.REGISTRY), content_type="text/plain; version=0.0.4")
 
 
 @app.page("/query")
