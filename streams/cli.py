@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,8 +28,11 @@ DEMO_QUESTIONS = [
      "round(quantile(0.99)(Duration) / 1e6, 2) AS p99_ms FROM {db}.otel_traces "
      "WHERE SpanKind = 'Server' GROUP BY ServiceName ORDER BY p99_ms DESC"),
     ("Error traces (latest 5)",
-     "SELECT TraceId, any(SpanName) AS root, count() AS error_spans, max(Timestamp) AS last_seen "
-     "FROM {db}.otel_traces WHERE StatusCode = 'Error' GROUP BY TraceId ORDER BY last_seen DESC LIMIT 5"),
+     "SELECT TraceId, anyIf(ServiceName, ParentSpanId = '') AS root_service, "
+     "anyIf(SpanName, ParentSpanId = '') AS root_span, countIf(StatusCode = 'Error') AS error_spans, "
+     "count() AS spans, max(Timestamp) AS last_seen FROM {db}.otel_traces "
+     "WHERE TraceId IN (SELECT TraceId FROM {db}.otel_traces WHERE StatusCode = 'Error') "
+     "GROUP BY TraceId ORDER BY last_seen DESC LIMIT 5"),
     ("Logs by severity",
      "SELECT SeverityText, count() AS logs, countIf(TraceId != '') AS with_trace "
      "FROM {db}.otel_logs GROUP BY SeverityText ORDER BY logs DESC"),
@@ -194,8 +198,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
     started = time.monotonic()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     summary = asyncio.run(produce_workload(
-        settings, messages=args.messages, traces_per_message=args.traces_per_message, seed=args.seed,
+        settings, messages=args.messages, traces_per_message=args.traces_per_message, seed=seed,
         encoding=args.encoding, rate=args.rate, duration_s=args.duration, extra_attributes=args.extra_attributes,
     ))
     elapsed = time.monotonic() - started
@@ -210,7 +215,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     rows += [(f"{kind} points", n) for kind, n in data["metric_points"].items()]
     rows += [(f"{signal} messages", n) for signal, n in data["messages"].items()]
     print(format_table(["sent", "count"], rows))
-    print(f"in {elapsed:.1f}s, encoding {args.encoding}, seed {args.seed}")
+    print(f"in {elapsed:.1f}s, encoding {args.encoding}, seed {seed} (pass --seed {seed} to send the same again)")
     return 0
 
 
@@ -266,10 +271,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             columns, rows = run_query(settings, sql.format(db=db))
             print(f"\n{title}")
             print(format_table(columns, rows))
-        print(f"\nAsk your own: otelpipe query \"SELECT ... FROM {db}.otel_traces\" (worker still running: "
-              "no)" if not args.keep_running else "\nworker still running; stop it with Ctrl-C")
         if args.keep_running:
+            print(f"\nThe worker keeps running (Ctrl-C stops it). Ask your own questions meanwhile:\n"
+                  f"  otelpipe query \"SELECT SpanName, count() FROM {db}.otel_traces GROUP BY SpanName\"")
             proc.wait()
+        else:
+            print(f"\nAsk your own questions: otelpipe query \"SELECT SpanName, count() FROM {db}.otel_traces "
+                  "GROUP BY SpanName\"\nKafka keeps running for more; `otelpipe kafka down` stops it.")
         return 0
     finally:
         if proc.poll() is None:
@@ -283,7 +291,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 async def _produce_demo(settings: Settings, args: argparse.Namespace) -> Any:
     from streams.producer import produce_workload
 
-    return await produce_workload(settings, messages=args.messages, traces_per_message=5, seed=args.seed)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    return await produce_workload(settings, messages=args.messages, traces_per_message=5, seed=seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traces-per-message", type=int, default=5)
     p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=None, help="makes the workload repeatable (default: random, printed)")
     p.add_argument("--encoding", choices=["otlp_proto", "otlp_json"], default="otlp_proto")
     p.add_argument("--extra-attributes", type=int, default=0, help="extra attributes per span")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -326,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="broker + worker on chDB + workload, then answers from ClickHouse")
     p.add_argument("--messages", type=int, default=100)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep-running", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -128,6 +128,14 @@ class WorkerSettings:
     )
     web_host: str = field(default="127.0.0.1", metadata=doc("Address the worker's HTTP server binds."))
     data_dir: str = field(default=".otelpipe/worker", metadata=doc("Faust's local state directory."))
+    session_timeout_s: float = field(
+        default=60.0,
+        metadata=doc(
+            "Kafka consumer session timeout: how long a worker that died without leaving keeps its "
+            "partitions before the group hands them to others.",
+            "s",
+        ),
+    )
     retry_initial_s: float = field(
         default=0.5, metadata=doc("First wait before retrying a failed ClickHouse write.", "s")
     )
@@ -242,6 +250,8 @@ def _validate(s: Settings) -> list[str]:
     positive("worker.max_message_bytes", w.max_message_bytes)
     if not 0 < w.web_port < 65536:
         problems.append(f"worker.web_port: must be a TCP port, got {w.web_port!r}")
+    if not 6 <= w.session_timeout_s <= 1800:
+        problems.append(f"worker.session_timeout_s: must be between 6 and 1800 (the broker's limits), got {w.session_timeout_s!r}")
     positive("worker.retry_initial_s", w.retry_initial_s)
     if w.retry_max_s < w.retry_initial_s:
         problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")

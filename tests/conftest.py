@@ -85,6 +85,7 @@ class WorkerProcess:
             "OTELPIPE_WORKER_BATCH_MAX_MESSAGES": "20",
             "OTELPIPE_WORKER_RETRY_INITIAL_S": "0.2",
             "OTELPIPE_WORKER_RETRY_MAX_S": "2",
+            "OTELPIPE_WORKER_SESSION_TIMEOUT_S": "6",
         }
         self.env.update(overrides)
         self.settings = load_settings(env=self.env)

@@ -1,0 +1,35 @@
+# otelpipe: `make demo` runs the pipeline on embedded defaults, `make test` runs every test.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+
+.PHONY: demo test unit install kafka-up kafka-down bench clean
+
+demo: install
+	$(BIN)/otelpipe demo
+
+test: install kafka-up
+	$(BIN)/python -m pytest -q -ra
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+kafka-up: install
+	$(BIN)/otelpipe kafka up
+
+kafka-down:
+	@if [ -x $(BIN)/otelpipe ]; then $(BIN)/otelpipe kafka down; fi
+
+bench: install kafka-up
+	$(BIN)/python bench/throughput.py
+
+clean: kafka-down
+	rm -rf .otelpipe
