@@ -182,9 +182,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"applied {mig.version:04d}_{mig.name}")
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
 
+    import gc
+
     from faust import Worker
 
     from streams.app import app
+
+    # Everything imported so far lives as long as the process: keep it out of GC scans.
+    gc.collect()
+    gc.freeze()
 
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -1,0 +1,162 @@
+"""End-to-end throughput of the worker: Kafka → decode → chDB, measured on the worker process.
+
+1. Produce a fixed volume first: spans in ~1000-span OTLP protobuf messages, ~10 attributes a span.
+2. Start `otelpipe run` on a fresh chDB path and wait until it is ready (startup is not counted).
+3. Time the drain until every span is in ClickHouse; read the worker's CPU (user+sys) and peak RSS.
+4. Decode-only: the same messages through `decode_messages` in this process.
+
+Prints spans/s, spans per worker CPU-second, decode-only spans per CPU-second and peak RSS.
+Run: make bench   (or: .venv/bin/python bench/throughput.py --messages 200)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+from aiokafka import AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streams.batch import RawMessage  # noqa: E402
+from streams.cli import query_worker  # noqa: E402
+from streams.config import load_settings  # noqa: E402
+from streams.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from streams.otlp_decode import decode_messages  # noqa: E402
+from streams.otlp_encode import encode_request  # noqa: E402
+from streams.render import format_table  # noqa: E402
+from streams.signal_writer import gc_paused  # noqa: E402
+from streams.workload import Workload  # noqa: E402
+
+
+def build_messages(count: int, seed: int) -> tuple[list[bytes], int]:
+    workload = Workload(seed=seed, extra_attributes=5)
+    payloads, spans = [], 0
+    for _ in range(count):
+        request, _ = workload.trace_requests(84)  # 84 traces x 12 spans = 1008 spans
+        spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        payloads.append(encode_request(request, "otlp_proto"))
+    return payloads, spans
+
+
+async def send(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", compression_type="lz4",
+                                max_request_size=16 * 1024 * 1024, linger_ms=20)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, p, key=str(i).encode()) for i, p in enumerate(payloads)]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=150, help="1000-span messages to produce")
+    parser.add_argument("--batch-max-messages", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix="otelpipe-bench-"))
+    env = {
+        **os.environ,
+        "OTELPIPE_KAFKA_SPANS_TOPIC": f"bench{tag}_spans",
+        "OTELPIPE_KAFKA_LOGS_TOPIC": f"bench{tag}_logs",
+        "OTELPIPE_KAFKA_METRICS_TOPIC": f"bench{tag}_metrics",
+        "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{work / 'chdb'}",
+        "OTELPIPE_WORKER_APP_ID": f"otelpipe-bench-{tag}",
+        "OTELPIPE_WORKER_DATA_DIR": str(work / "worker"),
+        "OTELPIPE_WORKER_WEB_PORT": "6077",
+        "OTELPIPE_WORKER_BATCH_MAX_MESSAGES": str(args.batch_max_messages),
+        "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
+    }
+    settings = load_settings(env=env)
+    bootstrap = settings.kafka.bootstrap_servers
+    topics = settings.source_topics() + [settings.dlq_topic(t) for t in settings.source_topics()]
+    asyncio.run(ensure_topics(bootstrap, topics, settings.kafka.partitions))
+
+    print(f"building {args.messages} messages ...", flush=True)
+    payloads, total_spans = build_messages(args.messages, args.seed)
+    mib = sum(map(len, payloads)) / 2**20
+    print(f"producing {total_spans} spans ({mib:.0f} MiB of OTLP protobuf) ...", flush=True)
+    asyncio.run(send(bootstrap, settings.kafka.spans_topic, payloads))
+
+    log = open(work / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "run", "--loglevel", "warning"],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = psutil.Process(worker.pid)
+    try:
+        while query_worker(settings, "SELECT 1", timeout_s=2) is None:
+            if worker.poll() is not None:
+                raise SystemExit(f"worker exited: see {work / 'worker.log'}")
+            time.sleep(0.05)
+        cpu0, t0 = cpu_seconds(proc), time.monotonic()
+        if os.environ.get("OTELPIPE_BENCH_PROFILE"):
+            subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", "8", "-f", "raw",
+                              "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--threads", "--nonblocking"])
+        count_sql = f"SELECT count() FROM {settings.clickhouse.database}.otel_traces"
+        while True:
+            answer = query_worker(settings, count_sql, timeout_s=30)
+            if answer and answer[1][0][0] >= total_spans:
+                break
+            time.sleep(0.05)
+        wall = time.monotonic() - t0
+        cpu = cpu_seconds(proc) - cpu0
+        rss = peak_rss_bytes(worker.pid)
+        stored = answer[1][0][0]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        asyncio.run(delete_topics(bootstrap, topics))
+
+    messages = [RawMessage("bench", 0, i, p) for i, p in enumerate(payloads)]
+    c0 = time.process_time()
+    with gc_paused():  # as the worker decodes
+        decoded = decode_messages("traces", messages).row_count()
+    decode_cpu = time.process_time() - c0
+
+    figures = {
+        "spans": total_spans,
+        "stored": stored,
+        "drain_wall_s": round(wall, 2),
+        "worker_cpu_s": round(cpu, 2),
+        "spans_per_s": round(total_spans / wall),
+        "spans_per_worker_cpu_s": round(total_spans / cpu),
+        "decode_only_spans_per_cpu_s": round(decoded / decode_cpu),
+        "worker_peak_rss_mib": round(rss / 2**20),
+        "cores": psutil.cpu_count(),
+    }
+    print(format_table(["figure", "value"], list(figures.items())))
+    print(f"target >= 50000 spans per worker CPU-second: "
+          f"{figures['spans_per_worker_cpu_s'] / 50000:.2f}x of target")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if stored == total_spans else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
