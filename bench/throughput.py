@@ -75,7 +75,7 @@ def peak_rss_bytes(pid: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=150, help="1000-span messages to produce")
-    parser.add_argument("--batch-max-messages", type=int, default=60)
+    parser.add_argument("--batch-max-messages", type=int, default=200, help="the worker default")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()

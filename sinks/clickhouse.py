@@ -115,15 +115,23 @@ class ClickHouseSink:
         )
         return len(batch)
 
-    def recorded_ranges(self, topic: str, partition: int, from_offset: int) -> list[tuple[int, int]]:
-        """Ranges of this partition recorded by any worker of the group that end at or after from_offset."""
+    def recorded_ranges(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
+        """Ranges recorded by any worker of the group that end at or after each partition's first offset."""
+        if not starts:
+            return {}
+        conditions, params = [], {"g": self.consumer_group}
+        for i, ((topic, partition), offset) in enumerate(starts.items()):
+            conditions.append(f"(Topic = {{t{i}:String}} AND Partition = {{p{i}:UInt32}} AND LastOffset >= {{o{i}:UInt64}})")
+            params.update({f"t{i}": topic, f"p{i}": partition, f"o{i}": max(offset, 0)})
         result = self.client.query(
-            f"SELECT DISTINCT FirstOffset, LastOffset FROM {self.database}.{RANGES_TABLE} "
-            "WHERE ConsumerGroup = {g:String} AND Topic = {t:String} AND Partition = {p:UInt32} "
-            "AND LastOffset >= {o:UInt64} ORDER BY FirstOffset",
-            parameters={"g": self.consumer_group, "t": topic, "p": partition, "o": max(from_offset, 0)},
+            f"SELECT DISTINCT Topic, Partition, FirstOffset, LastOffset FROM {self.database}.{RANGES_TABLE} "
+            "WHERE ConsumerGroup = {g:String} AND (" + " OR ".join(conditions) + ") ORDER BY FirstOffset",
+            parameters=params,
         )
-        return [(int(a), int(b)) for a, b in result.result_rows]
+        found: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for topic, partition, first, last in result.result_rows:
+            found.setdefault((topic, int(partition)), []).append((int(first), int(last)))
+        return found
 
     def record_ranges(self, ranges: Sequence[SourceRange]) -> None:
         """Remember ranges before their rows are inserted (a duplicate record is harmless)."""

@@ -281,6 +281,16 @@ def service_name(resource_attrs: dict[str, str]) -> str:
     return f"unknown_service:{executable}" if executable else "unknown_service"
 
 
+# DateTime64(9) holds nanoseconds as Int64: 2262-04-11 is the last instant it can store.
+MAX_TIMESTAMP_NS = 2**63 - 1
+
+
+def _timestamp(value: int, what: str) -> int:
+    if value > MAX_TIMESTAMP_NS:
+        raise BadMessage("invalid_value", f"{what} {value} ns is past 2262-04-11, the last DateTime64(9) instant")
+    return value
+
+
 def _id_hex(raw: bytes, size: int, what: str) -> str:
     if not raw:
         return ""
@@ -406,6 +416,8 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
             for span in ss.spans:
                 start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
+                if start > MAX_TIMESTAMP_NS or end > MAX_TIMESTAMP_NS:
+                    _timestamp(max(start, end), "span time")
                 ts(start)
                 raw = span.trace_id
                 trace_id(raw.hex() if len(raw) == 16 else _id_hex(raw, 16, "trace_id"))
@@ -429,7 +441,7 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
                 status_message(status.message)
                 events = span.events
                 if events:
-                    ev_ts([e.time_unix_nano for e in events])
+                    ev_ts([_timestamp(e.time_unix_nano, "event time") for e in events])
                     ev_name([e.name for e in events])
                     ev_attrs([attributes_map(e.attributes) for e in events])
                     ev_dropped([e.dropped_attributes_count for e in events])
@@ -470,9 +482,9 @@ def _logs_to_columns(request: Any, out: _Columns) -> None:
             s_attrs = attributes_map(scope.attributes)
             s_schema = sl.schema_url
             for rec in sl.log_records:
-                observed_ns = rec.observed_time_unix_nano
+                observed_ns = _timestamp(rec.observed_time_unix_nano, "observed time")
                 # A record without a timestamp happened when it was observed (OTel data model).
-                ts(rec.time_unix_nano or observed_ns)
+                ts(_timestamp(rec.time_unix_nano, "log time") or observed_ns)
                 trace_id(_id_hex(rec.trace_id, 16, "trace_id"))
                 span_id(_id_hex(rec.span_id, 8, "span_id"))
                 f = rec.flags
@@ -501,7 +513,7 @@ def _exemplar_columns(exemplars: Any) -> tuple[list, list, list, list, list]:
         return NONE, NONE, NONE, NONE, NONE
     return (
         [attributes_map(e.filtered_attributes) for e in exemplars],
-        [e.time_unix_nano for e in exemplars],
+        [_timestamp(e.time_unix_nano, "exemplar time") for e in exemplars],
         [float(e.as_int) if e.WhichOneof("value") == "as_int" else e.as_double for e in exemplars],
         [_id_hex(e.span_id, 8, "exemplar span_id") for e in exemplars],
         [_id_hex(e.trace_id, 16, "exemplar trace_id") for e in exemplars],
@@ -547,8 +559,8 @@ def _append_head(cols: list[Callable[[Any], None]], head: tuple, point: Any) -> 
     for i in range(n):
         cols[i](head[i])
     cols[n](attributes_map(point.attributes))
-    cols[n + 1](point.start_time_unix_nano)
-    cols[n + 2](point.time_unix_nano)
+    cols[n + 1](_timestamp(point.start_time_unix_nano, "start time"))
+    cols[n + 2](_timestamp(point.time_unix_nano, "time"))
     cols[n + 3](point.flags)
     return n + 4
 

@@ -3,8 +3,8 @@
 ``SignalWriter.write(messages)`` (blocking; the worker runs it on the ClickHouse thread):
 1. groups messages by (topic, partition) and adds any messages held back from earlier batches;
 2. cuts each partition's messages at the ranges the ledger already holds (``plan_segments``);
-3. per segment: decodes (``decode_messages``), records a new range in the ledger, inserts every
-   table batch with the segment's token;
+3. decodes every segment (``decode_messages``), records all new ranges in the ledger with one
+   insert, then inserts every table batch of every segment with the segment's token;
 4. returns the messages now safe to ack, the dead letters to publish, and holds the rest.
 
 Delivery: at-least-once reads, exactly-once rows. Offsets are acked only after the insert of every
@@ -26,7 +26,7 @@ from typing import Callable
 from sinks.clickhouse import ClickHouseSink
 from sinks.write_plan import plan_segments
 from streams import worker_metrics as m
-from streams.batch import DeadLetter, RawMessage, SourceRange
+from streams.batch import DeadLetter, DecodeResult, RawMessage, SourceRange
 from streams.otlp_decode import decode_messages
 
 
@@ -86,36 +86,33 @@ class SignalWriter:
 
         outcome = WriteOutcome()
         new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
+        recorded = self.sink.recorded_ranges({tp: min(msgs) for tp, msgs in by_tp.items()})
+        decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
         for (topic, partition), msgs in by_tp.items():
             offsets = sorted(msgs)
-            recorded = self.sink.recorded_ranges(topic, partition, offsets[0])
-            segments, ready = plan_segments(offsets, recorded)
+            segments, ready = plan_segments(offsets, recorded.get((topic, partition), []))
             for seg in segments:
                 seg_msgs = [msgs[o] for o in offsets[seg.start:seg.stop]]
                 source = SourceRange(topic, partition, seg.first_offset, seg.last_offset)
-                self._write_segment(seg_msgs, source, seg.recorded, outcome)
+                result = decode_messages(self.signal, seg_msgs, self.encoding_for(topic), self.max_message_bytes)
+                decoded.append((source, seg.recorded, seg_msgs, result))
             if ready < len(offsets):
                 new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}
+
+        # Every new range is in the ledger before any of its rows is inserted (one insert for all).
+        self.sink.record_ranges([source for source, known, _, result in decoded if result.batches and not known])
+        for source, _, seg_msgs, result in decoded:
+            for table, batch in result.batches.items():
+                started = time.perf_counter()
+                self.sink.write(batch.with_source(source))
+                m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+                m.ROWS_WRITTEN.labels(table).inc(len(batch))
+                outcome.rows[table] = outcome.rows.get(table, 0) + len(batch)
+            m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
+            outcome.dead_letters.extend(result.dead_letters)
+            outcome.done.extend(seg_msgs)
         # Only now, with every segment written, does the held state move forward.
         self._held = new_held
         outcome.held = self.held_count()
         m.HELD_MESSAGES.labels(self.signal).set(outcome.held)
         return outcome
-
-    def _write_segment(
-        self, msgs: list[RawMessage], source: SourceRange, recorded: bool, outcome: WriteOutcome
-    ) -> None:
-        result = decode_messages(
-            self.signal, msgs, self.encoding_for(source.topic), self.max_message_bytes
-        )
-        if result.batches and not recorded:
-            self.sink.record_ranges([source])
-        for table, batch in result.batches.items():
-            started = time.perf_counter()
-            self.sink.write(batch.with_source(source))
-            m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-            m.ROWS_WRITTEN.labels(table).inc(len(batch))
-            outcome.rows[table] = outcome.rows.get(table, 0) + len(batch)
-        m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
-        outcome.dead_letters.extend(result.dead_letters)
-        outcome.done.extend(msgs)

@@ -239,3 +239,12 @@ def test_dead_letter_headers_keep_original_headers():
     headers = result.dead_letters[0].headers()
     assert ("tenant", b"a") in headers
     assert orjson.dumps([k for k, _ in headers])
+
+
+def test_timestamps_past_datetime64_range_are_dead_lettered_not_retried_forever():
+    req = traces_request()
+    req.resource_spans[0].scope_spans[0].spans[0].end_time_unix_nano = 2**64 - 1
+    logs = logs_request()
+    logs.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano = 2**63
+    assert [d.reason for d in decode_messages("traces", [msg(req.SerializeToString())]).dead_letters] == ["invalid_value"]
+    assert [d.reason for d in decode_messages("logs", [msg(logs.SerializeToString())]).dead_letters] == ["invalid_value"]
