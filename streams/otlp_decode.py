@@ -570,70 +570,51 @@ def _append_exemplars(cols: list[Callable[[Any], None]], start: int, point: Any)
         cols[start + offset](values)
 
 
-def _number_points(out: _Columns, head: tuple, points: Any, sum_info: tuple[int, bool] | None) -> None:
+def _point_rows(out: _Columns, head: tuple, points: Any, values_of: Callable[[Any], tuple],
+                exemplars: bool = True) -> None:
+    """One row per data point: the common columns, the type's own values, then its exemplars."""
     cols = out.appenders()
     for p in points:
         i = _append_head(cols, head, p)
-        cols[i](float(p.as_int) if p.WhichOneof("value") == "as_int" else p.as_double)
-        i += 1
-        if sum_info is not None:
-            cols[i](sum_info[0])
-            cols[i + 1](sum_info[1])
-            i += 2
-        _append_exemplars(cols, i, p)
+        for value in values_of(p):
+            cols[i](value)
+            i += 1
+        if exemplars:
+            _append_exemplars(cols, i, p)
+
+
+def _number_value(p: Any) -> float:
+    return float(p.as_int) if p.WhichOneof("value") == "as_int" else p.as_double
+
+
+def _number_points(out: _Columns, head: tuple, points: Any, sum_info: tuple[int, bool] | None) -> None:
+    if sum_info is None:
+        _point_rows(out, head, points, lambda p: (_number_value(p),))
+    else:
+        temporality, monotonic = sum_info
+        _point_rows(out, head, points, lambda p: (_number_value(p), temporality, monotonic))
 
 
 def _histogram_points(out: _Columns, head: tuple, histogram: Any) -> None:
-    cols = out.appenders()
-    temporality = histogram.aggregation_temporality
-    for p in histogram.data_points:
-        i = _append_head(cols, head, p)
-        for value in (
-            p.count,
-            p.sum,
-            list(p.bucket_counts),
-            list(p.explicit_bounds),
-            p.min,
-            p.max,
-            temporality,
-        ):
-            cols[i](value)
-            i += 1
-        _append_exemplars(cols, i, p)
+    t = histogram.aggregation_temporality
+    _point_rows(out, head, histogram.data_points, lambda p: (
+        p.count, p.sum, list(p.bucket_counts), list(p.explicit_bounds), p.min, p.max, t,
+    ))
 
 
 def _exp_histogram_points(out: _Columns, head: tuple, histogram: Any) -> None:
-    cols = out.appenders()
-    temporality = histogram.aggregation_temporality
-    for p in histogram.data_points:
-        i = _append_head(cols, head, p)
-        for value in (
-            p.count,
-            p.sum,
-            p.scale,
-            p.zero_count,
-            p.zero_threshold,
-            p.positive.offset,
-            list(p.positive.bucket_counts),
-            p.negative.offset,
-            list(p.negative.bucket_counts),
-            p.min,
-            p.max,
-            temporality,
-        ):
-            cols[i](value)
-            i += 1
-        _append_exemplars(cols, i, p)
+    t = histogram.aggregation_temporality
+    _point_rows(out, head, histogram.data_points, lambda p: (
+        p.count, p.sum, p.scale, p.zero_count, p.zero_threshold,
+        p.positive.offset, list(p.positive.bucket_counts), p.negative.offset, list(p.negative.bucket_counts),
+        p.min, p.max, t,
+    ))
 
 
 def _summary_points(out: _Columns, head: tuple, points: Any) -> None:
-    cols = out.appenders()
-    for p in points:
-        i = _append_head(cols, head, p)
-        cols[i](p.count)
-        cols[i + 1](p.sum)
-        cols[i + 2]([q.quantile for q in p.quantile_values])
-        cols[i + 3]([q.value for q in p.quantile_values])
+    _point_rows(out, head, points, lambda p: (
+        p.count, p.sum, [q.quantile for q in p.quantile_values], [q.value for q in p.quantile_values],
+    ), exemplars=False)
 
 
 # ---------------------------------------------------------------- the stage
@@ -670,15 +651,13 @@ def decode_messages(
                 _logs_to_columns(request, outs[LOGS_TABLE])
             else:
                 _metrics_to_columns(request, outs)
-        except BadMessage as exc:
+        except (BadMessage, ValueError, TypeError, OverflowError, binascii.Error) as exc:
             for table, cols in outs.items():
                 cols.truncate(marks[table])
-            result.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
-            continue
-        except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
-            for table, cols in outs.items():
-                cols.truncate(marks[table])
-            result.dead_letters.append(DeadLetter(message, "invalid_value", f"{type(exc).__name__}: {exc}"))
+            if isinstance(exc, BadMessage):
+                result.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
+            else:
+                result.dead_letters.append(DeadLetter(message, "invalid_value", f"{type(exc).__name__}: {exc}"))
             continue
         result.decoded_messages += 1
     for table, cols in outs.items():
