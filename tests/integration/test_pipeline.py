@@ -59,6 +59,15 @@ def test_known_workload_lands_exactly_in_both_encodings(worker_factory):
     # Parameters are passed, never pasted into SQL.
     rows = worker.query("SELECT count() FROM {db}.otel_traces WHERE ServiceName = {svc:String}", {"svc": "payment"})
     assert rows[0][0] == expected_by_service["payment"]
+    # The worker's /query endpoint cannot change data.
+    from streams.cli import QueryFailed
+
+    try:
+        worker.query("INSERT INTO {db}.otel_logs (Body) VALUES ('sneaky')")
+        raise AssertionError("an INSERT went through the read-only endpoint")
+    except QueryFailed as exc:
+        assert "readonly" in str(exc).lower()
+    assert worker.scalar("SELECT count() FROM {db}.otel_logs") == logs
 
 
 async def _send_raw(bootstrap: str, topic: str, items: list[tuple[bytes, list]]) -> None:
