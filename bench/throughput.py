@@ -65,6 +65,22 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (Python threads, chDB's insert and merge pools, ...)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:
+            continue
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = name.rstrip("0123456789_-") or name
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def peak_rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -114,7 +130,7 @@ def main() -> int:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {work / 'worker.log'}")
             time.sleep(0.05)
-        cpu0, t0 = cpu_seconds(proc), time.monotonic()
+        cpu0, t0, threads0 = cpu_seconds(proc), time.monotonic(), thread_cpu(worker.pid)
         if os.environ.get("OTELPIPE_BENCH_PROFILE"):
             subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", "8", "-f", "raw",
                               "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--threads", "--nonblocking"])
@@ -126,6 +142,9 @@ def main() -> int:
             time.sleep(0.2)  # each poll is a query the worker serves: poll gently
         wall = time.monotonic() - t0
         cpu = cpu_seconds(proc) - cpu0
+        threads1 = thread_cpu(worker.pid)
+        by_thread = {name: round(threads1[name] - threads0.get(name, 0.0), 2) for name in threads1}
+        by_thread = {k: v for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0}
         rss = peak_rss_bytes(worker.pid)
         stored = answer[1][0][0]
     finally:
@@ -151,6 +170,8 @@ def main() -> int:
         "cores": psutil.cpu_count(),
     }
     print(format_table(["figure", "value"], list(figures.items())))
+    print(format_table(["worker thread", "CPU s during drain"], list(by_thread.items())))
+    figures["cpu_by_thread"] = by_thread
     print(f"target >= 50000 spans per worker CPU-second: "
           f"{figures['spans_per_worker_cpu_s'] / 50000:.2f}x of target")
     if args.json:

@@ -270,7 +270,8 @@ def _value_str(value: Any) -> str:
 
 
 def attributes_map(kvs: Iterable[Any]) -> dict[str, str]:
-    return {kv.key: _value_str(kv.value) for kv in kvs}
+    # _value_str inlined: this runs for every attribute of every record.
+    return {kv.key: kv.value.string_value or any_value_str(kv.value) for kv in kvs}
 
 
 def service_name(resource_attrs: dict[str, str]) -> str:
