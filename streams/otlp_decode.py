@@ -36,8 +36,14 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from streams.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage
+
+try:  # the C fast path for protobuf spans (streams/_fastotlp.c); same output, ~5x faster
+    from streams import _fastotlp
+except ImportError:  # built without a compiler: the pure-Python path below does everything
+    _fastotlp = None
 
 TRACES_TABLE = "otel_traces"
 LOGS_TABLE = "otel_logs"
@@ -334,6 +340,13 @@ def _hex_ids_to_base64(node: Any) -> Any:
     return node
 
 
+def _not_protobuf(signal: str, payload: bytes, detail: str) -> BadMessage:
+    looks_json = payload.lstrip()[:1] in (b"{", b"[")
+    reason = "wrong_encoding" if looks_json else "undecodable"
+    hint = " (looks like JSON: is the topic's encoding otlp_json?)" if looks_json else ""
+    return BadMessage(reason, f"not an OTLP protobuf {signal} request: {detail}{hint}")
+
+
 def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
     """Bytes → Export*ServiceRequest, or BadMessage naming why not."""
     request_type = _REQUEST_TYPES[signal]
@@ -362,10 +375,7 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
     try:
         request.ParseFromString(payload)
     except DecodeError as exc:
-        looks_json = payload.lstrip()[:1] in (b"{", b"[")
-        reason = "wrong_encoding" if looks_json else "undecodable"
-        hint = " (looks like JSON: is the topic's encoding otlp_json?)" if looks_json else ""
-        raise BadMessage(reason, f"not an OTLP protobuf {signal} request: {exc}{hint}") from None
+        raise _not_protobuf(signal, payload, str(exc)) from None
     if payload and not request.ListFields():
         # Bytes that parse only as unknown fields are not telemetry; an empty request is 0 bytes.
         raise BadMessage("undecodable", f"no OTLP {signal} content in {len(payload)} bytes")
@@ -618,6 +628,35 @@ def _summary_points(out: _Columns, head: tuple, points: Any) -> None:
     ), exemplars=False)
 
 
+def _any_value_from_bytes(raw: bytes) -> str:
+    try:
+        return any_value_str(AnyValue.FromString(raw))
+    except DecodeError as exc:
+        raise ValueError("undecodable", f"attribute value: {exc}") from None
+
+
+def _spans_proto_fast(payload: bytes, out: _Columns) -> None:
+    """Protobuf spans straight to columns in C.
+
+    When the C reader refuses a message, the protobuf library decides: the message is decoded
+    again on the pure-Python path, so the rows or the dead-letter reason are exactly what that path
+    gives (refusals are rare, so this costs nothing in the common case).
+    """
+    mark = len(out)
+    try:
+        _spans, resources = _fastotlp.decode_spans(
+            payload, [out.data[name] for name in out.names], NONE, _any_value_from_bytes
+        )
+    except ValueError as exc:
+        if len(exc.args) != 2:
+            raise
+        out.truncate(mark)
+        _spans_to_columns(parse_request("traces", payload, "otlp_proto"), out)
+        return
+    if payload and not resources:
+        raise BadMessage("undecodable", f"no OTLP traces content in {len(payload)} bytes")
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -626,6 +665,7 @@ def decode_messages(
     messages: Sequence[RawMessage],
     default_encoding: str = "otlp_proto",
     max_message_bytes: int = 16 * 1024 * 1024,
+    use_fast_path: bool = True,
 ) -> DecodeResult:
     """Decode a run of Kafka messages of one signal into table batches and dead letters.
 
@@ -645,7 +685,12 @@ def decode_messages(
             continue
         marks = {table: len(cols) for table, cols in outs.items()}
         try:
-            request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+            encoding = choose_encoding(message, default_encoding)
+            if signal == "traces" and encoding == "otlp_proto" and use_fast_path and _fastotlp is not None:
+                _spans_proto_fast(message.value, outs[TRACES_TABLE])
+                result.decoded_messages += 1
+                continue
+            request = parse_request(signal, message.value, encoding)
             if signal == "traces":
                 _spans_to_columns(request, outs[TRACES_TABLE])
             elif signal == "logs":
