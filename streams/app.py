@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,9 +24,12 @@ from prometheus_client import generate_latest
 
 from sinks.clickhouse import ClickHouseSink, is_retryable
 from streams import worker_metrics as m
+from streams.alerts import ALERTS_TABLE, AlertTracker, encode_avro, from_burn, latest_states_query
+from streams.alerts import table_columns as alert_table_columns
 from streams.batch import DeadLetter, RawMessage
 from streams.config import load_settings, resolve_path
 from streams.signal_writer import SignalWriter, WriteOutcome
+from streams.slo import counts_query, evaluate_rows, query_parameters
 
 log = logging.getLogger("otelpipe.worker")
 
@@ -62,6 +66,7 @@ spans_topic = _topic(K.spans_topic)
 logs_topic = _topic(K.logs_topic)
 metrics_topic = _topic(K.metrics_topic)
 dlq_topics = {name: _topic(settings.dlq_topic(name)) for name in settings.source_topics()}
+alerts_topic = _topic(settings.slo.alerts_topic)
 
 # chDB and clickhouse-connect block: every call runs on this one thread (calls serialise anyway).
 clickhouse_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -172,6 +177,66 @@ async def logs_agent(stream: Any) -> None:
 @app.agent(metrics_topic, name="otelpipe.metrics", concurrency=1)
 async def metrics_agent(stream: Any) -> None:
     await consume_signal("metrics", stream)
+
+
+@app.timer(interval=5.0)
+async def measure_consumer_lag() -> None:
+    consumer = app.consumer
+    for tp in list(consumer.assignment()):
+        try:
+            highwater = consumer.highwater(tp)
+        except Exception:  # not fetched yet
+            continue
+        if highwater is None:
+            continue
+        committed = consumer._committed_offset.get(tp)  # last committed offset, None before the first commit
+        lag = highwater - (committed + 1 if committed is not None else 0)
+        m.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
+
+_alert_tracker = AlertTracker()
+_alert_tracker_seeded = False
+
+
+def _evaluate_slos_now() -> list[dict]:
+    """On the ClickHouse thread: burn rates now, alert transitions, rows into otelpipe_alerts."""
+    global _alert_tracker_seeded
+    sink = _open_sink()
+    db = settings.clickhouse.database
+    if not _alert_tracker_seeded:
+        result = sink.query(latest_states_query(db))
+        _alert_tracker.seed(dict(zip(result.column_names, row)) for row in result.result_rows)
+        _alert_tracker_seeded = True
+    now = datetime.now(timezone.utc)
+    result = sink.query(counts_query(db), query_parameters(now, settings.slo))
+    verdicts = evaluate_rows(list(result.column_names), [list(r) for r in result.result_rows], settings.slo)
+    firing = [from_burn(alert) for verdict in verdicts for alert in verdict.alerts]
+    records = _alert_tracker.transitions(firing, int(now.timestamp() * 1000), kinds={"slo_burn"})
+    if records:
+        names, columns = alert_table_columns(records)
+        sink.client.insert(f"{db}.{ALERTS_TABLE}", columns, column_names=names, column_oriented=True)
+    return records
+
+
+async def evaluate_slos() -> None:
+    try:
+        records = await on_clickhouse_thread(_evaluate_slos_now)
+    except Exception as exc:  # an evaluation that fails is retried at the next tick
+        m.SLO_EVALUATIONS.labels("failed").inc()
+        log.warning("SLO evaluation failed: %s", exc)
+        return
+    m.SLO_EVALUATIONS.labels("ok").inc()
+    for rec in records:
+        fut = await alerts_topic.send(key=f"{rec['Service']}/{rec['Name']}".encode(), value=encode_avro(rec))
+        await fut
+        m.ALERTS_PUBLISHED.labels(rec["Kind"], rec["State"]).inc()
+        log.warning("alert %s: %s %s %s (value %.2f, threshold %.2f)", rec["State"], rec["Kind"],
+                    rec["Service"], rec["Name"], rec["Value"], rec["Threshold"])
+
+
+if settings.slo.evaluate_every_s > 0:
+    # One evaluator per consumer group: the leader worker's.
+    app.timer(interval=settings.slo.evaluate_every_s, on_leader=True)(evaluate_slos)
 
 
 @app.page("/metrics")

@@ -133,6 +133,140 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ traces, services, SLOs
+
+
+def _dicts(columns: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from streams.waterfall import render_trace
+
+    settings = _settings(args)
+    db = settings.clickhouse.database
+    trace_id = args.trace_id.strip().lower()
+    if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
+        print(f"a trace id is 32 hex digits, got {args.trace_id!r}", file=sys.stderr)
+        return 2
+    try:
+        spans = _dicts(*run_query(settings, (
+            "SELECT TraceId, SpanId, ParentSpanId, ServiceName, SpanName, SpanKind, StatusCode, StatusMessage, "
+            "toUnixTimestamp64Nano(Timestamp) AS Timestamp, Duration "
+            f"FROM {db}.otel_traces WHERE TraceId = {{id:String}} ORDER BY Timestamp"), {"id": trace_id}))
+        logs = _dicts(*run_query(settings, (
+            "SELECT SpanId, ServiceName, SeverityText, SeverityNumber, Body, "
+            "toUnixTimestamp64Nano(Timestamp) AS Timestamp "
+            f"FROM {db}.otel_logs WHERE TraceId = {{id:String}} ORDER BY Timestamp"), {"id": trace_id}))
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 2
+    if not spans:
+        print(f"no spans of trace {trace_id}" + (f" ({len(logs)} logs)" if logs else ""), file=sys.stderr)
+        return 1
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print("\n".join(render_trace(spans, logs, width=args.width, color=color)))
+    return 0
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 15m, 1h or 7d, got {text!r}")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def services_query(database: str, by_operation: bool) -> str:
+    group = "ServiceName, SpanName" if by_operation else "ServiceName"
+    return (
+        f"SELECT {group}, sum(Spans) AS spans, sum(Errors) AS errors, "
+        "quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS q "
+        f"FROM {database}.otel_traces_rollup_1m "
+        "WHERE SpanKind IN ('Server', 'Consumer') "
+        "AND Minute > toDateTime({now:UInt32}) - toIntervalSecond({since:UInt32}) "
+        "AND Minute <= toDateTime({now:UInt32}) "
+        f"GROUP BY {group} ORDER BY {group}"
+    )
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    now = int(time.time())
+    try:
+        columns, rows = run_query(settings, services_query(settings.clickhouse.database, args.by_operation),
+                                  {"now": now, "since": args.since})
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 2
+    out = []
+    for rec in _dicts(columns, rows):
+        q = rec["q"] or [0, 0, 0]
+        row = [rec["ServiceName"]] + ([rec["SpanName"]] if args.by_operation else [])
+        row += [int(rec["spans"]), round(rec["spans"] / args.since, 3),
+                round(rec["errors"] / rec["spans"], 4) if rec["spans"] else 0.0,
+                round(q[0] / 1e6, 2), round(q[1] / 1e6, 2), round(q[2] / 1e6, 2)]
+        out.append(row)
+    head = ["service"] + (["operation"] if args.by_operation else [])
+    head += ["requests", "per_s", "error_ratio", "p50_ms", "p95_ms", "p99_ms"]
+    print(FORMATS[args.format](head, out))
+    return 0
+
+
+def cmd_slo(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from streams.slo import counts_query, evaluate_rows, query_parameters
+
+    settings = _settings(args)
+    now = datetime.now(timezone.utc)
+    try:
+        columns, rows = run_query(settings, counts_query(settings.clickhouse.database),
+                                  query_parameters(now, settings.slo))
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 2
+    verdicts = evaluate_rows(columns, rows, settings.slo)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.3f}%"
+
+    table = []
+    for v in verdicts:
+        status = ", ".join(f"{a.sli} {a.rule.replace('_', ' ')}" for a in v.alerts) or "ok"
+        for sli, sli_value, target, budget in (
+            ("availability", v.availability, v.objective.availability, v.availability_budget_left),
+            (f"latency≤{v.objective.latency_ms}ms", v.latency, v.objective.latency_target, v.latency_budget_left),
+        ):
+            key = "availability" if sli == "availability" else "latency"
+            table.append([v.service, sli, pct(target), pct(sli_value), pct(budget)] +
+                         [round(v.burn[(key, w)], 2) for w in ("5m", "30m", "1h", "6h")] +
+                         [status if key == "availability" else ""])
+    head = ["service", "sli", "objective", f"sli_{settings.slo.window_days}d", "budget_left",
+            "burn_5m", "burn_30m", "burn_1h", "burn_6h", "status"]
+    print(FORMATS[args.format](head, table))
+    burning = [v.service for v in verdicts if v.burning]
+    if burning:
+        print(f"burning: {', '.join(burning)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        columns, rows = run_query(settings, (
+            "SELECT Timestamp, Kind, Service, Name, State, Severity, round(Value, 3) AS Value, Threshold "
+            f"FROM {settings.clickhouse.database}.otelpipe_alerts ORDER BY Timestamp DESC LIMIT {{n:UInt32}}"),
+            {"n": args.limit})
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 2
+    print(FORMATS[args.format](columns, rows))
+    return 0
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -200,9 +334,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from streams.kafka_admin import ensure_topics
-    from streams.producer import produce_workload
+    from streams.producer import FileProblem, produce_file, produce_workload
 
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
+    if args.file:
+        try:
+            sent, problems = asyncio.run(produce_file(settings, args.file, args.signal))
+        except (FileProblem, OSError) as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(format_table(["signal", "messages sent"], sorted(sent.items())))
+        return 1 if problems else 0
     started = time.monotonic()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     summary = asyncio.run(produce_workload(
@@ -324,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query parameter, used as {NAME:Type} in the SQL (never pasted into it)")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("produce", help="send a synthetic OTLP workload")
+    p = sub.add_parser("produce", help="send a synthetic OTLP workload, or an OTLP file (--file)")
     p.add_argument("--messages", type=int, default=200, help="steps to send (a spans, a logs, sometimes a metrics "
                    "message each); 0 with --duration sends until the duration ends")
     p.add_argument("--traces-per-message", type=int, default=5)
@@ -334,7 +478,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=["otlp_proto", "otlp_json"], default="otlp_proto")
     p.add_argument("--extra-attributes", type=int, default=0, help="extra attributes per span")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--file", help="send this OTLP file instead: JSON lines (Collector file exporter) or protobuf")
+    p.add_argument("--signal", choices=["traces", "logs", "metrics"], help="the signal of a protobuf --file")
     p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("trace", help="one trace as a waterfall, with its logs")
+    p.add_argument("trace_id")
+    p.add_argument("--width", type=int, default=40, help="width of the time bars")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("services", help="rate, error ratio and latency per service (from the rollup)")
+    p.add_argument("--since", type=parse_duration, default=3600, metavar="DURATION", help="e.g. 15m, 1h, 7d")
+    p.add_argument("--by-operation", action="store_true", help="one row per service and span name")
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.set_defaults(func=cmd_services)
+
+    p = sub.add_parser("slo", help="SLIs, error budgets and burn rates; exits 1 when a service is burning")
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.set_defaults(func=cmd_slo)
+
+    p = sub.add_parser("alerts", help="latest alert records")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("config", help="show every setting, its value and meaning")
     p.set_defaults(func=cmd_config)

@@ -144,11 +144,62 @@ class WorkerSettings:
     )
 
 
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One service's SLO: availability and latency objectives over the SLO window."""
+
+    service: str
+    availability: float = 0.999  # fraction of entry spans (server/consumer) that are not errors
+    latency_ms: int = 1000  # threshold; one of LATENCY_BUCKETS_MS
+    latency_target: float = 0.99  # fraction of entry spans at or under latency_ms
+
+
+@dataclass(frozen=True)
+class SloSettings:
+    window_days: int = field(default=30, metadata=doc("SLO window: error budgets are spent over this many days.", "days"))
+    default_availability: float = field(
+        default=0.999, metadata=doc("Availability objective of services without an [[slo.objectives]] entry.")
+    )
+    default_latency_ms: int = field(
+        default=1000,
+        metadata=doc("Latency threshold of services without an objective; one of " +
+                     ", ".join(map(str, LATENCY_BUCKETS_MS)) + ".", "ms"),
+    )
+    default_latency_target: float = field(
+        default=0.99, metadata=doc("Fraction of entry spans that must be under the latency threshold.")
+    )
+    fast_burn_rate: float = field(
+        default=14.4, metadata=doc("Burn rate over 1h and 5m that pages (2% of a 30-day budget in an hour).")
+    )
+    slow_burn_rate: float = field(
+        default=6.0, metadata=doc("Burn rate over 6h and 30m that opens a ticket (5% of the budget in 6 hours).")
+    )
+    evaluate_every_s: float = field(
+        default=60.0, metadata=doc("How often the worker evaluates burn rates (0 turns it off).", "s")
+    )
+    alerts_topic: str = field(default="otelpipe.alerts", metadata=doc("Topic receiving alert records (Avro)."))
+    objectives: tuple[Objective, ...] = field(
+        default=(),
+        metadata=doc("Per-service objectives: [[slo.objectives]] tables with service, availability, "
+                     "latency_ms, latency_target."),
+    )
+
+    def objective_for(self, service: str) -> Objective:
+        for objective in self.objectives:
+            if objective.service == service:
+                return objective
+        return Objective(service, self.default_availability, self.default_latency_ms, self.default_latency_target)
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    slo: SloSettings = field(default_factory=SloSettings)
 
     def dlq_topic(self, topic: str) -> str:
         return topic + self.kafka.dlq_suffix
@@ -161,14 +212,45 @@ SECTIONS: dict[str, type] = {
     "kafka": KafkaSettings,
     "clickhouse": ClickHouseSettings,
     "worker": WorkerSettings,
+    "slo": SloSettings,
 }
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
-def _coerce(raw: Any, typ: type, path: str, problems: list[str]) -> Any:
+def _objectives(raw: Any, path: str, problems: list[str]) -> tuple[Objective, ...] | None:
+    if not isinstance(raw, list):
+        problems.append(f"{path}: expected a list of tables ([[slo.objectives]])")
+        return None
+    out = []
+    hints = typing.get_type_hints(Objective)
+    for i, item in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected a table")
+            continue
+        unknown = set(item) - set(hints)
+        for name in sorted(unknown):
+            problems.append(f"{where}.{name}: unknown setting")
+        if "service" not in item:
+            problems.append(f"{where}.service: required")
+            continue
+        values = {}
+        for name, value in item.items():
+            if name in hints:
+                coerced = _coerce(value, hints[name], f"{where}.{name}", problems)
+                if coerced is not None:
+                    values[name] = coerced
+        if "service" in values:
+            out.append(Objective(**values))
+    return tuple(out)
+
+
+def _coerce(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
     """Turn a TOML value or an environment string into the field's type, or note why not."""
+    if typ == tuple[Objective, ...]:
+        return _objectives(raw, path, problems)
     try:
         if typ is bool:
             if isinstance(raw, bool):
@@ -253,6 +335,30 @@ def _validate(s: Settings) -> list[str]:
     if not 6 <= w.session_timeout_s <= 1800:
         problems.append(f"worker.session_timeout_s: must be between 6 and 1800 (the broker's limits), got {w.session_timeout_s!r}")
     positive("worker.retry_initial_s", w.retry_initial_s)
+
+    slo = s.slo
+    positive("slo.window_days", slo.window_days)
+    positive("slo.fast_burn_rate", slo.fast_burn_rate)
+    positive("slo.slow_burn_rate", slo.slow_burn_rate)
+    if slo.evaluate_every_s < 0:
+        problems.append(f"slo.evaluate_every_s: must be >= 0, got {slo.evaluate_every_s!r}")
+    if not _TOPIC.match(slo.alerts_topic):
+        problems.append(f"slo.alerts_topic: {slo.alerts_topic!r} is not a valid Kafka topic name")
+    defaults = Objective("(default)", slo.default_availability, slo.default_latency_ms, slo.default_latency_target)
+    seen = set()
+    for i, objective in enumerate((defaults, *slo.objectives)):
+        where = "slo.default_" if i == 0 else f"slo.objectives[{i - 1}]."
+        for name in ("availability", "latency_target"):
+            value = getattr(objective, name)
+            if not 0 < value < 1:
+                problems.append(f"{where}{name}: must be between 0 and 1 (exclusive), got {value!r}")
+        if objective.latency_ms not in LATENCY_BUCKETS_MS:
+            problems.append(
+                f"{where}latency_ms: must be one of {', '.join(map(str, LATENCY_BUCKETS_MS))}, got {objective.latency_ms!r}"
+            )
+        if i and objective.service in seen:
+            problems.append(f"{where}service: {objective.service!r} has two objectives")
+        seen.add(objective.service)
     if w.retry_max_s < w.retry_initial_s:
         problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")
     return problems

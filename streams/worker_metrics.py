@@ -55,3 +55,16 @@ WRITER_BLOCKED = Gauge(
     ["signal"],
     registry=REGISTRY,
 )
+CONSUMER_LAG = Gauge(
+    "otelpipe_consumer_lag_messages",
+    "Messages in a partition not yet committed by this worker (high watermark minus committed offset).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+ALERTS_PUBLISHED = Counter(
+    "otelpipe_alerts_published_total", "Alert records written, by kind and state.", ["kind", "state"],
+    registry=REGISTRY,
+)
+SLO_EVALUATIONS = Counter(
+    "otelpipe_slo_evaluations_total", "SLO burn-rate evaluations, by outcome.", ["outcome"], registry=REGISTRY
+)

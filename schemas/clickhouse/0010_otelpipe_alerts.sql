@@ -1,0 +1,17 @@
+-- Alert records: one row each time an alert starts firing or resolves (SLO burn rates today;
+-- cardinality budgets use the same table). The same records go to the otelpipe.alerts topic,
+-- Avro-encoded with schemas/avro/alert.avsc; a test keeps the two in step.
+CREATE TABLE IF NOT EXISTS ${database}.otelpipe_alerts ${on_cluster} (
+    Timestamp DateTime64(3) CODEC(Delta, ZSTD(1)),
+    Kind LowCardinality(String),
+    Service LowCardinality(String),
+    Name String,
+    State LowCardinality(String),
+    Severity LowCardinality(String),
+    Value Float64,
+    Threshold Float64,
+    Details Map(LowCardinality(String), String)
+) ENGINE = ${engine:MergeTree}
+PARTITION BY toYYYYMM(Timestamp)
+ORDER BY (Kind, Service, Name, Timestamp)
+SETTINGS non_replicated_deduplication_window = ${dedup_window};
