@@ -58,8 +58,9 @@ def _broker(settings: Settings) -> Any:
 
 
 def _all_topics(settings: Settings) -> list[str]:
+    """Every topic otelpipe reads or writes: sources, their dead-letter topics, alerts."""
     topics = settings.source_topics()
-    return topics + [settings.dlq_topic(t) for t in topics]
+    return topics + [settings.dlq_topic(t) for t in topics] + [settings.slo.alerts_topic]
 
 
 # ------------------------------------------------------------------ query

@@ -24,11 +24,15 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                await admin.create_topics(
+                response = await admin.create_topics(
                     [NewTopic(name=t, num_partitions=partitions, replication_factor=replication) for t in missing]
                 )
             except TopicAlreadyExistsError:
-                pass  # another process created it between the list and the create
+                return missing  # another process created them between the list and the create
+            problems = [f"{err[0]}: error {err[1]} {err[2] if len(err) > 2 else ''}".strip()
+                        for err in getattr(response, "topic_errors", []) if err[1] not in (0, 36)]  # 36: exists
+            if problems:
+                raise RuntimeError("creating topics failed: " + "; ".join(problems))
         return missing
     finally:
         await admin.close()

@@ -43,11 +43,16 @@ class KafkaOtlpProducer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="otelpipe-kafka-exporter", daemon=True)
         self._thread.start()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers, compression_type=compression, linger_ms=linger_ms,
-            acks="all", enable_idempotence=True, max_request_size=max_request_size, **producer_options,
-        )
-        self._run(self._producer.start(), timeout_s=60)
+
+        async def start() -> AIOKafkaProducer:  # aiokafka binds to the loop it is created on
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers, compression_type=compression, linger_ms=linger_ms,
+                acks="all", enable_idempotence=True, max_request_size=max_request_size, **producer_options,
+            )
+            await producer.start()
+            return producer
+
+        self._producer = self._run(start(), timeout_s=60)
         self._closed = False
 
     def _run(self, coro: Any, timeout_s: float) -> Any:

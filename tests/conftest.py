@@ -76,6 +76,7 @@ class WorkerProcess:
             "OTELPIPE_KAFKA_SPANS_TOPIC": f"t{tag}_spans",
             "OTELPIPE_KAFKA_LOGS_TOPIC": f"t{tag}_logs",
             "OTELPIPE_KAFKA_METRICS_TOPIC": f"t{tag}_metrics",
+            "OTELPIPE_SLO_ALERTS_TOPIC": f"t{tag}.alerts",
             "OTELPIPE_KAFKA_PARTITIONS": "3",
             "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
             "OTELPIPE_WORKER_APP_ID": f"otelpipe-test-{tag}",
@@ -160,7 +161,9 @@ class WorkerProcess:
     def create_topics(self) -> None:
         from streams.kafka_admin import ensure_topics
 
-        topics = self.topics() + [self.settings.dlq_topic(t) for t in self.topics()]
+        from streams.cli import _all_topics
+
+        topics = _all_topics(self.settings)
         asyncio.run(ensure_topics(self.settings.kafka.bootstrap_servers, topics, self.settings.kafka.partitions))
 
 

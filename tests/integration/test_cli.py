@@ -24,7 +24,10 @@ def test_migrate_twice_then_query_without_a_worker(tmp_path):
     assert otelpipe(tmp_path, "migrate").stdout.strip() == "schema is up to date"
 
     table = otelpipe(tmp_path, "query", "SELECT Version, Name FROM otel.otelpipe_schema_migrations ORDER BY Version").stdout
-    assert "│ Version │" in table.splitlines()[1] and "otel_traces" in table and "8 rows" in table
+    from sinks.migrations import load_migrations
+
+    assert "│ Version │" in table.splitlines()[1] and "otel_traces" in table
+    assert f"{len(load_migrations())} rows" in table
     rows = json.loads(otelpipe(tmp_path, "query", "SELECT {n:UInt8} + 1 AS x", "--param", "n=41", "--format", "json").stdout)
     assert rows == [{"x": 42}]
     csv = otelpipe(tmp_path, "query", "SELECT 'a,b' AS s", "--format", "csv").stdout

@@ -176,3 +176,6 @@ def test_kill_9_mid_stream_and_restart_gives_exact_rows(worker_factory):
         worker.wait_for(f"SELECT count() FROM {{db}}.otel_metrics_{kind}", points)
     time.sleep(2)  # nothing more arrives later either
     assert worker.scalar(SPAN_COUNT) == total_spans
+    # Re-inserted (deduplicated) blocks were not counted twice by the materialized views either.
+    assert worker.scalar("SELECT sum(Spans) FROM {db}.otel_traces_rollup_1m") == total_spans
+    assert worker.scalar("SELECT count() FROM {db}.otel_traces_trace_id_ts FINAL") == summary.traces

@@ -92,3 +92,17 @@ def test_every_table_sets_a_deduplication_window(chdb_client, ch_settings):
         if name == MIGRATIONS_TABLE:
             continue
         assert "non_replicated_deduplication_window = 10000" in ddl, name
+
+
+def test_alert_avro_fields_and_table_columns_agree(chdb_client, ch_settings):
+    from streams.alerts import ALERT_FIELDS, ALERTS_TABLE, record, table_columns as alert_columns, Firing
+
+    columns = table_columns(chdb_client, ch_settings.database, ALERTS_TABLE)
+    assert list(columns) == ALERT_FIELDS
+    rec = record(Firing("slo_burn", "svc", "availability:fast_burn", "page", 20.0, 14.4, (("sli", "availability"),)),
+                 "firing", 1_767_323_045_123)
+    names, values = alert_columns([rec])
+    chdb_client.insert(f"{ch_settings.database}.{ALERTS_TABLE}", values, column_names=names, column_oriented=True)
+    row = chdb_client.query(f"SELECT Kind, State, Value, Details, toUnixTimestamp64Milli(Timestamp) "
+                            f"FROM {ch_settings.database}.{ALERTS_TABLE}").result_rows
+    assert row == [("slo_burn", "firing", 20.0, {"sli": "availability"}, 1_767_323_045_123)]
