@@ -219,3 +219,45 @@ def test_services_trace_and_slo_give_known_answers_and_the_worker_alerts(worker_
     assert fast["State"] == "firing" and fast["Severity"] == "page" and fast["Value"] == 300.0
     alerts = cli(worker, "alerts")
     assert "availability:fast_burn" in alerts.stdout and "firing" in alerts.stdout
+
+
+def test_produce_file_sends_collector_json_lines_and_protobuf(worker_factory, tmp_path):
+    from streams.otlp_encode import encode_request
+    from tests.otlp_builders import logs_request, metrics_request, traces_request
+
+    worker = worker_factory().start()
+    jsonl = tmp_path / "collector-export.jsonl"
+    jsonl.write_bytes(b"\n".join([
+        encode_request(traces_request(2), "otlp_json"),
+        encode_request(logs_request(), "otlp_json"),
+        b"this line is broken",
+        encode_request(metrics_request(), "otlp_json"),
+    ]) + b"\n")
+    proto = tmp_path / "more-spans.pb"
+    payloads = [traces_request(3).SerializeToString(), traces_request(1).SerializeToString()]
+    proto.write_bytes(b"".join(len(p).to_bytes(4, "big") + p for p in payloads))
+
+    sent = cli(worker, "produce", "--file", str(jsonl))
+    assert sent.returncode == 1 and ":3: not JSON" in sent.stderr  # the bad line is named ...
+    assert "traces" in sent.stdout and "metrics" in sent.stdout  # ... and the good ones still went
+    assert cli(worker, "produce", "--file", str(proto)).returncode == 0
+    worker.wait_for("SELECT count() FROM {db}.otel_traces", 6)
+    worker.wait_for("SELECT count() FROM {db}.otel_logs", 1)
+    worker.wait_for("SELECT count() FROM {db}.otel_metrics_summary", 1)
+    bare = tmp_path / "dump.bin"
+    bare.write_bytes(payloads[0])
+    refused = cli(worker, "produce", "--file", str(bare))
+    assert refused.returncode == 2 and "--signal" in refused.stderr
+
+    import urllib.request
+
+    url = f"http://{worker.settings.worker.web_host}:{worker.settings.worker.web_port}/metrics"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        metrics = urllib.request.urlopen(url, timeout=10).read().decode()
+        if "otelpipe_consumer_lag_messages{" in metrics:
+            break
+        time.sleep(1)
+    assert f'otelpipe_consumer_lag_messages{{partition="0",topic="{worker.settings.kafka.spans_topic}"}}' in metrics
+    assert 'otelpipe_rows_written_total{table="otel_traces"} 6.0' in metrics
+    assert "otelpipe_insert_duration_seconds_bucket" in metrics and "otelpipe_batch_messages_bucket" in metrics
