@@ -28,6 +28,43 @@ from streams.config import ClickHouseSettings
 log = logging.getLogger(__name__)
 
 RANGES_TABLE = "otelpipe_sink_ranges"
+DAY_NS = 86_400 * 10**9
+# ClickHouse refuses an insert block touching more than max_partitions_per_insert_block (100 by
+# default) partitions; every otel table is partitioned by day of this column.
+PARTITION_TIME_COLUMN = {
+    "otel_traces": "Timestamp",
+    "otel_logs": "Timestamp",
+    "otel_metrics_gauge": "TimeUnix",
+    "otel_metrics_sum": "TimeUnix",
+    "otel_metrics_histogram": "TimeUnix",
+    "otel_metrics_exponential_histogram": "TimeUnix",
+    "otel_metrics_summary": "TimeUnix",
+}
+MAX_PARTITIONS_PER_INSERT = 90
+
+
+def blocks_within_partition_limit(batch: ColumnBatch, limit: int = MAX_PARTITIONS_PER_INSERT) -> list[ColumnBatch]:
+    """Cut a batch whose rows span more than ``limit`` days into batches of at most ``limit`` days.
+
+    Deterministic: the same batch is always cut the same way (days in ascending order, rows in
+    their original order within a piece), so each piece can carry a stable token.
+    """
+    column = PARTITION_TIME_COLUMN.get(batch.table)
+    if column is None or column not in batch.columns:
+        return [batch]
+    days = [ts // DAY_NS for ts in batch.columns[column]]
+    distinct = sorted(set(days))
+    if len(distinct) <= limit:
+        return [batch]
+    piece_of = {day: i // limit for i, day in enumerate(distinct)}
+    rows_of: list[list[int]] = [[] for _ in range((len(distinct) + limit - 1) // limit)]
+    for row, day in enumerate(days):
+        rows_of[piece_of[day]].append(row)
+    return [
+        ColumnBatch(batch.table, {name: [values[i] for i in rows] for name, values in batch.columns.items()},
+                    batch.source)
+        for rows in rows_of
+    ]
 
 # ClickHouse error codes worth retrying: the server is busy, slow or briefly unable to write.
 RETRYABLE_CODES = {
@@ -106,14 +143,52 @@ class ClickHouseSink:
             if batch.source is None:
                 raise ValueError(f"batch for {batch.table} has no source range to derive its token from")
             token = batch.source.token(batch.table)
-        self.client.insert(
-            f"{self.database}.{batch.table}",
-            list(batch.columns.values()),
-            column_names=batch.column_names,
-            column_oriented=True,
-            settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
-        )
+        pieces = blocks_within_partition_limit(batch)
+        for i, piece in enumerate(pieces):
+            self.client.insert(
+                f"{self.database}.{batch.table}",
+                list(piece.columns.values()),
+                column_names=piece.column_names,
+                column_oriented=True,
+                settings={"insert_deduplication_token": token if len(pieces) == 1 else f"{token}#{i}",
+                          "insert_deduplicate": 1},
+            )
         return len(batch)
+
+    def write_missing(self, batch: ColumnBatch, token: str) -> tuple[int, int]:
+        """Insert only the rows whose RecordId the table lacks in the batch's time range.
+
+        For replays and backfills, whose offsets differ from the first delivery: the batch goes to
+        a staging table (Memory engine, same columns, so ClickHouse computes RecordId the same way),
+        then ``INSERT ... SELECT`` takes the rows not already stored. Returns (inserted, skipped).
+        """
+        if not len(batch):
+            return 0, 0
+        column = PARTITION_TIME_COLUMN[batch.table]
+        db, table = self.database, batch.table
+        stage = f"{db}._replay_stage_{table}"
+        inserted = skipped = 0
+        for i, piece in enumerate(blocks_within_partition_limit(batch)):
+            self.client.command(f"CREATE TABLE IF NOT EXISTS {stage} AS {db}.{table} ENGINE = Memory")
+            self.client.command(f"TRUNCATE TABLE {stage}")
+            self.client.insert(stage, list(piece.columns.values()), column_names=piece.column_names,
+                               column_oriented=True)
+            times = piece.columns[column]
+            lo, hi = min(times), max(times)
+            present = (f"SELECT RecordId FROM {db}.{table} WHERE {column} BETWEEN "
+                       f"fromUnixTimestamp64Nano({{lo:Int64}}) AND fromUnixTimestamp64Nano({{hi:Int64}})")
+            params = {"lo": lo, "hi": hi}
+            dupes = self.client.query(f"SELECT count() FROM {stage} WHERE RecordId IN ({present})",
+                                      parameters=params).result_rows[0][0]
+            cols = ", ".join(f"`{name}`" for name in piece.column_names)
+            self.client.command(
+                f"INSERT INTO {db}.{table} ({cols}) SELECT {cols} FROM {stage} WHERE RecordId NOT IN ({present})",
+                parameters=params,
+                settings={"insert_deduplication_token": f"{token}#{i}", "insert_deduplicate": 1},
+            )
+            skipped += int(dupes)
+            inserted += len(piece) - int(dupes)
+        return inserted, skipped
 
     def recorded_ranges(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
         """Ranges recorded by any worker of the group that end at or after each partition's first offset."""

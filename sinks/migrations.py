@@ -7,7 +7,8 @@ no-op; a recorded migration whose file has changed is an error (write a new migr
 Files are templates with a few placeholders, so the same DDL serves chDB and servers:
 - ``${database}``, ``${dedup_window}``;
 - ``${on_cluster}`` → ``ON CLUSTER <cluster>`` on a server with ``clickhouse.cluster``, else nothing;
-- ``${engine:Kind}`` → ``Kind`` or, with a cluster, ``ReplicatedKind('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')``;
+- ``${engine:Kind}`` or ``${engine:Kind(params)}`` → the engine as written or, with a cluster,
+  ``ReplicatedKind('/clickhouse/tables/{shard}/{database}/{table}', '{replica}'[, params])``;
 - ``${ttl:EXPR}`` → ``TTL EXPR + toIntervalDay(N)`` when ``clickhouse.ttl_days`` is set, else nothing.
 The embedded chDB path renders with no cluster and no TTL.
 """
@@ -67,9 +68,12 @@ def render(sql: str, settings: ClickHouseSettings) -> str:
         if key == "on_cluster":
             return f"ON CLUSTER {settings.cluster}" if settings.cluster else ""
         if key == "engine" and arg:
-            if settings.cluster:
-                return f"Replicated{arg}('/clickhouse/tables/{{shard}}/{{database}}/{{table}}', '{{replica}}')"
-            return arg
+            if not settings.cluster:
+                return arg
+            name, _, params = arg.partition("(")
+            params = params.rstrip(")").strip()
+            path = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+            return f"Replicated{name}({path}{', ' + params if params else ''})"
         if key == "ttl" and arg:
             return f"TTL {arg} + toIntervalDay({settings.ttl_days})" if settings.ttl_days else ""
         raise ValueError(f"unknown placeholder {match.group(0)}")

@@ -268,6 +268,89 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ replay and dead letters
+
+REPLAY_SIGNALS = {"spans": ["traces"], "logs": ["logs"], "metrics": ["metrics"], "all": ["traces", "logs", "metrics"]}
+
+
+def _open_sink_or_explain(settings: Settings) -> Any:
+    from sinks.clickhouse import ClickHouseSink
+
+    try:
+        return ClickHouseSink.open(settings.clickhouse, settings.worker.app_id)
+    except Exception as exc:
+        if "lock" in str(exc).lower() and settings.clickhouse.dsn.startswith("chdb://"):
+            raise SystemExit(
+                f"the embedded store {settings.clickhouse.dsn} is held by another process (a running worker?): "
+                "stop it first, or point clickhouse.dsn at a ClickHouse server") from None
+        raise
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sinks.migrations import migrate
+    from streams.replay import ReplaySummary, parse_time, replay
+
+    settings = _settings(args)
+    if args.target_db:
+        settings = dataclasses.replace(
+            settings, clickhouse=dataclasses.replace(settings.clickhouse, database=args.target_db))
+    try:
+        from_ms, to_ms = parse_time(args.from_), parse_time(args.to)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if from_ms > to_ms:
+        print("--from is after --to", file=sys.stderr)
+        return 2
+    partitions = [int(p) for p in args.partitions.split(",")] if args.partitions else None
+    sink = _open_sink_or_explain(settings)
+    migrate(sink.client, settings.clickhouse)
+    summary = ReplaySummary()
+    try:
+        asyncio.run(replay(settings, sink, REPLAY_SIGNALS[args.signal], from_ms, to_ms, partitions,
+                           rate=args.rate, summary=summary))
+    except KeyboardInterrupt:
+        print("\nstopped: run the same command again to resume where it stopped", file=sys.stderr)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    finally:
+        sink.close()
+    print(format_table(["replay", "count"], summary.rows()))
+    return 0 if summary.finished else 130
+
+
+def _dlq_topics(settings: Settings, signal: str) -> list[str]:
+    from streams.producer import topic_for
+
+    return [settings.dlq_topic(topic_for(settings, s)) for s in REPLAY_SIGNALS[signal]]
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streams.dead_letters import read_dead_letters, refeed_dead_letters
+
+    settings = _settings(args)
+    bootstrap = settings.kafka.bootstrap_servers
+    if args.action == "show":
+        rows = []
+        for topic in _dlq_topics(settings, args.signal):
+            for letter in asyncio.run(read_dead_letters(bootstrap, topic, args.limit)):
+                rows.append([topic, f"{letter.partition}@{letter.offset}", letter.reason,
+                             f"{letter.source_topic}[{letter.header('otelpipe.dlq.source_partition')}]"
+                             f"@{letter.header('otelpipe.dlq.source_offset')}",
+                             len(letter.value), letter.header("otelpipe.dlq.detail")[:80]])
+        print(FORMATS[args.format](["dlq", "at", "reason", "source", "bytes", "detail"], rows))
+        return 0
+    total = {}
+    for topic in _dlq_topics(settings, args.signal):
+        for source, n in asyncio.run(refeed_dead_letters(bootstrap, topic, f"{settings.worker.app_id}.dlq-replay")).items():
+            total[source] = total.get(source, 0) + n
+    print(format_table(["re-fed to", "messages"], sorted(total.items())))
+    return 0
+
+
 # ------------------------------------------------------------------ commands
 
 
@@ -503,6 +586,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--format", choices=sorted(FORMATS), default="table")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("replay", help="read a time range of the source topics again; write what is missing")
+    p.add_argument("--signal", choices=sorted(REPLAY_SIGNALS), default="all")
+    p.add_argument("--from", dest="from_", required=True, metavar="TIME",
+                   help="start: 15m, 2h, 7d (ago), Unix ms, or ISO 8601 (UTC unless a zone is given)")
+    p.add_argument("--to", default="now", metavar="TIME", help="end, inclusive (default: now)")
+    p.add_argument("--partitions", help="comma-separated partitions (default: all)")
+    p.add_argument("--rate", type=float, default=0.0, help="at most this many messages per second")
+    p.add_argument("--target-db", help="write into this database instead (created and migrated if needed)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("dlq", help="dead letters: show them with their reasons, or re-feed them")
+    p.add_argument("action", choices=["show", "replay"])
+    p.add_argument("--signal", choices=sorted(REPLAY_SIGNALS), default="all")
+    p.add_argument("--limit", type=int, default=50, help="show: the most recent N per topic")
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("config", help="show every setting, its value and meaning")
     p.set_defaults(func=cmd_config)

@@ -48,3 +48,16 @@ async def delete_topics(bootstrap: str, topics: list[str]) -> None:
             await admin.delete_topics(doomed)
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of a topic; empty when it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+        if described.get("error_code"):
+            return []
+        return sorted(p["partition"] for p in described["partitions"])
+    finally:
+        await admin.close()

@@ -32,6 +32,13 @@ def test_server_render_with_cluster_and_ttl():
     assert "TTL toDateTime(Timestamp) + toIntervalDay(30)" in sql
 
 
+def test_replicated_engine_keeps_its_parameters():
+    settings = ClickHouseSettings(dsn="http://ch:8123", cluster="main")
+    assert render("${engine:ReplacingMergeTree(UpdatedAt)}", settings) == (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', UpdatedAt)")
+    assert render("${engine:ReplacingMergeTree(UpdatedAt)}", ClickHouseSettings()) == "ReplacingMergeTree(UpdatedAt)"
+
+
 def test_unknown_placeholder_is_an_error():
     with pytest.raises(ValueError, match="unknown placeholder"):
         render("SELECT ${nope}", ClickHouseSettings())
