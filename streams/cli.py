@@ -310,7 +310,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary = ReplaySummary()
     try:
         asyncio.run(replay(settings, sink, REPLAY_SIGNALS[args.signal], from_ms, to_ms, partitions,
-                           rate=args.rate, summary=summary))
+                           rate=args.rate, summary=summary, range_text=(args.from_, args.to)))
     except KeyboardInterrupt:
         print("\nstopped: run the same command again to resume where it stopped", file=sys.stderr)
     except ValueError as exc:

@@ -64,8 +64,9 @@ class ReplaySummary:
         return out
 
 
-def replay_id(signals: list[str], from_ms: int, to_ms: int, partitions: list[int] | None, database: str) -> str:
-    key = f"{','.join(sorted(signals))}|{from_ms}|{to_ms}|{sorted(partitions or [])}|{database}"
+def replay_id(signals: list[str], from_: object, to: object, partitions: list[int] | None, database: str) -> str:
+    """Stable for the same command: the range as the user wrote it (``2h`` stays ``2h``)."""
+    key = f"{','.join(sorted(signals))}|{from_}|{to}|{sorted(partitions or [])}|{database}"
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
@@ -149,9 +150,13 @@ def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink
 async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], from_ms: int, to_ms: int,
                  partitions: list[int] | None = None, rate: float = 0.0, batch_messages: int = 100,
                  out: TextIO = sys.stderr, should_stop: Callable[[], bool] = lambda: False,
-                 summary: ReplaySummary | None = None) -> ReplaySummary:
-    """Replay; ``summary`` (if given) is filled as the replay goes, so an interrupted caller keeps it."""
-    rid = replay_id(signals, from_ms, to_ms, partitions, sink.database)
+                 summary: ReplaySummary | None = None, range_text: tuple[str, str] | None = None) -> ReplaySummary:
+    """Replay; ``summary`` (if given) is filled as the replay goes, so an interrupted caller keeps it.
+
+    ``range_text`` is the range as the user wrote it; it names the replay, so running the same
+    command again (even ``--from 2h``, later) resumes instead of starting over.
+    """
+    rid = replay_id(signals, *(range_text or (from_ms, to_ms)), partitions, sink.database)
     summary = summary if summary is not None else ReplaySummary()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
