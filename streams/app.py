@@ -144,8 +144,31 @@ async def publish_dead_letters(signal: str, dead: list[DeadLetter]) -> None:
         await fut  # delivered to the broker before the source offset is acked
 
 
+async def _sink_when_reachable(signal: str) -> ClickHouseSink:
+    """Open the sink (and apply migrations), retrying with backoff while ClickHouse is unreachable.
+
+    Until it succeeds this agent takes nothing from Kafka: its partitions wait, nothing is lost.
+    """
+    from sinks.migrations import migrate
+
+    delay = W.retry_initial_s
+    while True:
+        try:
+            sink = await on_clickhouse_thread(_open_sink)
+            await on_clickhouse_thread(migrate, sink.client, settings.clickhouse)
+            m.WRITER_BLOCKED.labels(signal).set(0)
+            return sink
+        except Exception as exc:
+            m.WRITE_RETRIES.labels(signal).inc()
+            m.WRITER_BLOCKED.labels(signal).set(1)
+            log.warning("ClickHouse at %s not usable yet (%s); retrying in %.1fs", settings.clickhouse.dsn.split("@")[-1],
+                        exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, W.retry_max_s)
+
+
 async def consume_signal(signal: str, stream: Any) -> None:
-    writer = SignalWriter(signal, await on_clickhouse_thread(_open_sink), K.encoding_for, W.max_message_bytes)
+    writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for, W.max_message_bytes)
     pending: dict[tuple[str, int, int], Any] = {}
     async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
         msgs = []

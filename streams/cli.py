@@ -395,9 +395,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sinks.migrations import migrate
     from streams.kafka_admin import ensure_topics
 
-    applied = migrate(connect(settings.clickhouse), settings.clickhouse)
-    for mig in applied:
-        print(f"applied {mig.version:04d}_{mig.name}")
+    from sinks.clickhouse import is_retryable
+
+    try:
+        for mig in migrate(connect(settings.clickhouse), settings.clickhouse):
+            print(f"applied {mig.version:04d}_{mig.name}")
+    except Exception as exc:
+        if not is_retryable(exc):
+            raise
+        # ClickHouse is down: start anyway; the agents consume nothing until it answers.
+        print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
 
     import gc

@@ -92,7 +92,26 @@ class WorkerProcess:
         self.settings = load_settings(env=self.env)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 120) -> "WorkerProcess":
+    def reconfigure(self, **overrides: str) -> "WorkerProcess":
+        """Change settings for the next start (same topics and consumer group)."""
+        self.env.update(overrides)
+        self.settings = load_settings(env=self.env)
+        return self
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        url = f"http://{self.settings.worker.web_host}:{self.settings.worker.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    def metric(self, name_and_labels: str) -> float | None:
+        for line in self.metrics().splitlines():
+            if line.startswith(name_and_labels + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def start(self, timeout_s: float = 120, ready: str = "query") -> "WorkerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "run", "--loglevel", "info"],
@@ -103,7 +122,9 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if self.query("SELECT 1") is not None:
+                if ready == "metrics" and self.metrics():
+                    return self
+                if ready == "query" and self.query("SELECT 1") is not None:
                     return self
             except Exception:
                 pass
@@ -180,3 +201,17 @@ def worker_factory(tmp_path: Path, kafka_bootstrap: str):
     yield make
     for worker in started:
         worker.stop()
+
+
+def fault_report(fault: str, produced: int, worker: WorkerProcess, unit: str = "spans") -> None:
+    """With OTELPIPE_FAULT_REPORT=FILE, append a fault test's figures as a JSON line."""
+    import json
+
+    path = os.environ.get("OTELPIPE_FAULT_REPORT")
+    if not path:
+        return
+    stored = worker.scalar("SELECT count() FROM {db}.otel_traces")
+    distinct = worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces")
+    with open(path, "a") as f:
+        f.write(json.dumps({"fault": fault, "unit": unit, "produced": produced, "stored": stored,
+                            "lost": produced - distinct, "duplicated": stored - distinct}) + "\n")

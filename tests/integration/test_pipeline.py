@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.otlp_encode import encode_request
 from streams.producer import produce_workload
+from tests.conftest import fault_report
 from tests.otlp_builders import traces_request
 
 SPAN_COUNT = "SELECT count() FROM {db}.otel_traces"
@@ -153,11 +154,11 @@ def worker_metrics(worker) -> str:
 
 def test_kill_9_mid_stream_and_restart_gives_exact_rows(worker_factory):
     worker = worker_factory(OTELPIPE_WORKER_BATCH_MAX_MESSAGES="7")
-    summary = produce(worker, messages=150, traces_per_message=4, seed=11)
+    summary = produce(worker, messages=200, traces_per_message=4, seed=11)
     total_spans, total_logs = summary.spans, summary.logs
     kills = 0
     worker.start()
-    for fraction in (0.2, 0.55):
+    for fraction in (0.15, 0.4, 0.65):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             seen = worker.scalar(SPAN_COUNT)
@@ -168,7 +169,7 @@ def test_kill_9_mid_stream_and_restart_gives_exact_rows(worker_factory):
         worker.kill9()
         kills += 1
         worker.start()
-    assert kills == 2
+    assert kills == 3
     worker.wait_for(SPAN_COUNT, total_spans, timeout_s=180)
     worker.wait_for("SELECT count() FROM {db}.otel_logs", total_logs, timeout_s=120)
     assert worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces") == total_spans
@@ -179,3 +180,4 @@ def test_kill_9_mid_stream_and_restart_gives_exact_rows(worker_factory):
     # Re-inserted (deduplicated) blocks were not counted twice by the materialized views either.
     assert worker.scalar("SELECT sum(Spans) FROM {db}.otel_traces_rollup_1m") == total_spans
     assert worker.scalar("SELECT count() FROM {db}.otel_traces_trace_id_ts FINAL") == summary.traces
+    fault_report("kill -9 of the worker 3 times mid-stream", total_spans, worker)
