@@ -32,8 +32,10 @@ def main() -> int:
     if report.exists():
         for line in report.read_text().splitlines():
             r = json.loads(line)
-            rows.append([r["fault"], f"{r['produced']} {r['unit']}", r["stored"], r["lost"], r["duplicated"]])
-    print(format_table(["fault injected", "produced", "stored", "lost", "duplicated"], rows, max_width=70))
+            rows.append([r["fault"], f"{r['produced']} {r['unit']}", r["stored"], r["lost"], r["duplicated"],
+                         r["seconds"]])
+    print(format_table(["fault injected", "produced", "stored", "lost", "duplicated", "seconds to all stored"],
+                       rows, max_width=70))
     return result.returncode
 
 

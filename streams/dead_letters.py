@@ -108,7 +108,8 @@ async def refeed_dead_letters(bootstrap: str, topic: str, group: str) -> dict[st
                 continue
             if ends is None:  # what was there when we joined: letters added later wait for the next run
                 ends = await consumer.end_offsets(tps)
-            if all(await consumer.position(tp) >= ends.get(tp, 0) for tp in tps):
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends.get(tp, 0) for tp, pos in zip(tps, positions)):
                 break
         return counts
     finally:

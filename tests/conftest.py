@@ -203,7 +203,7 @@ def worker_factory(tmp_path: Path, kafka_bootstrap: str):
         worker.stop()
 
 
-def fault_report(fault: str, produced: int, worker: WorkerProcess, unit: str = "spans") -> None:
+def fault_report(fault: str, produced: int, worker: WorkerProcess, seconds: float, unit: str = "spans") -> None:
     """With OTELPIPE_FAULT_REPORT=FILE, append a fault test's figures as a JSON line."""
     import json
 
@@ -214,4 +214,5 @@ def fault_report(fault: str, produced: int, worker: WorkerProcess, unit: str = "
     distinct = worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces")
     with open(path, "a") as f:
         f.write(json.dumps({"fault": fault, "unit": unit, "produced": produced, "stored": stored,
-                            "lost": produced - distinct, "duplicated": stored - distinct}) + "\n")
+                            "lost": produced - distinct, "duplicated": stored - distinct,
+                            "seconds": round(seconds, 1)}) + "\n")
