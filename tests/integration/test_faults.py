@@ -37,16 +37,25 @@ def test_clickhouse_unreachable_then_back_loses_nothing(worker_factory):
         time.sleep(0.5)
     assert retries >= 3, "the worker should keep retrying while ClickHouse is away"
     assert worker.proc.poll() is None, "and keep running"
+    # More data while blocked: the worker takes none of it, so its memory does not follow the backlog.
+    import psutil
+
+    rss_before = psutil.Process(worker.proc.pid).memory_info().rss
+    more = asyncio.run(produce_workload(worker.settings, messages=200, traces_per_message=3, seed=22))
+    time.sleep(3)
+    rss_after = psutil.Process(worker.proc.pid).memory_info().rss
+    assert rss_after - rss_before < 64 * 2**20, (rss_before, rss_after)
     worker.stop()
     # ClickHouse is back (here: the embedded store): the same consumer group resumes from offsets
     # that never moved, and everything lands once.
     chdb = worker.env["OTELPIPE_WORKER_DATA_DIR"].rsplit("/", 1)[0] + "/chdb"
     started = time.monotonic()
     worker.reconfigure(OTELPIPE_CLICKHOUSE_DSN=f"chdb://{chdb}").start()
-    worker.wait_for(SPANS, summary.spans)
-    worker.wait_for("SELECT count() FROM {db}.otel_logs", summary.logs)
-    assert worker.scalar(DISTINCT_SPANS) == summary.spans
-    report("ClickHouse unreachable, worker retrying, then back", summary.spans, worker, time.monotonic() - started)
+    total = summary.spans + more.spans
+    worker.wait_for(SPANS, total)
+    worker.wait_for("SELECT count() FROM {db}.otel_logs", summary.logs + more.logs)
+    assert worker.scalar(DISTINCT_SPANS) == total
+    report("ClickHouse unreachable, worker retrying, then back", total, worker, time.monotonic() - started)
 
 
 def test_broker_restart_mid_stream(worker_factory):
