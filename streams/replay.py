@@ -29,7 +29,7 @@ from sinks.clickhouse import ClickHouseSink
 from streams.batch import RawMessage
 from streams.config import Settings
 from streams.kafka_admin import topic_partitions
-from streams.otlp_decode import decode_messages
+from streams.pipeline import run_stages
 from streams.signal_writer import gc_paused
 
 PROGRESS_TABLE = "otelpipe_replay_progress"
@@ -135,8 +135,7 @@ def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink
                    summary: ReplaySummary) -> list:
     """The same stages as the worker, then only what the target lacks. Returns the dead letters."""
     with gc_paused():
-        result = decode_messages(signal, messages, settings.kafka.encoding_for(messages[0].topic),
-                                 settings.worker.max_message_bytes)
+        result = run_stages(signal, messages, settings.kafka.encoding_for, settings.worker.max_message_bytes)
         first, last = messages[0], messages[-1]
         for table, batch in result.batches.items():
             token = f"replay:{rid}:{table}:{first.topic}:{first.partition}:{first.offset}-{last.offset}"
