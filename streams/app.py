@@ -28,6 +28,7 @@ from streams.alerts import ALERTS_TABLE, AlertTracker, encode_avro, from_burn, l
 from streams.alerts import table_columns as alert_table_columns
 from streams.batch import DeadLetter, RawMessage
 from streams.config import load_settings, resolve_path
+from streams.pipeline import Stages
 from streams.signal_writer import SignalWriter, WriteOutcome
 from streams.slo import counts_query, evaluate_rows, query_parameters
 
@@ -167,8 +168,11 @@ async def _sink_when_reachable(signal: str) -> ClickHouseSink:
             delay = min(delay * 2, W.retry_max_s)
 
 
+stages = Stages.from_settings(settings)  # an invalid policy stops the worker here, every problem listed
+
+
 async def consume_signal(signal: str, stream: Any) -> None:
-    writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for, W.max_message_bytes)
+    writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for, W.max_message_bytes, stages)
     pending: dict[tuple[str, int, int], Any] = {}
     async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
         msgs = []

@@ -389,8 +389,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    from streams.policy import load_policy
+
+    policy = load_policy(args.file)  # PolicyError lists every problem
+    print(f"{args.file}: valid — {len(policy.rules)} cardinality rules, redaction mode {policy.redaction.mode}, "
+          f"values {policy.redaction.value_action}ed, span names {'templated' if policy.template_span_names else 'kept'}, "
+          f"{len(policy.allowed_metric_names) or 'all'} metric name patterns allowed")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from streams.pipeline import Stages
+
+    Stages.from_settings(settings)  # an invalid label policy stops here, with every problem listed
     from sinks.clickhouse import connect
     from sinks.migrations import migrate
     from streams.kafka_admin import ensure_topics
@@ -611,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(FORMATS), default="table")
     p.set_defaults(func=cmd_dlq)
 
+    p = sub.add_parser("policy", help="validate a label policy file")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_policy)
+
     p = sub.add_parser("config", help="show every setting, its value and meaning")
     p.set_defaults(func=cmd_config)
 
@@ -627,6 +645,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        from streams.policy import PolicyError
+
+        if not isinstance(exc, PolicyError):
+            raise
         print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

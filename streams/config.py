@@ -123,6 +123,13 @@ class WorkerSettings:
         default=16 * 1024 * 1024,
         metadata=doc("Messages larger than this go to the dead-letter topic unread.", "bytes"),
     )
+    label_policy: str = field(
+        default="default",
+        metadata=doc(
+            "Label policy (redaction, templating, cardinality rules, allowed metric names): a TOML file, "
+            "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'."
+        ),
+    )
     web_port: int = field(
         default=6066, metadata=doc("Port of the worker's HTTP server: /metrics and the read-only /query.")
     )

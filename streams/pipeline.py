@@ -1,21 +1,48 @@
 """The stages every record passes through, in order, shared by the worker and by replays.
 
-``run_stages(signal, messages, encoding_for, max_message_bytes)`` turns a run of Kafka messages of
-one signal into table batches and dead letters. Today that is decoding; enrichment, redaction,
-cardinality control and sampling join here, so a replay makes the same decisions as the worker
-(they must be deterministic: seeded hashes, no wall clock, no process state that differs).
+``Stages.run(signal, messages)`` turns a run of Kafka messages of one signal into table batches and
+dead letters: decoding (``streams.otlp_decode``), then the label stage (``streams.labels``:
+redaction, templating, cardinality rules, allowed metric names). A replay builds the same
+``Stages`` from the same settings, so it makes the same decisions as the worker (every stage is
+deterministic: seeded hashes, no wall clock, no per-process state that changes a result).
+Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from streams import worker_metrics as m
 from streams.batch import DecodeResult, RawMessage
+from streams.labels import LabelStage
 from streams.otlp_decode import decode_messages
+from streams.policy import load_policy
 
 
-def run_stages(signal: str, messages: Sequence[RawMessage], encoding_for: Callable[[str], str],
-               max_message_bytes: int) -> DecodeResult:
-    if not messages:
-        return DecodeResult()
-    return decode_messages(signal, messages, encoding_for(messages[0].topic), max_message_bytes)
+class Stages:
+    def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None):
+        self.encoding_for = encoding_for
+        self.max_message_bytes = max_message_bytes
+        self.labels = labels
+
+    @classmethod
+    def from_settings(cls, settings) -> "Stages":
+        """Raises PolicyError (every problem listed) when the policy file is invalid."""
+        choice = settings.worker.label_policy
+        labels = None if choice == "off" else LabelStage(load_policy(None if choice == "default" else choice))
+        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels)
+
+    def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
+        if not messages:
+            return DecodeResult()
+        result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)
+        if self.labels is not None:
+            for table, batch in list(result.batches.items()):
+                cleaned, counts = self.labels.apply(batch)
+                for (stage, reason), n in counts.items():
+                    m.STAGE_CHANGES.labels(stage, reason).inc(n)
+                if len(cleaned):
+                    result.batches[table] = cleaned
+                else:
+                    del result.batches[table]
+        return result

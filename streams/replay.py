@@ -29,7 +29,7 @@ from sinks.clickhouse import ClickHouseSink
 from streams.batch import RawMessage
 from streams.config import Settings
 from streams.kafka_admin import topic_partitions
-from streams.pipeline import run_stages
+from streams.pipeline import Stages
 from streams.signal_writer import gc_paused
 
 PROGRESS_TABLE = "otelpipe_replay_progress"
@@ -131,11 +131,11 @@ def save_progress(sink: ClickHouseSink, rid: str, plan: PartitionPlan, next_offs
                        column_names=["ReplayId", "Topic", "Partition", "NextOffset", "StopOffset"])
 
 
-def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink, settings: Settings, rid: str,
+def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink, stages: Stages, rid: str,
                    summary: ReplaySummary) -> list:
     """The same stages as the worker, then only what the target lacks. Returns the dead letters."""
     with gc_paused():
-        result = run_stages(signal, messages, settings.kafka.encoding_for, settings.worker.max_message_bytes)
+        result = stages.run(signal, messages)
         first, last = messages[0], messages[-1]
         for table, batch in result.batches.items():
             token = f"replay:{rid}:{table}:{first.topic}:{first.partition}:{first.offset}-{last.offset}"
@@ -156,6 +156,7 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     command again (even ``--from 2h``, later) resumes instead of starting over.
     """
     rid = replay_id(signals, *(range_text or (from_ms, to_ms)), partitions, sink.database)
+    stages = Stages.from_settings(settings)
     summary = summary if summary is not None else ReplaySummary()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -191,7 +192,7 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
                     if not records:
                         continue
                     if messages:
-                        dead = write_messages(signal, messages, sink, settings, rid, summary)
+                        dead = write_messages(signal, messages, sink, stages, rid, summary)
                         for letter in dead:
                             headers = letter.headers() + [("otelpipe.dlq.replay_id", rid.encode())]
                             await producer.send_and_wait(settings.dlq_topic(letter.message.topic),

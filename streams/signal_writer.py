@@ -3,7 +3,7 @@
 ``SignalWriter.write(messages)`` (blocking; the worker runs it on the ClickHouse thread):
 1. groups messages by (topic, partition) and adds any messages held back from earlier batches;
 2. cuts each partition's messages at the ranges the ledger already holds (``plan_segments``);
-3. runs the stages on every segment (``streams.pipeline.run_stages``), records all new ranges in the ledger with one
+3. runs the stages on every segment (``streams.pipeline.Stages``), records all new ranges in the ledger with one
    insert, then inserts every table batch of every segment with the segment's token;
 4. returns the messages now safe to ack, the dead letters to publish, and holds the rest.
 
@@ -27,7 +27,7 @@ from sinks.clickhouse import ClickHouseSink
 from sinks.write_plan import plan_segments
 from streams import worker_metrics as m
 from streams.batch import DeadLetter, DecodeResult, RawMessage, SourceRange
-from streams.pipeline import run_stages
+from streams.pipeline import Stages
 
 
 
@@ -63,11 +63,11 @@ class SignalWriter:
         sink: ClickHouseSink,
         encoding_for: Callable[[str], str],
         max_message_bytes: int,
+        stages: Stages | None = None,
     ):
         self.signal = signal
         self.sink = sink
-        self.encoding_for = encoding_for
-        self.max_message_bytes = max_message_bytes
+        self.stages = stages if stages is not None else Stages(encoding_for, max_message_bytes, None)
         self._held: dict[tuple[str, int], dict[int, RawMessage]] = {}
 
     def held_count(self) -> int:
@@ -94,7 +94,7 @@ class SignalWriter:
             for seg in segments:
                 seg_msgs = [msgs[o] for o in offsets[seg.start:seg.stop]]
                 source = SourceRange(topic, partition, seg.first_offset, seg.last_offset)
-                result = run_stages(self.signal, seg_msgs, self.encoding_for, self.max_message_bytes)
+                result = self.stages.run(self.signal, seg_msgs)
                 decoded.append((source, seg.recorded, seg_msgs, result))
             if ready < len(offsets):
                 new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}

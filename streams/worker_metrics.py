@@ -68,3 +68,9 @@ ALERTS_PUBLISHED = Counter(
 SLO_EVALUATIONS = Counter(
     "otelpipe_slo_evaluations_total", "SLO burn-rate evaluations, by outcome.", ["outcome"], registry=REGISTRY
 )
+STAGE_CHANGES = Counter(
+    "otelpipe_stage_changes_total",
+    "Values and rows changed or dropped by a stage, by reason (redaction, templating, cardinality, metrics).",
+    ["stage", "reason"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,267 @@
+"""The label stage: redaction, templating and cardinality rules over one columnar batch.
+
+``LabelStage(policy).apply(batch) -> (batch, counts)`` returns a new batch (input untouched) in
+which, for every attribute map (span, log, metric point, event, link, resource and scope):
+
+- keys matching the block list are dropped (allow mode: keys not on the allow list are dropped);
+- values that look like bearer tokens, card numbers (Luhn-checked) or emails are masked, dropped
+  or hashed (stable, seeded), and secrets in URL query strings (``?token=...``) are masked, also in
+  span names and log bodies;
+- URL attributes and ``METHOD /path`` span names are templated (``http.route`` wins);
+- cardinality rules apply by key: ``hash`` → ``bucket_N`` of a seeded xxhash, ``template``,
+  ``truncate_hash`` (long values → ``hash:<16 hex>``), ``drop``;
+- metric points whose name is not allowed are removed.
+
+``counts`` maps (stage, reason) to how many values or rows were changed or dropped. Decisions per
+key and per value are memoised (bounded caches), so repeated keys and values cost a lookup.
+Deterministic: no process state changes a result; the same policy gives the same output in every
+worker and on replay (never Python's ``hash()``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from typing import Any
+
+import xxhash
+
+from streams.batch import ColumnBatch
+from streams.policy import CardinalityRule, Policy
+from streams.templating import template_path, template_span_name
+
+MAP_COLUMNS = ("SpanAttributes", "LogAttributes", "Attributes", "ResourceAttributes", "ScopeAttributes")
+NESTED_MAP_COLUMNS = ("Events.Attributes", "Links.Attributes", "Exemplars.FilteredAttributes")
+SIGNAL_OF_TABLE = {"otel_traces": "traces", "otel_logs": "logs"}
+MASK = "****"
+_CACHE_LIMIT = 200_000
+
+_BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# anything a detector could match: '@' (email), 'earer' (bearer), 13 digits (card), '=' (query)
+_MAYBE_SENSITIVE = re.compile(r"@|[Bb]earer|\d[\d -]{11,}\d|[?&][A-Za-z_-]+=")
+
+
+def _luhn(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = ord(ch) - 48
+        if i % 2 == parity:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def stable_hash(seed: str, value: str) -> int:
+    return xxhash.xxh64_intdigest(value.encode("utf-8", "surrogatepass"), seed=xxhash.xxh32_intdigest(seed.encode()))
+
+
+class LabelStage:
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        red = policy.redaction
+        self._block = [p.lower() for p in red.block_keys]
+        self._allow = [p.lower() for p in red.allow_keys]
+        self._secrets = {s.lower() for s in red.query_secrets}
+        self._query = re.compile(r"([?&;](?:" + "|".join(re.escape(s) for s in sorted(self._secrets)) +
+                                 r")=)[^&#\s;\"']*", re.IGNORECASE) if self._secrets else None
+        self._url_keys = set(policy.template_url_keys)
+        self._key_plans: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._value_cache: dict[str, tuple[str | None, str]] = {}
+
+    # ------------------------------------------------------------ decisions (memoised)
+
+    def _key_plan(self, signal: str, key: str, record_level: bool) -> tuple[Any, ...]:
+        """('drop', reason) | ('keep', template_url: bool, rules: tuple[CardinalityRule, ...]).
+
+        The block list applies to every map; allow mode to record-level maps (span, log, point,
+        event, link attributes), not to resource and scope attributes that name the sender.
+        """
+        plan = self._key_plans.get((signal, key, record_level))
+        if plan is not None:
+            return plan
+        lowered = key.lower()
+        if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
+            plan = ("drop", "blocked_key")
+        elif record_level and self.policy.redaction.mode == "allow":
+            if not any(fnmatch.fnmatchcase(lowered, p) for p in self._allow):
+                plan = ("drop", "not_allowed")
+        if plan is None:
+            rules = tuple(r for r in self.policy.rules if signal in r.signals and fnmatch.fnmatchcase(lowered, r.key.lower()))
+            if any(r.type == "drop" for r in rules):
+                plan = ("drop", "cardinality_drop")
+            else:
+                plan = ("keep", key in self._url_keys, rules)
+        if len(self._key_plans) >= _CACHE_LIMIT:
+            self._key_plans.clear()
+        self._key_plans[(signal, key, record_level)] = plan
+        return plan
+
+    def scrub(self, value: str) -> tuple[str | None, str]:
+        """(new value or None to drop the attribute, reason or "") after the value detectors."""
+        cached = self._value_cache.get(value)
+        if cached is not None:
+            return cached
+        result: tuple[str | None, str] = (value, "")
+        if _MAYBE_SENSITIVE.search(value):
+            result = self._scrub_slow(value)
+        if len(self._value_cache) >= _CACHE_LIMIT:
+            self._value_cache.clear()
+        self._value_cache[value] = result
+        return result
+
+    def _replacement(self, found: str) -> str:
+        action = self.policy.redaction.value_action
+        if action == "hash":
+            return f"hash:{stable_hash(self.policy.redaction.hash_seed, found):016x}"
+        return MASK
+
+    def _scrub_slow(self, value: str) -> tuple[str | None, str]:
+        detect = self.policy.redaction.detect
+        reason = ""
+        new = value
+        if "bearer" in detect and _BEARER.search(new):
+            new, reason = _BEARER.sub(lambda m: "Bearer " + self._replacement(m.group(0)), new), "bearer_token"
+        if "card" in detect:
+            def card(m: re.Match[str]) -> str:
+                digits = re.sub(r"\D", "", m.group(0))
+                return self._replacement(m.group(0)) if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
+            replaced = _CARD.sub(card, new)
+            if replaced != new:
+                new, reason = replaced, reason or "card_number"
+        if "email" in detect:
+            replaced = _EMAIL.sub(lambda m: self._replacement(m.group(0)), new)
+            if replaced != new:
+                new, reason = replaced, reason or "email"
+        if self._query is not None:
+            replaced = self._query.sub(lambda m: m.group(1) + MASK, new)
+            if replaced != new:
+                new, reason = replaced, reason or "url_secret"
+        if reason and self.policy.redaction.value_action == "drop" and reason != "url_secret":
+            return None, reason
+        return new, reason
+
+    @staticmethod
+    def _apply_rules(value: str, rules: tuple[CardinalityRule, ...], counts: Counter) -> str:
+        for rule in rules:
+            if rule.type == "hash":
+                value = f"bucket_{stable_hash(rule.seed, value) % rule.buckets}"
+                counts[("cardinality", "hash")] += 1
+            elif rule.type == "template":
+                templated = template_path(value)
+                if templated != value:
+                    counts[("cardinality", "template")] += 1
+                value = templated
+            elif rule.type == "truncate_hash" and len(value) > rule.max_length:
+                value = f"hash:{stable_hash(rule.seed, value):016x}"
+                counts[("cardinality", "truncate_hash")] += 1
+        return value
+
+    # ------------------------------------------------------------ maps and batches
+
+    def clean_map(self, signal: str, attrs: dict[str, str], counts: Counter, record_level: bool = True) -> dict[str, str]:
+        """The map with the policy applied; the same object when nothing changed."""
+        out: dict[str, str] | None = None
+        for key, value in attrs.items():
+            plan = self._key_plan(signal, key, record_level)
+            if plan[0] == "drop":
+                counts[("redaction" if plan[1] != "cardinality_drop" else "cardinality", plan[1])] += 1
+                if out is None:
+                    out = {k: v for k, v in attrs.items()}
+                del out[key]
+                continue
+            new, reason = self.scrub(value)
+            if reason:
+                counts[("redaction", reason)] += 1
+            _, template_url, rules = plan
+            if new is not None and template_url:
+                templated = template_path(new)
+                if templated != new:
+                    counts[("templating", "url")] += 1
+                new = templated
+            if new is not None and rules:
+                new = self._apply_rules(new, rules, counts)
+            if new != value:
+                if out is None:
+                    out = {k: v for k, v in attrs.items()}
+                if new is None:
+                    del out[key]
+                else:
+                    out[key] = new
+        return attrs if out is None else out
+
+    def apply(self, batch: ColumnBatch) -> tuple[ColumnBatch, Counter]:
+        counts: Counter = Counter()
+        table = batch.table
+        signal = SIGNAL_OF_TABLE.get(table, "metrics")
+        columns = dict(batch.columns)
+        keep_rows: list[int] | None = None
+
+        if signal == "metrics" and self.policy.allowed_metric_names:
+            names = columns["MetricName"]
+            allowed = {n: any(fnmatch.fnmatchcase(n, p) for p in self.policy.allowed_metric_names) for n in set(names)}
+            if not all(allowed.values()):
+                keep_rows = [i for i, n in enumerate(names) if allowed[n]]
+                counts[("metrics", "unregistered_name")] += len(names) - len(keep_rows)
+                columns = {name: [values[i] for i in keep_rows] for name, values in columns.items()}
+
+        shared: dict[int, dict[str, str]] = {}  # resource and scope maps are shared by many rows
+        for name in MAP_COLUMNS:
+            if name not in columns:
+                continue
+            values = columns[name]
+            new_values = []
+            changed = False
+            for attrs in values:
+                if not attrs:
+                    new_values.append(attrs)
+                    continue
+                ident = id(attrs)
+                cleaned = shared.get(ident)
+                if cleaned is None:
+                    record_level = name not in ("ResourceAttributes", "ScopeAttributes")
+                    cleaned = self.clean_map(signal, attrs, counts, record_level)
+                    if not record_level:
+                        shared[ident] = cleaned
+                changed = changed or cleaned is not attrs
+                new_values.append(cleaned)
+            if changed:
+                columns[name] = new_values
+        for name in NESTED_MAP_COLUMNS:
+            if name in columns:
+                values = columns[name]
+                new_values = [[self.clean_map(signal, a, counts) for a in cell] if cell else cell for cell in values]
+                columns[name] = new_values
+
+        if table == "otel_traces":
+            columns["SpanName"] = self._span_names(columns["SpanName"], columns["SpanAttributes"], counts)
+        elif table == "otel_logs":
+            bodies = columns["Body"]
+            new_bodies = []
+            for body in bodies:
+                new, reason = self.scrub(body) if body else (body, "")
+                if reason:
+                    counts[("redaction", reason)] += 1
+                new_bodies.append(MASK if new is None else new)
+            columns["Body"] = new_bodies
+        return ColumnBatch(table, columns, batch.source), counts
+
+    def _span_names(self, names: list[str], attrs: list[dict[str, str]], counts: Counter) -> list[str]:
+        out = []
+        template = self.policy.template_span_names
+        for name, a in zip(names, attrs):
+            new = name
+            if template and ("/" in name):
+                new = template_span_name(name, a.get("http.route", "") if a else "")
+                if new != name:
+                    counts[("templating", "span_name")] += 1
+            scrubbed, reason = self.scrub(new)
+            if reason:
+                counts[("redaction", reason)] += 1
+                new = MASK if scrubbed is None else scrubbed
+            out.append(new)
+        return out

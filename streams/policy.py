@@ -1,0 +1,207 @@
+"""The label policy: redaction, templating, cardinality rules and allowed metric names, from one
+TOML file validated as a whole.
+
+``load_policy(path)`` reports every problem at once with its path
+(``cardinality.rules[2].buckets: must be > 0``). Without a file the defaults apply: never store
+Authorization, Cookie, Set-Cookie, Proxy-Authorization, passwords, tokens or API keys (by key
+pattern); mask bearer tokens, card numbers and emails in values and secrets in URL query strings;
+template span names. Example::
+
+    [redaction]
+    mode = "block"                       # or "allow": only allow_keys survive (fail closed)
+    value_action = "mask"                # mask | drop | hash (stable, seeded: joins still work)
+    [templating]
+    span_names = true
+    [[cardinality.rules]]
+    type = "hash"                        # hash | template | truncate_hash | drop
+    key = "user.id"                      # glob, case-insensitive
+    buckets = 100
+    [metrics]
+    allowed_names = ["http.*", "process.*"]   # empty: every name is allowed
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BLOCK_KEYS = (
+    "authorization", "*.authorization", "http.request.header.authorization",
+    "cookie", "*.cookie", "set-cookie", "*.set-cookie", "proxy-authorization", "*.proxy-authorization",
+    "*password*", "*passwd*", "*secret*", "*token*", "*api_key*", "*api-key*", "*apikey*", "*private_key*",
+)
+DEFAULT_QUERY_SECRETS = ("token", "access_token", "refresh_token", "id_token", "password", "passwd", "pwd",
+                         "secret", "client_secret", "api_key", "apikey", "key", "signature", "sig", "auth")
+DETECTORS = ("bearer", "card", "email")
+RULE_TYPES = ("hash", "template", "truncate_hash", "drop")
+SIGNALS = ("traces", "logs", "metrics")
+
+
+class PolicyError(ValueError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid policy:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class RedactionPolicy:
+    mode: str = "block"
+    block_keys: tuple[str, ...] = DEFAULT_BLOCK_KEYS
+    allow_keys: tuple[str, ...] = ()
+    value_action: str = "mask"
+    detect: tuple[str, ...] = DETECTORS
+    query_secrets: tuple[str, ...] = DEFAULT_QUERY_SECRETS
+    hash_seed: str = "otelpipe"
+
+
+@dataclass(frozen=True)
+class CardinalityRule:
+    type: str
+    key: str
+    buckets: int = 100
+    max_length: int = 200
+    signals: tuple[str, ...] = SIGNALS
+    seed: str = "otelpipe"
+
+
+@dataclass(frozen=True)
+class Policy:
+    redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
+    template_span_names: bool = True
+    template_url_keys: tuple[str, ...] = ("url.path", "url.full", "http.target", "http.url")
+    rules: tuple[CardinalityRule, ...] = ()
+    allowed_metric_names: tuple[str, ...] = ()
+
+
+def _strings(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.append(f"{path}: must be a list of strings")
+        return None
+    return tuple(value)
+
+
+def _known(table: dict, allowed: set[str], path: str, problems: list[str]) -> None:
+    for key in sorted(set(table) - allowed):
+        problems.append(f"{path}{key}: unknown setting")
+
+
+def parse_policy(data: dict[str, Any]) -> Policy:
+    problems: list[str] = []
+    _known(data, {"redaction", "templating", "cardinality", "metrics"}, "", problems)
+
+    red = data.get("redaction", {})
+    red_kwargs: dict[str, Any] = {}
+    if not isinstance(red, dict):
+        problems.append("redaction: must be a table")
+        red = {}
+    _known(red, {"mode", "block_keys", "allow_keys", "value_action", "detect", "query_secrets", "hash_seed"},
+           "redaction.", problems)
+    if "mode" in red:
+        if red["mode"] not in ("block", "allow"):
+            problems.append(f"redaction.mode: must be block or allow, got {red['mode']!r}")
+        else:
+            red_kwargs["mode"] = red["mode"]
+    if "value_action" in red:
+        if red["value_action"] not in ("mask", "drop", "hash"):
+            problems.append(f"redaction.value_action: must be mask, drop or hash, got {red['value_action']!r}")
+        else:
+            red_kwargs["value_action"] = red["value_action"]
+    for name in ("block_keys", "allow_keys", "query_secrets"):
+        if name in red:
+            value = _strings(red[name], f"redaction.{name}", problems)
+            if value is not None:
+                red_kwargs[name] = value
+    if "detect" in red:
+        value = _strings(red["detect"], "redaction.detect", problems)
+        if value is not None:
+            for i, d in enumerate(value):
+                if d not in DETECTORS:
+                    problems.append(f"redaction.detect[{i}]: must be one of {', '.join(DETECTORS)}, got {d!r}")
+            red_kwargs["detect"] = value
+    if "hash_seed" in red:
+        if not isinstance(red["hash_seed"], str) or not red["hash_seed"]:
+            problems.append("redaction.hash_seed: must be a non-empty string")
+        else:
+            red_kwargs["hash_seed"] = red["hash_seed"]
+    if red_kwargs.get("mode") == "allow" and not red_kwargs.get("allow_keys"):
+        problems.append("redaction.allow_keys: allow mode needs at least one key (otherwise nothing survives)")
+
+    templ = data.get("templating", {})
+    kwargs: dict[str, Any] = {}
+    if not isinstance(templ, dict):
+        problems.append("templating: must be a table")
+        templ = {}
+    _known(templ, {"span_names", "url_keys"}, "templating.", problems)
+    if "span_names" in templ:
+        if not isinstance(templ["span_names"], bool):
+            problems.append("templating.span_names: must be true or false")
+        else:
+            kwargs["template_span_names"] = templ["span_names"]
+    if "url_keys" in templ:
+        value = _strings(templ["url_keys"], "templating.url_keys", problems)
+        if value is not None:
+            kwargs["template_url_keys"] = value
+
+    card = data.get("cardinality", {})
+    rules = []
+    if not isinstance(card, dict):
+        problems.append("cardinality: must be a table")
+        card = {}
+    _known(card, {"rules"}, "cardinality.", problems)
+    raw_rules = card.get("rules", [])
+    if not isinstance(raw_rules, list):
+        problems.append("cardinality.rules: must be a list of tables ([[cardinality.rules]])")
+        raw_rules = []
+    for i, rule in enumerate(raw_rules):
+        path = f"cardinality.rules[{i}]"
+        if not isinstance(rule, dict):
+            problems.append(f"{path}: must be a table")
+            continue
+        _known(rule, {"type", "key", "buckets", "max_length", "signals", "seed"}, f"{path}.", problems)
+        ok = True
+        if rule.get("type") not in RULE_TYPES:
+            problems.append(f"{path}.type: must be one of {', '.join(RULE_TYPES)}, got {rule.get('type')!r}")
+            ok = False
+        if not isinstance(rule.get("key"), str) or not rule.get("key"):
+            problems.append(f"{path}.key: required, a key or glob pattern")
+            ok = False
+        for name in ("buckets", "max_length"):
+            if name in rule and (not isinstance(rule[name], int) or isinstance(rule[name], bool) or rule[name] <= 0):
+                problems.append(f"{path}.{name}: must be > 0, got {rule[name]!r}")
+                ok = False
+        signals = SIGNALS
+        if "signals" in rule:
+            signals = _strings(rule["signals"], f"{path}.signals", problems) or ()
+            for s in signals:
+                if s not in SIGNALS:
+                    problems.append(f"{path}.signals: unknown signal {s!r}")
+                    ok = False
+        if ok:
+            rules.append(CardinalityRule(rule["type"], rule["key"], rule.get("buckets", 100),
+                                         rule.get("max_length", 200), tuple(signals), rule.get("seed", "otelpipe")))
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict):
+        problems.append("metrics: must be a table")
+        metrics = {}
+    _known(metrics, {"allowed_names"}, "metrics.", problems)
+    if "allowed_names" in metrics:
+        value = _strings(metrics["allowed_names"], "metrics.allowed_names", problems)
+        if value is not None:
+            kwargs["allowed_metric_names"] = value
+    if problems:
+        raise PolicyError(problems)
+    return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), **kwargs)
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    if not path:
+        return Policy()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise PolicyError([f"policy file {path}: not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError([f"policy file {path}: {exc}"]) from None
+    return parse_policy(data)
