@@ -294,6 +294,21 @@ done:
 
 #define MAX_NESTED 4096
 
+/* Append to a growable array of sub-buffers that starts on the stack. */
+static int push_sub(Buf **arr, Py_ssize_t *n, Py_ssize_t *cap, Buf *stack, Buf sub) {
+    if (*n == *cap) {
+        if (*cap >= MAX_NESTED * 64) return fail("invalid_value", "too many events or links in one span");
+        Buf *grown = PyMem_Malloc(sizeof(Buf) * (*cap) * 2);
+        if (!grown) { PyErr_NoMemory(); return -1; }
+        memcpy(grown, *arr, sizeof(Buf) * (*n));
+        if (*arr != stack) PyMem_Free(*arr);
+        *arr = grown;
+        *cap *= 2;
+    }
+    (*arr)[(*n)++] = sub;
+    return 0;
+}
+
 static int one_span(Ctx *c, Buf b) {
     PyObject **cols = c->cols;
     Field f;
@@ -322,27 +337,13 @@ static int one_span(Ctx *c, Buf b) {
         case 10: if (f.wire != 0) break; dropped_attrs = (uint32_t)f.num; break;
         case 11:
             if (f.wire != 2) break;
-            if (nev == cap_ev) {
-                if (cap_ev >= MAX_NESTED * 64) { fail("invalid_value", "too many events in one span"); goto done; }
-                Buf *grown = PyMem_Malloc(sizeof(Buf) * cap_ev * 2);
-                if (!grown) { PyErr_NoMemory(); goto done; }
-                memcpy(grown, evs, sizeof(Buf) * nev);
-                if (evs != stack_ev) PyMem_Free(evs);
-                evs = grown; cap_ev *= 2;
-            }
-            evs[nev++] = f.sub; break;
+            if (push_sub(&evs, &nev, &cap_ev, stack_ev, f.sub) < 0) goto done;
+            break;
         case 12: if (f.wire != 0) break; dropped_events = (uint32_t)f.num; break;
         case 13:
             if (f.wire != 2) break;
-            if (nln == cap_ln) {
-                if (cap_ln >= MAX_NESTED * 64) { fail("invalid_value", "too many links in one span"); goto done; }
-                Buf *grown = PyMem_Malloc(sizeof(Buf) * cap_ln * 2);
-                if (!grown) { PyErr_NoMemory(); goto done; }
-                memcpy(grown, lns, sizeof(Buf) * nln);
-                if (lns != stack_ln) PyMem_Free(lns);
-                lns = grown; cap_ln *= 2;
-            }
-            lns[nln++] = f.sub; break;
+            if (push_sub(&lns, &nln, &cap_ln, stack_ln, f.sub) < 0) goto done;
+            break;
         case 14: if (f.wire != 0) break; dropped_links = (uint32_t)f.num; break;
         case 15: {
             if (f.wire != 2) break;

@@ -74,3 +74,15 @@ def test_damaged_payloads_fail_or_pass_alike():
     fast, slow = both(damaged)
     assert_same(fast, slow)
     assert fast.dead_letters, "damage should break some messages"
+
+
+def test_spans_with_many_events_and_links():
+    request = traces_request(2)
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        for i in range(100):  # past the C reader's first 16 slots, so it grows its arrays
+            span.events.add(time_unix_nano=5 + i, name=f"e{i}")
+        for _ in range(40):
+            span.links.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    fast, slow = both([request.SerializeToString()])
+    assert_same(fast, slow)
+    assert len(fast.batches["otel_traces"].columns["Events.Name"][0]) == 101
