@@ -254,6 +254,43 @@ def cmd_slo(args: argparse.Namespace) -> int:
     return 0
 
 
+METRIC_TABLES = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+def cardinality_queries(database: str) -> tuple[str, str]:
+    """(series per metric, distinct values per label of the given metrics), over {since:UInt32} seconds."""
+    union = " UNION ALL ".join(
+        f"SELECT MetricName, ServiceName, Attributes, TimeUnix FROM {database}.otel_metrics_{t}" for t in METRIC_TABLES)
+    recent = "TimeUnix > now() - toIntervalSecond({since:UInt32})"
+    series = (f"SELECT MetricName, uniqExact(Attributes) AS series, count() AS points, uniqExact(ServiceName) AS services "
+              f"FROM ({union}) WHERE {recent} GROUP BY MetricName ORDER BY series DESC, MetricName LIMIT {{top:UInt32}}")
+    labels = (f"SELECT MetricName, key, uniqExact(Attributes[key]) AS distinct_values "
+              f"FROM ({union}) ARRAY JOIN mapKeys(Attributes) AS key "
+              f"WHERE {recent} AND MetricName IN {{names:Array(String)}} "
+              "GROUP BY MetricName, key ORDER BY MetricName, distinct_values DESC")
+    return series, labels
+
+
+def cmd_cardinality(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    series_sql, labels_sql = cardinality_queries(settings.clickhouse.database)
+    try:
+        columns, rows = run_query(settings, series_sql, {"since": args.since, "top": args.top})
+        names = [row[0] for row in rows]
+        _, label_rows = run_query(settings, labels_sql, {"since": args.since, "names": names}) if names else ([], [])
+    except QueryFailed as exc:
+        print(f"query failed: {exc}", file=sys.stderr)
+        return 2
+    drivers: dict[str, list[str]] = {}
+    for metric, key, distinct in label_rows:
+        drivers.setdefault(metric, []).append(f"{key}={distinct}")
+    table = [[name, series, points, services, ", ".join(drivers.get(name, [])[:3])]
+             for name, series, points, services in rows]
+    print(FORMATS[args.format](["metric", "series", "points", "services", "labels driving it (distinct values)"],
+                               table))
+    return 0
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -601,6 +638,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("slo", help="SLIs, error budgets and burn rates; exits 1 when a service is burning")
     p.add_argument("--format", choices=sorted(FORMATS), default="table")
     p.set_defaults(func=cmd_slo)
+
+    p = sub.add_parser("cardinality", help="metrics with the most series, and the labels driving them")
+    p.add_argument("--since", type=parse_duration, default=3600, metavar="DURATION")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--format", choices=sorted(FORMATS), default="table")
+    p.set_defaults(func=cmd_cardinality)
 
     p = sub.add_parser("alerts", help="latest alert records")
     p.add_argument("--limit", type=int, default=20)

@@ -57,6 +57,12 @@ def test_worker_applies_the_policy(worker_factory, tmp_path):
     [(name, attrs)] = stored
     assert name == "GET /reset/{num}?token=****"
     assert "http.request.header.authorization" not in attrs and attrs["customer.note"] == "mail me at ****"
+    from tests.integration.test_used_by import cli
+    import json
+
+    top = json.loads(cli(worker, "cardinality", "--since", "3h", "--format", "json").stdout)
+    requests = next(r for r in top if r["metric"] == "http.server.request.count")
+    assert requests["series"] <= 50 and "user.id=" in requests["labels driving it (distinct values)"]
     metrics = worker.metrics()
     assert 'otelpipe_stage_changes_total{reason="hash",stage="cardinality"}' in metrics
     assert 'otelpipe_stage_changes_total{reason="unregistered_name",stage="metrics"}' in metrics

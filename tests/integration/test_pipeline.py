@@ -40,6 +40,11 @@ def test_known_workload_lands_exactly_in_both_encodings(worker_factory):
         proto.error_spans + json.error_spans
     assert worker.scalar("SELECT uniqExact(TraceId) FROM {db}.otel_traces") == proto.traces + json.traces
     assert worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces") == spans
+    # Enrichment computed on insert: the error flag and promoted resource attributes.
+    assert worker.scalar("SELECT countIf(IsError = 1) FROM {db}.otel_traces") == proto.error_spans + json.error_spans
+    assert worker.scalar("SELECT countIf(ServiceVersion = '0.8.5') FROM {db}.otel_traces WHERE ServiceName = 'payment'") \
+        == expected_by_service["payment"]
+    assert worker.scalar("SELECT uniqExact(DeploymentEnvironment) FROM {db}.otel_traces") == 1
     # Every failing trace has one exception event on the payment handler.
     assert worker.scalar("SELECT countIf(has(Events.Name, 'exception')) FROM {db}.otel_traces") == \
         proto.error_traces + json.error_traces
