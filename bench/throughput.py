@@ -140,6 +140,7 @@ def main() -> int:
         "OTELPIPE_WORKER_APP_ID": f"otelpipe-bench-{tag}",
         "OTELPIPE_WORKER_DATA_DIR": str(work / "worker"),
         "OTELPIPE_WORKER_WEB_PORT": "6077",
+        "OTELPIPE_WORKER_POLICY_TOPIC": f"bench{tag}.policy",
         "OTELPIPE_WORKER_BATCH_MAX_MESSAGES": str(args.batch_max_messages),
         "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
     }

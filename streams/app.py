@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tomllib
+from pathlib import Path
 import random
 from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,9 @@ from streams.alerts import ALERTS_TABLE, AlertTracker, encode_avro, from_burn, l
 from streams.alerts import table_columns as alert_table_columns
 from streams.batch import DeadLetter, RawMessage
 from streams.config import load_settings, resolve_path
+from streams.labels import LabelStage
 from streams.pipeline import Stages
+from streams.policy import PolicyError, parse_policy
 from streams.signal_writer import SignalWriter, WriteOutcome
 from streams.slo import counts_query, evaluate_rows, query_parameters
 
@@ -264,6 +269,74 @@ async def evaluate_slos() -> None:
 if settings.slo.evaluate_every_s > 0:
     # One evaluator per consumer group: the leader worker's.
     app.timer(interval=settings.slo.evaluate_every_s, on_leader=True)(evaluate_slos)
+
+
+# ------------------------------------------------------------------ label policy, hot reloaded
+
+
+def apply_policy_text(text: str, source: str) -> bool:
+    """Validate and swap in a new label policy; an invalid one is refused and the old one stays."""
+    if stages.labels is None:  # label_policy = off
+        return False
+    try:
+        policy = parse_policy(tomllib.loads(text))
+    except (PolicyError, tomllib.TOMLDecodeError) as exc:
+        m.POLICY_RELOADS.labels(source, "rejected").inc()
+        log.error("label policy from %s refused, the current one stays: %s", source, exc)
+        return False
+    stages.labels = LabelStage(policy)  # one reference swap: the next batch uses it
+    m.POLICY_RELOADS.labels(source, "applied").inc()
+    log.warning("label policy from %s applied (%d cardinality rules)", source, len(policy.rules))
+    return True
+
+
+def _file_mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+# The version of the file `stages` was built from (taken at import, right after loading it).
+_policy_file_mtime: int | None = None if W.label_policy in ("default", "off") else _file_mtime(W.label_policy)
+
+
+@app.timer(interval=2.0)
+async def follow_policy_file() -> None:
+    global _policy_file_mtime
+    path = W.label_policy
+    if path in ("default", "off"):
+        return
+    mtime = _file_mtime(path)
+    if mtime is not None and mtime != _policy_file_mtime:
+        _policy_file_mtime = mtime
+        apply_policy_text(Path(path).read_text(), "file")
+
+
+@app.task
+async def follow_policy_topic() -> None:
+    """Every worker reads the whole compacted policy topic (no consumer group) and then follows it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    if stages.labels is None:
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=K.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(W.policy_topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records = batch.get(tp, [])
+            if records and records[-1].value is not None:
+                apply_policy_text(records[-1].value.decode("utf-8", "replace"), "topic")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the worker keeps running on its current policy
+        log.error("following the policy topic %s stopped: %s", W.policy_topic, exc)
+    finally:
+        await consumer.stop()
 
 
 @app.page("/metrics")

@@ -426,10 +426,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _push_policy(settings: Settings, text: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_admin import ensure_topics
+
+    await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.policy_topic], 1,
+                        configs={"cleanup.policy": "compact"})
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.worker.policy_topic, text, key=b"policy", partition=0)
+    finally:
+        await producer.stop()
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from streams.policy import load_policy
 
     policy = load_policy(args.file)  # PolicyError lists every problem
+    if args.action == "push":
+        settings = _settings(args)
+        asyncio.run(_push_policy(settings, open(args.file, "rb").read()))
+        print(f"{args.file}: valid, sent to {settings.worker.policy_topic}; running workers apply it within seconds")
+        return 0
     print(f"{args.file}: valid — {len(policy.rules)} cardinality rules, redaction mode {policy.redaction.mode}, "
           f"values {policy.redaction.value_action}ed, span names {'templated' if policy.template_span_names else 'kept'}, "
           f"{len(policy.allowed_metric_names) or 'all'} metric name patterns allowed")
@@ -456,6 +476,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # ClickHouse is down: start anyway; the agents consume nothing until it answers.
         print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.policy_topic], 1,
+                              configs={"cleanup.policy": "compact"}))
 
     import gc
 
@@ -667,8 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(FORMATS), default="table")
     p.set_defaults(func=cmd_dlq)
 
-    p = sub.add_parser("policy", help="validate a label policy file")
-    p.add_argument("action", choices=["check"])
+    p = sub.add_parser("policy", help="validate a label policy file, or push it to every running worker")
+    p.add_argument("action", choices=["check", "push"])
     p.add_argument("file")
     p.set_defaults(func=cmd_policy)
 

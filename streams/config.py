@@ -130,6 +130,11 @@ class WorkerSettings:
             "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'."
         ),
     )
+    policy_topic: str = field(
+        default="otelpipe.policy",
+        metadata=doc("Compacted topic of label policies (TOML text): the newest record is applied by every "
+                     "running worker within seconds (`otelpipe policy push FILE`)."),
+    )
     web_port: int = field(
         default=6066, metadata=doc("Port of the worker's HTTP server: /metrics and the read-only /query.")
     )

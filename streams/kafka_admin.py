@@ -15,7 +15,8 @@ async def list_topics(bootstrap: str, timeout_s: float = 10.0) -> list[str]:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1) -> list[str]:
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1,
+                        configs: dict[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
     await admin.start()
@@ -25,7 +26,8 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         if missing:
             try:
                 response = await admin.create_topics(
-                    [NewTopic(name=t, num_partitions=partitions, replication_factor=replication) for t in missing]
+                    [NewTopic(name=t, num_partitions=partitions, replication_factor=replication,
+                              topic_configs=configs or {}) for t in missing]
                 )
             except TopicAlreadyExistsError:
                 return missing  # another process created them between the list and the create

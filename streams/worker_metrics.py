@@ -74,3 +74,7 @@ STAGE_CHANGES = Counter(
     ["stage", "reason"],
     registry=REGISTRY,
 )
+POLICY_RELOADS = Counter(
+    "otelpipe_policy_reloads_total", "Label policies received while running, by source and outcome.",
+    ["source", "outcome"], registry=REGISTRY,
+)

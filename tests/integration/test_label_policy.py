@@ -79,3 +79,56 @@ def test_an_invalid_policy_stops_the_worker_with_every_problem(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "cardinality.rules[0].buckets: must be > 0" in proc.stderr
         assert "cardinality.rules[1].type: must be one of" in proc.stderr
+
+
+def _user_ids(worker, service_filter: str) -> set[str]:
+    rows = worker.query("SELECT DISTINCT SpanAttributes['user.id'] FROM {db}.otel_traces "
+                        f"WHERE mapContains(SpanAttributes, 'user.id') AND {service_filter}")
+    return {r[0] for r in rows}
+
+
+def test_policy_changes_reach_the_running_worker(worker_factory, tmp_path):
+    import time
+
+    policy = tmp_path / "live.toml"
+    policy.write_text("[redaction]\nvalue_action = \"mask\"\n")
+    worker = worker_factory(OTELPIPE_WORKER_LABEL_POLICY=str(policy)).start()
+
+    def produce_and_wait(seed: int, expected_total: int) -> None:
+        asyncio.run(produce_workload(worker.settings, messages=4, traces_per_message=2, seed=seed))
+        worker.wait_for("SELECT count() FROM {db}.otel_traces", expected_total)
+
+    def wait_metric(name: str, value: float) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (worker.metric(name) or 0) < value:
+            time.sleep(0.5)
+        assert (worker.metric(name) or 0) >= value, worker.metrics()
+
+    produce_and_wait(1, 96)
+    assert all(u.startswith("user-") for u in _user_ids(worker, "1"))
+
+    # 1. The file changes: hashing user ids starts without a restart.
+    policy.write_text(POLICY)
+    wait_metric('otelpipe_policy_reloads_total{outcome="applied",source="file"}', 1)
+    produce_and_wait(2, 192)
+    new_ids = {r[0] for r in worker.query(
+        "SELECT DISTINCT SpanAttributes['user.id'] FROM {db}.otel_traces WHERE mapContains(SpanAttributes, 'user.id') "
+        "ORDER BY Timestamp DESC LIMIT 40")}
+    assert any(u.startswith("bucket_") for u in new_ids)
+
+    # 2. An invalid policy is refused; the current one stays.
+    policy.write_text('[[cardinality.rules]]\ntype = "hash"\nkey = "user.id"\nbuckets = -3\n')
+    wait_metric('otelpipe_policy_reloads_total{outcome="rejected",source="file"}', 1)
+
+    # 3. A policy pushed to the compacted topic reaches it too: drop user ids entirely.
+    pushed = tmp_path / "pushed.toml"
+    pushed.write_text('[[cardinality.rules]]\ntype = "drop"\nkey = "user.id"\n')
+    from tests.integration.test_used_by import cli
+
+    result = cli(worker, "policy", "push", str(pushed))
+    assert result.returncode == 0, result.stderr
+    wait_metric('otelpipe_policy_reloads_total{outcome="applied",source="topic"}', 1)
+    before = worker.scalar("SELECT countIf(mapContains(SpanAttributes, 'user.id')) FROM {db}.otel_traces")
+    produce_and_wait(3, 288)
+    after = worker.scalar("SELECT countIf(mapContains(SpanAttributes, 'user.id')) FROM {db}.otel_traces")
+    assert after == before
