@@ -2,7 +2,8 @@
 
 ``Stages.run(signal, messages)`` turns a run of Kafka messages of one signal into table batches and
 dead letters: decoding (``streams.otlp_decode``), then the label stage (``streams.labels``:
-redaction, templating, cardinality rules, allowed metric names). A replay builds the same
+redaction, templating, cardinality rules, allowed metric names), then, for metrics, the naming
+conventions (``streams.naming``), whose violations become rows of ``otelpipe_violations``. A replay builds the same
 ``Stages`` from the same settings, so it makes the same decisions as the worker (every stage is
 deterministic: seeded hashes, no wall clock, no per-process state that changes a result).
 Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
@@ -13,8 +14,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from streams import worker_metrics as m
-from streams.batch import DecodeResult, RawMessage
+from streams.batch import ColumnBatch, DecodeResult, RawMessage
 from streams.labels import LabelStage
+from streams.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
 from streams.otlp_decode import decode_messages
 from streams.policy import load_policy
 
@@ -37,12 +39,22 @@ class Stages:
             return DecodeResult()
         result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)
         if self.labels is not None:
+            naming = NamingStage(self.labels.policy.naming)
+            violations: list[ColumnBatch] = []
             for table, batch in list(result.batches.items()):
                 cleaned, counts = self.labels.apply(batch)
+                if signal == "metrics":
+                    cleaned, found, naming_counts = naming.apply(cleaned)
+                    counts.update(naming_counts)
+                    if found is not None:
+                        violations.append(found)
                 for (stage, reason), n in counts.items():
                     m.STAGE_CHANGES.labels(stage, reason).inc(n)
                 if len(cleaned):
                     result.batches[table] = cleaned
                 else:
                     del result.batches[table]
+            if violations:
+                result.batches[VIOLATIONS_TABLE] = ColumnBatch(
+                    VIOLATIONS_TABLE, {c: [v for b in violations for v in b.columns[c]] for c in VIOLATION_COLUMNS})
         return result

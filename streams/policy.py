@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.naming import NamingRules
+
 DEFAULT_BLOCK_KEYS = (
     "authorization", "*.authorization", "http.request.header.authorization",
     "cookie", "*.cookie", "set-cookie", "*.set-cookie", "proxy-authorization", "*.proxy-authorization",
@@ -69,6 +71,7 @@ class CardinalityRule:
 @dataclass(frozen=True)
 class Policy:
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
+    naming: NamingRules = field(default_factory=NamingRules)
     template_span_names: bool = True
     template_url_keys: tuple[str, ...] = ("url.path", "url.full", "http.target", "http.url")
     rules: tuple[CardinalityRule, ...] = ()
@@ -89,7 +92,7 @@ def _known(table: dict, allowed: set[str], path: str, problems: list[str]) -> No
 
 def parse_policy(data: dict[str, Any]) -> Policy:
     problems: list[str] = []
-    _known(data, {"redaction", "templating", "cardinality", "metrics"}, "", problems)
+    _known(data, {"redaction", "templating", "cardinality", "metrics", "naming"}, "", problems)
 
     red = data.get("redaction", {})
     red_kwargs: dict[str, Any] = {}
@@ -190,9 +193,34 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         value = _strings(metrics["allowed_names"], "metrics.allowed_names", problems)
         if value is not None:
             kwargs["allowed_metric_names"] = value
+    naming = data.get("naming", {})
+    naming_kwargs: dict[str, Any] = {}
+    if not isinstance(naming, dict):
+        problems.append("naming: must be a table")
+        naming = {}
+    _known(naming, {"enabled", "action", "separators", "unit_suffixes", "verbs", "domains"}, "naming.", problems)
+    if "enabled" in naming:
+        if not isinstance(naming["enabled"], bool):
+            problems.append("naming.enabled: must be true or false")
+        else:
+            naming_kwargs["enabled"] = naming["enabled"]
+    if "action" in naming:
+        if naming["action"] not in ("report", "reject"):
+            problems.append(f"naming.action: must be report or reject, got {naming['action']!r}")
+        else:
+            naming_kwargs["action"] = naming["action"]
+    for name in ("separators", "unit_suffixes", "verbs", "domains"):
+        if name in naming:
+            value = _strings(naming[name], f"naming.{name}", problems)
+            if value is not None:
+                naming_kwargs[name] = value
+    for i, sep in enumerate(naming_kwargs.get("separators", ())):
+        if len(sep) != 1 or sep.isalnum():
+            problems.append(f"naming.separators[{i}]: must be one punctuation character, got {sep!r}")
     if problems:
         raise PolicyError(problems)
-    return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), **kwargs)
+    return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), naming=NamingRules(**naming_kwargs),
+                  **kwargs)
 
 
 def load_policy(path: str | Path | None) -> Policy:

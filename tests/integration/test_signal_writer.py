@@ -95,3 +95,32 @@ def test_dead_letters_are_returned_and_acked(chdb_client, ch_settings):
     outcome = writer(chdb_client, ch_settings).write(msgs)
     assert [d.message.offset for d in outcome.dead_letters] == [1]
     assert len(outcome.done) == 3 and count(chdb_client, ch_settings) == 4
+
+
+def test_naming_violations_are_stored_once_and_rejected_points_are_not(chdb_client, ch_settings):
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from streams.labels import LabelStage
+    from streams.pipeline import Stages
+    from streams.policy import parse_policy
+
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    rm.resource.attributes.add(key="service.name").value.string_value = "shop"
+    sm = rm.scope_metrics.add()
+    for name in ("orders.created_total", "Orders-Failed"):
+        metric = sm.metrics.add(name=name)
+        metric.gauge.data_points.add(time_unix_nano=1_700_000_000_000_000_000, as_double=1.0)
+    stages = Stages(lambda topic: "otlp_proto", 1 << 20,
+                    LabelStage(parse_policy({"naming": {"action": "reject"}})))
+    sink = ClickHouseSink(chdb_client, ch_settings, "g")
+    writer = SignalWriter("metrics", sink, lambda t: "otlp_proto", 1 << 20, stages)
+    payload = request.SerializeToString()
+    for first in (0, 1):  # the same message twice (another offset): the violation is stored once
+        writer.write([RawMessage("metrics", 0, first, payload)])
+    db = ch_settings.database
+    assert chdb_client.query(f"SELECT MetricName FROM {db}.otel_metrics_gauge").result_rows == \
+        [("orders.created_total",), ("orders.created_total",)]
+    rows = chdb_client.query(f"SELECT Service, MetricName, Rule, Action FROM {db}.otelpipe_violations FINAL "
+                             "ORDER BY Rule").result_rows
+    assert rows == [("shop", "Orders-Failed", "characters", "reject"), ("shop", "Orders-Failed", "lowercase", "reject")]
