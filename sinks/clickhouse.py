@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
+from sinks.write_plan import RecordedRange
 from streams.batch import ColumnBatch, SourceRange
 from streams.config import ClickHouseSettings
 
@@ -190,7 +191,7 @@ class ClickHouseSink:
             inserted += len(piece) - int(dupes)
         return inserted, skipped
 
-    def recorded_ranges(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[tuple[int, int]]]:
+    def recorded_ranges(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[RecordedRange]]:
         """Ranges recorded by any worker of the group that end at or after each partition's first offset."""
         if not starts:
             return {}
@@ -199,23 +200,29 @@ class ClickHouseSink:
             conditions.append(f"(Topic = {{t{i}:String}} AND Partition = {{p{i}:UInt32}} AND LastOffset >= {{o{i}:UInt64}})")
             params.update({f"t{i}": topic, f"p{i}": partition, f"o{i}": max(offset, 0)})
         result = self.client.query(
-            f"SELECT DISTINCT Topic, Partition, FirstOffset, LastOffset FROM {self.database}.{RANGES_TABLE} "
-            "WHERE ConsumerGroup = {g:String} AND (" + " OR ".join(conditions) + ") ORDER BY FirstOffset",
+            "SELECT Topic, Partition, FirstOffset, LastOffset, max(FirstHash), max(LastHash), "
+            f"toUnixTimestamp64Milli(max(RecordedAt)) FROM {self.database}.{RANGES_TABLE} "
+            "WHERE ConsumerGroup = {g:String} AND (" + " OR ".join(conditions) + ") "
+            "GROUP BY Topic, Partition, FirstOffset, LastOffset ORDER BY FirstOffset",
             parameters=params,
         )
-        found: dict[tuple[str, int], list[tuple[int, int]]] = {}
-        for topic, partition, first, last in result.result_rows:
-            found.setdefault((topic, int(partition)), []).append((int(first), int(last)))
+        found: dict[tuple[str, int], list[RecordedRange]] = {}
+        for topic, partition, first, last, first_hash, last_hash, at in result.result_rows:
+            found.setdefault((topic, int(partition)), []).append(
+                RecordedRange(int(first), int(last), int(first_hash), int(last_hash), int(at)))
         return found
 
-    def record_ranges(self, ranges: Sequence[SourceRange]) -> None:
-        """Remember ranges before their rows are inserted (a duplicate record is harmless)."""
+    def record_ranges(self, ranges: Sequence[SourceRange], hashes: Sequence[tuple[int, int]] | None = None) -> None:
+        """Remember ranges (with fingerprints of their first and last message) before their rows are
+        inserted; a duplicate record is harmless."""
         if not ranges:
             return
+        hashes = hashes or [(0, 0)] * len(ranges)
         self.client.insert(
             f"{self.database}.{RANGES_TABLE}",
-            [[self.consumer_group, r.topic, r.partition, r.first_offset, r.last_offset] for r in ranges],
-            column_names=["ConsumerGroup", "Topic", "Partition", "FirstOffset", "LastOffset"],
+            [[self.consumer_group, r.topic, r.partition, r.first_offset, r.last_offset, h[0], h[1]]
+             for r, h in zip(ranges, hashes)],
+            column_names=["ConsumerGroup", "Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash"],
         )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True) -> Any:

@@ -17,7 +17,49 @@ Pure: offsets and ranges in, segments out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
+
+# A message may carry a timestamp somewhat after the moment its range was recorded only through
+# clock skew between producer, broker and worker; beyond this, it is a different message.
+CLOCK_SKEW_MS = 300_000
+
+
+@dataclass(frozen=True)
+class RecordedRange:
+    first_offset: int
+    last_offset: int
+    first_hash: int = 0  # 0: unknown (recorded before fingerprints existed)
+    last_hash: int = 0
+    recorded_at_ms: int = 0
+
+
+def stale_ranges(ranges: Sequence[RecordedRange], messages: Mapping[int, object],
+                 fingerprint: Callable[[object], int], timestamp_ms: Callable[[object], int | None]
+                 ) -> list[RecordedRange]:
+    """Recorded ranges that describe other messages than the ones at those offsets now.
+
+    That happens when a topic is deleted and created again, or the broker's data is wiped: offsets
+    restart and old ranges would hold the new messages back forever. A range is stale when the
+    message now at its first or last offset has another fingerprint, or when a message now inside
+    it is stamped well after the range was recorded.
+    """
+    stale = []
+    for r in ranges:
+        first, last = messages.get(r.first_offset), messages.get(r.last_offset)
+        if r.first_hash and first is not None and fingerprint(first) != r.first_hash:
+            stale.append(r)
+            continue
+        if r.last_hash and last is not None and fingerprint(last) != r.last_hash:
+            stale.append(r)
+            continue
+        if r.recorded_at_ms:
+            for offset, message in messages.items():
+                if r.first_offset <= offset <= r.last_offset:
+                    ts = timestamp_ms(message)
+                    if ts is not None and ts > r.recorded_at_ms + CLOCK_SKEW_MS:
+                        stale.append(r)
+                        break
+    return stale
 
 
 @dataclass(frozen=True)

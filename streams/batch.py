@@ -21,10 +21,13 @@ class SourceRange:
     partition: int
     first_offset: int
     last_offset: int
+    fingerprint: str = ""  # of the first and last message: other messages at the same offsets
+    #                        (a recreated topic) make another token
 
     def token(self, table: str) -> str:
         """Insert deduplication token: the same messages always make the same token."""
-        return f"{table}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        base = f"{table}:{self.topic}:{self.partition}:{self.first_offset}-{self.last_offset}"
+        return f"{base}:{self.fingerprint}" if self.fingerprint else base
 
 
 @dataclass

@@ -84,7 +84,7 @@ class KafkaSettings:
 @dataclass(frozen=True)
 class ClickHouseSettings:
     dsn: str = field(
-        default="chdb:///.otelpipe/chdb",
+        default="chdb://.otelpipe/chdb",
         metadata=doc(
             "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
             "the current directory); http(s)://user:pass@host:8123/db reaches a server."

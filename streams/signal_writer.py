@@ -16,18 +16,22 @@ same messages.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Iterator
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
+
+import xxhash
 
 from sinks.clickhouse import ClickHouseSink
-from sinks.write_plan import plan_segments
+from sinks.write_plan import plan_segments, stale_ranges
 from streams import worker_metrics as m
 from streams.batch import DeadLetter, DecodeResult, RawMessage, SourceRange
 from streams.pipeline import Stages
+
+log = logging.getLogger("otelpipe.writer")
 
 
 
@@ -37,6 +41,11 @@ class WriteOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)  # publish these before acking
     rows: dict[str, int] = field(default_factory=dict)
     held: int = 0
+
+
+def fingerprint(message: RawMessage) -> int:
+    """What identifies a message's content, recorded with the offset ranges (never 0)."""
+    return xxhash.xxh64_intdigest(message.value) or 1
 
 
 @contextmanager
@@ -90,17 +99,32 @@ class SignalWriter:
         decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
         for (topic, partition), msgs in by_tp.items():
             offsets = sorted(msgs)
-            segments, ready = plan_segments(offsets, recorded.get((topic, partition), []))
+            ranges = recorded.get((topic, partition), [])
+            stale = stale_ranges(ranges, msgs, fingerprint, lambda msg: msg.timestamp_ms)
+            if stale:
+                m.STALE_RANGES.labels(self.signal).inc(len(stale))
+                log.warning("%s[%d]: ignoring %d recorded offset ranges that describe other messages "
+                            "(topic recreated or broker data wiped?)", topic, partition, len(stale))
+                ranges = [r for r in ranges if r not in stale]
+            segments, ready = plan_segments(offsets, [(r.first_offset, r.last_offset) for r in ranges])
+            by_bounds = {(r.first_offset, r.last_offset): r for r in ranges}
             for seg in segments:
                 seg_msgs = [msgs[o] for o in offsets[seg.start:seg.stop]]
-                source = SourceRange(topic, partition, seg.first_offset, seg.last_offset)
+                if seg.recorded:  # the token the range was first written with
+                    r = by_bounds[(seg.first_offset, seg.last_offset)]
+                    hashes = (r.first_hash, r.last_hash)
+                else:
+                    hashes = (fingerprint(seg_msgs[0]), fingerprint(seg_msgs[-1]))
+                source = SourceRange(topic, partition, seg.first_offset, seg.last_offset,
+                                     f"{hashes[0]:x}.{hashes[1]:x}" if hashes[0] else "")
                 result = self.stages.run(self.signal, seg_msgs)
                 decoded.append((source, seg.recorded, seg_msgs, result))
             if ready < len(offsets):
                 new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}
 
         # Every new range is in the ledger before any of its rows is inserted (one insert for all).
-        self.sink.record_ranges([source for source, known, _, result in decoded if result.batches and not known])
+        new = [source for source, known, _, result in decoded if result.batches and not known]
+        self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
         for source, _, seg_msgs, result in decoded:
             for table, batch in result.batches.items():
                 started = time.perf_counter()

@@ -78,3 +78,8 @@ POLICY_RELOADS = Counter(
     "otelpipe_policy_reloads_total", "Label policies received while running, by source and outcome.",
     ["source", "outcome"], registry=REGISTRY,
 )
+STALE_RANGES = Counter(
+    "otelpipe_stale_ranges_total",
+    "Recorded offset ranges ignored because other messages now sit at those offsets (topic recreated).",
+    ["signal"], registry=REGISTRY,
+)

@@ -124,3 +124,17 @@ def test_naming_violations_are_stored_once_and_rejected_points_are_not(chdb_clie
     rows = chdb_client.query(f"SELECT Service, MetricName, Rule, Action FROM {db}.otelpipe_violations FINAL "
                              "ORDER BY Rule").result_rows
     assert rows == [("shop", "Orders-Failed", "characters", "reject"), ("shop", "Orders-Failed", "lowercase", "reject")]
+
+
+def test_ranges_of_a_recreated_topic_do_not_hold_new_messages(chdb_client, ch_settings):
+    writer(chdb_client, ch_settings).write(messages(0, 9))  # the old topic's messages, recorded
+    # The topic is deleted and created again: offsets restart at 0 with other messages.
+    fresh = [RawMessage("spans", 0, o, encode_request(traces_request(3), "otlp_proto")) for o in range(5)]
+    outcome = writer(chdb_client, ch_settings).write(fresh)
+    assert len(outcome.done) == 5 and outcome.held == 0
+    assert count(chdb_client, ch_settings) == 20 + 15
+    # Exactly the old range's offsets, other messages: another token, so ClickHouse keeps them.
+    again = [RawMessage("spans", 1, o, encode_request(traces_request(1), "otlp_proto")) for o in range(10)]
+    writer(chdb_client, ch_settings).write(messages(0, 9, partition=1))
+    writer(chdb_client, ch_settings).write(again)
+    assert count(chdb_client, ch_settings) == 35 + 20 + 10
