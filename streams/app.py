@@ -31,11 +31,12 @@ from streams.alerts import ALERTS_TABLE, AlertTracker, encode_avro, from_burn, l
 from streams.alerts import table_columns as alert_table_columns
 from streams.batch import DeadLetter, RawMessage
 from streams.config import load_settings, resolve_path
+from streams.catalog import CatalogError, CatalogStage, entry_from_record
 from streams.labels import LabelStage
 from streams.pipeline import Stages
 from streams.policy import PolicyError, parse_policy
 from streams.signal_writer import SignalWriter, WriteOutcome
-from streams.slo import counts_query, evaluate_rows, query_parameters
+from streams.slo import counts_query, evaluate_rows, query_parameters, with_catalog_objectives
 
 log = logging.getLogger("otelpipe.worker")
 
@@ -240,8 +241,9 @@ def _evaluate_slos_now() -> list[dict]:
         _alert_tracker.seed(dict(zip(result.column_names, row)) for row in result.result_rows)
         _alert_tracker_seeded = True
     now = datetime.now(timezone.utc)
-    result = sink.query(counts_query(db), query_parameters(now, settings.slo))
-    verdicts = evaluate_rows(list(result.column_names), [list(r) for r in result.result_rows], settings.slo)
+    slo = with_catalog_objectives(settings.slo, stages.catalog.entries)
+    result = sink.query(counts_query(db), query_parameters(now, slo))
+    verdicts = evaluate_rows(list(result.column_names), [list(r) for r in result.result_rows], slo)
     firing = [from_burn(alert) for verdict in verdicts for alert in verdict.alerts]
     records = _alert_tracker.transitions(firing, int(now.timestamp() * 1000), kinds={"slo_burn"})
     if records:
@@ -335,6 +337,45 @@ async def follow_policy_topic() -> None:
         raise
     except Exception as exc:  # the worker keeps running on its current policy
         log.error("following the policy topic %s stopped: %s", W.policy_topic, exc)
+    finally:
+        await consumer.stop()
+
+
+@app.task
+async def follow_catalog_topic() -> None:
+    """Every worker reads the whole compacted catalog topic (no consumer group), then follows it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=K.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(W.catalog_topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            records = batch.get(tp, [])
+            if not records:
+                continue
+            entries = dict(stages.catalog.entries)
+            for record in records:
+                name = (record.key or b"").decode("utf-8", "replace")
+                try:
+                    entry = entry_from_record(name, record.value)
+                except CatalogError as exc:
+                    m.CATALOG_UPDATES.labels("rejected").inc()
+                    log.error("catalog record refused: %s", exc)
+                    continue
+                if entry is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = entry
+                m.CATALOG_UPDATES.labels("applied").inc()
+            stages.catalog = CatalogStage(entries)  # one reference swap
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the worker keeps running on its current catalog
+        log.error("following the catalog topic %s stopped: %s", W.catalog_topic, exc)
     finally:
         await consumer.stop()
 

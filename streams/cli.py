@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import signal
@@ -218,9 +219,12 @@ def cmd_services(args: argparse.Namespace) -> int:
 def cmd_slo(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from streams.slo import counts_query, evaluate_rows, query_parameters
+    from streams.catalog import load_catalog
+    from streams.slo import counts_query, evaluate_rows, query_parameters, with_catalog_objectives
 
     settings = _settings(args)
+    settings = dataclasses.replace(
+        settings, slo=with_catalog_objectives(settings.slo, load_catalog(settings.worker.catalog_file or None)))
     now = datetime.now(timezone.utc)
     try:
         columns, rows = run_query(settings, counts_query(settings.clickhouse.database),
@@ -441,6 +445,39 @@ async def _push_policy(settings: Settings, text: bytes) -> None:
         await producer.stop()
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.catalog import load_catalog
+    from streams.kafka_admin import ensure_topics
+
+    settings = _settings(args)
+    entries = load_catalog(args.file)  # CatalogError lists every problem
+    if args.action == "check":
+        print(f"{args.file}: valid — {len(entries)} services")
+        return 0
+
+    async def push() -> None:
+        await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.catalog_topic], 1,
+                            configs={"cleanup.policy": "compact"})
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for name, entry in entries.items():
+                fields = (("team", entry.team), ("tier", entry.tier), ("owner", entry.owner),
+                          ("availability", entry.availability), ("latency_ms", entry.latency_ms),
+                          ("latency_target", entry.latency_target))
+                body = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in fields if v not in (None, ""))
+                await producer.send_and_wait(settings.worker.catalog_topic, body.encode(), key=name.encode(),
+                                             partition=0)
+        finally:
+            await producer.stop()
+
+    asyncio.run(push())
+    print(f"{len(entries)} services sent to {settings.worker.catalog_topic}; running workers apply them within seconds")
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     from streams.policy import load_policy
 
@@ -476,8 +513,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # ClickHouse is down: start anyway; the agents consume nothing until it answers.
         print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.policy_topic], 1,
-                              configs={"cleanup.policy": "compact"}))
+    for topic in (settings.worker.policy_topic, settings.worker.catalog_topic):
+        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"}))
 
     import gc
 
@@ -689,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(FORMATS), default="table")
     p.set_defaults(func=cmd_dlq)
 
+    p = sub.add_parser("catalog", help="validate a service catalog file, or push it to every running worker")
+    p.add_argument("action", choices=["check", "push"])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_catalog)
+
     p = sub.add_parser("policy", help="validate a label policy file, or push it to every running worker")
     p.add_argument("action", choices=["check", "push"])
     p.add_argument("file")
@@ -713,9 +755,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except ValueError as exc:
+        from streams.catalog import CatalogError
         from streams.policy import PolicyError
 
-        if not isinstance(exc, PolicyError):
+        if not isinstance(exc, (PolicyError, CatalogError)):
             raise
         print(exc, file=sys.stderr)
         return 2

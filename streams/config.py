@@ -130,6 +130,15 @@ class WorkerSettings:
             "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'."
         ),
     )
+    catalog_file: str = field(
+        default="",
+        metadata=doc("Service catalog TOML ([[services]] name, team, tier, owner, SLO targets); empty: none."),
+    )
+    catalog_topic: str = field(
+        default="otelpipe.catalog",
+        metadata=doc("Compacted topic of catalog entries (key: service name), followed live by every worker "
+                     "(`otelpipe catalog push FILE`)."),
+    )
     policy_topic: str = field(
         default="otelpipe.policy",
         metadata=doc("Compacted topic of label policies (TOML text): the newest record is applied by every "

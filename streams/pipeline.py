@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from streams import worker_metrics as m
 from streams.batch import ColumnBatch, DecodeResult, RawMessage
+from streams.catalog import CatalogStage, load_catalog
 from streams.labels import LabelStage
 from streams.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
 from streams.otlp_decode import decode_messages
@@ -22,17 +23,20 @@ from streams.policy import load_policy
 
 
 class Stages:
-    def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None):
+    def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
+                 catalog: CatalogStage | None = None):
         self.encoding_for = encoding_for
         self.max_message_bytes = max_message_bytes
         self.labels = labels
+        self.catalog = catalog if catalog is not None else CatalogStage({})
 
     @classmethod
     def from_settings(cls, settings) -> "Stages":
         """Raises PolicyError (every problem listed) when the policy file is invalid."""
         choice = settings.worker.label_policy
         labels = None if choice == "off" else LabelStage(load_policy(None if choice == "default" else choice))
-        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels)
+        catalog = CatalogStage(load_catalog(settings.worker.catalog_file or None))
+        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog)
 
     def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
         if not messages:
@@ -57,4 +61,8 @@ class Stages:
             if violations:
                 result.batches[VIOLATIONS_TABLE] = ColumnBatch(
                     VIOLATIONS_TABLE, {c: [v for b in violations for v in b.columns[c]] for c in VIOLATION_COLUMNS})
+        if self.catalog.entries:
+            for table, batch in list(result.batches.items()):
+                if table != VIOLATIONS_TABLE:
+                    result.batches[table] = self.catalog.apply(batch)
         return result

@@ -156,3 +156,15 @@ def query_parameters(now: datetime, settings: SloSettings) -> dict[str, Any]:
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware (UTC)")
     return {"now": int(now.timestamp()), "slo_window_s": settings.window_days * 86400}
+
+
+def with_catalog_objectives(settings: SloSettings, entries: dict) -> SloSettings:
+    """Objectives from the service catalog for services the configuration does not name."""
+    import dataclasses
+
+    from streams.catalog import objectives_from
+
+    default = Objective("", settings.default_availability, settings.default_latency_ms, settings.default_latency_target)
+    configured = {o.service for o in settings.objectives}
+    extra = tuple(o for o in objectives_from(entries, default) if o.service not in configured)
+    return dataclasses.replace(settings, objectives=settings.objectives + extra) if extra else settings

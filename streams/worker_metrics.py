@@ -83,3 +83,7 @@ STALE_RANGES = Counter(
     "Recorded offset ranges ignored because other messages now sit at those offsets (topic recreated).",
     ["signal"], registry=REGISTRY,
 )
+CATALOG_UPDATES = Counter(
+    "otelpipe_catalog_updates_total", "Service catalog records received while running, by outcome.", ["outcome"],
+    registry=REGISTRY,
+)

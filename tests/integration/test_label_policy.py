@@ -132,3 +132,29 @@ def test_policy_changes_reach_the_running_worker(worker_factory, tmp_path):
     produce_and_wait(3, 288)
     after = worker.scalar("SELECT countIf(mapContains(SpanAttributes, 'user.id')) FROM {db}.otel_traces")
     assert after == before
+
+
+def test_service_catalog_from_file_and_live_from_its_topic(worker_factory, tmp_path):
+    import time
+
+    from tests.integration.test_used_by import cli
+
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[services]]\nname = "payment"\nteam = "payments"\ntier = "1"\nowner = "pat"\n')
+    worker = worker_factory(OTELPIPE_WORKER_CATALOG_FILE=str(catalog)).start()
+    first = asyncio.run(produce_workload(worker.settings, messages=3, traces_per_message=2, seed=51))
+    worker.wait_for("SELECT count() FROM {db}.otel_traces", first.spans)
+    teams = dict(worker.query("SELECT ServiceName, any(ServiceTeam) FROM {db}.otel_traces GROUP BY ServiceName"))
+    assert teams["payment"] == "payments" and teams["cart"] == ""
+    assert worker.scalar("SELECT countIf(ServiceOwner = 'pat') FROM {db}.otel_logs WHERE ServiceName = 'payment'") > 0
+
+    update = tmp_path / "update.toml"
+    update.write_text('[[services]]\nname = "cart"\nteam = "shop"\n')
+    assert cli(worker, "catalog", "push", str(update)).returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not worker.metric('otelpipe_catalog_updates_total{outcome="applied"}'):
+        time.sleep(0.5)
+    second = asyncio.run(produce_workload(worker.settings, messages=3, traces_per_message=2, seed=52))
+    worker.wait_for("SELECT count() FROM {db}.otel_traces", first.spans + second.spans)
+    assert worker.scalar("SELECT countIf(ServiceTeam = 'shop') FROM {db}.otel_traces WHERE ServiceName = 'cart'") \
+        == second.spans_by_service["cart"]
