@@ -315,69 +315,61 @@ async def follow_policy_file() -> None:
         apply_policy_text(Path(path).read_text(), "file")
 
 
-@app.task
-async def follow_policy_topic() -> None:
-    """Every worker reads the whole compacted policy topic (no consumer group) and then follows it."""
+async def follow_compacted_topic(topic: str, on_records: Any) -> None:
+    """Read a one-partition compacted topic whole (no consumer group: every worker sees every
+    record), then follow it, handing each non-empty batch of records to ``on_records``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    if stages.labels is None:
-        return
     consumer = AIOKafkaConsumer(bootstrap_servers=K.bootstrap_servers, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        tp = TopicPartition(W.policy_topic, 0)
+        tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
         while True:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            records = batch.get(tp, [])
-            if records and records[-1].value is not None:
-                apply_policy_text(records[-1].value.decode("utf-8", "replace"), "topic")
+            records = (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+            if records:
+                on_records(records)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # the worker keeps running on its current policy
-        log.error("following the policy topic %s stopped: %s", W.policy_topic, exc)
+    except Exception as exc:  # the worker keeps running on what it has
+        log.error("following the topic %s stopped: %s", topic, exc)
     finally:
         await consumer.stop()
+
+
+def _apply_policy_records(records: list) -> None:
+    if records[-1].value is not None:  # the newest policy wins
+        apply_policy_text(records[-1].value.decode("utf-8", "replace"), "topic")
+
+
+def _apply_catalog_records(records: list) -> None:
+    entries = dict(stages.catalog.entries)
+    for record in records:
+        name = (record.key or b"").decode("utf-8", "replace")
+        try:
+            entry = entry_from_record(name, record.value)
+        except CatalogError as exc:
+            m.CATALOG_UPDATES.labels("rejected").inc()
+            log.error("catalog record refused: %s", exc)
+            continue
+        if entry is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = entry
+        m.CATALOG_UPDATES.labels("applied").inc()
+    stages.catalog = CatalogStage(entries)  # one reference swap
+
+
+@app.task
+async def follow_policy_topic() -> None:
+    if stages.labels is not None:  # label_policy = off ignores pushed policies
+        await follow_compacted_topic(W.policy_topic, _apply_policy_records)
 
 
 @app.task
 async def follow_catalog_topic() -> None:
-    """Every worker reads the whole compacted catalog topic (no consumer group), then follows it."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=K.bootstrap_servers, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(W.catalog_topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        while True:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            records = batch.get(tp, [])
-            if not records:
-                continue
-            entries = dict(stages.catalog.entries)
-            for record in records:
-                name = (record.key or b"").decode("utf-8", "replace")
-                try:
-                    entry = entry_from_record(name, record.value)
-                except CatalogError as exc:
-                    m.CATALOG_UPDATES.labels("rejected").inc()
-                    log.error("catalog record refused: %s", exc)
-                    continue
-                if entry is None:
-                    entries.pop(name, None)
-                else:
-                    entries[name] = entry
-                m.CATALOG_UPDATES.labels("applied").inc()
-            stages.catalog = CatalogStage(entries)  # one reference swap
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # the worker keeps running on its current catalog
-        log.error("following the catalog topic %s stopped: %s", W.catalog_topic, exc)
-    finally:
-        await consumer.stop()
+    await follow_compacted_topic(W.catalog_topic, _apply_catalog_records)
 
 
 @app.page("/metrics")
