@@ -30,6 +30,10 @@ from streams import worker_metrics as m
 from streams.alerts import ALERTS_TABLE, AlertTracker, encode_avro, from_burn, latest_states_query
 from streams.alerts import table_columns as alert_table_columns
 from streams.batch import DeadLetter, RawMessage
+from streams.otlp_decode import BadMessage
+from streams.routing import decode_envelope, encode_envelope, route_partition, split_metrics, virtual_message
+from streams.keyed_state import ChangelogState
+from streams.series_budget import SeriesBudgetStage, metric_of_key
 from streams.config import load_settings, resolve_path
 from streams.catalog import CatalogError, CatalogStage, entry_from_record
 from streams.labels import LabelStage
@@ -72,8 +76,21 @@ def _topic(name: str) -> faust.TopicT:
 spans_topic = _topic(K.spans_topic)
 logs_topic = _topic(K.logs_topic)
 metrics_topic = _topic(K.metrics_topic)
-dlq_topics = {name: _topic(settings.dlq_topic(name)) for name in settings.source_topics()}
+metrics_routed_topic = _topic(settings.routed_topic(K.metrics_topic))
+dlq_topics = {name: _topic(settings.dlq_topic(name)) for name in settings.source_topics() + settings.routed_topics()}
 alerts_topic = _topic(settings.slo.alerts_topic)
+
+
+# Series budget state: (metric, window) → the series seen (streams.series_budget), changelogged to a
+# compacted topic whose partition is the metric's routed partition (streams.keyed_state).
+series_state = ChangelogState(K.bootstrap_servers, settings.state_topic("series-budget"),
+                              lambda key: route_partition(metric_of_key(key), K.partitions))
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked_state(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    """Another worker may own these partitions next and change their state: re-read it if they return."""
+    series_state.forget({tp.partition for tp in revoked if tp.topic == metrics_routed_topic.get_topic_name()})
 
 # chDB and clickhouse-connect block: every call runs on this one thread (calls serialise anyway).
 clickhouse_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
@@ -175,6 +192,8 @@ async def _sink_when_reachable(signal: str) -> ClickHouseSink:
 
 
 stages = Stages.from_settings(settings)  # an invalid policy stops the worker here, every problem listed
+if stages.labels is not None:
+    stages.budget = SeriesBudgetStage(stages.labels.policy.budgets, series_state.get)
 
 
 async def consume_signal(signal: str, stream: Any) -> None:
@@ -209,7 +228,85 @@ async def logs_agent(stream: Any) -> None:
 
 @app.agent(metrics_topic, name="otelpipe.metrics", concurrency=1)
 async def metrics_agent(stream: Any) -> None:
-    await consume_signal("metrics", stream)
+    """Route: cut each metrics request by metric name onto the routed topic (streams.routing)."""
+    async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
+        futures, dead = [], []
+        for event in events:
+            raw = _raw(event)
+            if len(raw.value) > W.max_message_bytes:
+                dead.append(DeadLetter(raw, "too_large", f"{len(raw.value)} bytes is over the limit of "
+                                                         f"{W.max_message_bytes}"))
+                continue
+            try:
+                parts = split_metrics(raw, K.encoding_for(raw.topic), K.partitions)
+            except BadMessage as exc:
+                dead.append(DeadLetter(raw, exc.reason, exc.detail))
+                continue
+            except (ValueError, TypeError, OverflowError) as exc:
+                dead.append(DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}"))
+                continue
+            for route, payload in sorted(parts.items()):
+                futures.append(await metrics_routed_topic.send(
+                    key=raw.key, value=encode_envelope("metrics", raw, route, payload), partition=route))
+        m.MESSAGES_CONSUMED.labels("metrics").inc(len(events))
+        m.MESSAGES_ROUTED.labels("metrics").inc(len(futures))
+        for fut in futures:
+            await fut  # every part is on the broker before its source message is acked
+        if dead:
+            await publish_dead_letters("metrics", dead)
+        for event in events:
+            await stream.ack(event)
+
+
+async def commit_stage_state() -> None:
+    """After a batch's rows are written: store the budget state changes, announce crossings."""
+    if stages.budget is None:
+        return
+    done = stages.budget.commit()
+    await series_state.put(done.set, done.delete)  # on the broker before the offsets are acked
+    for rec in done.alerts:  # at least once: a crash before the ack announces a crossing again
+        fut = await alerts_topic.send(key=f"{rec['Kind']}/{rec['Name']}".encode(), value=encode_avro(rec))
+        await fut
+        m.ALERTS_PUBLISHED.labels(rec["Kind"], rec["State"]).inc()
+        log.warning("alert %s: %s %s (%s)", rec["State"], rec["Kind"], rec["Name"],
+                    ", ".join(f"{k}={v}" for k, v in sorted(rec["Details"].items())))
+
+
+@app.agent(metrics_routed_topic, name="otelpipe.metrics.routed", concurrency=1)
+async def routed_metrics_agent(stream: Any) -> None:
+    """Write the metrics routed to this worker's partitions: every point of a metric is here."""
+    writer = SignalWriter("metrics", await _sink_when_reachable("metrics"), K.encoding_for, W.max_message_bytes,
+                          stages)
+    pending: dict[tuple[str, int, int], list[tuple[Any, RawMessage]]] = {}
+    async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
+        msgs, bad = [], []
+        for event in events:
+            raw = _raw(event)
+            try:
+                virtual = virtual_message(decode_envelope(raw.value), raw)
+            except BadMessage as exc:
+                bad.append((event, DeadLetter(raw, exc.reason, exc.detail)))
+                continue
+            # a part re-routed after a crash has the same coordinates: both copies are acked together
+            pending.setdefault((virtual.topic, virtual.partition, virtual.offset), []).append((event, raw))
+            msgs.append(virtual)
+        m.BATCH_MESSAGES.labels("metrics").observe(len(msgs))
+        await series_state.restore({event.message.partition for event in events})
+        outcome = await _write_until_done("metrics", writer, msgs)
+        await commit_stage_state()
+        dead = [letter for _, letter in bad]
+        for letter in outcome.dead_letters:  # name the routed record, which is what the DLQ can hold
+            key = (letter.message.topic, letter.message.partition, letter.message.offset)
+            for _, raw in pending.get(key, [])[:1]:
+                dead.append(DeadLetter(raw, letter.reason, f"{letter.detail} (source {letter.message.topic.split('@')[0]}"
+                                                            f"[{letter.message.partition}]@{letter.message.offset})"))
+        if dead:
+            await publish_dead_letters("metrics", dead)
+        for event, _ in bad:
+            await stream.ack(event)
+        for virtual in outcome.done:
+            for event, _ in pending.pop((virtual.topic, virtual.partition, virtual.offset), []):
+                await stream.ack(event)
 
 
 @app.timer(interval=5.0)
@@ -287,6 +384,8 @@ def apply_policy_text(text: str, source: str) -> bool:
         log.error("label policy from %s refused, the current one stays: %s", source, exc)
         return False
     stages.labels = LabelStage(policy)  # one reference swap: the next batch uses it
+    if stages.budget is not None:
+        stages.budget.set_policy(policy.budgets)
     m.POLICY_RELOADS.labels(source, "applied").inc()
     log.warning("label policy from %s applied (%d cardinality rules)", source, len(policy.rules))
     return True

@@ -98,6 +98,7 @@ class DecodeResult:
     batches: dict[str, ColumnBatch] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     decoded_messages: int = 0
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # alert records (also in an otelpipe_alerts batch)
 
     def row_count(self) -> int:
         return sum(len(b) for b in self.batches.values())

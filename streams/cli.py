@@ -59,8 +59,8 @@ def _broker(settings: Settings) -> Any:
 
 
 def _all_topics(settings: Settings) -> list[str]:
-    """Every topic otelpipe reads or writes: sources, their dead-letter topics, alerts."""
-    topics = settings.source_topics()
+    """Every topic otelpipe reads or writes: sources, routed topics, their dead-letter topics, alerts."""
+    topics = settings.source_topics() + settings.routed_topics()
     return topics + [settings.dlq_topic(t) for t in topics] + [settings.slo.alerts_topic]
 
 
@@ -275,23 +275,47 @@ def cardinality_queries(database: str) -> tuple[str, str]:
     return series, labels
 
 
+def budget_alerts_query(database: str) -> str:
+    """The latest series-budget crossing per metric over {since:UInt32} seconds."""
+    return (f"SELECT Name, argMax(Details, Timestamp) FROM {database}.otelpipe_alerts "
+            "WHERE Kind = 'cardinality' AND Timestamp > now() - toIntervalSecond({since:UInt32}) GROUP BY Name")
+
+
 def cmd_cardinality(args: argparse.Namespace) -> int:
     settings = _settings(args)
     series_sql, labels_sql = cardinality_queries(settings.clickhouse.database)
+    from streams.policy import PolicyError, load_policy
+
+    choice = settings.worker.label_policy
+    try:
+        budgets = None if choice == "off" else load_policy(None if choice == "default" else choice).budgets
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         columns, rows = run_query(settings, series_sql, {"since": args.since, "top": args.top})
         names = [row[0] for row in rows]
         _, label_rows = run_query(settings, labels_sql, {"since": args.since, "names": names}) if names else ([], [])
+        _, crossed = run_query(settings, budget_alerts_query(settings.clickhouse.database), {"since": args.since})
     except QueryFailed as exc:
         print(f"query failed: {exc}", file=sys.stderr)
         return 2
     drivers: dict[str, list[str]] = {}
     for metric, key, distinct in label_rows:
         drivers.setdefault(metric, []).append(f"{key}={distinct}")
-    table = [[name, series, points, services, ", ".join(drivers.get(name, [])[:3])]
-             for name, series, points, services in rows]
-    print(FORMATS[args.format](["metric", "series", "points", "services", "labels driving it (distinct values)"],
-                               table))
+    over = {name: details for name, details in crossed}
+    table = []
+    for name, series, points, services in rows:
+        if budgets is None or not budgets.enabled:
+            budget, status = "off", ""
+        else:
+            budget = budgets.for_metric(name).limit
+            details = over.get(name)
+            status = (f"over: {details.get('action', '?')} {details.get('label', '')}".strip() if details
+                      else f"{series / budget:.0%} used")
+        table.append([name, series, budget, status, points, services, ", ".join(drivers.get(name, [])[:3])])
+    print(FORMATS[args.format](["metric", "series", "budget", "budget status", "points", "services",
+                                "labels driving it (distinct values)"], table))
     return 0
 
 
@@ -515,6 +539,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
     for topic in (settings.worker.policy_topic, settings.worker.catalog_topic):
         asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"}))
+    from streams.keyed_state import TOPIC_CONFIGS
+
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.state_topic("series-budget")],
+                              settings.kafka.partitions, configs=TOPIC_CONFIGS))
 
     import gc
 

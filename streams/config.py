@@ -60,6 +60,11 @@ class KafkaSettings:
     dlq_suffix: str = field(
         default=".dlq", metadata=doc("Suffix of a source topic's dead-letter topic: otlp_spans.dlq.")
     )
+    routed_suffix: str = field(
+        default=".routed",
+        metadata=doc("Suffix of the internal topic a source's records are routed through by key "
+                     "(metrics by metric name): otlp_metrics.routed."),
+    )
     # Local broker (otelpipe kafka up); ignored when bootstrap_servers points elsewhere.
     local_data_dir: str = field(
         default=".otelpipe/kafka", metadata=doc("Data and log directory of the local broker.")
@@ -228,6 +233,17 @@ class Settings:
     def source_topics(self) -> list[str]:
         return [self.kafka.spans_topic, self.kafka.logs_topic, self.kafka.metrics_topic]
 
+    def routed_topic(self, topic: str) -> str:
+        return topic + self.kafka.routed_suffix
+
+    def state_topic(self, name: str) -> str:
+        """The compacted changelog topic of a stage's state (per consumer group)."""
+        return f"{self.worker.app_id}.{name}"
+
+    def routed_topics(self) -> list[str]:
+        """Internal topics of routed records (Avro envelopes, ``schemas/avro/routed_otlp.avsc``)."""
+        return [self.routed_topic(self.kafka.metrics_topic)]
+
 
 SECTIONS: dict[str, type] = {
     "kafka": KafkaSettings,
@@ -326,6 +342,8 @@ def _validate(s: Settings) -> list[str]:
             problems.append(f"kafka.{name}: must be one of {', '.join(ENCODINGS)}, got {value!r}")
     if not k.dlq_suffix:
         problems.append("kafka.dlq_suffix: must not be empty (dead letters would loop into the source topic)")
+    if not k.routed_suffix or k.routed_suffix == k.dlq_suffix:
+        problems.append("kafka.routed_suffix: must not be empty nor equal to dlq_suffix")
     for name in ("local_controller_port",):
         value = getattr(k, name)
         if not 0 < value < 65536:

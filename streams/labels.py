@@ -9,13 +9,17 @@ which, for every attribute map (span, log, metric point, event, link, resource a
   span names and log bodies;
 - URL attributes and ``METHOD /path`` span names are templated (``http.route`` wins);
 - cardinality rules apply by key: ``hash`` → ``bucket_N`` of a seeded xxhash, ``template``,
-  ``truncate_hash`` (long values → ``hash:<16 hex>``), ``drop``;
+  ``truncate_hash`` (long values → ``hash:<16 hex>``), ``top_k`` (the K most frequent values of
+  the previous window stay, the rest become ``__other__``), ``drop``;
 - metric points whose name is not allowed are removed.
 
 ``counts`` maps (stage, reason) to how many values or rows were changed or dropped. Decisions per
 key and per value are memoised (bounded caches), so repeated keys and values cost a lookup.
-Deterministic: no process state changes a result; the same policy gives the same output in every
-worker and on replay (never Python's ``hash()``).
+Deterministic: the same policy gives the same output in every worker and on replay (never
+Python's ``hash()``). The one exception is ``top_k``, which by nature depends on what was seen
+before: its windows follow record time (the newest timestamp of each batch), so the same records in
+the same order give the same output, but its counts are per process. Metrics are routed by name,
+so a metric's ``top_k`` counts are complete; for spans and logs they are those of one worker.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ MAP_COLUMNS = ("SpanAttributes", "LogAttributes", "Attributes", "ResourceAttribu
 NESTED_MAP_COLUMNS = ("Events.Attributes", "Links.Attributes", "Exemplars.FilteredAttributes")
 SIGNAL_OF_TABLE = {"otel_traces": "traces", "otel_logs": "logs"}
 MASK = "****"
+OTHER = "__other__"
 _CACHE_LIMIT = 200_000
+TIME_COLUMNS = ("Timestamp", "TimeUnix")
 
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
@@ -60,6 +66,50 @@ def stable_hash(seed: str, value: str) -> int:
     return xxhash.xxh64_intdigest(value.encode("utf-8", "surrogatepass"), seed=xxhash.xxh32_intdigest(seed.encode()))
 
 
+class TopK:
+    """Keep the K most frequent values of the previous window; the rest become ``__other__``.
+
+    In the first window, before there are counts, the first K distinct values are kept. Counting
+    is exact for up to ``capacity`` distinct values per window; values first seen after that are
+    not counted (they cannot have been among the most frequent so far). Ties go to the smaller
+    value, so the kept set depends on the counts only.
+    """
+
+    def __init__(self, k: int, window_s: int, capacity: int | None = None):
+        self.k = k
+        self.window_s = window_s
+        self.capacity = capacity or max(1000, 50 * k)
+        self.window: int | None = None
+        self.counts: Counter = Counter()
+        self.kept: set[str] = set()
+        self.settled = False  # False in the first window: admit the first K distinct values
+
+    def advance(self, now_s: int) -> None:
+        window = now_s // self.window_s
+        if self.window is None:
+            self.window = window
+        elif window > self.window:
+            if window == self.window + 1 and self.counts:
+                ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                self.kept = {v for v, _ in ranked[: self.k]}
+            else:  # a gap with no records: the last counts say nothing about now
+                self.kept = set()
+            self.settled = bool(self.kept)
+            self.window = window
+            self.counts = Counter()
+
+    def map(self, value: str) -> str:
+        counts = self.counts
+        if value in counts or len(counts) < self.capacity:
+            counts[value] += 1
+        if value in self.kept:
+            return value
+        if not self.settled and len(self.kept) < self.k:
+            self.kept.add(value)
+            return value
+        return OTHER
+
+
 class LabelStage:
     def __init__(self, policy: Policy):
         self.policy = policy
@@ -72,6 +122,9 @@ class LabelStage:
         self._url_keys = set(policy.template_url_keys)
         self._key_plans: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._value_cache: dict[str, tuple[str | None, str]] = {}
+        self._top_k: dict[tuple[int, str, str], TopK] = {}  # (rule index, signal, key)
+        self._rule_index = {id(r): i for i, r in enumerate(policy.rules)}
+        self._now_s = 0
 
     # ------------------------------------------------------------ decisions (memoised)
 
@@ -145,9 +198,23 @@ class LabelStage:
             return None, reason
         return new, reason
 
-    @staticmethod
-    def _apply_rules(value: str, rules: tuple[CardinalityRule, ...], counts: Counter) -> str:
+    def _top_k_for(self, rule: CardinalityRule, signal: str, key: str) -> TopK:
+        ident = (self._rule_index[id(rule)], signal, key)
+        top = self._top_k.get(ident)
+        if top is None:
+            top = self._top_k[ident] = TopK(rule.k, rule.window_s)
+        top.advance(self._now_s)
+        return top
+
+    def _apply_rules(self, value: str, rules: tuple[CardinalityRule, ...], counts: Counter,
+                     signal: str = "", key: str = "") -> str:
         for rule in rules:
+            if rule.type == "top_k":
+                new = self._top_k_for(rule, signal, key).map(value)
+                if new != value:
+                    counts[("cardinality", "top_k")] += 1
+                value = new
+                continue
             if rule.type == "hash":
                 value = f"bucket_{stable_hash(rule.seed, value) % rule.buckets}"
                 counts[("cardinality", "hash")] += 1
@@ -184,7 +251,7 @@ class LabelStage:
                     counts[("templating", "url")] += 1
                 new = templated
             if new is not None and rules:
-                new = self._apply_rules(new, rules, counts)
+                new = self._apply_rules(new, rules, counts, signal, key)
             if new != value:
                 if out is None:
                     out = {k: v for k, v in attrs.items()}
@@ -200,6 +267,10 @@ class LabelStage:
         signal = SIGNAL_OF_TABLE.get(table, "metrics")
         columns = dict(batch.columns)
         keep_rows: list[int] | None = None
+        for name in TIME_COLUMNS:
+            if columns.get(name):
+                self._now_s = max(self._now_s, max(columns[name]) // 1_000_000_000)
+                break
 
         if signal == "metrics" and self.policy.allowed_metric_names:
             names = columns["MetricName"]

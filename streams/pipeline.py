@@ -3,9 +3,13 @@
 ``Stages.run(signal, messages)`` turns a run of Kafka messages of one signal into table batches and
 dead letters: decoding (``streams.otlp_decode``), then the label stage (``streams.labels``:
 redaction, templating, cardinality rules, allowed metric names), then, for metrics, the naming
-conventions (``streams.naming``), whose violations become rows of ``otelpipe_violations``. A replay builds the same
-``Stages`` from the same settings, so it makes the same decisions as the worker (every stage is
-deterministic: seeded hashes, no wall clock, no per-process state that changes a result).
+conventions (``streams.naming``), whose violations become rows of ``otelpipe_violations``, and
+the series budgets (``streams.series_budget``), whose crossings become rows of ``otelpipe_alerts``;
+last, the service catalog (``streams.catalog``). A replay builds the same ``Stages`` from the same
+settings, so it makes the same decisions as the worker: stages use seeded hashes and record time,
+never the wall clock. Two stages keep state: ``top_k`` rules and the series budgets. The worker
+keeps the budgets in a changelogged table (see ``streams.app``) and commits their changes only
+after a batch's rows are written; a replay keeps them in memory for the replay.
 Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
 """
 
@@ -14,21 +18,32 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from streams import worker_metrics as m
+from streams.alerts import ALERTS_TABLE
+from streams.alerts import table_columns as alert_table_columns
 from streams.batch import ColumnBatch, DecodeResult, RawMessage
 from streams.catalog import CatalogStage, load_catalog
 from streams.labels import LabelStage
 from streams.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
 from streams.otlp_decode import decode_messages
 from streams.policy import load_policy
+from streams.series_budget import SeriesBudgetStage
 
 
 class Stages:
     def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
-                 catalog: CatalogStage | None = None):
+                 catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None):
         self.encoding_for = encoding_for
         self.max_message_bytes = max_message_bytes
         self.labels = labels
         self.catalog = catalog if catalog is not None else CatalogStage({})
+        if budget is None and labels is not None:
+            budget = SeriesBudgetStage.in_memory(labels.policy.budgets)
+        self.budget = budget
+
+    def begin(self, signal: str) -> None:
+        """Before a (re)try of a write of this signal: forget its stages' uncommitted state changes."""
+        if signal == "metrics" and self.budget is not None:
+            self.budget.begin()
 
     @classmethod
     def from_settings(cls, settings) -> "Stages":
@@ -45,6 +60,7 @@ class Stages:
         if self.labels is not None:
             naming = NamingStage(self.labels.policy.naming)
             violations: list[ColumnBatch] = []
+            alerts: list[dict] = []
             for table, batch in list(result.batches.items()):
                 cleaned, counts = self.labels.apply(batch)
                 if signal == "metrics":
@@ -52,6 +68,10 @@ class Stages:
                     counts.update(naming_counts)
                     if found is not None:
                         violations.append(found)
+                    if self.budget is not None:
+                        cleaned, budget_counts, crossed = self.budget.apply(cleaned)
+                        counts.update(budget_counts)
+                        alerts.extend(crossed)
                 for (stage, reason), n in counts.items():
                     m.STAGE_CHANGES.labels(stage, reason).inc(n)
                 if len(cleaned):
@@ -61,8 +81,12 @@ class Stages:
             if violations:
                 result.batches[VIOLATIONS_TABLE] = ColumnBatch(
                     VIOLATIONS_TABLE, {c: [v for b in violations for v in b.columns[c]] for c in VIOLATION_COLUMNS})
+            if alerts:
+                names, columns = alert_table_columns(alerts)
+                result.batches[ALERTS_TABLE] = ColumnBatch(ALERTS_TABLE, dict(zip(names, columns)))
+                result.alerts.extend(alerts)
         if self.catalog.entries:
             for table, batch in list(result.batches.items()):
-                if table != VIOLATIONS_TABLE:
+                if table not in (VIOLATIONS_TABLE, ALERTS_TABLE):
                     result.batches[table] = self.catalog.apply(batch)
         return result

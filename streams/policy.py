@@ -13,11 +13,24 @@ template span names. Example::
     [templating]
     span_names = true
     [[cardinality.rules]]
-    type = "hash"                        # hash | template | truncate_hash | drop
+    type = "hash"                        # hash | template | truncate_hash | top_k | drop
     key = "user.id"                      # glob, case-insensitive
     buckets = 100
+    [[cardinality.rules]]
+    type = "top_k"                       # the k most frequent values of the last window, the rest __other__
+    key = "customer.tier"
+    k = 20
+    window_s = 300
     [metrics]
     allowed_names = ["http.*", "process.*"]   # empty: every name is allowed
+    [budgets]                            # distinct attribute sets per metric and window
+    default_limit = 10000
+    window_s = 3600
+    action = "bucketize"                 # bucketize the highest-cardinality label, or drop new series
+    [[budgets.metrics]]
+    name = "http.server.*"               # glob; the first matching entry wins
+    limit = 500
+    action = "drop"
 """
 
 from __future__ import annotations
@@ -37,7 +50,8 @@ DEFAULT_BLOCK_KEYS = (
 DEFAULT_QUERY_SECRETS = ("token", "access_token", "refresh_token", "id_token", "password", "passwd", "pwd",
                          "secret", "client_secret", "api_key", "apikey", "key", "signature", "sig", "auth")
 DETECTORS = ("bearer", "card", "email")
-RULE_TYPES = ("hash", "template", "truncate_hash", "drop")
+RULE_TYPES = ("hash", "template", "truncate_hash", "top_k", "drop")
+BUDGET_ACTIONS = ("bucketize", "drop")
 SIGNALS = ("traces", "logs", "metrics")
 
 
@@ -66,6 +80,36 @@ class CardinalityRule:
     max_length: int = 200
     signals: tuple[str, ...] = SIGNALS
     seed: str = "otelpipe"
+    k: int = 10
+    window_s: int = 300
+
+
+@dataclass(frozen=True)
+class MetricBudget:
+    name: str  # glob over metric names
+    limit: int
+    action: str = "bucketize"
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Series budgets: at most ``limit`` distinct attribute sets per metric per window."""
+
+    enabled: bool = True
+    default_limit: int = 10_000
+    default_action: str = "bucketize"
+    window_s: int = 3600
+    buckets: int = 100  # values of the bucketized label: bucket_0 .. bucket_{buckets-1}
+    seed: str = "otelpipe"
+    metrics: tuple[MetricBudget, ...] = ()
+
+    def for_metric(self, name: str) -> MetricBudget:
+        import fnmatch
+
+        for budget in self.metrics:
+            if fnmatch.fnmatchcase(name, budget.name):
+                return budget
+        return MetricBudget("*", self.default_limit, self.default_action)
 
 
 @dataclass(frozen=True)
@@ -76,6 +120,7 @@ class Policy:
     template_url_keys: tuple[str, ...] = ("url.path", "url.full", "http.target", "http.url")
     rules: tuple[CardinalityRule, ...] = ()
     allowed_metric_names: tuple[str, ...] = ()
+    budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
 
 
 def _strings(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
@@ -92,7 +137,7 @@ def _known(table: dict, allowed: set[str], path: str, problems: list[str]) -> No
 
 def parse_policy(data: dict[str, Any]) -> Policy:
     problems: list[str] = []
-    _known(data, {"redaction", "templating", "cardinality", "metrics", "naming"}, "", problems)
+    _known(data, {"redaction", "templating", "cardinality", "metrics", "naming", "budgets"}, "", problems)
 
     red = data.get("redaction", {})
     red_kwargs: dict[str, Any] = {}
@@ -162,7 +207,8 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         if not isinstance(rule, dict):
             problems.append(f"{path}: must be a table")
             continue
-        _known(rule, {"type", "key", "buckets", "max_length", "signals", "seed"}, f"{path}.", problems)
+        _known(rule, {"type", "key", "buckets", "max_length", "signals", "seed", "k", "window_s"}, f"{path}.",
+               problems)
         ok = True
         if rule.get("type") not in RULE_TYPES:
             problems.append(f"{path}.type: must be one of {', '.join(RULE_TYPES)}, got {rule.get('type')!r}")
@@ -170,7 +216,7 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         if not isinstance(rule.get("key"), str) or not rule.get("key"):
             problems.append(f"{path}.key: required, a key or glob pattern")
             ok = False
-        for name in ("buckets", "max_length"):
+        for name in ("buckets", "max_length", "k", "window_s"):
             if name in rule and (not isinstance(rule[name], int) or isinstance(rule[name], bool) or rule[name] <= 0):
                 problems.append(f"{path}.{name}: must be > 0, got {rule[name]!r}")
                 ok = False
@@ -183,7 +229,8 @@ def parse_policy(data: dict[str, Any]) -> Policy:
                     ok = False
         if ok:
             rules.append(CardinalityRule(rule["type"], rule["key"], rule.get("buckets", 100),
-                                         rule.get("max_length", 200), tuple(signals), rule.get("seed", "otelpipe")))
+                                         rule.get("max_length", 200), tuple(signals), rule.get("seed", "otelpipe"),
+                                         rule.get("k", 10), rule.get("window_s", 300)))
     metrics = data.get("metrics", {})
     if not isinstance(metrics, dict):
         problems.append("metrics: must be a table")
@@ -217,10 +264,72 @@ def parse_policy(data: dict[str, Any]) -> Policy:
     for i, sep in enumerate(naming_kwargs.get("separators", ())):
         if len(sep) != 1 or sep.isalnum():
             problems.append(f"naming.separators[{i}]: must be one punctuation character, got {sep!r}")
+    budgets = _parse_budgets(data.get("budgets", {}), problems)
     if problems:
         raise PolicyError(problems)
     return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), naming=NamingRules(**naming_kwargs),
-                  **kwargs)
+                  budgets=budgets, **kwargs)
+
+
+def _positive_int(table: dict, name: str, path: str, problems: list[str]) -> bool:
+    value = table.get(name)
+    if name in table and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        problems.append(f"{path}{name}: must be > 0, got {value!r}")
+        return False
+    return True
+
+
+def _parse_budgets(budgets: Any, problems: list[str]) -> BudgetPolicy:
+    if not isinstance(budgets, dict):
+        problems.append("budgets: must be a table")
+        return BudgetPolicy()
+    _known(budgets, {"enabled", "default_limit", "window_s", "action", "buckets", "seed", "metrics"}, "budgets.",
+           problems)
+    kwargs: dict[str, Any] = {}
+    if "enabled" in budgets:
+        if not isinstance(budgets["enabled"], bool):
+            problems.append("budgets.enabled: must be true or false")
+        else:
+            kwargs["enabled"] = budgets["enabled"]
+    for name, target in (("default_limit", "default_limit"), ("window_s", "window_s"), ("buckets", "buckets")):
+        if _positive_int(budgets, name, "budgets.", problems) and name in budgets:
+            kwargs[target] = budgets[name]
+    if "action" in budgets:
+        if budgets["action"] not in BUDGET_ACTIONS:
+            problems.append(f"budgets.action: must be bucketize or drop, got {budgets['action']!r}")
+        else:
+            kwargs["default_action"] = budgets["action"]
+    if "seed" in budgets:
+        if not isinstance(budgets["seed"], str) or not budgets["seed"]:
+            problems.append("budgets.seed: must be a non-empty string")
+        else:
+            kwargs["seed"] = budgets["seed"]
+    entries = budgets.get("metrics", [])
+    if not isinstance(entries, list):
+        problems.append("budgets.metrics: must be a list of tables ([[budgets.metrics]])")
+        entries = []
+    parsed = []
+    for i, entry in enumerate(entries):
+        path = f"budgets.metrics[{i}]."
+        if not isinstance(entry, dict):
+            problems.append(f"budgets.metrics[{i}]: must be a table")
+            continue
+        _known(entry, {"name", "limit", "action"}, path, problems)
+        ok = _positive_int(entry, "limit", path, problems)
+        if not isinstance(entry.get("name"), str) or not entry.get("name"):
+            problems.append(f"{path}name: required, a metric name or glob pattern")
+            ok = False
+        if "limit" not in entry:
+            problems.append(f"{path}limit: required")
+            ok = False
+        action = entry.get("action", kwargs.get("default_action", "bucketize"))
+        if action not in BUDGET_ACTIONS:
+            problems.append(f"{path}action: must be bucketize or drop, got {action!r}")
+            ok = False
+        if ok:
+            parsed.append(MetricBudget(entry["name"], entry["limit"], action))
+    kwargs["metrics"] = tuple(parsed)
+    return BudgetPolicy(**kwargs)
 
 
 def load_policy(path: str | Path | None) -> Policy:

@@ -41,6 +41,7 @@ class WriteOutcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)  # publish these before acking
     rows: dict[str, int] = field(default_factory=dict)
     held: int = 0
+    alerts: list[dict] = field(default_factory=list)  # alert records the stages made: publish them
 
 
 def fingerprint(message: RawMessage) -> int:
@@ -87,6 +88,7 @@ class SignalWriter:
             return self._write(messages)
 
     def _write(self, messages: list[RawMessage]) -> WriteOutcome:
+        self.stages.begin(self.signal)
         by_tp: dict[tuple[str, int], dict[int, RawMessage]] = defaultdict(dict)
         for tp, held in self._held.items():
             by_tp[tp].update(held)
@@ -134,6 +136,7 @@ class SignalWriter:
                 outcome.rows[table] = outcome.rows.get(table, 0) + len(batch)
             m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
             outcome.dead_letters.extend(result.dead_letters)
+            outcome.alerts.extend(result.alerts)
             outcome.done.extend(seg_msgs)
         # Only now, with every segment written, does the held state move forward.
         self._held = new_held

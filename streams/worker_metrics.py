@@ -13,6 +13,10 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 MESSAGES_CONSUMED = Counter(
     "otelpipe_messages_consumed_total", "Kafka messages taken from source topics.", ["signal"], registry=REGISTRY
 )
+MESSAGES_ROUTED = Counter(
+    "otelpipe_messages_routed_total", "Parts of source messages sent to a routed topic (by key).", ["signal"],
+    registry=REGISTRY,
+)
 MESSAGES_DECODED = Counter(
     "otelpipe_messages_decoded_total", "Kafka messages decoded into rows.", ["signal"], registry=REGISTRY
 )

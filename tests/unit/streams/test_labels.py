@@ -91,3 +91,28 @@ def test_hash_buckets_are_the_same_in_another_process():
     code = "from streams.labels import stable_hash; print(stable_hash('otelpipe', 'user-42') % 100)"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert int(other) == stable_hash("otelpipe", "user-42") % 100
+
+
+def test_top_k_keeps_the_most_frequent_values_of_the_last_window():
+    stage = LabelStage(parse_policy({"cardinality": {"rules": [
+        {"type": "top_k", "key": "tier", "k": 2, "window_s": 60, "signals": ["traces"]}]}}))
+    t0 = 1_700_000_000 // 60 * 60 * 1_000_000_000
+
+    def run(values, ts):
+        batch = spans(["s"] * len(values), [{"tier": v} for v in values])
+        batch.columns["Timestamp"] = [ts] * len(values)
+        out, counts = stage.apply(batch)
+        return [a["tier"] for a in out.columns["SpanAttributes"]], counts
+
+    # first window: the first two distinct values are kept
+    out, counts = run(["gold", "free", "free", "silver", "free", "silver", "silver", "silver"], t0)
+    assert out == ["gold", "free", "free", "__other__", "free", "__other__", "__other__", "__other__"]
+    assert counts[("cardinality", "top_k")] == 4
+    # next window: the two most frequent of the last window (silver 4, free 3) win
+    out, _ = run(["gold", "silver", "free", "bronze"], t0 + 60 * 1_000_000_000)
+    assert out == ["__other__", "silver", "free", "__other__"]
+    # the same records in the same order in another stage give the same output
+    other = LabelStage(stage.policy)
+    batch = spans(["s"], [{"tier": "gold"}])
+    batch.columns["Timestamp"] = [t0]
+    assert other.apply(batch)[0].columns["SpanAttributes"][0]["tier"] == "gold"

@@ -38,7 +38,7 @@ surprise = 1
         "redaction.value_action: must be mask, drop or hash",
         "redaction.detect[1]: must be one of bearer, card, email",
         "redaction.allow_keys: allow mode needs at least one key",
-        "cardinality.rules[2].type: must be one of hash, template, truncate_hash, drop",
+        "cardinality.rules[2].type: must be one of hash, template, truncate_hash, top_k, drop",
         "cardinality.rules[2].buckets: must be > 0",
         "metrics.allowed_names: must be a list of strings",
         "metrics.surprise: unknown setting",
