@@ -142,6 +142,7 @@ def main() -> int:
         "OTELPIPE_WORKER_WEB_PORT": "6077",
         "OTELPIPE_WORKER_POLICY_TOPIC": f"bench{tag}.policy",
         "OTELPIPE_WORKER_CATALOG_TOPIC": f"bench{tag}.catalog",
+        "OTELPIPE_SAMPLING_CONTROL_TOPIC": f"bench{tag}.sampling",
         "OTELPIPE_WORKER_BATCH_MAX_MESSAGES": str(args.batch_max_messages),
         "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
     }

@@ -466,6 +466,37 @@ async def follow_policy_topic() -> None:
         await follow_compacted_topic(W.policy_topic, _apply_policy_records)
 
 
+_sampling_overrides: dict[str, float] = {}
+
+
+def _apply_sampling_records(records: list) -> None:
+    from streams.sampling import HeadRates, HeadSampler, SamplingError, rate_from_record, rates_with_overrides
+
+    for record in records:
+        key = (record.key or b"").decode("utf-8", "replace")
+        try:
+            rate = rate_from_record(key, record.value)
+        except SamplingError as exc:
+            m.SAMPLING_UPDATES.labels("rejected").inc()
+            log.error("sampling rate refused: %s", exc)
+            continue
+        if rate is None:
+            _sampling_overrides.pop(key, None)
+        else:
+            _sampling_overrides[key] = rate
+        m.SAMPLING_UPDATES.labels("applied").inc()
+    base = HeadRates(settings.sampling.head_rate, settings.sampling.rates())
+    rates = rates_with_overrides(base, _sampling_overrides)
+    stages.head = HeadSampler(rates, settings.sampling.keep_log_severity)  # one reference swap
+    log.warning("head sampling rates: default %g, %s", rates.default,
+                ", ".join(f"{k}={v:g}" for k, v in sorted(rates.services.items())) or "no per-service rates")
+
+
+@app.task
+async def follow_sampling_topic() -> None:
+    await follow_compacted_topic(settings.sampling.control_topic, _apply_sampling_records)
+
+
 @app.task
 async def follow_catalog_topic() -> None:
     await follow_compacted_topic(W.catalog_topic, _apply_catalog_records)

@@ -469,6 +469,75 @@ async def _push_policy(settings: Settings, text: bytes) -> None:
         await producer.stop()
 
 
+async def _read_compacted(bootstrap: str, topic: str) -> dict[str, bytes | None]:
+    """The latest value per key of a one-partition compacted topic (empty when it does not exist)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[str, bytes | None] = {}
+    try:
+        if topic not in await consumer.topics():
+            return latest
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        while await consumer.position(tp) < end:
+            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                latest[(record.key or b"").decode("utf-8", "replace")] = record.value
+    finally:
+        await consumer.stop()
+    return latest
+
+
+def cmd_sampling(args: argparse.Namespace) -> int:
+    """Head sampling rates at runtime: every worker follows the compacted control topic."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka_admin import ensure_topics
+    from streams.sampling import SamplingError, probability_to_threshold, threshold_to_th
+
+    settings = _settings(args)
+    topic = settings.sampling.control_topic
+    key = args.service or "*"
+
+    async def send(value: bytes | None) -> None:
+        await ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"})
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, key=key.encode(), partition=0)
+        finally:
+            await producer.stop()
+
+    if args.action == "set":
+        try:
+            probability_to_threshold(args.rate)
+        except SamplingError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        asyncio.run(send(repr(args.rate).encode()))
+        print(f"head sampling rate of {'every service without a rate' if key == '*' else key}: {args.rate:g}")
+        return 0
+    if args.action == "clear":
+        asyncio.run(send(None))
+        print(f"runtime rate of {key} removed; the configured rate applies")
+        return 0
+    overrides = {k: v for k, v in asyncio.run(_read_compacted(settings.kafka.bootstrap_servers, topic)).items()
+                 if v is not None}
+    rows = [["* (default)", f"{settings.sampling.head_rate:g}", overrides.get("*", b"").decode() or "-"]]
+    configured = settings.sampling.rates()
+    for name in sorted(set(configured) | {k for k in overrides if k != "*"}):
+        rows.append([name, f"{configured[name]:g}" if name in configured else "-",
+                     overrides.get(name, b"").decode() or "-"])
+    for row in rows:
+        effective = float(row[2]) if row[2] != "-" else float(row[1]) if row[1] != "-" else None
+        row.append("" if effective is None else f"{effective:g} (th:{threshold_to_th(probability_to_threshold(effective))})")
+    print(FORMATS[args.format](["service", "configured", "runtime", "effective"], rows))
+    return 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     from aiokafka import AIOKafkaProducer
 
@@ -537,7 +606,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # ClickHouse is down: start anyway; the agents consume nothing until it answers.
         print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, _all_topics(settings), settings.kafka.partitions))
-    for topic in (settings.worker.policy_topic, settings.worker.catalog_topic):
+    for topic in (settings.worker.policy_topic, settings.worker.catalog_topic, settings.sampling.control_topic):
         asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"}))
     from streams.keyed_state import TOPIC_CONFIGS
 
@@ -758,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check", "push"])
     p.add_argument("file")
     p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("sampling", help="head sampling rates: show them, or set them in every running worker")
+    p.add_argument("action", choices=["show", "set", "clear"])
+    p.add_argument("rate", type=float, nargs="?", default=None, help="probability in (0, 1] (set)")
+    p.add_argument("--service", default="", help="one service's rate (default: the rate of every other service)")
+    p.add_argument("--format", choices=list(FORMATS), default="table")
+    p.set_defaults(func=cmd_sampling)
 
     p = sub.add_parser("policy", help="validate a label policy file, or push it to every running worker")
     p.add_argument("action", choices=["check", "push"])

@@ -221,11 +221,41 @@ class SloSettings:
 
 
 @dataclass(frozen=True)
+class SamplingSettings:
+    head_rate: float = field(
+        default=1.0,
+        metadata=doc("Head sampling probability of services without a rate of their own (1 keeps everything). "
+                     "Rates set with `otelpipe sampling set` override it and the per-service rates."),
+    )
+    service_rates: str = field(
+        default="",
+        metadata=doc("Per-service head sampling probabilities, comma separated: checkout=0.1,cart=0.5."),
+    )
+    keep_log_severity: int = field(
+        default=13,
+        metadata=doc("Logs of dropped traces at this severity number or above are kept (13 = WARN)."),
+    )
+    control_topic: str = field(
+        default="otelpipe.sampling",
+        metadata=doc("Compacted topic of runtime sampling rates (key: service, or * for the default) "
+                     "that every worker follows."),
+    )
+
+    def rates(self) -> dict[str, float]:
+        out = {}
+        for item in filter(None, (part.strip() for part in self.service_rates.split(","))):
+            name, _, value = item.rpartition("=")
+            out[name.strip()] = float(value)
+        return out
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     slo: SloSettings = field(default_factory=SloSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def dlq_topic(self, topic: str) -> str:
         return topic + self.kafka.dlq_suffix
@@ -250,6 +280,7 @@ SECTIONS: dict[str, type] = {
     "clickhouse": ClickHouseSettings,
     "worker": WorkerSettings,
     "slo": SloSettings,
+    "sampling": SamplingSettings,
 }
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -400,6 +431,21 @@ def _validate(s: Settings) -> list[str]:
         seen.add(objective.service)
     if w.retry_max_s < w.retry_initial_s:
         problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")
+    sampling = s.sampling
+    if not 2**-56 <= sampling.head_rate <= 1:
+        problems.append(f"sampling.head_rate: must be in [2^-56, 1], got {sampling.head_rate!r}")
+    for item in filter(None, (part.strip() for part in sampling.service_rates.split(","))):
+        name, eq, value = item.rpartition("=")
+        try:
+            ok = bool(eq and name.strip()) and 2**-56 <= float(value) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"sampling.service_rates: {item!r} is not SERVICE=RATE with a rate in (0, 1]")
+    if not 1 <= sampling.keep_log_severity <= 25:
+        problems.append(f"sampling.keep_log_severity: must be a severity number 1..25, got {sampling.keep_log_severity!r}")
+    if not _TOPIC.match(sampling.control_topic):
+        problems.append(f"sampling.control_topic: {sampling.control_topic!r} is not a valid Kafka topic name")
     return problems
 
 

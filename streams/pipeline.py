@@ -1,7 +1,8 @@
 """The stages every record passes through, in order, shared by the worker and by replays.
 
 ``Stages.run(signal, messages)`` turns a run of Kafka messages of one signal into table batches and
-dead letters: decoding (``streams.otlp_decode``), then the label stage (``streams.labels``:
+dead letters: decoding (``streams.otlp_decode``), head sampling of spans and logs
+(``streams.sampling``: consistent by trace id, per-service rates), then the label stage (``streams.labels``:
 redaction, templating, cardinality rules, allowed metric names), then, for metrics, the naming
 conventions (``streams.naming``), whose violations become rows of ``otelpipe_violations``, and
 the series budgets (``streams.series_budget``), whose crossings become rows of ``otelpipe_alerts``;
@@ -26,13 +27,16 @@ from streams.labels import LabelStage
 from streams.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
 from streams.otlp_decode import decode_messages
 from streams.policy import load_policy
+from streams.sampling import HeadRates, HeadSampler
 from streams.series_budget import SeriesBudgetStage
 
 
 class Stages:
     def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
-                 catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None):
+                 catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None,
+                 head: HeadSampler | None = None):
         self.encoding_for = encoding_for
+        self.head = head if head is not None else HeadSampler(HeadRates())
         self.max_message_bytes = max_message_bytes
         self.labels = labels
         self.catalog = catalog if catalog is not None else CatalogStage({})
@@ -51,12 +55,21 @@ class Stages:
         choice = settings.worker.label_policy
         labels = None if choice == "off" else LabelStage(load_policy(None if choice == "default" else choice))
         catalog = CatalogStage(load_catalog(settings.worker.catalog_file or None))
-        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog)
+        sampling = settings.sampling
+        head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates()), sampling.keep_log_severity)
+        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head)
 
     def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
         if not messages:
             return DecodeResult()
         result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)
+        if signal != "metrics":
+            head = self.head
+            for table, batch in list(result.batches.items()):
+                sampled, counts = head.apply(batch)
+                for (stage, reason), n in counts.items():
+                    m.STAGE_CHANGES.labels(stage, reason).inc(n)
+                result.batches[table] = sampled
         if self.labels is not None:
             naming = NamingStage(self.labels.policy.naming)
             violations: list[ColumnBatch] = []

@@ -91,3 +91,7 @@ CATALOG_UPDATES = Counter(
     "otelpipe_catalog_updates_total", "Service catalog records received while running, by outcome.", ["outcome"],
     registry=REGISTRY,
 )
+SAMPLING_UPDATES = Counter(
+    "otelpipe_sampling_updates_total", "Head sampling rates received on the control topic, by outcome.", ["outcome"],
+    registry=REGISTRY,
+)

@@ -79,6 +79,7 @@ class WorkerProcess:
             "OTELPIPE_SLO_ALERTS_TOPIC": f"t{tag}.alerts",
             "OTELPIPE_WORKER_POLICY_TOPIC": f"t{tag}.policy",
             "OTELPIPE_WORKER_CATALOG_TOPIC": f"t{tag}.catalog",
+            "OTELPIPE_SAMPLING_CONTROL_TOPIC": f"t{tag}.sampling",
             "OTELPIPE_KAFKA_PARTITIONS": "3",
             "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
             "OTELPIPE_WORKER_APP_ID": f"otelpipe-test-{tag}",
