@@ -40,6 +40,7 @@ PARTITION_TIME_COLUMN = {
     "otel_metrics_histogram": "TimeUnix",
     "otel_metrics_exponential_histogram": "TimeUnix",
     "otel_metrics_summary": "TimeUnix",
+    "otel_trace_summary": "Start",
 }
 MAX_PARTITIONS_PER_INSERT = 90
 

@@ -17,6 +17,7 @@ import os
 import tomllib
 from pathlib import Path
 import random
+import time
 from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -216,14 +217,113 @@ async def consume_signal(signal: str, stream: Any) -> None:
                 await stream.ack(event)
 
 
-@app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
-async def spans_agent(stream: Any) -> None:
-    await consume_signal("traces", stream)
+async def _write_with_token_until_done(batch: Any, token: str) -> None:
+    """Insert one batch under a given token, retrying like ``_write_until_done``."""
+    delay = W.retry_initial_s
+    while True:
+        try:
+            started = time.perf_counter()
+            await on_clickhouse_thread(lambda: _open_sink().write(batch, token))
+            m.INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - started)
+            m.ROWS_WRITTEN.labels(batch.table).inc(len(batch))
+            m.WRITER_BLOCKED.labels("traces").set(0)
+            return
+        except Exception as exc:
+            m.WRITE_RETRIES.labels("traces").inc()
+            m.WRITER_BLOCKED.labels("traces").set(1)
+            log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
+                    "writing %d rows of %s failed (retrying in %.1fs): %s", len(batch), batch.table, delay, exc)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, W.retry_max_s)
 
 
-@app.agent(logs_topic, name="otelpipe.logs", concurrency=1)
-async def logs_agent(stream: Any) -> None:
-    await consume_signal("logs", stream)
+if not settings.sampling.tail:
+    @app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
+    async def spans_agent(stream: Any) -> None:
+        await consume_signal("traces", stream)
+
+    @app.agent(logs_topic, name="otelpipe.logs", concurrency=1)
+    async def logs_agent(stream: Any) -> None:
+        await consume_signal("logs", stream)
+else:
+    from streams.routing import split_by_trace
+    from streams.tail import chunk_key
+    from streams.tail_policies import load_policies
+    from streams.tail_worker import TailWorker, chunk_partition, state_partition
+
+    tail_topic = _topic(settings.tail_topic())
+    part_of_chunk = chunk_partition(K.partitions)
+    S = settings.sampling
+    tail_worker = TailWorker(
+        stages=stages, policies=load_policies(S.tail_policy_file or None),
+        chunks=ChangelogState(K.bootstrap_servers, settings.tail_topic(), part_of_chunk),
+        state=ChangelogState(K.bootstrap_servers, settings.state_topic("tail-sampling"), state_partition(K.partitions)),
+        decision_wait_s=S.decision_wait_s, max_traces=S.max_traces, max_spans_per_trace=S.max_spans_per_trace,
+        decision_cache_s=S.decision_cache_s, keep_log_severity=S.keep_log_severity,
+        run_blocking=on_clickhouse_thread, write=_write_with_token_until_done,
+        dead_letters=lambda dead: publish_dead_letters("traces", dead),
+    )
+
+    async def route_by_trace(signal: str, stream: Any) -> None:
+        """Cut each request into one part per trace, onto the partition that owns the trace."""
+        async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
+            futures, dead = [], []
+            for event in events:
+                raw = _raw(event)
+                if len(raw.value) > W.max_message_bytes:
+                    dead.append(DeadLetter(raw, "too_large", f"{len(raw.value)} bytes is over the limit of "
+                                                             f"{W.max_message_bytes}"))
+                    continue
+                try:
+                    parts = split_by_trace(signal, raw, K.encoding_for(raw.topic))
+                except BadMessage as exc:
+                    dead.append(DeadLetter(raw, exc.reason, exc.detail))
+                    continue
+                except (ValueError, TypeError, OverflowError) as exc:
+                    dead.append(DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}"))
+                    continue
+                for trace_id, (payload, records) in parts.items():
+                    key = chunk_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
+                    route = part_of_chunk(key)
+                    futures.append(await tail_topic.send(
+                        key=key.encode(), partition=route,
+                        value=encode_envelope(signal, raw, route, payload, records, trace_id)))
+            m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
+            m.MESSAGES_ROUTED.labels(signal).inc(len(futures))
+            for fut in futures:
+                await fut  # every part is on the broker (the durable buffer) before its source is acked
+            if dead:
+                await publish_dead_letters(signal, dead)
+            for event in events:
+                await stream.ack(event)
+
+    @app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
+    async def spans_router(stream: Any) -> None:
+        await route_by_trace("traces", stream)
+
+    @app.agent(logs_topic, name="otelpipe.logs", concurrency=1)
+    async def logs_router(stream: Any) -> None:
+        await route_by_trace("logs", stream)
+
+    @app.agent(tail_topic, name="otelpipe.tail", concurrency=1)
+    async def tail_agent(stream: Any) -> None:
+        """Index the parts of the traces this worker owns; decide the due ones (streams.tail_worker)."""
+        await _sink_when_reachable("traces")
+        async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
+            records = [(e.message.partition, e.message.offset, (e.message.key or b"").decode("utf-8", "replace"),
+                        e.message.value) for e in events]
+            await tail_worker.take(records, int(time.time() * 1000))
+            for event in events:  # indexed; the part itself is durable on the routed topic
+                await stream.ack(event)
+
+    @app.timer(interval=1.0)
+    async def tail_decisions() -> None:
+        if tail_worker.indexes:
+            await tail_worker.tick()
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked_traces(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        tail_worker.forget({tp.partition for tp in revoked if tp.topic == settings.tail_topic()})
 
 
 @app.agent(metrics_topic, name="otelpipe.metrics", concurrency=1)

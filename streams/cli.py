@@ -612,6 +612,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.state_topic("series-budget")],
                               settings.kafka.partitions, configs=TOPIC_CONFIGS))
+    if settings.sampling.tail:
+        from streams.tail_policies import load_policies
+
+        load_policies(settings.sampling.tail_policy_file or None)  # an invalid file stops here, every problem listed
+        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers,
+                                  [settings.tail_topic(), settings.state_topic("tail-sampling")],
+                                  settings.kafka.partitions, configs=TOPIC_CONFIGS))
 
     import gc
 

@@ -235,6 +235,30 @@ class SamplingSettings:
         default=13,
         metadata=doc("Logs of dropped traces at this severity number or above are kept (13 = WARN)."),
     )
+    tail: bool = field(
+        default=False,
+        metadata=doc("Tail sampling: route spans and logs by trace id, buffer each trace durably and keep "
+                     "or drop it whole by the tail policies."),
+    )
+    tail_policy_file: str = field(
+        default="",
+        metadata=doc("TOML file of [[policies]] for tail sampling (empty: keep errors, traces whose root "
+                     "lasted 1 s or more, and 1% of the rest)."),
+    )
+    decision_wait_s: float = field(
+        default=10.0, metadata=doc("Tail sampling decides a trace this long after its last span arrived.", "s")
+    )
+    max_traces: int = field(
+        default=20000, metadata=doc("Traces buffered per worker at most; past it the oldest are decided early.")
+    )
+    max_spans_per_trace: int = field(
+        default=5000,
+        metadata=doc("A trace with this many spans buffered is decided early; its later spans follow the decision."),
+    )
+    decision_cache_s: float = field(
+        default=300.0,
+        metadata=doc("How long a tail decision is remembered, so late spans and logs follow their trace.", "s"),
+    )
     control_topic: str = field(
         default="otelpipe.sampling",
         metadata=doc("Compacted topic of runtime sampling rates (key: service, or * for the default) "
@@ -269,6 +293,10 @@ class Settings:
     def state_topic(self, name: str) -> str:
         """The compacted changelog topic of a stage's state (per consumer group)."""
         return f"{self.worker.app_id}.{name}"
+
+    def tail_topic(self) -> str:
+        """Tail sampling: spans and logs routed by trace id (compacted: the durable trace buffer)."""
+        return self.routed_topic(self.kafka.spans_topic)
 
     def routed_topics(self) -> list[str]:
         """Internal topics of routed records (Avro envelopes, ``schemas/avro/routed_otlp.avsc``)."""
@@ -444,6 +472,14 @@ def _validate(s: Settings) -> list[str]:
             problems.append(f"sampling.service_rates: {item!r} is not SERVICE=RATE with a rate in (0, 1]")
     if not 1 <= sampling.keep_log_severity <= 25:
         problems.append(f"sampling.keep_log_severity: must be a severity number 1..25, got {sampling.keep_log_severity!r}")
+    if sampling.decision_wait_s <= 0:
+        problems.append(f"sampling.decision_wait_s: must be > 0, got {sampling.decision_wait_s!r}")
+    if sampling.max_traces < 1:
+        problems.append(f"sampling.max_traces: must be >= 1, got {sampling.max_traces!r}")
+    if sampling.max_spans_per_trace < 1:
+        problems.append(f"sampling.max_spans_per_trace: must be >= 1, got {sampling.max_spans_per_trace!r}")
+    if sampling.decision_cache_s < sampling.decision_wait_s:
+        problems.append("sampling.decision_cache_s: must be >= sampling.decision_wait_s")
     if not _TOPIC.match(sampling.control_topic):
         problems.append(f"sampling.control_topic: {sampling.control_topic!r} is not a valid Kafka topic name")
     return problems

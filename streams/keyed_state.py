@@ -37,6 +37,7 @@ class ChangelogState:
         self.topic = topic
         self.partition_of = partition_of
         self._data: dict[int, dict[str, bytes]] = {}
+        self.end_offsets: dict[int, int] = {}  # where each restore stopped reading
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -49,8 +50,20 @@ class ChangelogState:
     def restored(self) -> set[int]:
         return set(self._data)
 
-    def keys(self) -> list[str]:
+    def keys(self, partition: int | None = None) -> list[str]:
+        if partition is not None:
+            return list(self._data.get(partition, {}))
         return [k for part in list(self._data.values()) for k in list(part)]
+
+    def apply_local(self, partition: int, key: str, value: bytes | None) -> None:
+        """A record read from the topic by the partition's consumer (already durable there)."""
+        part = self._data.get(partition)
+        if part is None:
+            return
+        if value is None:
+            part.pop(key, None)
+        else:
+            part[key] = value
 
     # ------------------------------------------------------------ restore and forget
 
@@ -88,6 +101,7 @@ class ChangelogState:
             finally:
                 await consumer.stop()
             self._data.update(loaded)
+            self.end_offsets.update({tp.partition: ends[tp] for tp in tps})
             log.info("restored state of %s partitions %s: %d keys", self.topic, missing,
                      sum(len(v) for v in loaded.values()))
 

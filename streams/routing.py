@@ -77,7 +77,8 @@ def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -
     return {partition: part.SerializeToString() for partition, part in parts.items()}
 
 
-def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes) -> bytes:
+def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
+                    trace_id: str = "") -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, ROUTED_SCHEMA, {
         "signal": signal,
@@ -87,8 +88,45 @@ def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes
         "source_timestamp_ms": message.timestamp_ms,
         "route": route,
         "payload": payload,
+        "records": records,
+        "trace_id": trace_id,
     })
     return buf.getvalue()
+
+
+def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int]]:
+    """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
+    logs, how many). Raises BadMessage."""
+    request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+    if signal == "traces":
+        resource_field, scope_field, record_field = "resource_spans", "scope_spans", "spans"
+    elif signal == "logs":
+        resource_field, scope_field, record_field = "resource_logs", "scope_logs", "log_records"
+    else:
+        raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
+    parts: dict[str, Any] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for resource in getattr(request, resource_field):
+        resource_out: dict[str, Any] = {}
+        for scope in getattr(resource, scope_field):
+            groups: dict[str, list[Any]] = defaultdict(list)
+            for record in getattr(scope, record_field):
+                groups[record.trace_id.hex()].append(record)
+            for trace_id, records in groups.items():
+                out_resource = resource_out.get(trace_id)
+                if out_resource is None:
+                    out = parts.get(trace_id)
+                    if out is None:
+                        out = parts[trace_id] = type(request)()
+                    out_resource = resource_out[trace_id] = getattr(out, resource_field).add()
+                    out_resource.resource.CopyFrom(resource.resource)
+                    out_resource.schema_url = resource.schema_url
+                out_scope = getattr(out_resource, scope_field).add()
+                out_scope.scope.CopyFrom(scope.scope)
+                out_scope.schema_url = scope.schema_url
+                getattr(out_scope, record_field).extend(records)
+                counts[trace_id] += len(records)
+    return {trace_id: (part.SerializeToString(), counts[trace_id]) for trace_id, part in parts.items()}
 
 
 def decode_envelope(value: bytes) -> dict[str, Any]:

@@ -95,3 +95,16 @@ SAMPLING_UPDATES = Counter(
     "otelpipe_sampling_updates_total", "Head sampling rates received on the control topic, by outcome.", ["outcome"],
     registry=REGISTRY,
 )
+BUFFERED_TRACES = Gauge(
+    "otelpipe_tail_buffered_traces", "Traces buffered by tail sampling, waiting for their decision.", registry=REGISTRY
+)
+BUFFERED_SPANS = Gauge(
+    "otelpipe_tail_buffered_spans", "Spans buffered by tail sampling, waiting for their trace's decision.",
+    registry=REGISTRY,
+)
+TAIL_DECISIONS = Counter(
+    "otelpipe_tail_decisions_total",
+    "Tail sampling decisions: why the trace was decided then (wait, overflow_spans, overflow_traces, decided "
+    "for late parts, untraced logs) and what was decided.",
+    ["reason", "decision"], registry=REGISTRY,
+)

@@ -1,0 +1,149 @@
+"""Tail sampling in running workers: traces split across partitions and out of order are decided
+once, errors and slow traces are kept under a 1% base rate, logs follow their traces, a kill -9
+while traces are buffered loses and duplicates nothing, and one 100,000-span trace stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+
+from aiokafka import AIOKafkaProducer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from streams.batch import RawMessage
+from streams.otlp_decode import decode_messages
+from streams.sampling import probability_to_threshold, trace_randomness
+from streams.workload import Workload
+
+START_NS = 1_764_100_000_000_000_000
+TAIL = {"OTELPIPE_SAMPLING_TAIL": "true", "OTELPIPE_SAMPLING_DECISION_WAIT_S": "2"}
+
+
+def halves(request: ExportTraceServiceRequest) -> tuple[bytes, bytes]:
+    """The request's spans cut in two (odd and even positions): every trace is split."""
+    out = []
+    for parity in (1, 0):
+        part = ExportTraceServiceRequest()
+        part.CopyFrom(request)
+        for rs in part.resource_spans:
+            for ss in rs.scope_spans:
+                keep = [s for i, s in enumerate(ss.spans) if i % 2 == parity]
+                del ss.spans[:]
+                ss.spans.extend(keep)
+        out.append(part.SerializeToString())
+    return out[0], out[1]
+
+
+class Produced:
+    """A workload, sent split and out of order, and what tail sampling must make of it."""
+
+    def __init__(self, seed: int, steps: int, traces_per_step: int):
+        self.messages: list[tuple[str, int, bytes]] = []  # (signal, partition, value)
+        self.spans: Counter = Counter()
+        self.errors: set[str] = set()
+        self.slow: set[str] = set()
+        self.logs: dict[str, list[int]] = defaultdict(list)
+        workload = Workload(seed=seed, start_ns=START_NS)
+        for signal, _, request in workload.requests(steps, traces_per_step, metrics_every=10**9):
+            value = request.SerializeToString()
+            batch = decode_messages(signal, [RawMessage("x", 0, 0, value)]).batches
+            if signal == "traces":
+                cols = batch["otel_traces"].columns
+                for t, parent, status, duration in zip(cols["TraceId"], cols["ParentSpanId"], cols["StatusCode"],
+                                                       cols["Duration"]):
+                    self.spans[t] += 1
+                    if status == "Error":
+                        self.errors.add(t)
+                    if not parent and duration >= 1_000_000_000:
+                        self.slow.add(t)
+                odd, even = halves(request)
+                self.messages += [("traces", 1, odd), ("traces", 0, even)]  # the later half first
+            elif signal == "logs":
+                cols = batch["otel_logs"].columns
+                for t, severity in zip(cols["TraceId"], cols["SeverityNumber"]):
+                    self.logs[t].append(severity)
+                self.messages.insert(max(0, len(self.messages) - 2), ("logs", 2, value))  # logs before their spans
+        threshold = probability_to_threshold(0.01)
+        self.kept = self.errors | self.slow | {t for t in self.spans if trace_randomness(t) >= threshold}
+
+    def expected_logs(self) -> int:
+        return sum(len(sev) if (not t or t in self.kept) else sum(1 for s in sev if s >= 13)
+                   for t, sev in self.logs.items())
+
+    async def send(self, settings) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", linger_ms=5,
+                                    max_request_size=16 * 1024 * 1024)
+        await producer.start()
+        try:
+            topics = {"traces": settings.kafka.spans_topic, "logs": settings.kafka.logs_topic}
+            futures = [await producer.send(topics[s], v, partition=p) for s, p, v in self.messages]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+
+def check_result(worker, produced: Produced) -> None:
+    kept_spans = sum(produced.spans[t] for t in produced.kept)
+    worker.wait_for("SELECT count() FROM {db}.otel_traces", kept_spans, timeout_s=180)
+    stored = dict(worker.query("SELECT TraceId, count() FROM {db}.otel_traces GROUP BY TraceId"))
+    assert set(stored) == produced.kept  # errors, slow traces, and the 1% the base rate picks
+    assert all(stored[t] == produced.spans[t] for t in stored)  # whole traces
+    assert worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces") == kept_spans  # no duplicate
+    summary = worker.query("SELECT count(), uniqExact(TraceId), countIf(Policy = 'errors'), countIf(Policy = 'slow') "
+                           "FROM {db}.otel_trace_summary")[0]
+    assert summary[0] == summary[1] == len(produced.kept)  # one row per kept trace: decided once
+    assert summary[2] == len(produced.errors)
+    worker.wait_for("SELECT count() FROM {db}.otel_logs", produced.expected_logs(), timeout_s=60)
+    assert worker.scalar("SELECT countIf(TraceDecision = 'keep' AND RootServiceName = '') FROM {db}.otel_logs") == 0
+
+
+def test_split_out_of_order_traces_are_decided_once(worker_factory):
+    produced = Produced(seed=12, steps=60, traces_per_step=5)
+    worker = worker_factory(**TAIL).start()
+    assert produced.errors and produced.slow and len(produced.kept) < len(produced.spans) / 2
+    asyncio.run(produced.send(worker.settings))
+    check_result(worker, produced)
+    assert worker.metric('otelpipe_tail_decisions_total{decision="keep",reason="wait"}') == len(produced.kept)
+    assert worker.metric("otelpipe_tail_buffered_traces") == 0
+
+
+def test_kill_9_while_traces_are_buffered(worker_factory):
+    produced = Produced(seed=13, steps=60, traces_per_step=5)
+    worker = worker_factory(**{**TAIL, "OTELPIPE_SAMPLING_DECISION_WAIT_S": "8"}).start()
+    asyncio.run(produced.send(worker.settings))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (worker.metric("otelpipe_tail_buffered_traces") or 0) < len(produced.spans) / 2:
+        time.sleep(0.2)
+    assert worker.scalar("SELECT count() FROM {db}.otel_trace_summary") == 0, "nothing decided yet"
+    worker.kill9()
+    worker.start()
+    check_result(worker, produced)
+
+
+def test_a_100000_span_trace_is_decided_early_and_stays_bounded(worker_factory):
+    from tests.otlp_builders import traces_request
+
+    worker = worker_factory(**TAIL, OTELPIPE_SAMPLING_MAX_SPANS_PER_TRACE="5000").start()
+    template = traces_request(2000)
+    trace_id = template.resource_spans[0].scope_spans[0].spans[0].trace_id
+    messages = []
+    for m in range(50):
+        request = ExportTraceServiceRequest()
+        request.CopyFrom(template)
+        for i, span in enumerate(request.resource_spans[0].scope_spans[0].spans):
+            span.trace_id = trace_id
+            span.span_id = (m * 2000 + i + 1).to_bytes(8, "big")
+            span.parent_span_id = b"" if m == i == 0 else (1).to_bytes(8, "big")
+            span.status.code = 2 if m == i == 0 else 0  # the root failed: the trace is kept
+        messages.append(request.SerializeToString())
+    from tests.integration.test_faults import _send
+
+    asyncio.run(_send(worker.settings.kafka.bootstrap_servers, worker.settings.kafka.spans_topic, messages))
+    worker.wait_for(f"SELECT count() FROM {{db}}.otel_traces WHERE TraceId = '{trace_id.hex()}'", 100_000,
+                    timeout_s=240)
+    assert worker.scalar("SELECT uniqExact(SpanId) FROM {db}.otel_traces") == 100_000
+    assert (worker.metric('otelpipe_tail_decisions_total{decision="keep",reason="overflow_spans"}') or 0) >= 1
+    assert worker.scalar("SELECT count() FROM {db}.otel_trace_summary") >= 1
+    rss_kib = int(next(line.split()[1] for line in open(f"/proc/{worker.proc.pid}/status") if line.startswith("VmHWM")))
+    assert rss_kib < 1_500_000, f"peak RSS {rss_kib} KiB"
