@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit install kafka-up kafka-down bench faults clean
+.PHONY: demo test unit install kafka-up kafka-down bench bench-tail faults clean
 
 demo: install
 	$(BIN)/otelpipe demo
@@ -30,6 +30,9 @@ kafka-down:
 
 bench: install kafka-up
 	$(BIN)/python bench/throughput.py
+
+bench-tail: install kafka-up
+	$(BIN)/python bench/tail_sampling.py
 
 faults: install kafka-up
 	$(BIN)/python bench/fault_report.py
