@@ -318,8 +318,9 @@ else:
 
     @app.timer(interval=1.0)
     async def tail_decisions() -> None:
-        if tail_worker.indexes:
-            await tail_worker.tick()
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.tail_topic()}
+        if owned or tail_worker.indexes:
+            await tail_worker.tick(owned=owned)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked_traces(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -542,21 +543,30 @@ def _apply_policy_records(records: list) -> None:
         apply_policy_text(records[-1].value.decode("utf-8", "replace"), "topic")
 
 
-def _apply_catalog_records(records: list) -> None:
-    entries = dict(stages.catalog.entries)
+def fold_keyed_records(records: list, current: dict, parse: Any, errors: type[Exception], counter: Any,
+                       what: str) -> dict:
+    """A compacted topic's records over the current entries: key → ``parse(key, value)``; None
+    (a tombstone) removes the key; a record that does not parse is refused, logged and counted."""
+    entries = dict(current)
     for record in records:
-        name = (record.key or b"").decode("utf-8", "replace")
+        key = (record.key or b"").decode("utf-8", "replace")
         try:
-            entry = entry_from_record(name, record.value)
-        except CatalogError as exc:
-            m.CATALOG_UPDATES.labels("rejected").inc()
-            log.error("catalog record refused: %s", exc)
+            value = parse(key, record.value)
+        except errors as exc:
+            counter.labels("rejected").inc()
+            log.error("%s record refused: %s", what, exc)
             continue
-        if entry is None:
-            entries.pop(name, None)
+        if value is None:
+            entries.pop(key, None)
         else:
-            entries[name] = entry
-        m.CATALOG_UPDATES.labels("applied").inc()
+            entries[key] = value
+        counter.labels("applied").inc()
+    return entries
+
+
+def _apply_catalog_records(records: list) -> None:
+    entries = fold_keyed_records(records, stages.catalog.entries, entry_from_record, CatalogError, m.CATALOG_UPDATES,
+                                 "catalog")
     stages.catalog = CatalogStage(entries)  # one reference swap
 
 
@@ -572,19 +582,9 @@ _sampling_overrides: dict[str, float] = {}
 def _apply_sampling_records(records: list) -> None:
     from streams.sampling import HeadRates, HeadSampler, SamplingError, rate_from_record, rates_with_overrides
 
-    for record in records:
-        key = (record.key or b"").decode("utf-8", "replace")
-        try:
-            rate = rate_from_record(key, record.value)
-        except SamplingError as exc:
-            m.SAMPLING_UPDATES.labels("rejected").inc()
-            log.error("sampling rate refused: %s", exc)
-            continue
-        if rate is None:
-            _sampling_overrides.pop(key, None)
-        else:
-            _sampling_overrides[key] = rate
-        m.SAMPLING_UPDATES.labels("applied").inc()
+    global _sampling_overrides
+    _sampling_overrides = fold_keyed_records(records, _sampling_overrides, rate_from_record, SamplingError,
+                                             m.SAMPLING_UPDATES, "sampling rate")
     base = HeadRates(settings.sampling.head_rate, settings.sampling.rates())
     rates = rates_with_overrides(base, _sampling_overrides)
     stages.head = HeadSampler(rates, settings.sampling.keep_log_severity)  # one reference swap

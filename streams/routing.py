@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import fastavro
 import orjson
@@ -36,44 +36,56 @@ def route_partition(key: str, partitions: int) -> int:
     return xxhash.xxh64_intdigest(key.encode("utf-8", "surrogatepass"), seed=_ROUTE_SEED) % partitions
 
 
+_FIELDS = {  # request → resources → scopes → records
+    "traces": ("resource_spans", "scope_spans", "spans"),
+    "logs": ("resource_logs", "scope_logs", "log_records"),
+    "metrics": ("resource_metrics", "scope_metrics", "metrics"),
+}
+
+
+def split_request(signal: str, request: Any, key_of: Callable[[Any], Any]) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """Cut a request into one request per key of its records (``key_of(record)``), each keeping its
+    records' resource and scope. Returns (key → request, key → record count)."""
+    resource_field, scope_field, record_field = _FIELDS[signal]
+    parts: dict[Any, Any] = {}
+    counts: dict[Any, int] = defaultdict(int)
+    for resource in getattr(request, resource_field):
+        resource_out: dict[Any, Any] = {}
+        for scope in getattr(resource, scope_field):
+            groups: dict[Any, list[Any]] = defaultdict(list)
+            for record in getattr(scope, record_field):
+                groups[key_of(record)].append(record)
+            for key, records in groups.items():
+                out_resource = resource_out.get(key)
+                if out_resource is None:
+                    out = parts.get(key)
+                    if out is None:
+                        out = parts[key] = type(request)()
+                    out_resource = resource_out[key] = getattr(out, resource_field).add()
+                    out_resource.resource.CopyFrom(resource.resource)
+                    out_resource.schema_url = resource.schema_url
+                out_scope = getattr(out_resource, scope_field).add()
+                out_scope.scope.CopyFrom(scope.scope)
+                out_scope.schema_url = scope.schema_url
+                getattr(out_scope, record_field).extend(records)
+                counts[key] += len(records)
+    return parts, counts
+
+
 def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -> dict[int, bytes]:
     """Partition → protobuf request with the metrics routed there. Raises BadMessage."""
-    request = parse_request("metrics", message.value, choose_encoding(message, default_encoding))
+    encoding = choose_encoding(message, default_encoding)
+    request = parse_request("metrics", message.value, encoding)
     routes: dict[str, int] = {}
-    targets: set[int] = set()
     for rm in request.resource_metrics:
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 if metric.name not in routes:
                     routes[metric.name] = route_partition(metric.name, partitions)
-                targets.add(routes[metric.name])
-    if len(targets) <= 1:
-        if not targets:
-            return {}
-        (only,) = targets
-        if choose_encoding(message, default_encoding) == "otlp_proto":
-            return {only: message.value}  # already the request to send
-        return {only: request.SerializeToString()}
-    parts: dict[int, Any] = {}
-    for rm in request.resource_metrics:
-        resource_out: dict[int, Any] = {}
-        for sm in rm.scope_metrics:
-            groups: dict[int, list[Any]] = defaultdict(list)
-            for metric in sm.metrics:
-                groups[routes[metric.name]].append(metric)
-            for partition, metrics in groups.items():
-                rm_out = resource_out.get(partition)
-                if rm_out is None:
-                    out = parts.get(partition)
-                    if out is None:
-                        out = parts[partition] = type(request)()
-                    rm_out = resource_out[partition] = out.resource_metrics.add()
-                    rm_out.resource.CopyFrom(rm.resource)
-                    rm_out.schema_url = rm.schema_url
-                sm_out = rm_out.scope_metrics.add()
-                sm_out.scope.CopyFrom(sm.scope)
-                sm_out.schema_url = sm.schema_url
-                sm_out.metrics.extend(metrics)
+    targets = set(routes.values())
+    if len(targets) == 1 and encoding == "otlp_proto":
+        return {targets.pop(): message.value}  # already the request to send
+    parts, _ = split_request("metrics", request, lambda metric: routes[metric.name])
     return {partition: part.SerializeToString() for partition, part in parts.items()}
 
 
@@ -97,35 +109,10 @@ def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes
 def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
     logs, how many). Raises BadMessage."""
-    request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
-    if signal == "traces":
-        resource_field, scope_field, record_field = "resource_spans", "scope_spans", "spans"
-    elif signal == "logs":
-        resource_field, scope_field, record_field = "resource_logs", "scope_logs", "log_records"
-    else:
+    if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
-    parts: dict[str, Any] = {}
-    counts: dict[str, int] = defaultdict(int)
-    for resource in getattr(request, resource_field):
-        resource_out: dict[str, Any] = {}
-        for scope in getattr(resource, scope_field):
-            groups: dict[str, list[Any]] = defaultdict(list)
-            for record in getattr(scope, record_field):
-                groups[record.trace_id.hex()].append(record)
-            for trace_id, records in groups.items():
-                out_resource = resource_out.get(trace_id)
-                if out_resource is None:
-                    out = parts.get(trace_id)
-                    if out is None:
-                        out = parts[trace_id] = type(request)()
-                    out_resource = resource_out[trace_id] = getattr(out, resource_field).add()
-                    out_resource.resource.CopyFrom(resource.resource)
-                    out_resource.schema_url = resource.schema_url
-                out_scope = getattr(out_resource, scope_field).add()
-                out_scope.scope.CopyFrom(scope.scope)
-                out_scope.schema_url = scope.schema_url
-                getattr(out_scope, record_field).extend(records)
-                counts[trace_id] += len(records)
+    request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+    parts, counts = split_request(signal, request, lambda record: record.trace_id.hex())
     return {trace_id: (part.SerializeToString(), counts[trace_id]) for trace_id, part in parts.items()}
 
 

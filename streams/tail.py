@@ -132,7 +132,15 @@ class TailIndex:
         return out
 
     def expired_decisions(self, now_ms: int) -> list[str]:
-        return [t for t, d in self.decisions.items() if now_ms - d.decided_ms > self.cache_ms and t not in self.traces]
+        """Decisions older than the cache horizon, oldest first (decisions are kept in the order they
+        were made, so this stops at the first one still young)."""
+        out = []
+        for trace_id, decision in self.decisions.items():
+            if now_ms - decision.decided_ms <= self.cache_ms:
+                break
+            if trace_id not in self.traces:
+                out.append(trace_id)
+        return out
 
 
 # ------------------------------------------------------------------ deciding and assembling rows

@@ -146,9 +146,14 @@ class TailWorker:
                 self._index(partition).add(key, self._records(value), now_ms)
             await self._rounds(now_ms)
 
-    async def tick(self, now_ms: int | None = None) -> None:
+    async def tick(self, now_ms: int | None = None, owned: set[int] | None = None) -> None:
+        """Decide what is due; first restore ``owned`` partitions not held yet (a partition whose
+        buffered traces get no new part after a restart is restored here, not by a record)."""
         async with self.lock:
-            await self._rounds(now_ms if now_ms is not None else int(time.time() * 1000))
+            now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+            if owned:
+                await self.ensure(owned, now_ms)
+            await self._rounds(now_ms)
 
     # ------------------------------------------------------------ rounds
 
