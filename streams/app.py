@@ -256,10 +256,11 @@ else:
     S = settings.sampling
     tail_worker = TailWorker(
         stages=stages, policies=load_policies(S.tail_policy_file or None),
-        chunks=ChangelogState(K.bootstrap_servers, settings.tail_topic(), part_of_chunk),
+        chunks=ChangelogState(K.bootstrap_servers, settings.tail_topic(), part_of_chunk,
+                              store_dir=(resolve_path(W.data_dir) / "state" if W.state_store == "rocksdict" else None)),
         state=ChangelogState(K.bootstrap_servers, settings.state_topic("tail-sampling"), state_partition(K.partitions)),
         decision_wait_s=S.decision_wait_s, max_traces=S.max_traces, max_spans_per_trace=S.max_spans_per_trace,
-        decision_cache_s=S.decision_cache_s, keep_log_severity=S.keep_log_severity,
+        decision_cache_s=S.decision_cache_s, keep_log_severity=S.keep_log_severity, late_default=S.late_default,
         run_blocking=on_clickhouse_thread, write=_write_with_token_until_done,
         dead_letters=lambda dead: publish_dead_letters("traces", dead),
     )
@@ -282,12 +283,12 @@ else:
                 except (ValueError, TypeError, OverflowError) as exc:
                     dead.append(DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}"))
                     continue
-                for trace_id, (payload, records) in parts.items():
+                for trace_id, (payload, records, end_ms) in parts.items():
                     key = chunk_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
                     route = part_of_chunk(key)
                     futures.append(await tail_topic.send(
                         key=key.encode(), partition=route,
-                        value=encode_envelope(signal, raw, route, payload, records, trace_id)))
+                        value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms)))
             m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
             m.MESSAGES_ROUTED.labels(signal).inc(len(futures))
             for fut in futures:

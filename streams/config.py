@@ -153,7 +153,13 @@ class WorkerSettings:
         default=6066, metadata=doc("Port of the worker's HTTP server: /metrics and the read-only /query.")
     )
     web_host: str = field(default="127.0.0.1", metadata=doc("Address the worker's HTTP server binds."))
-    data_dir: str = field(default=".otelpipe/worker", metadata=doc("Faust's local state directory."))
+    data_dir: str = field(default=".otelpipe/worker",
+                          metadata=doc("Local state: faust's, and the RocksDB copies of the tail sampling buffer."))
+    state_store: str = field(
+        default="rocksdict",
+        metadata=doc("Where the tail sampling buffer's local copy lives: rocksdict (RocksDB under data_dir, off "
+                     "the heap) or memory. Either way the compacted topic is the durable copy."),
+    )
     session_timeout_s: float = field(
         default=60.0,
         metadata=doc(
@@ -258,6 +264,12 @@ class SamplingSettings:
     decision_cache_s: float = field(
         default=300.0,
         metadata=doc("How long a tail decision is remembered, so late spans and logs follow their trace.", "s"),
+    )
+    late_default: str = field(
+        default="policies",
+        metadata=doc("Spans and logs that reach Kafka more than decision_cache_s after they ended, when their "
+                     "trace's decision has left the cache: keep, drop, or policies (decide them like a new trace; "
+                     "probabilistic policies then repeat the trace's decision)."),
     )
     control_topic: str = field(
         default="otelpipe.sampling",
@@ -457,6 +469,8 @@ def _validate(s: Settings) -> list[str]:
         if i and objective.service in seen:
             problems.append(f"{where}service: {objective.service!r} has two objectives")
         seen.add(objective.service)
+    if w.state_store not in ("rocksdict", "memory"):
+        problems.append(f"worker.state_store: must be rocksdict or memory, got {w.state_store!r}")
     if w.retry_max_s < w.retry_initial_s:
         problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")
     sampling = s.sampling
@@ -478,6 +492,8 @@ def _validate(s: Settings) -> list[str]:
         problems.append(f"sampling.max_traces: must be >= 1, got {sampling.max_traces!r}")
     if sampling.max_spans_per_trace < 1:
         problems.append(f"sampling.max_spans_per_trace: must be >= 1, got {sampling.max_spans_per_trace!r}")
+    if sampling.late_default not in ("keep", "drop", "policies"):
+        problems.append(f"sampling.late_default: must be keep, drop or policies, got {sampling.late_default!r}")
     if sampling.decision_cache_s < sampling.decision_wait_s:
         problems.append("sampling.decision_cache_s: must be >= sampling.decision_wait_s")
     if not _TOPIC.match(sampling.control_topic):

@@ -15,13 +15,18 @@ The changelog partition of a key is the routed partition of its routing key
 (``partition_of``), so the worker that owns routed partition P restores exactly the state of the
 keys routed to P. Restoring reads the partition directly (no consumer group), so it does not
 depend on faust's table recovery.
+
+The local copy lives in a dict, or with ``store_dir`` in one RocksDB per partition (rocksdict): the
+values then stay on disk, off the Python heap (the tail sampling buffer holds whole traces).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+import shutil
+from pathlib import Path
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -31,12 +36,59 @@ STATE_MAX_BYTES = 16 * 1024 * 1024  # one value (a metric's series in one window
 TOPIC_CONFIGS = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
 
 
+class RocksPartition:
+    """One partition's local copy in RocksDB, with the dict methods ``ChangelogState`` uses."""
+
+    def __init__(self, path: Path):
+        from rocksdict import Options, Rdict
+
+        shutil.rmtree(path, ignore_errors=True)  # always rebuilt from the topic
+        path.parent.mkdir(parents=True, exist_ok=True)
+        options = Options()
+        options.set_write_buffer_size(4 * 1024 * 1024)
+        options.set_max_write_buffer_number(2)
+        self.path = path
+        self.db = Rdict(str(path), options)
+        self.count = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.db.get(key, default)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        if key not in self.db:
+            self.count += 1
+        self.db[key] = value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.db.get(key)
+        if value is None:
+            return default
+        del self.db[key]
+        self.count -= 1
+        return value
+
+    def __iter__(self) -> Any:
+        return iter(list(self.db.keys()))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def update(self, other: dict[str, bytes]) -> None:
+        for key, value in other.items():
+            self[key] = value
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
 class ChangelogState:
-    def __init__(self, bootstrap: str, topic: str, partition_of: Callable[[str], int]):
+    def __init__(self, bootstrap: str, topic: str, partition_of: Callable[[str], int], store_dir: Path | None = None):
         self.bootstrap = bootstrap
         self.topic = topic
         self.partition_of = partition_of
-        self._data: dict[int, dict[str, bytes]] = {}
+        self.store_dir = store_dir
+        self._data: dict[int, Any] = {}
         self.end_offsets: dict[int, int] = {}  # where each restore stopped reading
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
@@ -81,7 +133,7 @@ class ChangelogState:
                 consumer.assign(tps)
                 await consumer.seek_to_beginning(*tps)
                 ends = await consumer.end_offsets(tps)
-                loaded: dict[int, dict[str, bytes]] = {p: {} for p in missing}
+                loaded: dict[int, Any] = {p: self._new_partition(p) for p in missing}
                 todo = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
                 while todo:
                     batches = await consumer.getmany(*todo, timeout_ms=1000)
@@ -105,12 +157,20 @@ class ChangelogState:
             log.info("restored state of %s partitions %s: %d keys", self.topic, missing,
                      sum(len(v) for v in loaded.values()))
 
+    def _new_partition(self, partition: int) -> Any:
+        if self.store_dir is None:
+            return {}
+        return RocksPartition(self.store_dir / f"{self.topic}-{partition}")
+
     def forget(self, partitions: set[int] | None = None) -> None:
         """Drop the local copy (after a rebalance another worker may have changed it)."""
-        if partitions is None:
-            self._data = {}
-        else:
-            self._data = {p: v for p, v in self._data.items() if p not in partitions}
+        gone = set(self._data) if partitions is None else set(partitions) & set(self._data)
+        kept = {p: v for p, v in self._data.items() if p not in gone}
+        dropped = [self._data[p] for p in gone]
+        self._data = kept
+        for part in dropped:
+            if isinstance(part, RocksPartition):
+                part.close()
 
     # ------------------------------------------------------------ writes
 
@@ -140,6 +200,7 @@ class ChangelogState:
                 part.pop(key, None)
 
     async def close(self) -> None:
+        self.forget()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

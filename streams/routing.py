@@ -90,7 +90,7 @@ def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -
 
 
 def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
-                    trace_id: str = "") -> bytes:
+                    trace_id: str = "", records_end_ms: int = 0) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, ROUTED_SCHEMA, {
         "signal": signal,
@@ -102,18 +102,30 @@ def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes
         "payload": payload,
         "records": records,
         "trace_id": trace_id,
+        "records_end_ms": records_end_ms,
     })
     return buf.getvalue()
 
 
-def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int]]:
+def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
-    logs, how many). Raises BadMessage."""
+    logs, how many, when the latest of them ended in Unix ms). Raises BadMessage."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
     request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
-    parts, counts = split_request(signal, request, lambda record: record.trace_id.hex())
-    return {trace_id: (part.SerializeToString(), counts[trace_id]) for trace_id, part in parts.items()}
+    ends: dict[str, int] = defaultdict(int)
+
+    def key_of(record: Any) -> str:
+        trace_id = record.trace_id.hex()
+        end = record.end_time_unix_nano if signal == "traces" else (record.time_unix_nano or
+                                                                     record.observed_time_unix_nano)
+        if end > ends[trace_id]:
+            ends[trace_id] = end
+        return trace_id
+
+    parts, counts = split_request(signal, request, key_of)
+    return {trace_id: (part.SerializeToString(), counts[trace_id], ends[trace_id] // 1_000_000)
+            for trace_id, part in parts.items()}
 
 
 def decode_envelope(value: bytes) -> dict[str, Any]:

@@ -11,7 +11,9 @@ The pieces here are pure; ``streams.app`` wires them to Kafka and ClickHouse.
   parts of a trace decided before: the cached decision applies), ``untraced`` (logs without a
   trace id), ``overflow_spans`` (a trace reached ``max_spans_per_trace``: decided early with what it
   has, its later parts follow that decision) and ``overflow_traces`` (more than ``max_traces`` in
-  flight: the oldest are decided early).
+  flight: the oldest are decided early) and ``late_default`` (a part that reached Kafka more than
+  the cache horizon after it ended, of a trace neither buffered nor in the cache: its trace was
+  decided so long ago that the decision is gone, and the configured default applies).
 - ``assemble`` turns the decoded parts of the traces being decided, with their decisions, into the
   rows to write: the spans of kept traces (``SampleWeight`` multiplied by 1 / the tail probability),
   their logs with the span context, logs of dropped traces at ``keep_log_severity`` or above, and
@@ -80,11 +82,14 @@ class TailIndex:
         self.cache_ms = cache_ms
         self.traces: dict[str, TraceEntry] = {}
         self.decisions: dict[str, Decision] = {}
+        self.late: set[str] = set()  # traces whose parts came after their decision left the cache
 
-    def add(self, key: str, records: int, now_ms: int) -> None:
+    def add(self, key: str, records: int, now_ms: int, late: bool = False) -> None:
         trace_id, signal = parse_chunk_key(key)
         entry = self.traces.get(trace_id)
         if entry is None:
+            if late and trace_id != UNTRACED and trace_id not in self.decisions:
+                self.late.add(trace_id)
             entry = self.traces[trace_id] = TraceEntry(first_ms=now_ms)
         if key in entry.chunks:
             return  # a re-delivered part
@@ -103,6 +108,7 @@ class TailIndex:
                 entry.chunks.remove(key)
                 if not entry.chunks:
                     del self.traces[trace_id]
+                    self.late.discard(trace_id)
 
     def in_flight(self) -> int:
         return sum(1 for t in self.traces if t != UNTRACED and t not in self.decisions)
@@ -119,6 +125,8 @@ class TailIndex:
                 out[trace_id] = "untraced"
             elif trace_id in self.decisions:
                 out[trace_id] = "decided"
+            elif trace_id in self.late:
+                out[trace_id] = "late_default"
             elif entry.spans >= self.max_spans_per_trace:
                 out[trace_id] = "overflow_spans"
             elif now_ms - entry.last_ms >= self.decision_wait_ms:

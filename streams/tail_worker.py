@@ -65,7 +65,7 @@ def state_partition(partitions: int) -> Callable[[str], int]:
 class TailWorker:
     def __init__(self, *, stages: Stages, policies: tuple[Policy, ...], chunks: ChangelogState,
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
-                 decision_cache_s: float, keep_log_severity: int,
+                 decision_cache_s: float, keep_log_severity: int, late_default: str = "policies",
                  run_blocking: Callable[..., Awaitable[Any]],
                  write: Callable[[ColumnBatch, str], Awaitable[None]],
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
@@ -75,6 +75,7 @@ class TailWorker:
         self.state = state
         self.settings = (int(decision_wait_s * 1000), max_traces, max_spans_per_trace, int(decision_cache_s * 1000))
         self.keep_log_severity = keep_log_severity
+        self.late_default = late_default
         self.run_blocking = run_blocking
         self.write = write
         self.dead_letters = dead_letters
@@ -143,7 +144,15 @@ class TailWorker:
                 if offset < self.chunks.end_offsets.get(partition, 0) or value is None or not key.startswith("c/"):
                     continue  # restored already, a tombstone, or not a part
                 self.chunks.apply_local(partition, key, value)
-                self._index(partition).add(key, self._records(value), now_ms)
+                try:
+                    env = decode_envelope(value)
+                except BadMessage as exc:
+                    log.error("routed record %s is not an envelope, skipped: %s", key, exc)
+                    continue
+                cache_ms = self.settings[3]
+                late = bool(self.late_default != "policies" and env["records_end_ms"] and env["source_timestamp_ms"]
+                            and env["source_timestamp_ms"] - env["records_end_ms"] > cache_ms)
+                self._index(partition).add(key, int(env.get("records", 0)), now_ms, late=late)
             await self._rounds(now_ms)
 
     async def tick(self, now_ms: int | None = None, owned: set[int] | None = None) -> None:
@@ -194,21 +203,24 @@ class TailWorker:
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
         keys = [k for t in due for k in index.traces[t].chunks]
         spans, logs, dead = await self.run_blocking(self._decode, keys)
-        undecided = [t for t in due if t != UNTRACED and t not in index.decisions]
+        undecided = [t for t, why in due.items() if t != UNTRACED and t not in index.decisions and why != "late_default"]
         fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
-        decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh
+        defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
+                     if why == "late_default"}
+        decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh | defaulted
         for t, reason in due.items():
             if t == UNTRACED:
                 m.TAIL_DECISIONS.labels(reason, "keep").inc()
-            elif t in fresh or reason == "decided":
+            elif t in fresh or t in defaulted or reason == "decided":
                 m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
         spec = {"chunks": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
         round_key = f"b/{partition}/{uuid.uuid4().hex}"
         sets = {round_key: orjson.dumps(spec)}
-        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in fresh.items()})
+        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in (fresh | defaulted).items()})
         await self.state.put(sets)  # (1) the round, before any of its rows
         await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead))
-        index.decisions.update(fresh)
+        index.decisions.update(fresh | defaulted)
+        index.late.difference_update(defaulted)
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
                            decoded: tuple | None = None) -> None:

@@ -141,3 +141,14 @@ def test_decide_and_assemble_rows():
     # late parts of a decided trace: rows follow the cached decision, no second summary row
     out, _ = assemble(decisions, set(), spans, None, 13)
     assert "otel_trace_summary" not in out and len(out["otel_traces"]) == 2
+
+
+def test_parts_long_after_their_trace_left_the_cache_get_the_default():
+    index = TailIndex(decision_wait_ms=1000, max_traces=10, max_spans_per_trace=100, cache_ms=5000)
+    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 2, now_ms=0, late=True)
+    index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 2, now_ms=0, late=False)
+    index.decisions["c" * 32] = Decision(True, 1.0, "errors", 0)
+    index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 2, now_ms=0, late=True)  # still cached: follows it
+    assert index.due(10) == {"a" * 32: "late_default", "c" * 32: "decided"}
+    index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
+    assert not index.late

@@ -88,7 +88,7 @@ def make_worker(chunks_topic, state_topic, written, crash_after=None):
 def parts():
     source = RawMessage("otlp_spans", 0, 7, traces_request(4).SerializeToString())
     out = []
-    for trace_id, (payload, n) in split_by_trace("traces", source, "otlp_proto").items():
+    for trace_id, (payload, n, _) in split_by_trace("traces", source, "otlp_proto").items():
         key = chunk_key(trace_id, "traces", source.topic, source.partition, source.offset)
         out.append((chunk_partition(3)(key), key, encode_envelope("traces", source, 0, payload, n, trace_id)))
     return out
@@ -120,3 +120,21 @@ def test_a_round_interrupted_by_a_crash_is_redone_with_the_same_tokens():
     assert len(decided) == 1  # the trace's decision is cached for late parts
     asyncio.run(again.tick(now_ms=20_000))
     assert len(again_written) == 2  # nothing decided twice
+
+
+def test_late_parts_get_the_configured_default_and_no_second_summary():
+    chunks_topic, state_topic = TopicStandIn(), TopicStandIn()
+    source = RawMessage("otlp_spans", 0, 9, traces_request(3).SerializeToString(), timestamp_ms=10**13)
+    records = []
+    for trace_id, (payload, n, end_ms) in split_by_trace("traces", source, "otlp_proto").items():
+        key = chunk_key(trace_id, "traces", source.topic, source.partition, source.offset)
+        value = encode_envelope("traces", source, 0, payload, n, trace_id, end_ms)  # reached Kafka years later
+        records.append((chunk_partition(3)(key), 1, key, value))
+        chunks_topic.records.setdefault(chunk_partition(3)(key), {})
+    written: list = []
+    worker = make_worker(chunks_topic, state_topic, written)
+    worker.late_default = "drop"
+    asyncio.run(worker.take(records, now_ms=0))
+    assert written == []  # decided at once, by the default (drop), without waiting
+    [decision] = [v for recs in state_topic.records.values() for k, v in recs.items() if k.startswith("d/")]
+    assert b'"policy":"late_default"' in decision and b'"keep":false' in decision
