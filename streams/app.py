@@ -246,7 +246,7 @@ if not settings.sampling.tail:
     async def logs_agent(stream: Any) -> None:
         await consume_signal("logs", stream)
 else:
-    from streams.routing import split_by_trace
+    from streams.routing import PROTOBUF_HEADER, split_by_trace
     from streams.tail import chunk_key
     from streams.tail_policies import load_policies
     from streams.tail_worker import TailWorker, chunk_partition, state_partition
@@ -266,36 +266,64 @@ else:
     )
 
     async def route_by_trace(signal: str, stream: Any) -> None:
-        """Cut each request into one part per trace, onto the partition that owns the trace."""
+        """Cut each request into one part per trace, onto the partition that owns the trace. Logs
+        without a trace id have nothing to wait for: they are written here, exactly once, through a
+        ``SignalWriter`` lane of their own (``<topic>@untraced``)."""
+        writer = None
+        waiting: dict[tuple[str, int, int], tuple[Any, RawMessage]] = {}  # untraced part → (event, source)
         async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
-            futures, dead = [], []
+            futures, dead, direct, ack_now = [], [], [], []
             for event in events:
                 raw = _raw(event)
                 if len(raw.value) > W.max_message_bytes:
                     dead.append(DeadLetter(raw, "too_large", f"{len(raw.value)} bytes is over the limit of "
                                                              f"{W.max_message_bytes}"))
+                    ack_now.append(event)
                     continue
                 try:
                     parts = split_by_trace(signal, raw, K.encoding_for(raw.topic))
                 except BadMessage as exc:
                     dead.append(DeadLetter(raw, exc.reason, exc.detail))
+                    ack_now.append(event)
                     continue
                 except (ValueError, TypeError, OverflowError) as exc:
                     dead.append(DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}"))
+                    ack_now.append(event)
                     continue
+                untraced = parts.pop("", None)
                 for trace_id, (payload, records, end_ms) in parts.items():
                     key = chunk_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
                     route = part_of_chunk(key)
                     futures.append(await tail_topic.send(
                         key=key.encode(), partition=route,
                         value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms)))
+                if untraced is None:
+                    ack_now.append(event)
+                else:
+                    part = RawMessage(f"{raw.topic}@untraced", raw.partition, raw.offset, untraced[0], raw.key,
+                                      (PROTOBUF_HEADER,), raw.timestamp_ms)
+                    waiting[(part.topic, part.partition, part.offset)] = (event, raw)
+                    direct.append(part)
             m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
             m.MESSAGES_ROUTED.labels(signal).inc(len(futures))
             for fut in futures:
                 await fut  # every part is on the broker (the durable buffer) before its source is acked
+            if direct or (writer is not None and writer.held_count()):
+                if writer is None:
+                    writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for,
+                                          W.max_message_bytes, stages)
+                outcome = await _write_until_done(signal, writer, direct)
+                for letter in outcome.dead_letters:  # name the source message, which is what the DLQ holds
+                    source = waiting.get((letter.message.topic, letter.message.partition, letter.message.offset))
+                    if source is not None:
+                        dead.append(DeadLetter(source[1], letter.reason, letter.detail))
+                for part in outcome.done:
+                    done = waiting.pop((part.topic, part.partition, part.offset), None)
+                    if done is not None:
+                        ack_now.append(done[0])
             if dead:
                 await publish_dead_letters(signal, dead)
-            for event in events:
+            for event in ack_now:
                 await stream.ack(event)
 
     @app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
@@ -325,7 +353,7 @@ else:
 
     @app.on_partitions_revoked.connect
     async def forget_revoked_traces(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        tail_worker.forget({tp.partition for tp in revoked if tp.topic == settings.tail_topic()})
+        await tail_worker.release({tp.partition for tp in revoked if tp.topic == settings.tail_topic()})
 
 
 @app.agent(metrics_topic, name="otelpipe.metrics", concurrency=1)

@@ -156,9 +156,10 @@ class WorkerSettings:
     data_dir: str = field(default=".otelpipe/worker",
                           metadata=doc("Local state: faust's, and the RocksDB copies of the tail sampling buffer."))
     state_store: str = field(
-        default="rocksdict",
-        metadata=doc("Where the tail sampling buffer's local copy lives: rocksdict (RocksDB under data_dir, off "
-                     "the heap) or memory. Either way the compacted topic is the durable copy."),
+        default="memory",
+        metadata=doc("Where the tail sampling buffer's local copy lives: memory (faster and smaller for buffers "
+                     "that fit, see BENCHMARKS.md) or rocksdict (RocksDB under data_dir, for buffers larger than "
+                     "memory). Either way the compacted topic is the durable copy."),
     )
     session_timeout_s: float = field(
         default=60.0,

@@ -54,15 +54,20 @@ class Decision:
     decided_ms: int
     root_service: str = ""
     root_span: str = ""
+    parts: tuple[str, ...] = ()  # the parts written under this decision: a re-routed copy is skipped
 
     def as_dict(self) -> dict[str, Any]:
         return {"keep": self.keep, "weight": self.weight, "policy": self.policy, "decided_ms": self.decided_ms,
-                "root_service": self.root_service, "root_span": self.root_span}
+                "root_service": self.root_service, "root_span": self.root_span, "parts": list(self.parts)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Decision":
         return cls(bool(d["keep"]), float(d["weight"]), str(d["policy"]), int(d["decided_ms"]),
-                   str(d.get("root_service", "")), str(d.get("root_span", "")))
+                   str(d.get("root_service", "")), str(d.get("root_span", "")), tuple(d.get("parts", ())))
+
+    def with_parts(self, keys: list[str]) -> "Decision":
+        return Decision(self.keep, self.weight, self.policy, self.decided_ms, self.root_service, self.root_span,
+                        tuple(dict.fromkeys((*self.parts, *keys))))
 
 
 @dataclass
@@ -82,9 +87,23 @@ class TailIndex:
         self.cache_ms = cache_ms
         self.traces: dict[str, TraceEntry] = {}
         self.decisions: dict[str, Decision] = {}
+        self.done: dict[str, str] = {}  # part key → trace, for the parts of cached decisions
         self.late: set[str] = set()  # traces whose parts came after their decision left the cache
 
-    def add(self, key: str, records: int, now_ms: int, late: bool = False) -> None:
+    def remember(self, trace_id: str, decision: Decision) -> None:
+        self.decisions[trace_id] = decision
+        self.done.update(dict.fromkeys(decision.parts, trace_id))
+
+    def forget_decision(self, trace_id: str) -> None:
+        decision = self.decisions.pop(trace_id, None)
+        if decision is not None:
+            for key in decision.parts:
+                self.done.pop(key, None)
+
+    def add(self, key: str, records: int, now_ms: int, late: bool = False) -> bool:
+        """Index a part; False when it was written already (a copy the router sent again after a crash)."""
+        if key in self.done:
+            return False
         trace_id, signal = parse_chunk_key(key)
         entry = self.traces.get(trace_id)
         if entry is None:
@@ -92,13 +111,14 @@ class TailIndex:
                 self.late.add(trace_id)
             entry = self.traces[trace_id] = TraceEntry(first_ms=now_ms)
         if key in entry.chunks:
-            return  # a re-delivered part
+            return True  # a re-delivered part, still buffered
         entry.chunks.append(key)
         entry.last_ms = max(entry.last_ms, now_ms)
         if signal == "traces":
             entry.spans += records
         else:
             entry.logs += records
+        return True
 
     def remove(self, keys: list[str]) -> None:
         for key in keys:

@@ -101,24 +101,39 @@ class TailWorker:
         await self.state.restore(missing)
         for p in sorted(missing):
             index = self._index(p)
-            for key in self.chunks.keys(p):
-                value = self.chunks.get(key)
-                if value is not None:
-                    index.add(key, self._records(value), now_ms)
             rounds = []
             for key in self.state.keys(p):
                 raw = self.state.get(key)
                 if raw is None:
                     continue
                 if key.startswith("d/"):
-                    index.decisions[key[2:]] = Decision.from_dict(orjson.loads(raw))
+                    index.remember(key[2:], Decision.from_dict(orjson.loads(raw)))
                 elif key.startswith("b/"):
                     rounds.append((key, orjson.loads(raw)))
-            log.info("tail partition %d: %d traces buffered, %d decisions cached, %d rounds to redo", p,
-                     len(index.traces), len(index.decisions), len(rounds))
+            in_rounds = {k for _, spec in rounds for k in spec["chunks"]}
+            copies = []
+            for key in self.chunks.keys(p):
+                value = self.chunks.get(key)
+                if value is None:
+                    continue
+                if key in in_rounds:
+                    index.add(key, self._records(value), now_ms)  # the redo below finishes it
+                elif not index.add(key, self._records(value), now_ms):
+                    copies.append(key)
+            if copies:
+                await self.chunks.put({}, copies)
+            log.info("tail partition %d: %d traces buffered, %d decisions cached, %d rounds to redo, "
+                     "%d copies of written parts dropped", p, len(index.traces), len(index.decisions), len(rounds),
+                     len(copies))
             for key, spec in sorted(rounds):
                 await self._write_round(p, key, spec, now_ms, redo=True)
         self._gauges()
+
+    async def release(self, partitions: set[int]) -> None:
+        """Partitions taken away by a rebalance: let the round in progress finish (its parts get their
+        tombstones before the next owner restores them), then drop them."""
+        async with self.lock:
+            self.forget(partitions)
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -140,10 +155,10 @@ class TailWorker:
         """(partition, offset, key, value) records of the routed topic, in order."""
         async with self.lock:
             await self.ensure({p for p, _, _, _ in records}, now_ms)
+            copies = []
             for partition, offset, key, value in records:
                 if offset < self.chunks.end_offsets.get(partition, 0) or value is None or not key.startswith("c/"):
                     continue  # restored already, a tombstone, or not a part
-                self.chunks.apply_local(partition, key, value)
                 try:
                     env = decode_envelope(value)
                 except BadMessage as exc:
@@ -152,7 +167,13 @@ class TailWorker:
                 cache_ms = self.settings[3]
                 late = bool(self.late_default != "policies" and env["records_end_ms"] and env["source_timestamp_ms"]
                             and env["source_timestamp_ms"] - env["records_end_ms"] > cache_ms)
-                self._index(partition).add(key, int(env.get("records", 0)), now_ms, late=late)
+                if self._index(partition).add(key, int(env.get("records", 0)), now_ms, late=late):
+                    self.chunks.apply_local(partition, key, value)
+                else:
+                    copies.append(key)
+            if copies:  # parts written already, sent again by a router that crashed before its ack
+                m.STAGE_CHANGES.labels("tail", "duplicate_part").inc(len(copies))
+                await self.chunks.put({}, copies)
             await self._rounds(now_ms)
 
     async def tick(self, now_ms: int | None = None, owned: set[int] | None = None) -> None:
@@ -175,7 +196,7 @@ class TailWorker:
             if expired:
                 await self.state.put({}, [f"d/{t}" for t in expired])
                 for t in expired:
-                    index.decisions.pop(t, None)
+                    index.forget_decision(t)
         self._gauges()
 
     def _gauges(self) -> None:
@@ -208,6 +229,10 @@ class TailWorker:
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
                      if why == "late_default"}
         decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh | defaulted
+        keys_of: dict[str, list[str]] = {}
+        for t in due:
+            keys_of[t] = list(index.traces[t].chunks)
+        decisions = {t: d.with_parts(keys_of.get(t, [])) for t, d in decisions.items()}
         for t, reason in due.items():
             if t == UNTRACED:
                 m.TAIL_DECISIONS.labels(reason, "keep").inc()
@@ -216,10 +241,12 @@ class TailWorker:
         spec = {"chunks": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
         round_key = f"b/{partition}/{uuid.uuid4().hex}"
         sets = {round_key: orjson.dumps(spec)}
-        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in (fresh | defaulted).items()})
+        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items() if t != UNTRACED})
         await self.state.put(sets)  # (1) the round, before any of its rows
         await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead))
-        index.decisions.update(fresh | defaulted)
+        for t, d in decisions.items():
+            if t != UNTRACED:
+                index.remember(t, d)
         index.late.difference_update(defaulted)
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
@@ -242,5 +269,7 @@ class TailWorker:
         index = self._index(partition)
         index.remove(keys)
         if redo:
-            index.decisions.update({t: decisions[t] for t in spec["new"] if t in decisions})
+            for t, d in decisions.items():
+                if t != UNTRACED:
+                    index.remember(t, d)
             log.warning("tail partition %d: redid round %s (%d parts)", partition, round_key, len(keys))

@@ -147,3 +147,49 @@ def test_a_100000_span_trace_is_decided_early_and_stays_bounded(worker_factory):
     assert worker.scalar("SELECT count() FROM {db}.otel_trace_summary") >= 1
     rss_kib = int(next(line.split()[1] for line in open(f"/proc/{worker.proc.pid}/status") if line.startswith("VmHWM")))
     assert rss_kib < 1_500_000, f"peak RSS {rss_kib} KiB"
+
+
+def test_a_rebalance_to_a_second_worker_decides_each_trace_once(worker_factory, tmp_path):
+    """A second worker joins while traces are buffered: the partitions it takes are restored from the
+    routed topic, and across both workers' databases every kept trace is written once, whole."""
+    from tests.conftest import WorkerProcess, free_port
+
+    produced = Produced(seed=14, steps=60, traces_per_step=5)
+    first = worker_factory(**{**TAIL, "OTELPIPE_SAMPLING_DECISION_WAIT_S": "6"}).start()
+    asyncio.run(produced.send(first.settings))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (first.metric("otelpipe_tail_buffered_traces") or 0) < len(produced.spans) / 2:
+        time.sleep(0.2)
+    (tmp_path / "second").mkdir()
+    second = WorkerProcess(tmp_path / "second", first.settings.kafka.bootstrap_servers)
+    second.env = {**first.env, "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'second' / 'chdb'}",
+                  "OTELPIPE_WORKER_WEB_PORT": str(free_port()),
+                  "OTELPIPE_WORKER_DATA_DIR": str(tmp_path / "second" / "worker")}
+    second.reconfigure()
+    try:
+        second.start()
+        kept_spans = sum(produced.spans[t] for t in produced.kept)
+
+        def stored() -> Counter:
+            out: Counter = Counter()
+            for w in (first, second):
+                for trace_id, spans in w.query("SELECT TraceId, count() FROM {db}.otel_traces GROUP BY TraceId") or []:
+                    out[trace_id] += spans
+            return out
+
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and sum(stored().values()) < kept_spans:
+            time.sleep(0.5)
+        time.sleep(3)
+        spans = stored()
+        assert set(spans) == produced.kept
+        assert all(spans[t] == produced.spans[t] for t in spans), "a trace written twice or in part"
+        summaries = Counter()
+        for w in (first, second):
+            for (trace_id,) in w.query("SELECT TraceId FROM {db}.otel_trace_summary") or []:
+                summaries[trace_id] += 1
+        assert set(summaries) == produced.kept and set(summaries.values()) == {1}
+        assert second.metric("otelpipe_tail_decisions_total{decision=\"keep\",reason=\"wait\"}") is not None, \
+            "the second worker decided some traces"
+    finally:
+        second.stop()

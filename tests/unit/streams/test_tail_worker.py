@@ -120,6 +120,10 @@ def test_a_round_interrupted_by_a_crash_is_redone_with_the_same_tokens():
     assert len(decided) == 1  # the trace's decision is cached for late parts
     asyncio.run(again.tick(now_ms=20_000))
     assert len(again_written) == 2  # nothing decided twice
+    # the router crashed before its ack and sends the same parts again: they are not written twice
+    asyncio.run(again.take([(p, 100 + i, key, value) for i, (p, key, value) in enumerate(records)], now_ms=21_000))
+    asyncio.run(again.tick(now_ms=40_000))
+    assert len(again_written) == 2 and not any(recs for recs in chunks_topic.records.values())
 
 
 def test_late_parts_get_the_configured_default_and_no_second_summary():
