@@ -59,6 +59,10 @@ def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float,
                 raise SystemExit(f"worker exited: see {log_path}")
             time.sleep(0.05)
         rss0, cpu0, t0 = proc.memory_info().rss, cpu_seconds(proc), time.monotonic()
+        profile = os.environ.get("OTELPIPE_BENCH_PROFILE")
+        if profile and env.get("OTELPIPE_SAMPLING_DECISION_WAIT_S") == "1":  # the tail-on drain
+            subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", "8", "-f", "raw", "-o", profile,
+                              "--nonblocking"])
         while not done(settings):
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {log_path}")

@@ -139,6 +139,7 @@ def test_late_parts_get_the_configured_default_and_no_second_summary():
     worker = make_worker(chunks_topic, state_topic, written)
     worker.late_default = "drop"
     asyncio.run(worker.take(records, now_ms=0))
-    assert written == []  # decided at once, by the default (drop), without waiting
+    asyncio.run(worker.tick(now_ms=1))
+    assert written == []  # decided at the next tick, by the default (drop), without waiting
     [decision] = [v for recs in state_topic.records.values() for k, v in recs.items() if k.startswith("d/")]
     assert b'"policy":"late_default"' in decision and b'"keep":false' in decision
