@@ -183,7 +183,7 @@ def parse_duration(text: str) -> int:
 def services_query(database: str, by_operation: bool) -> str:
     group = "ServiceName, SpanName" if by_operation else "ServiceName"
     return (
-        f"SELECT {group}, sum(Spans) AS spans, sum(Errors) AS errors, "
+        f"SELECT {group}, round(sum(EstimatedSpans)) AS spans, round(sum(EstimatedErrors)) AS errors, "
         "quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS q "
         f"FROM {database}.otel_traces_rollup_1m "
         "WHERE SpanKind IN ('Server', 'Consumer') "

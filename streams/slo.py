@@ -116,6 +116,9 @@ def evaluate(service: str, objective: Objective, windows: dict[str, Counts], slo
 def counts_query(database: str) -> str:
     """One pass over the rollup: per service, counts over every window and the SLO window.
 
+    Counts are estimates of the true counts: sums of the spans' adjusted counts (``SampleWeight``),
+    so sampling neither lowers the totals nor inflates the error ratio.
+
     Parameters: ``now`` (Unix seconds, UInt32) and ``slo_window_s`` (UInt32).
     """
     now = "toDateTime({now:UInt32})"
@@ -124,8 +127,8 @@ def counts_query(database: str) -> str:
         span = "{slo_window_s:UInt32}" if seconds is None else str(seconds)
         cond = f"Minute > {now} - toIntervalSecond({span}) AND Minute <= {now}"
         parts.append(
-            f"sumIf(Spans, {cond}) AS total_{name}, sumIf(Errors, {cond}) AS errors_{name}, "
-            f"sumForEachMergeIf(LatencyBuckets, {cond}) AS within_{name}"
+            f"sumIf(EstimatedSpans, {cond}) AS total_{name}, sumIf(EstimatedErrors, {cond}) AS errors_{name}, "
+            f"sumForEachMergeIf(EstimatedLatencyBuckets, {cond}) AS within_{name}"
         )
     kinds = ", ".join(f"'{k}'" for k in ENTRY_KINDS)
     return (
@@ -143,8 +146,8 @@ def evaluate_rows(columns: list[str], rows: list[list[Any]], settings: SloSettin
         service = record["ServiceName"]
 
         def counts(name: str) -> Counts:
-            return Counts(int(record[f"total_{name}"] or 0), int(record[f"errors_{name}"] or 0),
-                          tuple(int(v) for v in (record[f"within_{name}"] or ())))
+            return Counts(round(record[f"total_{name}"] or 0), round(record[f"errors_{name}"] or 0),
+                          tuple(round(v) for v in (record[f"within_{name}"] or ())))
 
         windows = {name: counts(name) for name in WINDOWS_S}
         out.append(evaluate(service, settings.objective_for(service), windows, counts("slo"), settings))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+
+import pytest
 from collections import Counter
 
 from streams.batch import RawMessage
@@ -46,6 +48,9 @@ def test_head_sampling_keeps_whole_traces_and_weights_estimate_the_total(worker_
     estimate = worker.scalar("SELECT sum(SampleWeight) FROM {db}.otel_traces")
     assert abs(estimate - summary.spans) / summary.spans < 0.15, (estimate, summary.spans)
     assert worker.scalar("SELECT countIf(TraceState != 'ot=th:cccd') FROM {db}.otel_traces") == 0
+    # the rollup behind `otelpipe services` and `otelpipe slo` estimates the same way, not count()
+    rollup = worker.query("SELECT sum(Spans), sum(EstimatedSpans) FROM {db}.otel_traces_rollup_1m")[0]
+    assert rollup[0] == kept_spans and rollup[1] == pytest.approx(estimate)
 
     # logs: those of kept traces, every WARN and above, every log without a trace id
     expected_logs = [(t, s) for t, s in logs if not t or s >= 13 or t in kept]
