@@ -40,5 +40,5 @@ def test_every_cookbook_query_runs(chdb_client, ch_settings):
         result = chdb_client.query(sql, parameters=used)
         non_empty += bool(result.result_rows)
     # Most questions have an answer on this small workload (not: endpoints with >= 100 calls, a word
-    # no log contains, alerts that never fired).
-    assert non_empty >= len(queries) - 3
+    # no log contains, alerts that never fired, the tail sampler's summary: it is loaded without one).
+    assert non_empty >= len(queries) - 4
