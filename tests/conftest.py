@@ -101,6 +101,16 @@ class WorkerProcess:
         self.settings = load_settings(env=self.env)
         return self
 
+    def sibling(self, tmp_path: Path) -> "WorkerProcess":
+        """A second worker of the same consumer group and topics, with its own chDB path, port and
+        data directory under ``tmp_path`` (not started)."""
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        other = WorkerProcess(tmp_path, self.settings.kafka.bootstrap_servers)
+        other.env = {**self.env, "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
+                     "OTELPIPE_WORKER_WEB_PORT": str(free_port()),
+                     "OTELPIPE_WORKER_DATA_DIR": str(tmp_path / "worker")}
+        return other.reconfigure()
+
     def metrics(self) -> str:
         import urllib.request
 

@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 
 from streams.alerts import decode_avro
 from streams.producer import produce_workload
-from tests.conftest import WorkerProcess, free_port
+from tests.conftest import WorkerProcess
 from tests.integration.test_faults import _send
 from tests.integration.test_used_by import _consume, cli
 from tests.otlp_builders import kv
@@ -97,12 +97,7 @@ def test_budget_state_survives_kill_9_and_stays_exact_with_two_workers(worker_fa
 
     # the same worker again, and a second one in the same group with its own ClickHouse and port
     first.start()
-    (tmp_path / "second").mkdir()
-    second = WorkerProcess(tmp_path / "second", bootstrap)
-    second.env = {**first.env, "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'second' / 'chdb'}",
-                  "OTELPIPE_WORKER_WEB_PORT": str(free_port()),
-                  "OTELPIPE_WORKER_DATA_DIR": str(tmp_path / "second" / "worker")}
-    second.reconfigure()
+    second = first.sibling(tmp_path / "second")
     try:
         second.start()
         # 30 new series (10 fit the budget), and the 30 known ones again (they all pass)

@@ -83,6 +83,12 @@ class Produced:
             await producer.stop()
 
 
+def wait_until_buffered(worker, traces: float, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (worker.metric("otelpipe_tail_buffered_traces") or 0) < traces:
+        time.sleep(0.2)
+
+
 def check_result(worker, produced: Produced) -> None:
     kept_spans = sum(produced.spans[t] for t in produced.kept)
     worker.wait_for("SELECT count() FROM {db}.otel_traces", kept_spans, timeout_s=180)
@@ -112,9 +118,7 @@ def test_kill_9_while_traces_are_buffered(worker_factory):
     produced = Produced(seed=13, steps=60, traces_per_step=5)
     worker = worker_factory(**{**TAIL, "OTELPIPE_SAMPLING_DECISION_WAIT_S": "8"}).start()
     asyncio.run(produced.send(worker.settings))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (worker.metric("otelpipe_tail_buffered_traces") or 0) < len(produced.spans) / 2:
-        time.sleep(0.2)
+    wait_until_buffered(worker, len(produced.spans) / 2)
     assert worker.scalar("SELECT count() FROM {db}.otel_trace_summary") == 0, "nothing decided yet"
     worker.kill9()
     worker.start()
@@ -152,20 +156,11 @@ def test_a_100000_span_trace_is_decided_early_and_stays_bounded(worker_factory):
 def test_a_rebalance_to_a_second_worker_decides_each_trace_once(worker_factory, tmp_path):
     """A second worker joins while traces are buffered: the partitions it takes are restored from the
     routed topic, and across both workers' databases every kept trace is written once, whole."""
-    from tests.conftest import WorkerProcess, free_port
-
     produced = Produced(seed=14, steps=60, traces_per_step=5)
     first = worker_factory(**{**TAIL, "OTELPIPE_SAMPLING_DECISION_WAIT_S": "6"}).start()
     asyncio.run(produced.send(first.settings))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (first.metric("otelpipe_tail_buffered_traces") or 0) < len(produced.spans) / 2:
-        time.sleep(0.2)
-    (tmp_path / "second").mkdir()
-    second = WorkerProcess(tmp_path / "second", first.settings.kafka.bootstrap_servers)
-    second.env = {**first.env, "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'second' / 'chdb'}",
-                  "OTELPIPE_WORKER_WEB_PORT": str(free_port()),
-                  "OTELPIPE_WORKER_DATA_DIR": str(tmp_path / "second" / "worker")}
-    second.reconfigure()
+    wait_until_buffered(first, len(produced.spans) / 2)
+    second = first.sibling(tmp_path / "second")
     try:
         second.start()
         kept_spans = sum(produced.spans[t] for t in produced.kept)
