@@ -499,6 +499,17 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     from streams.sampling import SamplingError, probability_to_threshold, threshold_to_th
 
     settings = _settings(args)
+    if args.action == "check":
+        from streams.tail_policies import TailPolicyError, load_policies
+
+        path = args.policies or settings.sampling.tail_policy_file
+        try:
+            policies = load_policies(path or None)
+        except TailPolicyError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"{path or '(default tail policies)'}: valid — " + ", ".join(f"{p.name} ({p.type})" for p in policies))
+        return 0
     topic = settings.sampling.control_topic
     key = args.service or "*"
 
@@ -512,6 +523,9 @@ def cmd_sampling(args: argparse.Namespace) -> int:
             await producer.stop()
 
     if args.action == "set":
+        if args.rate is None:
+            print("sampling set needs a rate, e.g. otelpipe sampling set 0.1", file=sys.stderr)
+            return 2
         try:
             probability_to_threshold(args.rate)
         except SamplingError as exc:
@@ -836,9 +850,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("sampling", help="head sampling rates: show them, or set them in every running worker")
-    p.add_argument("action", choices=["show", "set", "clear"])
+    p.add_argument("action", choices=["show", "set", "clear", "check"])
     p.add_argument("rate", type=float, nargs="?", default=None, help="probability in (0, 1] (set)")
     p.add_argument("--service", default="", help="one service's rate (default: the rate of every other service)")
+    p.add_argument("--policies", default="", help="check: a tail sampling policy file (default: sampling.tail_policy_file)")
     p.add_argument("--format", choices=list(FORMATS), default="table")
     p.set_defaults(func=cmd_sampling)
 

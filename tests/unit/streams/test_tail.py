@@ -152,3 +152,20 @@ def test_parts_long_after_their_trace_left_the_cache_get_the_default():
     assert index.due(10) == {"a" * 32: "late_default", "c" * 32: "decided"}
     index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
     assert not index.late
+
+
+def test_sampling_check_lists_every_problem_of_a_policy_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "tail.toml"
+    bad.write_text('[[policies]]\ntype = "latency"\n[[policies]]\ntype = "probabilistic"\nrate = 2\n')
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "sampling", "check", "--policies", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "policies[0].threshold_ms: required" in result.stderr and "policies[1].rate" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[[policies]]\nname = "errors"\ntype = "status_code"\n')
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "sampling", "check", "--policies", str(good)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "errors (status_code)" in result.stdout
