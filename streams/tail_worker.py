@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
 from typing import Any, Awaitable, Callable
 
 import orjson
