@@ -42,6 +42,7 @@ MASK = "****"
 OTHER = "__other__"
 _CACHE_LIMIT = 200_000
 TIME_COLUMNS = ("Timestamp", "TimeUnix")
+_PLAIN = ("keep", False, ())  # a kept key with no URL templating and no rule: only the detectors apply
 
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
@@ -122,6 +123,10 @@ class LabelStage:
         self._url_keys = set(policy.template_url_keys)
         self._key_plans: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._value_cache: dict[str, tuple[str | None, str]] = {}
+        self._plans_by_scope: dict[tuple[str, bool], dict[str, tuple[Any, ...]]] = {}  # the same plans, by scope
+        self._name_cache: dict[tuple[str, str], tuple[str, str, str]] = {}  # (span name, route) → result
+        self._plain_keys: dict[tuple[str, bool], set[str]] = {}  # keys whose plan is _PLAIN, by scope
+        self._clean_values: set[str] = set()  # values the detectors passed unchanged
         self._top_k: dict[tuple[int, str, str], TopK] = {}  # (rule index, signal, key)
         self._rule_index = {id(r): i for i, r in enumerate(policy.rules)}
         self._now_s = 0
@@ -147,10 +152,15 @@ class LabelStage:
             rules = tuple(r for r in self.policy.rules if signal in r.signals and fnmatch.fnmatchcase(lowered, r.key.lower()))
             if any(r.type == "drop" for r in rules):
                 plan = ("drop", "cardinality_drop")
+            elif key not in self._url_keys and not rules:
+                plan = _PLAIN
+                self._plain_keys.setdefault((signal, record_level), set()).add(key)
             else:
                 plan = ("keep", key in self._url_keys, rules)
         if len(self._key_plans) >= _CACHE_LIMIT:
             self._key_plans.clear()
+            self._plans_by_scope.clear()
+            self._plain_keys.clear()
         self._key_plans[(signal, key, record_level)] = plan
         return plan
 
@@ -164,7 +174,10 @@ class LabelStage:
             result = self._scrub_slow(value)
         if len(self._value_cache) >= _CACHE_LIMIT:
             self._value_cache.clear()
+            self._clean_values.clear()
         self._value_cache[value] = result
+        if result[1] == "" and result[0] == value:
+            self._clean_values.add(value)
         return result
 
     def _replacement(self, found: str) -> str:
@@ -231,10 +244,27 @@ class LabelStage:
     # ------------------------------------------------------------ maps and batches
 
     def clean_map(self, signal: str, attrs: dict[str, str], counts: Counter, record_level: bool = True) -> dict[str, str]:
-        """The map with the policy applied; the same object when nothing changed."""
+        """The map with the policy applied; the same object when nothing changed.
+
+        The common case is a kept key with no URL templating and no rule, whose value the detectors
+        have seen before and left alone: two dict lookups, no call. Everything else takes the full path.
+        """
+        plain = self._plain_keys.get((signal, record_level))
+        if plain is not None and plain.issuperset(attrs) and self._clean_values.issuperset(attrs.values()):
+            return attrs  # every key plain, every value passed before: set operations, no Python loop
+        plans = self._plans_by_scope.get((signal, record_level))
+        if plans is None:
+            plans = self._plans_by_scope[(signal, record_level)] = {}
+        values = self._value_cache
         out: dict[str, str] | None = None
         for key, value in attrs.items():
-            plan = self._key_plan(signal, key, record_level)
+            plan = plans.get(key)
+            if plan is None:
+                plan = plans[key] = self._key_plan(signal, key, record_level)
+            if plan is _PLAIN:
+                seen = values.get(value)
+                if seen is not None and not seen[1]:
+                    continue  # a plain key, a value the detectors already passed
             if plan[0] == "drop":
                 counts[("redaction" if plan[1] != "cardinality_drop" else "cardinality", plan[1])] += 1
                 if out is None:
@@ -322,17 +352,31 @@ class LabelStage:
         return ColumnBatch(table, columns, batch.source), counts
 
     def _span_names(self, names: list[str], attrs: list[dict[str, str]], counts: Counter) -> list[str]:
+        """Templated and scrubbed span names, memoised by (name, http.route): names repeat."""
         out = []
         template = self.policy.template_span_names
+        memo = self._name_cache
         for name, a in zip(names, attrs):
-            new = name
-            if template and ("/" in name):
-                new = template_span_name(name, a.get("http.route", "") if a else "")
-                if new != name:
-                    counts[("templating", "span_name")] += 1
-            scrubbed, reason = self.scrub(new)
-            if reason:
-                counts[("redaction", reason)] += 1
-                new = MASK if scrubbed is None else scrubbed
+            route = a.get("http.route", "") if (a and template and "/" in name) else ""
+            done = memo.get((name, route))
+            if done is None:
+                new = name
+                templated = redacted = ""
+                if template and ("/" in name):
+                    new = template_span_name(name, route)
+                    if new != name:
+                        templated = "span_name"
+                scrubbed, reason = self.scrub(new)
+                if reason:
+                    redacted = reason
+                    new = MASK if scrubbed is None else scrubbed
+                if len(memo) >= _CACHE_LIMIT:
+                    memo.clear()
+                done = memo[(name, route)] = (new, templated, redacted)
+            new, templated, redacted = done
+            if templated:
+                counts[("templating", templated)] += 1
+            if redacted:
+                counts[("redaction", redacted)] += 1
             out.append(new)
         return out
