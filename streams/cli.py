@@ -719,10 +719,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 env=os.environ.copy())
     try:
         _wait_for_worker(settings, proc, 180)
-        before = {t: _count(settings, t) for t in ("otel_traces", "otel_logs")}
+        metric_tables = {kind: f"otel_metrics_{kind}" for kind in METRIC_TABLES}
+        before = {t: _count(settings, t) for t in ("otel_traces", "otel_logs", *metric_tables.values())}
         summary = asyncio.run(_produce_demo(settings, args))
         want = {"otel_traces": before["otel_traces"] + summary.spans,
                 "otel_logs": before["otel_logs"] + summary.logs}
+        for kind, points in summary.metric_points.items():  # metrics take one more hop (routed by name)
+            want[metric_tables[kind]] = before[metric_tables[kind]] + points
         print(f"produced {summary.spans} spans in {summary.traces} traces, {summary.logs} logs, "
               f"{sum(summary.metric_points.values())} metric points; waiting for ClickHouse ...")
         deadline = time.monotonic() + 300
