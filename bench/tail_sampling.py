@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import build_messages, cpu_seconds, send  # noqa: E402
+from throughput import bench_env, build_messages, cpu_seconds, send  # noqa: E402
 
 from streams.cli import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
@@ -81,17 +81,7 @@ def main() -> int:
 
     tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="otelpipe-bench-tail-"))
-    base = {
-        **os.environ,
-        "OTELPIPE_KAFKA_SPANS_TOPIC": f"benchtail{tag}_spans",
-        "OTELPIPE_KAFKA_LOGS_TOPIC": f"benchtail{tag}_logs",
-        "OTELPIPE_KAFKA_METRICS_TOPIC": f"benchtail{tag}_metrics",
-        "OTELPIPE_WORKER_WEB_PORT": "6078",
-        "OTELPIPE_WORKER_POLICY_TOPIC": f"benchtail{tag}.policy",
-        "OTELPIPE_WORKER_CATALOG_TOPIC": f"benchtail{tag}.catalog",
-        "OTELPIPE_SAMPLING_CONTROL_TOPIC": f"benchtail{tag}.sampling",
-        "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
-    }
+    base = bench_env(f"benchtail{tag}", port=6078)
     settings = load_settings(env=base)
     bootstrap = settings.kafka.bootstrap_servers
     topics = settings.source_topics() + [settings.dlq_topic(t) for t in settings.source_topics()]

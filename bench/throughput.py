@@ -61,6 +61,21 @@ async def send(bootstrap: str, topic: str, payloads: list[bytes]) -> None:
         await producer.stop()
 
 
+def bench_env(prefix: str, port: int) -> dict[str, str]:
+    """The environment of a benchmark's workers: topics of their own, a fixed web port."""
+    return {
+        **os.environ,
+        "OTELPIPE_KAFKA_SPANS_TOPIC": f"{prefix}_spans",
+        "OTELPIPE_KAFKA_LOGS_TOPIC": f"{prefix}_logs",
+        "OTELPIPE_KAFKA_METRICS_TOPIC": f"{prefix}_metrics",
+        "OTELPIPE_WORKER_WEB_PORT": str(port),
+        "OTELPIPE_WORKER_POLICY_TOPIC": f"{prefix}.policy",
+        "OTELPIPE_WORKER_CATALOG_TOPIC": f"{prefix}.catalog",
+        "OTELPIPE_SAMPLING_CONTROL_TOPIC": f"{prefix}.sampling",
+        "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
+    }
+
+
 def cpu_seconds(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system + t.children_user + t.children_system
@@ -134,19 +149,11 @@ def main() -> int:
     tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="otelpipe-bench-"))
     env = {
-        **os.environ,
-        "OTELPIPE_KAFKA_SPANS_TOPIC": f"bench{tag}_spans",
-        "OTELPIPE_KAFKA_LOGS_TOPIC": f"bench{tag}_logs",
-        "OTELPIPE_KAFKA_METRICS_TOPIC": f"bench{tag}_metrics",
+        **bench_env(f"bench{tag}", port=6077),
         "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{work / 'chdb'}",
         "OTELPIPE_WORKER_APP_ID": f"otelpipe-bench-{tag}",
         "OTELPIPE_WORKER_DATA_DIR": str(work / "worker"),
-        "OTELPIPE_WORKER_WEB_PORT": "6077",
-        "OTELPIPE_WORKER_POLICY_TOPIC": f"bench{tag}.policy",
-        "OTELPIPE_WORKER_CATALOG_TOPIC": f"bench{tag}.catalog",
-        "OTELPIPE_SAMPLING_CONTROL_TOPIC": f"bench{tag}.sampling",
         "OTELPIPE_WORKER_BATCH_MAX_MESSAGES": str(args.batch_max_messages),
-        "OTELPIPE_WORKER_BATCH_WITHIN_S": "0.5",
     }
     settings = load_settings(env=env)
     bootstrap = settings.kafka.bootstrap_servers
