@@ -20,7 +20,7 @@ import random
 import time
 from datetime import datetime, timezone
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 import orjson
@@ -40,7 +40,7 @@ from streams.catalog import CatalogError, CatalogStage, entry_from_record
 from streams.labels import LabelStage
 from streams.pipeline import Stages
 from streams.policy import PolicyError, parse_policy
-from streams.signal_writer import SignalWriter, WriteOutcome
+from streams.signal_writer import SignalWriter
 from streams.slo import counts_query, evaluate_rows, query_parameters, with_catalog_objectives
 
 log = logging.getLogger("otelpipe.worker")
@@ -125,8 +125,10 @@ def _raw(event: Any) -> RawMessage:
     )
 
 
-async def _write_until_done(signal: str, writer: SignalWriter, msgs: list[RawMessage]) -> WriteOutcome:
-    """Retry a failed write with capped exponential backoff and jitter; never drop the batch.
+async def until_done(signal: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` on the ClickHouse thread until it succeeds: capped exponential backoff with
+    jitter, never giving up (a write, opening the sink). Every failure is retried; its kind
+    decides only the log level.
 
     While this waits the agent takes no new batch, its stream buffer fills and faust stops
     fetching: backpressure, with memory bounded by the buffer size.
@@ -135,20 +137,16 @@ async def _write_until_done(signal: str, writer: SignalWriter, msgs: list[RawMes
     attempt = 0
     while True:
         try:
-            outcome = await on_clickhouse_thread(writer.write, msgs)
+            result = await on_clickhouse_thread(fn, *args)
             m.WRITER_BLOCKED.labels(signal).set(0)
-            return outcome
-        except Exception as exc:  # every failure is retried; the kind decides only the log level
+            return result
+        except Exception as exc:
             attempt += 1
             m.WRITE_RETRIES.labels(signal).inc()
             m.WRITER_BLOCKED.labels(signal).set(1)
             level = logging.WARNING if is_retryable(exc) else logging.ERROR
-            log.log(
-                level,
-                "writing %d %s messages failed (attempt %d, retrying in %.1fs): %s",
-                len(msgs), signal, attempt, delay, exc,
-                exc_info=level >= logging.ERROR,
-            )
+            log.log(level, "%s failed (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc,
+                    exc_info=level >= logging.ERROR)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
             delay = min(delay * 2, W.retry_max_s)
 
@@ -170,26 +168,19 @@ async def publish_dead_letters(signal: str, dead: list[DeadLetter]) -> None:
 
 
 async def _sink_when_reachable(signal: str) -> ClickHouseSink:
-    """Open the sink (and apply migrations), retrying with backoff while ClickHouse is unreachable.
+    """Open the sink (and apply migrations), retrying while ClickHouse is unreachable.
 
     Until it succeeds this agent takes nothing from Kafka: its partitions wait, nothing is lost.
     """
     from sinks.migrations import migrate
 
-    delay = W.retry_initial_s
-    while True:
-        try:
-            sink = await on_clickhouse_thread(_open_sink)
-            await on_clickhouse_thread(migrate, sink.client, settings.clickhouse)
-            m.WRITER_BLOCKED.labels(signal).set(0)
-            return sink
-        except Exception as exc:
-            m.WRITE_RETRIES.labels(signal).inc()
-            m.WRITER_BLOCKED.labels(signal).set(1)
-            log.warning("ClickHouse at %s not usable yet (%s); retrying in %.1fs", settings.clickhouse.dsn.split("@")[-1],
-                        exc, delay)
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, W.retry_max_s)
+    def open_and_migrate() -> ClickHouseSink:
+        sink = _open_sink()
+        migrate(sink.client, settings.clickhouse)
+        return sink
+
+    where = settings.clickhouse.dsn.split("@")[-1]
+    return await until_done(signal, f"opening ClickHouse at {where}", open_and_migrate)
 
 
 stages = Stages.from_settings(settings)  # an invalid policy stops the worker here, every problem listed
@@ -197,44 +188,61 @@ if stages.labels is not None:
     stages.budget = SeriesBudgetStage(stages.labels.policy.budgets, series_state.get)
 
 
-async def consume_signal(signal: str, stream: Any) -> None:
+async def consume_signal(signal: str, stream: Any, unwrap: Callable[[RawMessage], RawMessage] | None = None,
+                         before_write: Callable[[list], Awaitable[None]] | None = None,
+                         after_write: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Take batches, write them (``SignalWriter``), publish dead letters, ack what is done.
+
+    ``unwrap`` turns a record into the message the writer sees (routed parts: the part at its source
+    coordinates) or raises BadMessage; records that unwrap to the same coordinates (a part routed
+    again after a crash) are acked together, and dead letters name the record as read.
+    """
     writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for, W.max_message_bytes, stages)
-    pending: dict[tuple[str, int, int], Any] = {}
+    pending: dict[tuple[str, int, int], list[tuple[Any, RawMessage]]] = {}
     async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
-        msgs = []
+        msgs, dead, ack_now = [], [], []
         for event in events:
             raw = _raw(event)
-            pending[(raw.topic, raw.partition, raw.offset)] = event
-            msgs.append(raw)
-        m.MESSAGES_CONSUMED.labels(signal).inc(len(msgs))
+            try:
+                msg = unwrap(raw) if unwrap is not None else raw
+            except BadMessage as exc:
+                dead.append(DeadLetter(raw, exc.reason, exc.detail))
+                ack_now.append(event)
+                continue
+            pending.setdefault((msg.topic, msg.partition, msg.offset), []).append((event, raw))
+            msgs.append(msg)
+        if unwrap is None:
+            m.MESSAGES_CONSUMED.labels(signal).inc(len(msgs))
         m.BATCH_MESSAGES.labels(signal).observe(len(msgs))
-        outcome = await _write_until_done(signal, writer, msgs)
-        if outcome.dead_letters:
-            await publish_dead_letters(signal, outcome.dead_letters)
-        for raw in outcome.done:
-            event = pending.pop((raw.topic, raw.partition, raw.offset), None)
-            if event is not None:
+        if before_write is not None:
+            await before_write(events)
+        outcome = await until_done(signal, f"writing {len(msgs)} {signal} messages", writer.write, msgs)
+        if after_write is not None:
+            await after_write()
+        for letter in outcome.dead_letters:
+            sources = pending.get((letter.message.topic, letter.message.partition, letter.message.offset), [])
+            if unwrap is None or not sources:
+                dead.append(letter)
+            else:  # the routed record is what the dead-letter topic can hold; name the source too
+                msg = letter.message
+                dead.append(DeadLetter(sources[0][1], letter.reason, f"{letter.detail} (source "
+                                       f"{msg.topic.split('@')[0]}[{msg.partition}]@{msg.offset})"))
+        if dead:
+            await publish_dead_letters(signal, dead)
+        for event in ack_now:
+            await stream.ack(event)
+        for msg in outcome.done:
+            for event, _ in pending.pop((msg.topic, msg.partition, msg.offset), []):
                 await stream.ack(event)
 
 
 async def _write_with_token_until_done(batch: Any, token: str) -> None:
-    """Insert one batch under a given token, retrying like ``_write_until_done``."""
-    delay = W.retry_initial_s
-    while True:
-        try:
-            started = time.perf_counter()
-            await on_clickhouse_thread(lambda: _open_sink().write(batch, token))
-            m.INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - started)
-            m.ROWS_WRITTEN.labels(batch.table).inc(len(batch))
-            m.WRITER_BLOCKED.labels("traces").set(0)
-            return
-        except Exception as exc:
-            m.WRITE_RETRIES.labels("traces").inc()
-            m.WRITER_BLOCKED.labels("traces").set(1)
-            log.log(logging.WARNING if is_retryable(exc) else logging.ERROR,
-                    "writing %d rows of %s failed (retrying in %.1fs): %s", len(batch), batch.table, delay, exc)
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, W.retry_max_s)
+    """Insert one batch under a given token (tail sampling's rounds), retrying until it lands."""
+    started = time.perf_counter()
+    await until_done("traces", f"writing {len(batch)} rows of {batch.table}",
+                     lambda: _open_sink().write(batch, token))  # opened on the ClickHouse thread, if need be
+    m.INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - started)
+    m.ROWS_WRITTEN.labels(batch.table).inc(len(batch))
 
 
 if not settings.sampling.tail:
@@ -312,7 +320,8 @@ else:
                 if writer is None:
                     writer = SignalWriter(signal, await _sink_when_reachable(signal), K.encoding_for,
                                           W.max_message_bytes, stages)
-                outcome = await _write_until_done(signal, writer, direct)
+                outcome = await until_done(signal, f"writing {len(direct)} untraced {signal} parts", writer.write,
+                                           direct)
                 for letter in outcome.dead_letters:  # name the source message, which is what the DLQ holds
                     source = waiting.get((letter.message.topic, letter.message.partition, letter.message.offset))
                     if source is not None:
@@ -405,38 +414,12 @@ async def commit_stage_state() -> None:
 @app.agent(metrics_routed_topic, name="otelpipe.metrics.routed", concurrency=1)
 async def routed_metrics_agent(stream: Any) -> None:
     """Write the metrics routed to this worker's partitions: every point of a metric is here."""
-    writer = SignalWriter("metrics", await _sink_when_reachable("metrics"), K.encoding_for, W.max_message_bytes,
-                          stages)
-    pending: dict[tuple[str, int, int], list[tuple[Any, RawMessage]]] = {}
-    async for events in stream.noack_take(W.batch_max_messages, within=W.batch_within_s):
-        msgs, bad = [], []
-        for event in events:
-            raw = _raw(event)
-            try:
-                virtual = virtual_message(decode_envelope(raw.value), raw)
-            except BadMessage as exc:
-                bad.append((event, DeadLetter(raw, exc.reason, exc.detail)))
-                continue
-            # a part re-routed after a crash has the same coordinates: both copies are acked together
-            pending.setdefault((virtual.topic, virtual.partition, virtual.offset), []).append((event, raw))
-            msgs.append(virtual)
-        m.BATCH_MESSAGES.labels("metrics").observe(len(msgs))
+
+    async def restore_state(events: list) -> None:
         await series_state.restore({event.message.partition for event in events})
-        outcome = await _write_until_done("metrics", writer, msgs)
-        await commit_stage_state()
-        dead = [letter for _, letter in bad]
-        for letter in outcome.dead_letters:  # name the routed record, which is what the DLQ can hold
-            key = (letter.message.topic, letter.message.partition, letter.message.offset)
-            for _, raw in pending.get(key, [])[:1]:
-                dead.append(DeadLetter(raw, letter.reason, f"{letter.detail} (source {letter.message.topic.split('@')[0]}"
-                                                            f"[{letter.message.partition}]@{letter.message.offset})"))
-        if dead:
-            await publish_dead_letters("metrics", dead)
-        for event, _ in bad:
-            await stream.ack(event)
-        for virtual in outcome.done:
-            for event, _ in pending.pop((virtual.topic, virtual.partition, virtual.offset), []):
-                await stream.ack(event)
+
+    await consume_signal("metrics", stream, unwrap=lambda raw: virtual_message(decode_envelope(raw.value), raw),
+                         before_write=restore_state, after_write=commit_stage_state)
 
 
 @app.timer(interval=5.0)
