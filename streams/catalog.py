@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from streams.batch import ColumnBatch
-from streams.config import LATENCY_BUCKETS_MS, Objective
+from streams.config import LATENCY_BUCKETS_MS, Objective, ProblemsError, read_toml
 
 CATALOG_COLUMNS = ("ServiceTeam", "ServiceTier", "ServiceOwner")
 
 
-class CatalogError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid service catalog:\n  " + "\n  ".join(problems))
+class CatalogError(ProblemsError):
+    what = "service catalog"
 
 
 @dataclass(frozen=True)
@@ -75,12 +72,7 @@ def parse_entry(data: Any, path: str, problems: list[str]) -> CatalogEntry | Non
 def load_catalog(path: str | None) -> dict[str, CatalogEntry]:
     if not path:
         return {}
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CatalogError([f"catalog file {path}: not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogError([f"catalog file {path}: {exc}"]) from None
+    data = read_toml(path, "catalog", CatalogError)
     problems: list[str] = []
     entries: dict[str, CatalogEntry] = {}
     for key in sorted(set(data) - {"services"}):

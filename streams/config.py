@@ -25,12 +25,28 @@ ENCODINGS = ("otlp_proto", "otlp_json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
-    """Every problem found in a configuration, one per line."""
+class ProblemsError(ValueError):
+    """Every problem found in a file (configuration, policy, catalog), one per line, each with its path."""
+
+    what = "input"
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        super().__init__(f"invalid {self.what}:\n  " + "\n  ".join(problems))
+
+
+class ConfigError(ProblemsError):
+    what = "configuration"
+
+
+def read_toml(path: str | os.PathLike[str], what: str, error: type[ProblemsError]) -> dict[str, Any]:
+    """A TOML file's content; a missing or unparsable file is ``error`` naming the ``what`` file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error([f"{what} file {path}: not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error([f"{what} file {path}: {exc}"]) from None
 
 
 def doc(text: str, unit: str = "") -> dict[str, str]:
@@ -514,12 +530,7 @@ def load_settings(
 
     path = path or env.get("OTELPIPE_CONFIG") or None
     if path:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError([f"config file {path}: not found"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"config file {path}: {exc}"]) from None
+        data = read_toml(path, "config", ConfigError)
         for section, values in data.items():
             if section not in SECTIONS:
                 problems.append(f"{section}: unknown section (known: {', '.join(SECTIONS)})")

@@ -29,16 +29,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.config import ProblemsError, read_toml
 from streams.sampling import SamplingError, probability_to_threshold, trace_randomness
 
 TYPES = ("always", "probabilistic", "status_code", "latency", "string_attribute", "numeric_attribute",
          "boolean_attribute", "span_count", "rate_limiting", "and", "composite")
 
 
-class TailPolicyError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid tail sampling policy:\n  " + "\n  ".join(problems))
+class TailPolicyError(ProblemsError):
+    what = "tail sampling policy"
 
 
 @dataclass(frozen=True)
@@ -279,15 +278,6 @@ def evaluate(policies: tuple[Policy, ...], view: TraceView, limiter: RateLimiter
 
 
 def load_policies(path: str | None) -> tuple[Policy, ...]:
-    import tomllib
-    from pathlib import Path
-
     if not path:
         return DEFAULT_POLICIES
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise TailPolicyError([f"tail policy file {path}: not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TailPolicyError([f"tail policy file {path}: {exc}"]) from None
-    return parse_policies(data)
+    return parse_policies(read_toml(path, "tail policy", TailPolicyError))
