@@ -121,9 +121,8 @@ class LabelStage:
         self._query = re.compile(r"([?&;](?:" + "|".join(re.escape(s) for s in sorted(self._secrets)) +
                                  r")=)[^&#\s;\"']*", re.IGNORECASE) if self._secrets else None
         self._url_keys = set(policy.template_url_keys)
-        self._key_plans: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._value_cache: dict[str, tuple[str | None, str]] = {}
-        self._plans_by_scope: dict[tuple[str, bool], dict[str, tuple[Any, ...]]] = {}  # the same plans, by scope
+        self._plans_by_scope: dict[tuple[str, bool], dict[str, tuple[Any, ...]]] = {}  # key plans, by scope
         self._name_cache: dict[tuple[str, str], tuple[str, str, str]] = {}  # (span name, route) → result
         self._plain_keys: dict[tuple[str, bool], set[str]] = {}  # keys whose plan is _PLAIN, by scope
         self._clean_values: set[str] = set()  # values the detectors passed unchanged
@@ -139,9 +138,7 @@ class LabelStage:
         The block list applies to every map; allow mode to record-level maps (span, log, point,
         event, link attributes), not to resource and scope attributes that name the sender.
         """
-        plan = self._key_plans.get((signal, key, record_level))
-        if plan is not None:
-            return plan
+        plan: tuple[Any, ...] | None = None
         lowered = key.lower()
         if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
             plan = ("drop", "blocked_key")
@@ -154,14 +151,26 @@ class LabelStage:
                 plan = ("drop", "cardinality_drop")
             elif key not in self._url_keys and not rules:
                 plan = _PLAIN
-                self._plain_keys.setdefault((signal, record_level), set()).add(key)
             else:
                 plan = ("keep", key in self._url_keys, rules)
-        if len(self._key_plans) >= _CACHE_LIMIT:
-            self._key_plans.clear()
-            self._plans_by_scope.clear()
+        return plan
+
+    def _plans(self, signal: str, record_level: bool) -> dict[str, tuple[Any, ...]]:
+        """The memoised plans of one scope (bounded: all scopes are forgotten past the limit)."""
+        plans = self._plans_by_scope.get((signal, record_level))
+        if plans is None:
+            plans = self._plans_by_scope[(signal, record_level)] = {}
+        return plans
+
+    def _remember_plan(self, plans: dict[str, tuple[Any, ...]], signal: str, key: str,
+                       record_level: bool) -> tuple[Any, ...]:
+        if sum(len(p) for p in self._plans_by_scope.values()) >= _CACHE_LIMIT:
+            for known in self._plans_by_scope.values():
+                known.clear()
             self._plain_keys.clear()
-        self._key_plans[(signal, key, record_level)] = plan
+        plan = plans[key] = self._key_plan(signal, key, record_level)
+        if plan is _PLAIN:
+            self._plain_keys.setdefault((signal, record_level), set()).add(key)
         return plan
 
     def scrub(self, value: str) -> tuple[str | None, str]:
@@ -252,15 +261,13 @@ class LabelStage:
         plain = self._plain_keys.get((signal, record_level))
         if plain is not None and plain.issuperset(attrs) and self._clean_values.issuperset(attrs.values()):
             return attrs  # every key plain, every value passed before: set operations, no Python loop
-        plans = self._plans_by_scope.get((signal, record_level))
-        if plans is None:
-            plans = self._plans_by_scope[(signal, record_level)] = {}
+        plans = self._plans(signal, record_level)
         values = self._value_cache
         out: dict[str, str] | None = None
         for key, value in attrs.items():
             plan = plans.get(key)
             if plan is None:
-                plan = plans[key] = self._key_plan(signal, key, record_level)
+                plan = self._remember_plan(plans, signal, key, record_level)
             if plan is _PLAIN:
                 seen = values.get(value)
                 if seen is not None and not seen[1]:
