@@ -35,11 +35,11 @@ template span names. Example::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streams.config import ProblemsError, read_toml
 from streams.naming import NamingRules
 
 DEFAULT_BLOCK_KEYS = (
@@ -55,10 +55,8 @@ BUDGET_ACTIONS = ("bucketize", "drop")
 SIGNALS = ("traces", "logs", "metrics")
 
 
-class PolicyError(ValueError):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("invalid policy:\n  " + "\n  ".join(problems))
+class PolicyError(ProblemsError):
+    what = "policy"
 
 
 @dataclass(frozen=True)
@@ -146,16 +144,8 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         red = {}
     _known(red, {"mode", "block_keys", "allow_keys", "value_action", "detect", "query_secrets", "hash_seed"},
            "redaction.", problems)
-    if "mode" in red:
-        if red["mode"] not in ("block", "allow"):
-            problems.append(f"redaction.mode: must be block or allow, got {red['mode']!r}")
-        else:
-            red_kwargs["mode"] = red["mode"]
-    if "value_action" in red:
-        if red["value_action"] not in ("mask", "drop", "hash"):
-            problems.append(f"redaction.value_action: must be mask, drop or hash, got {red['value_action']!r}")
-        else:
-            red_kwargs["value_action"] = red["value_action"]
+    _copy_choice(red, "mode", ("block", "allow"), "redaction.", problems, red_kwargs)
+    _copy_choice(red, "value_action", ("mask", "drop", "hash"), "redaction.", problems, red_kwargs)
     for name in ("block_keys", "allow_keys", "query_secrets"):
         if name in red:
             value = _strings(red[name], f"redaction.{name}", problems)
@@ -182,11 +172,7 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         problems.append("templating: must be a table")
         templ = {}
     _known(templ, {"span_names", "url_keys"}, "templating.", problems)
-    if "span_names" in templ:
-        if not isinstance(templ["span_names"], bool):
-            problems.append("templating.span_names: must be true or false")
-        else:
-            kwargs["template_span_names"] = templ["span_names"]
+    _copy_bool(templ, "span_names", "templating.", problems, kwargs, "template_span_names")
     if "url_keys" in templ:
         value = _strings(templ["url_keys"], "templating.url_keys", problems)
         if value is not None:
@@ -217,9 +203,7 @@ def parse_policy(data: dict[str, Any]) -> Policy:
             problems.append(f"{path}.key: required, a key or glob pattern")
             ok = False
         for name in ("buckets", "max_length", "k", "window_s"):
-            if name in rule and (not isinstance(rule[name], int) or isinstance(rule[name], bool) or rule[name] <= 0):
-                problems.append(f"{path}.{name}: must be > 0, got {rule[name]!r}")
-                ok = False
+            ok = _positive_int(rule, name, f"{path}.", problems) and ok
         signals = SIGNALS
         if "signals" in rule:
             signals = _strings(rule["signals"], f"{path}.signals", problems) or ()
@@ -246,16 +230,8 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         problems.append("naming: must be a table")
         naming = {}
     _known(naming, {"enabled", "action", "separators", "unit_suffixes", "verbs", "domains"}, "naming.", problems)
-    if "enabled" in naming:
-        if not isinstance(naming["enabled"], bool):
-            problems.append("naming.enabled: must be true or false")
-        else:
-            naming_kwargs["enabled"] = naming["enabled"]
-    if "action" in naming:
-        if naming["action"] not in ("report", "reject"):
-            problems.append(f"naming.action: must be report or reject, got {naming['action']!r}")
-        else:
-            naming_kwargs["action"] = naming["action"]
+    _copy_bool(naming, "enabled", "naming.", problems, naming_kwargs)
+    _copy_choice(naming, "action", ("report", "reject"), "naming.", problems, naming_kwargs)
     for name in ("separators", "unit_suffixes", "verbs", "domains"):
         if name in naming:
             value = _strings(naming[name], f"naming.{name}", problems)
@@ -269,6 +245,29 @@ def parse_policy(data: dict[str, Any]) -> Policy:
         raise PolicyError(problems)
     return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), naming=NamingRules(**naming_kwargs),
                   budgets=budgets, **kwargs)
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _copy_bool(table: dict, name: str, path: str, problems: list[str], into: dict, target: str = "") -> None:
+    """``into[target or name] = table[name]`` when it is a boolean; a problem when it is something else."""
+    if name in table:
+        if isinstance(table[name], bool):
+            into[target or name] = table[name]
+        else:
+            problems.append(f"{path}{name}: must be true or false")
+
+
+def _copy_choice(table: dict, name: str, choices: tuple[str, ...], path: str, problems: list[str], into: dict,
+                 target: str = "") -> None:
+    """``into[target or name] = table[name]`` when it is one of ``choices``; a problem otherwise."""
+    if name in table:
+        if table[name] in choices:
+            into[target or name] = table[name]
+        else:
+            problems.append(f"{path}{name}: must be {_either(choices)}, got {table[name]!r}")
 
 
 def _positive_int(table: dict, name: str, path: str, problems: list[str]) -> bool:
@@ -286,19 +285,11 @@ def _parse_budgets(budgets: Any, problems: list[str]) -> BudgetPolicy:
     _known(budgets, {"enabled", "default_limit", "window_s", "action", "buckets", "seed", "metrics"}, "budgets.",
            problems)
     kwargs: dict[str, Any] = {}
-    if "enabled" in budgets:
-        if not isinstance(budgets["enabled"], bool):
-            problems.append("budgets.enabled: must be true or false")
-        else:
-            kwargs["enabled"] = budgets["enabled"]
+    _copy_bool(budgets, "enabled", "budgets.", problems, kwargs)
     for name, target in (("default_limit", "default_limit"), ("window_s", "window_s"), ("buckets", "buckets")):
         if _positive_int(budgets, name, "budgets.", problems) and name in budgets:
             kwargs[target] = budgets[name]
-    if "action" in budgets:
-        if budgets["action"] not in BUDGET_ACTIONS:
-            problems.append(f"budgets.action: must be bucketize or drop, got {budgets['action']!r}")
-        else:
-            kwargs["default_action"] = budgets["action"]
+    _copy_choice(budgets, "action", BUDGET_ACTIONS, "budgets.", problems, kwargs, "default_action")
     if "seed" in budgets:
         if not isinstance(budgets["seed"], str) or not budgets["seed"]:
             problems.append("budgets.seed: must be a non-empty string")
@@ -335,10 +326,4 @@ def _parse_budgets(budgets: Any, problems: list[str]) -> BudgetPolicy:
 def load_policy(path: str | Path | None) -> Policy:
     if not path:
         return Policy()
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise PolicyError([f"policy file {path}: not found"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError([f"policy file {path}: {exc}"]) from None
-    return parse_policy(data)
+    return parse_policy(read_toml(path, "policy", PolicyError))
