@@ -14,21 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import bench_env, build_messages, cpu_seconds, send  # noqa: E402
+from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send  # noqa: E402
 
 from streams.cli import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
@@ -50,27 +47,15 @@ def metric(port: int, name: str) -> float:
 def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float, int, int]:
     """(wall s, worker CPU s, RSS at ready, RSS at done) from ready until done(settings) is true."""
     settings = load_settings(env=env)
-    worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "run", "--loglevel", "warning"],
-                              cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
-    proc = psutil.Process(worker.pid)
-    try:
-        while query_worker(settings, "SELECT 1", timeout_s=2) is None:
-            if worker.poll() is not None:
-                raise SystemExit(f"worker exited: see {log_path}")
-            time.sleep(0.05)
+    with ready_worker(env, log_path) as (worker, proc):
         rss0, cpu0, t0 = proc.memory_info().rss, cpu_seconds(proc), time.monotonic()
-        profile = os.environ.get("OTELPIPE_BENCH_PROFILE")
-        if profile and env.get("OTELPIPE_SAMPLING_DECISION_WAIT_S") == "1":  # the tail-on drain
-            subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", "8", "-f", "raw", "-o", profile,
-                              "--nonblocking"])
+        if env.get("OTELPIPE_SAMPLING_DECISION_WAIT_S") == "1":  # the tail-on drain
+            profile(worker.pid)
         while not done(settings):
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {log_path}")
             time.sleep(0.2)
         return time.monotonic() - t0, cpu_seconds(proc) - cpu0, rss0, proc.memory_info().rss
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
 def main() -> int:

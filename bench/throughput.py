@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 from aiokafka import AIOKafkaProducer
@@ -104,22 +106,36 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def drain(env: dict[str, str], log_path: Path, total_spans: int) -> tuple[float, float, int, int, dict]:
-    """Start a worker on fresh state, time it from ready until every span is stored."""
+@contextlib.contextmanager
+def ready_worker(env: dict[str, str], log_path: Path) -> Iterator[tuple[subprocess.Popen, psutil.Process]]:
+    """`otelpipe run` with this environment, from the moment it answers queries until the block ends."""
     settings = load_settings(env=env)
-    log = open(log_path, "wb")
     worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "run", "--loglevel", "warning"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    proc = psutil.Process(worker.pid)
+                              cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     try:
         while query_worker(settings, "SELECT 1", timeout_s=2) is None:
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {log_path}")
             time.sleep(0.05)
+        yield worker, psutil.Process(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+
+
+def profile(pid: int, *extra: str) -> None:
+    """With OTELPIPE_BENCH_PROFILE=FILE, record 8 s of the worker with py-spy (raw stacks)."""
+    if os.environ.get("OTELPIPE_BENCH_PROFILE"):
+        subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "8", "-f", "raw",
+                          "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--nonblocking", *extra])
+
+
+def drain(env: dict[str, str], log_path: Path, total_spans: int) -> tuple[float, float, int, int, dict]:
+    """Start a worker on fresh state, time it from ready until every span is stored."""
+    settings = load_settings(env=env)
+    with ready_worker(env, log_path) as (worker, proc):
         cpu0, t0, threads0 = cpu_seconds(proc), time.monotonic(), thread_cpu(worker.pid)
-        if os.environ.get("OTELPIPE_BENCH_PROFILE"):
-            subprocess.Popen(["py-spy", "record", "-p", str(worker.pid), "-d", "8", "-f", "raw",
-                              "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--threads", "--nonblocking"])
+        profile(worker.pid, "--threads")
         count_sql = f"SELECT count() FROM {settings.clickhouse.database}.otel_traces"
         while True:
             answer = query_worker(settings, count_sql, timeout_s=30)
@@ -132,9 +148,6 @@ def drain(env: dict[str, str], log_path: Path, total_spans: int) -> tuple[float,
         by_thread = {name: round(threads1[name] - threads0.get(name, 0.0), 2) for name in threads1}
         by_thread = {k: v for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0}
         return wall, cpu, peak_rss_bytes(worker.pid), answer[1][0][0], by_thread
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
 
 
 def main() -> int:
