@@ -8,8 +8,7 @@ The pieces here are pure; ``streams.app`` wires them to Kafka and ClickHouse.
 - ``TailIndex`` knows, per trace in flight, its parts, when the last one arrived and how many spans
   it holds, and which traces were decided recently (the decision cache). ``due()`` says which
   traces to decide now and why: ``wait`` (``decision_wait`` after the last part), ``decided`` (late
-  parts of a trace decided before: the cached decision applies), ``untraced`` (logs without a
-  trace id), ``overflow_spans`` (a trace reached ``max_spans_per_trace``: decided early with what it
+  parts of a trace decided before: the cached decision applies), ``overflow_spans`` (a trace reached ``max_spans_per_trace``: decided early with what it
   has, its later parts follow that decision) and ``overflow_traces`` (more than ``max_traces`` in
   flight: the oldest are decided early) and ``late_default`` (a part that reached Kafka more than
   the cache horizon after it ended, of a trace neither buffered nor in the cache: its trace was
@@ -29,7 +28,6 @@ from typing import Any
 from streams.batch import ColumnBatch
 from streams.tail_policies import Policy, RateLimiter, TraceView, Verdict, evaluate
 
-UNTRACED = "-"
 SUMMARY_TABLE = "otel_trace_summary"
 SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanName", "SpanCount",
                    "ErrorSpanCount", "LogCount", "ErrorLogCount", "Decision", "Policy", "SampleWeight", "DecidedAt"]
@@ -37,7 +35,7 @@ LOG_CONTEXT_COLUMNS = ["SpanName", "SpanKind", "RootServiceName", "RootSpanName"
 
 
 def chunk_key(trace_id: str, signal: str, topic: str, partition: int, offset: int) -> str:
-    return f"c/{trace_id or UNTRACED}/{signal[0]}/{topic}/{partition}/{offset}"
+    return f"c/{trace_id}/{signal[0]}/{topic}/{partition}/{offset}"
 
 
 def parse_chunk_key(key: str) -> tuple[str, str]:
@@ -107,7 +105,7 @@ class TailIndex:
         trace_id, signal = parse_chunk_key(key)
         entry = self.traces.get(trace_id)
         if entry is None:
-            if late and trace_id != UNTRACED and trace_id not in self.decisions:
+            if late and trace_id not in self.decisions:
                 self.late.add(trace_id)
             entry = self.traces[trace_id] = TraceEntry(first_ms=now_ms)
         if key in entry.chunks:
@@ -131,7 +129,7 @@ class TailIndex:
                     self.late.discard(trace_id)
 
     def in_flight(self) -> int:
-        return sum(1 for t in self.traces if t != UNTRACED and t not in self.decisions)
+        return sum(1 for t in self.traces if t not in self.decisions)
 
     def buffered_spans(self) -> int:
         return sum(e.spans for e in self.traces.values())
@@ -141,9 +139,7 @@ class TailIndex:
         out: dict[str, str] = {}
         waiting = []
         for trace_id, entry in self.traces.items():
-            if trace_id == UNTRACED:
-                out[trace_id] = "untraced"
-            elif trace_id in self.decisions:
+            if trace_id in self.decisions:
                 out[trace_id] = "decided"
             elif trace_id in self.late:
                 out[trace_id] = "late_default"

@@ -30,21 +30,17 @@ from streams.keyed_state import ChangelogState
 from streams.otlp_decode import BadMessage
 from streams.pipeline import Stages
 from streams.routing import PROTOBUF_HEADER, decode_envelope, route_partition
-from streams.tail import UNTRACED, Decision, TailIndex, assemble, decide, parse_chunk_key
+from streams.tail import Decision, TailIndex, assemble, decide, parse_chunk_key
 from streams.tail_policies import Policy, RateLimiter
 
 log = logging.getLogger("otelpipe.tail")
 
 
 def chunk_partition(partitions: int) -> Callable[[str], int]:
-    """Partition of a routed part's key: its trace's route; logs without a trace stay in the
-    partition number of their source partition."""
+    """Partition of a routed part's key (``c/<trace>/...``): its trace's route."""
 
     def of(key: str) -> int:
-        trace_id, rest = key[2:].split("/", 1)
-        if trace_id == UNTRACED:
-            return int(rest.rsplit("/", 2)[1]) % partitions
-        return route_partition(trace_id, partitions)
+        return route_partition(key[2:].split("/", 1)[0], partitions)
 
     return of
 
@@ -225,7 +221,7 @@ class TailWorker:
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
         keys = [k for t in due for k in index.traces[t].chunks]
         spans, logs, dead = await self.run_blocking(self._decode, keys)
-        undecided = [t for t, why in due.items() if t != UNTRACED and t not in index.decisions and why != "late_default"]
+        undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
         fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
                      if why == "late_default"}
@@ -235,19 +231,15 @@ class TailWorker:
             keys_of[t] = list(index.traces[t].chunks)
         decisions = {t: d.with_parts(keys_of.get(t, [])) for t, d in decisions.items()}
         for t, reason in due.items():
-            if t == UNTRACED:
-                m.TAIL_DECISIONS.labels(reason, "keep").inc()
-            elif t in fresh or t in defaulted or reason == "decided":
-                m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
+            m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
         spec = {"chunks": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
         round_key = f"b/{partition}/{uuid.uuid4().hex}"
         sets = {round_key: orjson.dumps(spec)}
-        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items() if t != UNTRACED})
+        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items()})
         await self.state.put(sets)  # (1) the round, before any of its rows
         await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead))
         for t, d in decisions.items():
-            if t != UNTRACED:
-                index.remember(t, d)
+            index.remember(t, d)
         index.late.difference_update(defaulted)
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
@@ -271,6 +263,5 @@ class TailWorker:
         index.remove(keys)
         if redo:
             for t, d in decisions.items():
-                if t != UNTRACED:
-                    index.remember(t, d)
+                index.remember(t, d)
             log.warning("tail partition %d: redid round %s (%d parts)", partition, round_key, len(keys))

@@ -5,7 +5,7 @@ import pytest
 
 from streams.batch import ColumnBatch
 from streams.sampling import probability_to_threshold, trace_randomness
-from streams.tail import UNTRACED, Decision, TailIndex, assemble, chunk_key, decide, parse_chunk_key
+from streams.tail import Decision, TailIndex, assemble, chunk_key, decide, parse_chunk_key
 from streams.tail_policies import RateLimiter, TailPolicyError, TraceView, evaluate, parse_policies
 
 MS = 1_000_000
@@ -100,8 +100,9 @@ def test_index_due_reasons_and_bounds():
     index = TailIndex(decision_wait_ms=1000, max_traces=2, max_spans_per_trace=10, cache_ms=5000)
     index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=0)
     index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 12, now_ms=0)
-    index.add(chunk_key("", "logs", "l", 1, 5), 2, now_ms=0)
-    assert index.due(500) == {"b" * 32: "overflow_spans", UNTRACED: "untraced"}
+    index.add(chunk_key("b" * 32, "logs", "l", 1, 5), 2, now_ms=0)
+    assert index.due(500) == {"b" * 32: "overflow_spans"}
+    assert (index.traces["b" * 32].spans, index.traces["b" * 32].logs) == (12, 2)
     index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 1, now_ms=100)
     index.add(chunk_key("d" * 32, "traces", "s", 0, 4), 1, now_ms=200)
     due = index.due(500)
@@ -113,7 +114,7 @@ def test_index_due_reasons_and_bounds():
     assert index.traces["a" * 32].spans == 3
     index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
     assert "a" * 32 not in index.traces
-    assert parse_chunk_key(chunk_key("", "logs", "l", 1, 5)) == (UNTRACED, "logs")
+    assert parse_chunk_key(chunk_key("b" * 32, "logs", "l", 1, 5)) == ("b" * 32, "logs")
     index.remove([k for e in list(index.traces.values()) for k in e.chunks])
     assert index.expired_decisions(6000) == ["d" * 32]
 
