@@ -16,7 +16,7 @@ unit: install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml streams/_fastotlp.c
+$(VENV)/.installed: pyproject.toml streams/otlp/_fastotlp.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.render import format_table  # noqa: E402
+from streams.cli.render import format_table  # noqa: E402
 
 
 def main() -> int:

@@ -18,12 +18,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import build_messages  # noqa: E402
 
-from streams.batch import RawMessage  # noqa: E402
-from streams.labels import LabelStage  # noqa: E402
-from streams.otlp_decode import decode_messages  # noqa: E402
-from streams.policy import Policy  # noqa: E402
-from streams.render import format_table  # noqa: E402
-from streams.signal_writer import gc_paused  # noqa: E402
+from streams.otlp.batch import RawMessage  # noqa: E402
+from streams.stages.labels import LabelStage  # noqa: E402
+from streams.otlp.decode import decode_messages  # noqa: E402
+from streams.stages.label_policy import Policy  # noqa: E402
+from streams.cli.render import format_table  # noqa: E402
+from streams.agents.signal_writer import gc_paused  # noqa: E402
 
 
 def main() -> int:

@@ -29,8 +29,8 @@ from throughput import bench_env, build_messages, cpu_seconds, profile, ready_wo
 
 from streams.cli import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
-from streams.kafka_admin import delete_topics, ensure_topics  # noqa: E402
-from streams.render import format_table  # noqa: E402
+from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from streams.cli.render import format_table  # noqa: E402
 
 
 def metric(port: int, name: str) -> float:

@@ -31,15 +31,15 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.batch import RawMessage  # noqa: E402
+from streams.otlp.batch import RawMessage  # noqa: E402
 from streams.cli import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
-from streams.kafka_admin import delete_topics, ensure_topics  # noqa: E402
-from streams.otlp_decode import decode_messages  # noqa: E402
-from streams.otlp_encode import encode_request  # noqa: E402
-from streams.render import format_table  # noqa: E402
-from streams.signal_writer import gc_paused  # noqa: E402
-from streams.workload import Workload  # noqa: E402
+from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from streams.otlp.decode import decode_messages  # noqa: E402
+from streams.otlp.encode import encode_request  # noqa: E402
+from streams.cli.render import format_table  # noqa: E402
+from streams.agents.signal_writer import gc_paused  # noqa: E402
+from streams.tools.workload import Workload  # noqa: E402
 
 
 def build_messages(count: int, seed: int) -> tuple[list[bytes], int]:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from streams.kafka_exporters import KafkaLogExporter, KafkaMetricExporter, KafkaOtlpProducer, KafkaSpanExporter
+from streams.tools.kafka_exporters import KafkaLogExporter, KafkaMetricExporter, KafkaOtlpProducer, KafkaSpanExporter
 
 
 def main() -> None:

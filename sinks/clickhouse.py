@@ -23,7 +23,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from sinks.write_plan import RecordedRange
-from streams.batch import ColumnBatch, SourceRange
+from streams.otlp.batch import ColumnBatch, SourceRange
 from streams.config import ClickHouseSettings
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from typing import Any, Callable, TextIO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sinks.clickhouse import PARTITION_TIME_COLUMN, ClickHouseSink
-from streams.batch import RawMessage
+from streams.otlp.batch import RawMessage
 from streams.config import Settings
-from streams.kafka_admin import topic_partitions
-from streams.pipeline import Stages
-from streams.signal_writer import gc_paused
+from streams.tools.kafka_admin import topic_partitions
+from streams.stages.pipeline import Stages
+from streams.agents.signal_writer import gc_paused
 
 PROGRESS_TABLE = "otelpipe_replay_progress"
 SIGNAL_TOPIC = {"traces": "spans_topic", "logs": "logs_topic", "metrics": "metrics_topic"}

@@ -34,7 +34,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    from streams.local_kafka import LocalBroker
+    from streams.tools.local_kafka import LocalBroker
 
     settings = load_settings(env={})
     broker = LocalBroker.from_settings(settings)
@@ -193,7 +193,7 @@ class WorkerProcess:
         return self.settings.source_topics()
 
     def create_topics(self) -> None:
-        from streams.kafka_admin import ensure_topics
+        from streams.tools.kafka_admin import ensure_topics
 
         from streams.cli import _all_topics
 

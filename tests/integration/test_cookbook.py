@@ -3,10 +3,10 @@
 import re
 
 from sinks.clickhouse import ClickHouseSink
-from streams.batch import RawMessage
-from streams.otlp_encode import encode_request
-from streams.signal_writer import SignalWriter
-from streams.workload import Workload
+from streams.otlp.batch import RawMessage
+from streams.otlp.encode import encode_request
+from streams.agents.signal_writer import SignalWriter
+from streams.tools.workload import Workload
 from tests.conftest import ROOT
 
 PARAMS = {"service": "payment", "id": None, "user": "user-1", "metric": "http.server.request.count"}

@@ -12,10 +12,10 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
-from streams.local_kafka import LocalBroker
+from streams.tools.local_kafka import LocalBroker
 from streams.config import load_settings
-from streams.otlp_encode import encode_request
-from streams.producer import produce_workload
+from streams.otlp.encode import encode_request
+from streams.tools.producer import produce_workload
 from tests.conftest import fault_report as report
 from tests.conftest import free_port
 from tests.integration.test_pipeline import _read_all
@@ -120,8 +120,8 @@ def test_too_many_parts_is_retryable_and_the_retry_writes_once(chdb_client, ch_s
     import pytest
 
     from sinks.clickhouse import ClickHouseSink, error_code, is_retryable
-    from streams.batch import RawMessage
-    from streams.signal_writer import SignalWriter
+    from streams.otlp.batch import RawMessage
+    from streams.agents.signal_writer import SignalWriter
 
     db = ch_settings.database
     chdb_client.command(f"SYSTEM STOP MERGES {db}.otel_traces")

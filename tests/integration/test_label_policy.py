@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 
-from streams.producer import produce_workload
+from streams.tools.producer import produce_workload
 from tests.conftest import ROOT
 from tests.integration.test_faults import _send
 from tests.otlp_builders import traces_request

@@ -8,8 +8,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.otlp_encode import encode_request
-from streams.producer import produce_workload
+from streams.otlp.encode import encode_request
+from streams.tools.producer import produce_workload
 from tests.conftest import fault_report
 from tests.otlp_builders import traces_request
 

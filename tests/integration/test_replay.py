@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from sinks.clickhouse import ClickHouseSink
 from sinks.migrations import migrate
 from streams.config import load_settings
-from streams.kafka_admin import ensure_topics
-from streams.otlp_encode import encode_request
+from streams.tools.kafka_admin import ensure_topics
+from streams.otlp.encode import encode_request
 from streams.replay import ReplaySummary, replay
-from streams.workload import Workload
+from streams.tools.workload import Workload
 from tests.otlp_builders import traces_request
 
 DAY_NS = 86_400 * 10**9

@@ -10,11 +10,11 @@ import time
 import pytest
 from collections import Counter
 
-from streams.batch import RawMessage
-from streams.otlp_decode import decode_messages
-from streams.producer import produce_workload
-from streams.sampling import HeadRates, HeadSampler
-from streams.workload import Workload
+from streams.otlp.batch import RawMessage
+from streams.otlp.decode import decode_messages
+from streams.tools.producer import produce_workload
+from streams.stages.sampling import HeadRates, HeadSampler
+from streams.tools.workload import Workload
 from tests.integration.test_used_by import cli
 
 START_NS = 1_764_000_000_000_000_000

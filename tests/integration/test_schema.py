@@ -1,7 +1,7 @@
 """The DDL files, the decoder and the Collector exporter's tables agree, on the real chDB engine."""
 
 from sinks.migrations import MIGRATIONS_TABLE, migrate, table_columns
-from streams.otlp_decode import TABLE_COLUMNS
+from streams.otlp.decode import TABLE_COLUMNS
 
 # Column → type of the OpenTelemetry Collector ClickHouse exporter's tables (its sqltemplates).
 _RESOURCE = {
@@ -95,7 +95,7 @@ def test_every_table_sets_a_deduplication_window(chdb_client, ch_settings):
 
 
 def test_alert_avro_fields_and_table_columns_agree(chdb_client, ch_settings):
-    from streams.alerts import ALERT_FIELDS, ALERTS_TABLE, record, table_columns as alert_columns, Firing
+    from streams.stages.alerts import ALERT_FIELDS, ALERTS_TABLE, record, table_columns as alert_columns, Firing
 
     columns = table_columns(chdb_client, ch_settings.database, ALERTS_TABLE)
     assert list(columns) == ALERT_FIELDS

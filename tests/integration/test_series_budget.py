@@ -9,8 +9,8 @@ import time
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from streams.alerts import decode_avro
-from streams.producer import produce_workload
+from streams.stages.alerts import decode_avro
+from streams.tools.producer import produce_workload
 from tests.conftest import WorkerProcess
 from tests.integration.test_faults import _send
 from tests.integration.test_used_by import _consume, cli

@@ -3,9 +3,9 @@
 import pytest
 
 from sinks.clickhouse import ClickHouseSink
-from streams.batch import RawMessage
-from streams.otlp_encode import encode_request
-from streams.signal_writer import SignalWriter
+from streams.otlp.batch import RawMessage
+from streams.otlp.encode import encode_request
+from streams.agents.signal_writer import SignalWriter
 from tests.otlp_builders import traces_request
 
 
@@ -50,7 +50,7 @@ def test_redelivery_in_smaller_batches_is_held_then_completed(chdb_client, ch_se
 
 
 def test_crash_between_ledger_and_insert_still_inserts(chdb_client, ch_settings):
-    from streams.batch import SourceRange
+    from streams.otlp.batch import SourceRange
 
     sink = ClickHouseSink(chdb_client, ch_settings, "g")
     sink.record_ranges([SourceRange("spans", 0, 0, 9)])  # recorded, then the worker died before inserting
@@ -100,9 +100,9 @@ def test_dead_letters_are_returned_and_acked(chdb_client, ch_settings):
 def test_naming_violations_are_stored_once_and_rejected_points_are_not(chdb_client, ch_settings):
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-    from streams.labels import LabelStage
-    from streams.pipeline import Stages
-    from streams.policy import parse_policy
+    from streams.stages.labels import LabelStage
+    from streams.stages.pipeline import Stages
+    from streams.stages.label_policy import parse_policy
 
     request = ExportMetricsServiceRequest()
     rm = request.resource_metrics.add()

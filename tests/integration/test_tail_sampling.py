@@ -11,10 +11,10 @@ from collections import Counter, defaultdict
 from aiokafka import AIOKafkaProducer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from streams.batch import RawMessage
-from streams.otlp_decode import decode_messages
-from streams.sampling import probability_to_threshold, trace_randomness
-from streams.workload import Workload
+from streams.otlp.batch import RawMessage
+from streams.otlp.decode import decode_messages
+from streams.stages.sampling import probability_to_threshold, trace_randomness
+from streams.tools.workload import Workload
 
 START_NS = 1_764_100_000_000_000_000
 TAIL = {"OTELPIPE_SAMPLING_TAIL": "true", "OTELPIPE_SAMPLING_DECISION_WAIT_S": "2"}

@@ -14,7 +14,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from streams.alerts import decode_avro
+from streams.stages.alerts import decode_avro
 from tests.conftest import ROOT
 
 
@@ -47,7 +47,7 @@ def test_python_sdk_exporters_round_trip(worker_factory):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.trace import SpanKind
 
-    from streams.kafka_exporters import (
+    from streams.tools.kafka_exporters import (
         KafkaLogExporter,
         KafkaMetricExporter,
         KafkaOtlpProducer,
@@ -222,7 +222,7 @@ def test_services_trace_and_slo_give_known_answers_and_the_worker_alerts(worker_
 
 
 def test_produce_file_sends_collector_json_lines_and_protobuf(worker_factory, tmp_path):
-    from streams.otlp_encode import encode_request
+    from streams.otlp.encode import encode_request
     from tests.otlp_builders import logs_request, metrics_request, traces_request
 
     worker = worker_factory().start()

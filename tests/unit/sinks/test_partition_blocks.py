@@ -1,5 +1,5 @@
 from sinks.clickhouse import DAY_NS, blocks_within_partition_limit
-from streams.batch import ColumnBatch
+from streams.otlp.batch import ColumnBatch
 
 
 def batch(days):

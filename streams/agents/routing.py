@@ -1,0 +1,152 @@
+"""Route records by key onto an internal topic, so that everything with one key meets in one worker.
+
+Series budgets need every point of a metric in one place: a source message holds many metrics and
+a source partition is read by whichever worker owns it. ``split_metrics`` cuts one OTLP metrics
+request into one request per partition of the routed topic, by a seeded hash of the metric name
+(``route_partition``, the same in every process), keeping resource and scope. Each part travels
+in an Avro envelope (``schemas/avro/routed_otlp.avsc``) with the source coordinates.
+
+The worker that owns routed partition P holds the state of every metric routed to P. It writes
+the rows under the *source* coordinates (``virtual_message``): a part re-routed after a crash of
+the router has the same coordinates, lands in the same ledger range and reuses its insert token,
+so it is not written twice.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any, Callable
+
+import fastavro
+import orjson
+import xxhash
+
+from streams.otlp.batch import RawMessage
+from streams.config import PROJECT_ROOT
+from streams.otlp.decode import BadMessage, choose_encoding, parse_request
+
+ROUTED_SCHEMA_PATH = PROJECT_ROOT / "schemas" / "avro" / "routed_otlp.avsc"
+ROUTED_SCHEMA = fastavro.parse_schema(orjson.loads(ROUTED_SCHEMA_PATH.read_bytes()))
+_ROUTE_SEED = 0x6F74_6C70  # fixed forever: changing it moves keys between partitions
+PROTOBUF_HEADER = ("content-type", b"application/x-protobuf")
+
+
+def route_partition(key: str, partitions: int) -> int:
+    return xxhash.xxh64_intdigest(key.encode("utf-8", "surrogatepass"), seed=_ROUTE_SEED) % partitions
+
+
+_FIELDS = {  # request → resources → scopes → records
+    "traces": ("resource_spans", "scope_spans", "spans"),
+    "logs": ("resource_logs", "scope_logs", "log_records"),
+    "metrics": ("resource_metrics", "scope_metrics", "metrics"),
+}
+
+
+def split_request(signal: str, request: Any, key_of: Callable[[Any], Any]) -> tuple[dict[Any, Any], dict[Any, int]]:
+    """Cut a request into one request per key of its records (``key_of(record)``), each keeping its
+    records' resource and scope. Returns (key → request, key → record count)."""
+    resource_field, scope_field, record_field = _FIELDS[signal]
+    parts: dict[Any, Any] = {}
+    counts: dict[Any, int] = defaultdict(int)
+    for resource in getattr(request, resource_field):
+        resource_out: dict[Any, Any] = {}
+        for scope in getattr(resource, scope_field):
+            groups: dict[Any, list[Any]] = defaultdict(list)
+            for record in getattr(scope, record_field):
+                groups[key_of(record)].append(record)
+            for key, records in groups.items():
+                out_resource = resource_out.get(key)
+                if out_resource is None:
+                    out = parts.get(key)
+                    if out is None:
+                        out = parts[key] = type(request)()
+                    out_resource = resource_out[key] = getattr(out, resource_field).add()
+                    out_resource.resource.CopyFrom(resource.resource)
+                    out_resource.schema_url = resource.schema_url
+                out_scope = getattr(out_resource, scope_field).add()
+                out_scope.scope.CopyFrom(scope.scope)
+                out_scope.schema_url = scope.schema_url
+                getattr(out_scope, record_field).extend(records)
+                counts[key] += len(records)
+    return parts, counts
+
+
+def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -> dict[int, bytes]:
+    """Partition → protobuf request with the metrics routed there. Raises BadMessage."""
+    encoding = choose_encoding(message, default_encoding)
+    request = parse_request("metrics", message.value, encoding)
+    routes: dict[str, int] = {}
+    for rm in request.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name not in routes:
+                    routes[metric.name] = route_partition(metric.name, partitions)
+    targets = set(routes.values())
+    if len(targets) == 1 and encoding == "otlp_proto":
+        return {targets.pop(): message.value}  # already the request to send
+    parts, _ = split_request("metrics", request, lambda metric: routes[metric.name])
+    return {partition: part.SerializeToString() for partition, part in parts.items()}
+
+
+def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
+                    trace_id: str = "", records_end_ms: int = 0) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, ROUTED_SCHEMA, {
+        "signal": signal,
+        "source_topic": message.topic,
+        "source_partition": message.partition,
+        "source_offset": message.offset,
+        "source_timestamp_ms": message.timestamp_ms,
+        "route": route,
+        "payload": payload,
+        "records": records,
+        "trace_id": trace_id,
+        "records_end_ms": records_end_ms,
+    })
+    return buf.getvalue()
+
+
+def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int, int]]:
+    """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
+    logs, how many, when the latest of them ended in Unix ms). Raises BadMessage."""
+    if signal not in ("traces", "logs"):
+        raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
+    request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+    ends: dict[str, int] = defaultdict(int)
+
+    def key_of(record: Any) -> str:
+        trace_id = record.trace_id.hex()
+        end = record.end_time_unix_nano if signal == "traces" else (record.time_unix_nano or
+                                                                     record.observed_time_unix_nano)
+        if end > ends[trace_id]:
+            ends[trace_id] = end
+        return trace_id
+
+    parts, counts = split_request(signal, request, key_of)
+    return {trace_id: (part.SerializeToString(), counts[trace_id], ends[trace_id] // 1_000_000)
+            for trace_id, part in parts.items()}
+
+
+def decode_envelope(value: bytes) -> dict[str, Any]:
+    try:
+        return fastavro.schemaless_reader(io.BytesIO(value), ROUTED_SCHEMA)
+    except Exception as exc:  # truncated or foreign bytes
+        raise BadMessage("undecodable", f"not a routed record envelope: {type(exc).__name__}: {exc}") from None
+
+
+def virtual_message(envelope: dict[str, Any], routed: RawMessage) -> RawMessage:
+    """The part as the writer sees it: at its source coordinates, in a lane of its routed partition.
+
+    The lane (``<source topic>@<routed topic>/<partition>``) keeps the ledger ranges of parts of
+    one source partition that went to different routed partitions apart.
+    """
+    return RawMessage(
+        topic=f"{envelope['source_topic']}@{routed.topic}/{routed.partition}",
+        partition=envelope["source_partition"],
+        offset=envelope["source_offset"],
+        value=envelope["payload"],
+        key=routed.key,
+        headers=(PROTOBUF_HEADER,),
+        timestamp_ms=envelope["source_timestamp_ms"],
+    )

@@ -1,0 +1,145 @@
+"""From a batch of Kafka messages of one signal to durable ClickHouse rows.
+
+``SignalWriter.write(messages)`` (blocking; the worker runs it on the ClickHouse thread):
+1. groups messages by (topic, partition) and adds any messages held back from earlier batches;
+2. cuts each partition's messages at the ranges the ledger already holds (``plan_segments``);
+3. runs the stages on every segment (``streams.stages.pipeline.Stages``), records all new ranges in the ledger with one
+   insert, then inserts every table batch of every segment with the segment's token;
+4. returns the messages now safe to ack, the dead letters to publish, and holds the rest.
+
+Delivery: at-least-once reads, exactly-once rows. Offsets are acked only after the insert of every
+row decoded from them; a retry or a restart re-inserts with the same tokens, which ClickHouse drops.
+Any exception leaves nothing acked and the held state as it was, so the caller can retry the
+same messages.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import xxhash
+
+from sinks.clickhouse import ClickHouseSink
+from sinks.write_plan import plan_segments, stale_ranges
+from streams.agents import worker_metrics as m
+from streams.otlp.batch import DeadLetter, DecodeResult, RawMessage, SourceRange
+from streams.stages.pipeline import Stages
+
+log = logging.getLogger("otelpipe.writer")
+
+
+
+@dataclass
+class WriteOutcome:
+    done: list[RawMessage] = field(default_factory=list)  # ack these
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # publish these before acking
+    rows: dict[str, int] = field(default_factory=dict)
+    held: int = 0
+    alerts: list[dict] = field(default_factory=list)  # alert records the stages made: publish them
+
+
+def fingerprint(message: RawMessage) -> int:
+    """What identifies a message's content, recorded with the offset ranges (never 0)."""
+    return xxhash.xxh64_intdigest(message.value) or 1
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is decoded and inserted.
+
+    A batch allocates hundreds of thousands of dicts and lists that form no reference cycles;
+    with the collector on, its generation scans cost as much as the decoding (measured: 48k vs 85k
+    spans per CPU-second). Reference counting still frees everything; cycles are collected after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class SignalWriter:
+    def __init__(
+        self,
+        signal: str,
+        sink: ClickHouseSink,
+        encoding_for: Callable[[str], str],
+        max_message_bytes: int,
+        stages: Stages | None = None,
+    ):
+        self.signal = signal
+        self.sink = sink
+        self.stages = stages if stages is not None else Stages(encoding_for, max_message_bytes, None)
+        self._held: dict[tuple[str, int], dict[int, RawMessage]] = {}
+
+    def held_count(self) -> int:
+        return sum(len(v) for v in self._held.values())
+
+    def write(self, messages: list[RawMessage]) -> WriteOutcome:
+        with gc_paused():
+            return self._write(messages)
+
+    def _write(self, messages: list[RawMessage]) -> WriteOutcome:
+        self.stages.begin(self.signal)
+        by_tp: dict[tuple[str, int], dict[int, RawMessage]] = defaultdict(dict)
+        for tp, held in self._held.items():
+            by_tp[tp].update(held)
+        for msg in messages:
+            by_tp[(msg.topic, msg.partition)][msg.offset] = msg  # a re-delivered offset replaces the held copy
+
+        outcome = WriteOutcome()
+        new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
+        recorded = self.sink.recorded_ranges({tp: min(msgs) for tp, msgs in by_tp.items()})
+        decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
+        for (topic, partition), msgs in by_tp.items():
+            offsets = sorted(msgs)
+            ranges = recorded.get((topic, partition), [])
+            stale = stale_ranges(ranges, msgs, fingerprint, lambda msg: msg.timestamp_ms)
+            if stale:
+                m.STALE_RANGES.labels(self.signal).inc(len(stale))
+                log.warning("%s[%d]: ignoring %d recorded offset ranges that describe other messages "
+                            "(topic recreated or broker data wiped?)", topic, partition, len(stale))
+                ranges = [r for r in ranges if r not in stale]
+            segments, ready = plan_segments(offsets, [(r.first_offset, r.last_offset) for r in ranges])
+            by_bounds = {(r.first_offset, r.last_offset): r for r in ranges}
+            for seg in segments:
+                seg_msgs = [msgs[o] for o in offsets[seg.start:seg.stop]]
+                if seg.recorded:  # the token the range was first written with
+                    r = by_bounds[(seg.first_offset, seg.last_offset)]
+                    hashes = (r.first_hash, r.last_hash)
+                else:
+                    hashes = (fingerprint(seg_msgs[0]), fingerprint(seg_msgs[-1]))
+                source = SourceRange(topic, partition, seg.first_offset, seg.last_offset,
+                                     f"{hashes[0]:x}.{hashes[1]:x}" if hashes[0] else "")
+                result = self.stages.run(self.signal, seg_msgs)
+                decoded.append((source, seg.recorded, seg_msgs, result))
+            if ready < len(offsets):
+                new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}
+
+        # Every new range is in the ledger before any of its rows is inserted (one insert for all).
+        new = [source for source, known, _, result in decoded if result.batches and not known]
+        self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
+        for source, _, seg_msgs, result in decoded:
+            for table, batch in result.batches.items():
+                started = time.perf_counter()
+                self.sink.write(batch.with_source(source))
+                m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+                m.ROWS_WRITTEN.labels(table).inc(len(batch))
+                outcome.rows[table] = outcome.rows.get(table, 0) + len(batch)
+            m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
+            outcome.dead_letters.extend(result.dead_letters)
+            outcome.alerts.extend(result.alerts)
+            outcome.done.extend(seg_msgs)
+        # Only now, with every segment written, does the held state move forward.
+        self._held = new_held
+        outcome.held = self.held_count()
+        m.HELD_MESSAGES.labels(self.signal).set(outcome.held)
+        return outcome

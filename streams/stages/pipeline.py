@@ -1,0 +1,105 @@
+"""The stages every record passes through, in order, shared by the worker and by replays.
+
+``Stages.run(signal, messages)`` turns a run of Kafka messages of one signal into table batches and
+dead letters: decoding (``streams.otlp.decode``), head sampling of spans and logs
+(``streams.stages.sampling``: consistent by trace id, per-service rates), then the label stage (``streams.stages.labels``:
+redaction, templating, cardinality rules, allowed metric names), then, for metrics, the naming
+conventions (``streams.stages.naming``), whose violations become rows of ``otelpipe_violations``, and
+the series budgets (``streams.stages.series_budget``), whose crossings become rows of ``otelpipe_alerts``;
+last, the service catalog (``streams.stages.catalog``). A replay builds the same ``Stages`` from the same
+settings, so it makes the same decisions as the worker: stages use seeded hashes and record time,
+never the wall clock. Two stages keep state: ``top_k`` rules and the series budgets. The worker
+keeps the budgets in a changelogged table (see ``streams.agents.app``) and commits their changes only
+after a batch's rows are written; a replay keeps them in memory for the replay.
+Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from streams.agents import worker_metrics as m
+from streams.stages.alerts import ALERTS_TABLE
+from streams.stages.alerts import table_columns as alert_table_columns
+from streams.otlp.batch import ColumnBatch, DecodeResult, RawMessage
+from streams.stages.catalog import CatalogStage, load_catalog
+from streams.stages.labels import LabelStage
+from streams.stages.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
+from streams.otlp.decode import decode_messages
+from streams.stages.label_policy import load_policy
+from streams.stages.sampling import HeadRates, HeadSampler
+from streams.stages.series_budget import SeriesBudgetStage
+
+
+class Stages:
+    def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
+                 catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None,
+                 head: HeadSampler | None = None):
+        self.encoding_for = encoding_for
+        self.head = head if head is not None else HeadSampler(HeadRates())
+        self.max_message_bytes = max_message_bytes
+        self.labels = labels
+        self.catalog = catalog if catalog is not None else CatalogStage({})
+        if budget is None and labels is not None:
+            budget = SeriesBudgetStage.in_memory(labels.policy.budgets)
+        self.budget = budget
+
+    def begin(self, signal: str) -> None:
+        """Before a (re)try of a write of this signal: forget its stages' uncommitted state changes."""
+        if signal == "metrics" and self.budget is not None:
+            self.budget.begin()
+
+    @classmethod
+    def from_settings(cls, settings) -> "Stages":
+        """Raises PolicyError (every problem listed) when the policy file is invalid."""
+        choice = settings.worker.label_policy
+        labels = None if choice == "off" else LabelStage(load_policy(None if choice == "default" else choice))
+        catalog = CatalogStage(load_catalog(settings.worker.catalog_file or None))
+        sampling = settings.sampling
+        head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates()), sampling.keep_log_severity)
+        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head)
+
+    def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
+        if not messages:
+            return DecodeResult()
+        result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)
+        if signal != "metrics":
+            head = self.head
+            for table, batch in list(result.batches.items()):
+                sampled, counts = head.apply(batch)
+                for (stage, reason), n in counts.items():
+                    m.STAGE_CHANGES.labels(stage, reason).inc(n)
+                result.batches[table] = sampled
+        if self.labels is not None:
+            naming = NamingStage(self.labels.policy.naming)
+            violations: list[ColumnBatch] = []
+            alerts: list[dict] = []
+            for table, batch in list(result.batches.items()):
+                cleaned, counts = self.labels.apply(batch)
+                if signal == "metrics":
+                    cleaned, found, naming_counts = naming.apply(cleaned)
+                    counts.update(naming_counts)
+                    if found is not None:
+                        violations.append(found)
+                    if self.budget is not None:
+                        cleaned, budget_counts, crossed = self.budget.apply(cleaned)
+                        counts.update(budget_counts)
+                        alerts.extend(crossed)
+                for (stage, reason), n in counts.items():
+                    m.STAGE_CHANGES.labels(stage, reason).inc(n)
+                if len(cleaned):
+                    result.batches[table] = cleaned
+                else:
+                    del result.batches[table]
+            if violations:
+                result.batches[VIOLATIONS_TABLE] = ColumnBatch(
+                    VIOLATIONS_TABLE, {c: [v for b in violations for v in b.columns[c]] for c in VIOLATION_COLUMNS})
+            if alerts:
+                names, columns = alert_table_columns(alerts)
+                result.batches[ALERTS_TABLE] = ColumnBatch(ALERTS_TABLE, dict(zip(names, columns)))
+                result.alerts.extend(alerts)
+        if self.catalog.entries:
+            for table, batch in list(result.batches.items()):
+                if table not in (VIOLATIONS_TABLE, ALERTS_TABLE):
+                    result.batches[table] = self.catalog.apply(batch)
+        return result

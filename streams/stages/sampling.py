@@ -1,0 +1,236 @@
+"""Consistent probability sampling (OpenTelemetry TraceState ``th``/``rv``) and the head sampler.
+
+Arithmetic, after the OpenTelemetry specification "TraceState: Probability Sampling":
+
+- randomness R: 56 bits, from ``ot=rv:<14 hex>`` in the span's TraceState, else the trace id's
+  last 7 bytes;
+- rejection threshold T: 56 bits; a span is kept when ``R >= T``; probability ``(2^56 - T) / 2^56``;
+  ``th`` is T in hex with trailing zeros removed (``th:0`` = keep all);
+- a downstream sampler may raise a threshold, never lower it (equalizing sampler): a span arriving
+  with ``th`` above ours keeps it; otherwise it is kept when ``R >= T_ours`` and its TraceState
+  records ``th`` = ours.
+
+``HeadSampler.apply(batch)`` keeps or drops every span and log of a batch by its trace's randomness
+and its service's rate (a default, overridden per service), so every span of a trace gets the same
+decision in every worker, after restarts and on replay, at a given rate. Kept spans carry their
+adjusted count (``SampleWeight`` = 1 / probability). With rates that differ by service, a trace
+kept at a lower rate is also kept at every higher rate (consistency), so services with lower rates
+keep a subset of the traces others keep. Logs with a trace id follow the same decision, except
+severities at or above ``keep_log_severity`` (default WARN), which are always kept; logs without a
+trace id pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from streams.otlp.batch import ColumnBatch
+
+MAX_THRESHOLD = 1 << 56
+HEX_DIGITS = 14
+DEFAULT_PRECISION = 4
+SEVERITY_WARN = 13
+
+
+class SamplingError(ValueError):
+    pass
+
+
+# ------------------------------------------------------------------ threshold arithmetic
+
+
+def probability_to_threshold(probability: float, precision: int = DEFAULT_PRECISION) -> int:
+    """The 56-bit rejection threshold of a probability, rounded to ``precision`` hex digits
+    (more for small probabilities, so the significant digits keep their precision)."""
+    if not (1 / MAX_THRESHOLD <= probability <= 1):
+        raise SamplingError(f"sampling probability must be in [2^-56, 1], got {probability!r}")
+    if probability == 1:
+        return 0
+    _, exp = math.frexp(probability)
+    digits = max(1, min(12, precision + exp // -4))
+    reject = 1 - Fraction(probability)
+    scaled = reject * 16**digits
+    rounded = math.floor(scaled + Fraction(1, 2))
+    if rounded >= 16**digits:  # rounds up to "reject everything": keep the smallest probability instead
+        rounded = 16**digits - 1
+    return rounded * 16 ** (HEX_DIGITS - digits)
+
+
+def threshold_to_th(threshold: int) -> str:
+    if threshold == 0:
+        return "0"
+    return f"{threshold:014x}".rstrip("0")
+
+
+def th_to_threshold(th: str) -> int:
+    if not (1 <= len(th) <= HEX_DIGITS) or any(c not in "0123456789abcdef" for c in th):
+        raise SamplingError(f"th must be 1 to 14 lower-case hex digits, got {th!r}")
+    return int(th.ljust(HEX_DIGITS, "0"), 16)
+
+
+def threshold_probability(threshold: int) -> float:
+    return (MAX_THRESHOLD - threshold) / MAX_THRESHOLD
+
+
+def adjusted_count(threshold: int) -> float:
+    return MAX_THRESHOLD / (MAX_THRESHOLD - threshold)
+
+
+def trace_randomness(trace_id_hex: str, rv: str | None = None) -> int:
+    if rv is not None:
+        return int(rv, 16)
+    return int(trace_id_hex[-HEX_DIGITS:] or "0", 16)
+
+
+# ------------------------------------------------------------------ W3C tracestate
+
+
+def parse_ot(tracestate: str) -> dict[str, str]:
+    """The sub-keys of the ``ot`` member of a W3C tracestate (``ot=th:8;rv:...``)."""
+    for member in tracestate.split(","):
+        key, _, value = member.strip().partition("=")
+        if key == "ot":
+            out = {}
+            for item in value.split(";"):
+                k, sep, v = item.partition(":")
+                if sep:
+                    out[k] = v
+            return out
+    return {}
+
+
+def with_th(tracestate: str, th: str) -> str:
+    """The tracestate with ``ot`` carrying this ``th`` (``ot`` moved first, everything else kept)."""
+    members = [m.strip() for m in tracestate.split(",") if m.strip()]
+    ot = parse_ot(tracestate)
+    ot["th"] = th
+    others = [m for m in members if m.partition("=")[0] != "ot"]
+    ot_value = ";".join([f"th:{th}"] + [f"{k}:{v}" for k, v in ot.items() if k != "th"])
+    return ",".join([f"ot={ot_value}"] + others)
+
+
+def _valid_rv(value: str | None) -> str | None:
+    if value is not None and len(value) == HEX_DIGITS and all(c in "0123456789abcdef" for c in value):
+        return value
+    return None
+
+
+# ------------------------------------------------------------------ the head sampler
+
+
+@dataclass(frozen=True)
+class HeadRates:
+    """Probabilities: a default and per service (1.0 keeps everything)."""
+
+    default: float = 1.0
+    services: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, rate in [("default", self.default), *self.services.items()]:
+            probability_to_threshold(rate)  # raises SamplingError naming the bad rate
+
+    def rate(self, service: str) -> float:
+        return self.services.get(service, self.default)
+
+    @property
+    def active(self) -> bool:
+        return self.default < 1 or any(r < 1 for r in self.services.values())
+
+
+class HeadSampler:
+    def __init__(self, rates: HeadRates, keep_log_severity: int = SEVERITY_WARN):
+        self.rates = rates
+        self.keep_log_severity = keep_log_severity
+        self._thresholds: dict[str, int] = {}
+
+    def threshold(self, service: str) -> int:
+        t = self._thresholds.get(service)
+        if t is None:
+            t = self._thresholds[service] = probability_to_threshold(self.rates.rate(service))
+        return t
+
+    def apply(self, batch: ColumnBatch) -> tuple[ColumnBatch, Counter]:
+        counts: Counter = Counter()
+        if batch.table == "otel_traces":
+            return self._spans(batch, counts), counts
+        if batch.table == "otel_logs":
+            return self._logs(batch, counts), counts
+        return batch, counts
+
+    def _spans(self, batch: ColumnBatch, counts: Counter) -> ColumnBatch:
+        cols = batch.columns
+        if not self.rates.active and not any(cols["TraceState"]):
+            return batch  # keep everything, nothing sampled before: weights stay 1 (the column default)
+        keep: list[int] = []
+        states = list(cols["TraceState"])
+        weights: list[float] = []
+        for i, (trace_id, service, state) in enumerate(zip(cols["TraceId"], cols["ServiceName"], states)):
+            ours = self.threshold(service)
+            upstream = 0
+            rv = None
+            if state:
+                ot = parse_ot(state)
+                rv = _valid_rv(ot.get("rv"))
+                if "th" in ot:
+                    try:
+                        upstream = th_to_threshold(ot["th"])
+                    except SamplingError:
+                        upstream = 0
+            if upstream >= ours:  # an earlier stage was as selective or more: nothing to do
+                keep.append(i)
+                weights.append(adjusted_count(upstream))
+                continue
+            if trace_randomness(trace_id, rv) >= ours:
+                keep.append(i)
+                weights.append(adjusted_count(ours))
+                states[i] = with_th(state, threshold_to_th(ours))
+            else:
+                counts[("sampling", "head_dropped_span")] += 1
+        out = {name: values for name, values in cols.items()}
+        out["TraceState"] = states
+        if len(keep) != len(states):
+            out = {name: [values[i] for i in keep] for name, values in out.items()}
+        out["SampleWeight"] = weights
+        return ColumnBatch(batch.table, out, batch.source)
+
+    def _logs(self, batch: ColumnBatch, counts: Counter) -> ColumnBatch:
+        cols = batch.columns
+        if not self.rates.active:
+            return batch
+        keep: list[int] = []
+        for i, (trace_id, service, severity) in enumerate(zip(cols["TraceId"], cols["ServiceName"],
+                                                               cols["SeverityNumber"])):
+            if not trace_id or severity >= self.keep_log_severity:
+                keep.append(i)
+                continue
+            if trace_randomness(trace_id) >= self.threshold(service):
+                keep.append(i)
+            else:
+                counts[("sampling", "head_dropped_log")] += 1
+        if len(keep) == len(cols["TraceId"]):
+            return batch
+        return ColumnBatch(batch.table, {name: [values[i] for i in keep] for name, values in cols.items()},
+                           batch.source)
+
+
+def rate_from_record(key: str, value: bytes | None) -> float | None:
+    """A control-topic record → its rate (None: the override is removed). Raises SamplingError."""
+    if value is None:
+        return None
+    text = value.decode("utf-8", "replace").strip()
+    try:
+        rate = float(text)
+    except ValueError:
+        raise SamplingError(f"rate for {key!r} must be a number, got {text!r}") from None
+    probability_to_threshold(rate)
+    return rate
+
+
+def rates_with_overrides(base: HeadRates, overrides: dict[str, float]) -> HeadRates:
+    """Runtime overrides (key ``*`` = the default) over the configured rates."""
+    services = dict(base.services)
+    services.update({k: v for k, v in overrides.items() if k != "*"})
+    return HeadRates(overrides.get("*", base.default), services)

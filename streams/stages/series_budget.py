@@ -1,0 +1,290 @@
+"""Series budgets: at most N distinct attribute sets per metric and window, exact, durable.
+
+``SeriesBudgetStage.apply(batch)`` → (batch, counts, alert records). For every metric point it
+computes the series (a seeded xxhash of the service and the point's attributes) and looks it up in
+the state of its (metric, window): a known series passes; a new one is admitted while the metric
+is under its budget (``BudgetPolicy.for_metric``); past the budget the metric's action applies:
+
+- ``bucketize``: the metric's highest-cardinality label (the one with the most distinct values
+  among the admitted series, chosen once when the budget is crossed) gets ``bucket_N`` of a seeded
+  hash as its value in the new series' points; points without that label are dropped;
+- ``drop``: points that would create a new series are dropped.
+
+Crossing the budget makes one alert record (kind ``cardinality``) naming the metric, the label,
+the series count, the label's distinct values and the budget, stamped with the point's time, so a
+replay makes the same record. Windows are tumbling windows of point time; a window's state is
+deleted once a point two windows later arrives.
+
+State lives in a key-value store (``key → bytes``; in the worker a changelogged faust table whose
+keys are routed with the metric, in a replay a dict). The stage never writes to it during
+``apply``: changes stay pending until ``commit()``, which the worker calls only after the batch's
+rows are in ClickHouse, so a crash can leave the state behind the data (the redelivered points then
+meet the same decisions: admitting a series twice is a no-op) but never ahead of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+import xxhash
+
+from streams.stages.alerts import Firing, record
+from streams.otlp.batch import ColumnBatch
+from streams.stages.labels import stable_hash
+from streams.stages.label_policy import BudgetPolicy, MetricBudget
+
+KEY_SEPARATOR = "\x1f"
+_FORMAT = b"SB1"
+
+
+def state_key(metric: str, window: int) -> str:
+    return f"{metric}{KEY_SEPARATOR}{window}"
+
+
+def metric_of_key(key: str) -> str:
+    return key.rsplit(KEY_SEPARATOR, 1)[0]
+
+
+def series_hash(seed: int, service: str, attrs: dict[str, str]) -> int:
+    h = xxhash.xxh64(service.encode("utf-8", "surrogatepass"), seed=seed)
+    for k in sorted(attrs):
+        h.update(b"\x00" + k.encode("utf-8", "surrogatepass") + b"\x01" + attrs[k].encode("utf-8", "surrogatepass"))
+    return h.intdigest()
+
+
+def _u64(values: set[int]) -> bytes:
+    arr = array("Q", sorted(values))
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _from_u64(raw: bytes) -> set[int]:
+    arr = array("Q")
+    arr.frombytes(raw)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return set(arr)
+
+
+@dataclass
+class SeriesState:
+    """What one metric has seen in one window."""
+
+    series: set[int] = field(default_factory=set)
+    label_values: dict[str, set[int]] = field(default_factory=dict)  # label → hashes of its values
+    over: bool = False  # the budget was crossed (and announced) in this window
+    label: str = ""  # the label being bucketized
+    refused: int = 0  # points dropped or bucketized in this window
+
+    def copy(self) -> "SeriesState":
+        return SeriesState(set(self.series), {k: set(v) for k, v in self.label_values.items()}, self.over,
+                           self.label, self.refused)
+
+    def top_label(self) -> tuple[str, int]:
+        """The label with the most distinct values (ties: the smaller name)."""
+        if not self.label_values:
+            return "", 0
+        name, values = min(self.label_values.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+        return name, len(values)
+
+    def to_bytes(self) -> bytes:
+        labels = sorted(self.label_values)
+        header = orjson.dumps({"over": self.over, "label": self.label, "refused": self.refused,
+                               "n": len(self.series), "labels": [[k, len(self.label_values[k])] for k in labels]})
+        parts = [_FORMAT, len(header).to_bytes(4, "little"), header, _u64(self.series)]
+        parts.extend(_u64(self.label_values[k]) for k in labels)
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "SeriesState":
+        if raw[:3] != _FORMAT:
+            raise ValueError("not a series budget state")
+        size = int.from_bytes(raw[3:7], "little")
+        header = orjson.loads(raw[7:7 + size])
+        pos = 7 + size
+        n = header["n"]
+        series = _from_u64(raw[pos:pos + 8 * n])
+        pos += 8 * n
+        label_values = {}
+        for name, count in header["labels"]:
+            label_values[name] = _from_u64(raw[pos:pos + 8 * count])
+            pos += 8 * count
+        return cls(series, label_values, header["over"], header["label"], header.get("refused", 0))
+
+
+@dataclass
+class BudgetCommit:
+    """What ``commit`` hands the caller: state changes to store, and the alerts to announce."""
+
+    set: dict[str, bytes] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SeriesBudgetStage:
+    def __init__(self, policy: BudgetPolicy, get: Callable[[str], bytes | None], autocommit: bool = False):
+        """``get(key)`` reads the store. With ``autocommit`` (replays, tests over a dict) each
+        ``apply`` commits its own changes into the dict given as ``get.__self__``."""
+        self.policy = policy
+        self.get = get
+        self.autocommit = autocommit
+        self._seed = xxhash.xxh32_intdigest(policy.seed.encode())
+        self._window_ns = policy.window_s * 1_000_000_000
+        self._budgets: dict[str, MetricBudget] = {}
+        self._cache: dict[str, tuple[bytes, SeriesState]] = {}  # decoded store values, by identity
+        self._pending: dict[str, SeriesState] = {}
+        self._deletes: set[str] = set()
+        self._alerts: list[dict[str, Any]] = []
+
+    def set_policy(self, policy: BudgetPolicy) -> None:
+        """A reloaded policy: new limits apply to the next batch; what was seen stays."""
+        self.policy = policy
+        self._seed = xxhash.xxh32_intdigest(policy.seed.encode())
+        self._window_ns = policy.window_s * 1_000_000_000
+        self._budgets = {}
+
+    @classmethod
+    def in_memory(cls, policy: BudgetPolicy) -> "SeriesBudgetStage":
+        store: dict[str, bytes] = {}
+        stage = cls(policy, store.get, autocommit=True)
+        stage.store = store  # type: ignore[attr-defined]
+        return stage
+
+    # ------------------------------------------------------------ state
+
+    def begin(self) -> None:
+        """Forget uncommitted changes (a failed write is retried from the stored state)."""
+        self._pending.clear()
+        self._deletes.clear()
+        self._alerts.clear()
+
+    def _budget(self, metric: str) -> MetricBudget:
+        budget = self._budgets.get(metric)
+        if budget is None:
+            budget = self._budgets[metric] = self.policy.for_metric(metric)
+        return budget
+
+    def state(self, key: str) -> SeriesState | None:
+        """The state as stored plus pending changes (read-only)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return pending
+        if key in self._deletes:
+            return None
+        raw = self.get(key)
+        if raw is None:
+            return None
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        state = SeriesState.from_bytes(raw)
+        self._cache[key] = (raw, state)
+        return state
+
+    def _writable(self, key: str) -> SeriesState:
+        pending = self._pending.get(key)
+        if pending is None:
+            current = self.state(key)
+            pending = self._pending[key] = current.copy() if current is not None else SeriesState()
+            self._deletes.discard(key)
+        return pending
+
+    def commit(self) -> BudgetCommit:
+        out = BudgetCommit(alerts=list(self._alerts))
+        for key, state in self._pending.items():
+            raw = state.to_bytes()
+            out.set[key] = raw
+            self._cache[key] = (raw, state)
+        for key in self._deletes:
+            out.delete.append(key)
+            self._cache.pop(key, None)
+        self.begin()
+        return out
+
+    # ------------------------------------------------------------ the stage
+
+    def apply(self, batch: ColumnBatch) -> tuple[ColumnBatch, Counter, list[dict[str, Any]]]:
+        counts: Counter = Counter()
+        new_alerts: list[dict[str, Any]] = []
+        if not self.policy.enabled or "MetricName" not in batch.columns or not len(batch):
+            return batch, counts, new_alerts
+        cols = batch.columns
+        names, services, attrs_col, times = cols["MetricName"], cols["ServiceName"], cols["Attributes"], cols["TimeUnix"]
+        keep: list[int] = []
+        new_attrs: dict[int, dict[str, str]] = {}
+        newest: dict[str, int] = {}
+        seed = self._seed
+        for i, (metric, service, attrs, ts) in enumerate(zip(names, services, attrs_col, times)):
+            window = ts // self._window_ns
+            key = state_key(metric, window)
+            if newest.get(metric, -1) < window:
+                newest[metric] = window
+            h = series_hash(seed, service, attrs)
+            state = self.state(key)
+            if state is not None and h in state.series:
+                keep.append(i)
+                continue
+            budget = self._budget(metric)
+            if state is None or len(state.series) < budget.limit:
+                state = self._writable(key)
+                state.series.add(h)
+                for label, value in attrs.items():
+                    state.label_values.setdefault(label, set()).add(
+                        xxhash.xxh64_intdigest(value.encode("utf-8", "surrogatepass"), seed=seed))
+                keep.append(i)
+                continue
+            state = self._writable(key)
+            if not state.over:
+                state.over = True
+                label, distinct = state.top_label()
+                state.label = label if budget.action == "bucketize" else ""
+                alert = record(Firing(
+                    kind="cardinality", service=service, name=metric, severity="ticket",
+                    value=float(len(state.series)), threshold=float(budget.limit),
+                    details=(("action", budget.action), ("label", label), ("label_values", str(distinct)),
+                             ("series", str(len(state.series))), ("budget", str(budget.limit)),
+                             ("window_start", str(window * self.policy.window_s)),
+                             ("window_s", str(self.policy.window_s)))), "firing", ts // 1_000_000)
+                new_alerts.append(alert)
+                counts[("budget", "crossed")] += 1
+            state.refused += 1
+            if budget.action == "bucketize" and state.label in attrs:
+                changed = dict(attrs)
+                changed[state.label] = f"bucket_{stable_hash(self.policy.seed, attrs[state.label]) % self.policy.buckets}"
+                new_attrs[i] = changed
+                keep.append(i)
+                counts[("budget", "bucketized")] += 1
+            else:
+                counts[("budget", "dropped_new_series")] += 1
+        for metric, window in newest.items():
+            old = state_key(metric, window - 2)
+            if self.state(old) is not None:
+                self._pending.pop(old, None)
+                self._deletes.add(old)
+        self._alerts.extend(new_alerts)
+        if len(keep) != len(names) or new_attrs:
+            columns = {}
+            for name, values in cols.items():
+                if name == "Attributes":
+                    columns[name] = [new_attrs.get(i, values[i]) for i in keep]
+                else:
+                    columns[name] = [values[i] for i in keep] if len(keep) != len(names) else values
+            batch = ColumnBatch(batch.table, columns, batch.source)
+        if self.autocommit:
+            done = self.commit()
+            store = getattr(self, "store", None)
+            if store is not None:
+                store.update(done.set)
+                for key in done.delete:
+                    store.pop(key, None)
+        return batch, counts, new_alerts
+
+    def series_counts(self) -> dict[str, tuple[int, int, str]]:
+        """For the CLI and tests: state key → (series, budget, bucketized label), from the cache."""
+        return {k: (len(s.series), self._budget(metric_of_key(k)).limit, s.label) for k, (_, s) in self._cache.items()}

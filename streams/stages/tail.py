@@ -1,0 +1,271 @@
+"""Tail sampling: buffer every trace's spans and logs until it can be decided, decide once, write once.
+
+The pieces here are pure; ``streams.agents.app`` wires them to Kafka and ClickHouse.
+
+- ``chunk_key`` names one routed part: the spans (or logs) of one trace from one source message,
+  ``c/<trace>/<t|l>/<source topic>/<partition>/<offset>``. Parts live on the compacted routed topic
+  until their trace is decided, so the buffer survives a crash with no extra copy.
+- ``TailIndex`` knows, per trace in flight, its parts, when the last one arrived and how many spans
+  it holds, and which traces were decided recently (the decision cache). ``due()`` says which
+  traces to decide now and why: ``wait`` (``decision_wait`` after the last part), ``decided`` (late
+  parts of a trace decided before: the cached decision applies), ``overflow_spans`` (a trace reached ``max_spans_per_trace``: decided early with what it
+  has, its later parts follow that decision) and ``overflow_traces`` (more than ``max_traces`` in
+  flight: the oldest are decided early) and ``late_default`` (a part that reached Kafka more than
+  the cache horizon after it ended, of a trace neither buffered nor in the cache: its trace was
+  decided so long ago that the decision is gone, and the configured default applies).
+- ``assemble`` turns the decoded parts of the traces being decided, with their decisions, into the
+  rows to write: the spans of kept traces (``SampleWeight`` multiplied by 1 / the tail probability),
+  their logs with the span context, logs of dropped traces at ``keep_log_severity`` or above, and
+  one ``otel_trace_summary`` row per trace decided now and kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.otlp.batch import ColumnBatch
+from streams.stages.tail_policies import Policy, RateLimiter, TraceView, Verdict, evaluate
+
+SUMMARY_TABLE = "otel_trace_summary"
+SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanName", "SpanCount",
+                   "ErrorSpanCount", "LogCount", "ErrorLogCount", "Decision", "Policy", "SampleWeight", "DecidedAt"]
+LOG_CONTEXT_COLUMNS = ["SpanName", "SpanKind", "RootServiceName", "RootSpanName", "TraceDecision"]
+
+
+def chunk_key(trace_id: str, signal: str, topic: str, partition: int, offset: int) -> str:
+    return f"c/{trace_id}/{signal[0]}/{topic}/{partition}/{offset}"
+
+
+def parse_chunk_key(key: str) -> tuple[str, str]:
+    """(trace id or "-", "traces" | "logs")."""
+    _, trace_id, kind, _ = key.split("/", 3)
+    return trace_id, "traces" if kind == "t" else "logs"
+
+
+@dataclass
+class Decision:
+    keep: bool
+    weight: float  # 1 / tail probability
+    policy: str
+    decided_ms: int
+    root_service: str = ""
+    root_span: str = ""
+    parts: tuple[str, ...] = ()  # the parts written under this decision: a re-routed copy is skipped
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"keep": self.keep, "weight": self.weight, "policy": self.policy, "decided_ms": self.decided_ms,
+                "root_service": self.root_service, "root_span": self.root_span, "parts": list(self.parts)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Decision":
+        return cls(bool(d["keep"]), float(d["weight"]), str(d["policy"]), int(d["decided_ms"]),
+                   str(d.get("root_service", "")), str(d.get("root_span", "")), tuple(d.get("parts", ())))
+
+    def with_parts(self, keys: list[str]) -> "Decision":
+        return Decision(self.keep, self.weight, self.policy, self.decided_ms, self.root_service, self.root_span,
+                        tuple(dict.fromkeys((*self.parts, *keys))))
+
+
+@dataclass
+class TraceEntry:
+    chunks: list[str] = field(default_factory=list)
+    first_ms: int = 0
+    last_ms: int = 0
+    spans: int = 0
+    logs: int = 0
+
+
+class TailIndex:
+    def __init__(self, decision_wait_ms: int, max_traces: int, max_spans_per_trace: int, cache_ms: int):
+        self.decision_wait_ms = decision_wait_ms
+        self.max_traces = max_traces
+        self.max_spans_per_trace = max_spans_per_trace
+        self.cache_ms = cache_ms
+        self.traces: dict[str, TraceEntry] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.done: dict[str, str] = {}  # part key → trace, for the parts of cached decisions
+        self.late: set[str] = set()  # traces whose parts came after their decision left the cache
+
+    def remember(self, trace_id: str, decision: Decision) -> None:
+        self.decisions[trace_id] = decision
+        self.done.update(dict.fromkeys(decision.parts, trace_id))
+
+    def forget_decision(self, trace_id: str) -> None:
+        decision = self.decisions.pop(trace_id, None)
+        if decision is not None:
+            for key in decision.parts:
+                self.done.pop(key, None)
+
+    def add(self, key: str, records: int, now_ms: int, late: bool = False) -> bool:
+        """Index a part; False when it was written already (a copy the router sent again after a crash)."""
+        if key in self.done:
+            return False
+        trace_id, signal = parse_chunk_key(key)
+        entry = self.traces.get(trace_id)
+        if entry is None:
+            if late and trace_id not in self.decisions:
+                self.late.add(trace_id)
+            entry = self.traces[trace_id] = TraceEntry(first_ms=now_ms)
+        if key in entry.chunks:
+            return True  # a re-delivered part, still buffered
+        entry.chunks.append(key)
+        entry.last_ms = max(entry.last_ms, now_ms)
+        if signal == "traces":
+            entry.spans += records
+        else:
+            entry.logs += records
+        return True
+
+    def remove(self, keys: list[str]) -> None:
+        for key in keys:
+            trace_id, signal = parse_chunk_key(key)
+            entry = self.traces.get(trace_id)
+            if entry is not None and key in entry.chunks:
+                entry.chunks.remove(key)
+                if not entry.chunks:
+                    del self.traces[trace_id]
+                    self.late.discard(trace_id)
+
+    def in_flight(self) -> int:
+        return sum(1 for t in self.traces if t not in self.decisions)
+
+    def buffered_spans(self) -> int:
+        return sum(e.spans for e in self.traces.values())
+
+    def due(self, now_ms: int) -> dict[str, str]:
+        """Trace → why it is decided now."""
+        out: dict[str, str] = {}
+        waiting = []
+        for trace_id, entry in self.traces.items():
+            if trace_id in self.decisions:
+                out[trace_id] = "decided"
+            elif trace_id in self.late:
+                out[trace_id] = "late_default"
+            elif entry.spans >= self.max_spans_per_trace:
+                out[trace_id] = "overflow_spans"
+            elif now_ms - entry.last_ms >= self.decision_wait_ms:
+                out[trace_id] = "wait"
+            else:
+                waiting.append((entry.first_ms, trace_id))
+        excess = len(waiting) - self.max_traces
+        if excess > 0:
+            for _, trace_id in sorted(waiting)[:excess]:
+                out[trace_id] = "overflow_traces"
+        return out
+
+    def expired_decisions(self, now_ms: int) -> list[str]:
+        """Decisions older than the cache horizon, oldest first (decisions are kept in the order they
+        were made, so this stops at the first one still young)."""
+        out = []
+        for trace_id, decision in self.decisions.items():
+            if now_ms - decision.decided_ms <= self.cache_ms:
+                break
+            if trace_id not in self.traces:
+                out.append(trace_id)
+        return out
+
+
+# ------------------------------------------------------------------ deciding and assembling rows
+
+
+def _rows_by_trace(batch: ColumnBatch | None) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    if batch is not None:
+        for i, trace_id in enumerate(batch.columns["TraceId"]):
+            out.setdefault(trace_id, []).append(i)
+    return out
+
+
+def _view(trace_id: str, spans: ColumnBatch, rows: list[int]) -> TraceView:
+    cols = {name: [values[i] for i in rows] for name, values in spans.columns.items()}
+    root = next((k for k, parent in enumerate(cols["ParentSpanId"]) if not parent), None)
+    return TraceView(trace_id, cols, root)
+
+
+def decide(policies: tuple[Policy, ...], trace_ids: list[str], spans: ColumnBatch | None, limiter: RateLimiter,
+           now_ms: int) -> dict[str, Decision]:
+    """Decisions for traces not decided before, from the spans at hand (none: dropped)."""
+    out: dict[str, Decision] = {}
+    by_trace = _rows_by_trace(spans)
+    for trace_id in trace_ids:
+        rows = by_trace.get(trace_id)
+        if not rows or spans is None:
+            out[trace_id] = Decision(False, 1.0, "", now_ms)
+            continue
+        view = _view(trace_id, spans, rows)
+        verdict: Verdict = evaluate(policies, view, limiter, now_ms // 1000)
+        root_service = view.columns["ServiceName"][view.root] if view.root is not None else ""
+        root_span = view.columns["SpanName"][view.root] if view.root is not None else ""
+        out[trace_id] = Decision(verdict.keep, 1.0 / verdict.probability, verdict.policy, now_ms, root_service,
+                                 root_span)
+    return out
+
+
+def assemble(decisions: dict[str, Decision], new: set[str], spans: ColumnBatch | None, logs: ColumnBatch | None,
+             keep_log_severity: int) -> tuple[dict[str, ColumnBatch], Counter]:
+    """Rows to write for these traces' parts; ``new`` are the traces decided in this round."""
+    counts: Counter = Counter()
+    out: dict[str, ColumnBatch] = {}
+    span_rows = _rows_by_trace(spans)
+    span_names: dict[tuple[str, str], tuple[str, str]] = {}
+    if spans is not None and len(spans):
+        cols = spans.columns
+        keep_rows, weights = [], []
+        base_weights = cols.get("SampleWeight") or [1.0] * len(cols["TraceId"])
+        for i, (trace_id, span_id, name, kind) in enumerate(zip(cols["TraceId"], cols["SpanId"], cols["SpanName"],
+                                                                 cols["SpanKind"])):
+            span_names[(trace_id, span_id)] = (name, kind)
+            decision = decisions.get(trace_id)
+            if decision is not None and decision.keep:
+                keep_rows.append(i)
+                weights.append(base_weights[i] * decision.weight)
+            else:
+                counts[("tail", "dropped_span")] += 1
+        if keep_rows:
+            batch = {name: [values[i] for i in keep_rows] for name, values in cols.items()}
+            batch["SampleWeight"] = weights
+            out["otel_traces"] = ColumnBatch("otel_traces", batch)
+        counts[("tail", "kept_span")] += len(keep_rows)
+    log_counts: Counter = Counter()
+    log_errors: Counter = Counter()
+    if logs is not None and len(logs):
+        cols = logs.columns
+        keep_rows = []
+        context: dict[str, list[Any]] = {c: [] for c in LOG_CONTEXT_COLUMNS}
+        for i, (trace_id, span_id, severity) in enumerate(zip(cols["TraceId"], cols["SpanId"], cols["SeverityNumber"])):
+            decision = decisions.get(trace_id) if trace_id else None
+            log_counts[trace_id] += 1
+            log_errors[trace_id] += int(severity >= 17)
+            if trace_id and decision is not None and not decision.keep and severity < keep_log_severity:
+                counts[("tail", "dropped_log")] += 1
+                continue
+            keep_rows.append(i)
+            name, kind = span_names.get((trace_id, span_id), ("", ""))
+            context["SpanName"].append(name)
+            context["SpanKind"].append(kind)
+            context["RootServiceName"].append(decision.root_service if decision else "")
+            context["RootSpanName"].append(decision.root_span if decision else "")
+            context["TraceDecision"].append("" if decision is None else ("keep" if decision.keep else "drop"))
+        if keep_rows:
+            batch = {name: [values[i] for i in keep_rows] for name, values in cols.items()}
+            batch.update(context)
+            out["otel_logs"] = ColumnBatch("otel_logs", batch)
+    summary: dict[str, list[Any]] = {c: [] for c in SUMMARY_COLUMNS}
+    for trace_id in sorted(new):
+        decision = decisions[trace_id]
+        rows = span_rows.get(trace_id)
+        if not decision.keep or not rows or spans is None:
+            continue
+        cols = spans.columns
+        starts = [cols["Timestamp"][i] for i in rows]
+        ends = [cols["Timestamp"][i] + cols["Duration"][i] for i in rows]
+        values = [trace_id, min(starts), max(ends) - min(starts), decision.root_service, decision.root_span, len(rows),
+                  sum(1 for i in rows if str(cols["StatusCode"][i]).lower() == "error"), log_counts[trace_id],
+                  log_errors[trace_id], "keep", decision.policy, decision.weight, decision.decided_ms]
+        for column, value in zip(SUMMARY_COLUMNS, values):
+            summary[column].append(value)
+    if summary["TraceId"]:
+        out[SUMMARY_TABLE] = ColumnBatch(SUMMARY_TABLE, summary)
+    return out, counts

@@ -1,0 +1,117 @@
+"""The dead-letter topics: list what is there and why, and feed letters back once fixed.
+
+``read_dead_letters`` reads a ``<topic>.dlq`` from the start to its current end (no consumer group).
+``refeed_dead_letters`` sends every letter not yet re-fed back to its source topic with its
+original key and headers (the ``otelpipe.dlq.*`` headers removed), under the consumer group
+``<app_id>.dlq-replay``, whose committed offsets remember what was re-fed: running it twice re-feeds
+nothing twice. A letter that still fails lands in the dead-letter topic again, as a new letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.tools.kafka_admin import topic_partitions
+
+DLQ_PREFIX = "otelpipe.dlq."
+
+
+@dataclass(frozen=True)
+class Letter:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode("utf-8", "replace")
+        return ""
+
+    @property
+    def reason(self) -> str:
+        return self.header(DLQ_PREFIX + "reason")
+
+    @property
+    def source_topic(self) -> str:
+        return self.header(DLQ_PREFIX + "source_topic")
+
+    def original_headers(self) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in self.headers if not k.startswith(DLQ_PREFIX)]
+
+
+def _letter(record) -> Letter:
+    return Letter(record.topic, record.partition, record.offset, record.timestamp, record.key,
+                  record.value or b"", tuple(record.headers or ()))
+
+
+async def read_dead_letters(bootstrap: str, topic: str, limit: int | None = None) -> list[Letter]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+        if not tps:
+            return []
+        ends = await consumer.end_offsets(tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        letters: list[Letter] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            if not batch:
+                # nothing more to fetch: check positions, a compacted or empty range may end early
+                remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
+                continue
+            for tp, records in batch.items():
+                letters.extend(_letter(r) for r in records if r.offset < ends[tp])
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+        letters.sort(key=lambda letter: (letter.timestamp_ms, letter.partition, letter.offset))
+        return letters[-limit:] if limit else letters
+    finally:
+        await consumer.stop()
+
+
+async def refeed_dead_letters(bootstrap: str, topic: str, group: str) -> dict[str, int]:
+    """Send each dead letter not re-fed before back to its source topic. Returns counts per source."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await consumer.start()
+    await producer.start()
+    counts: dict[str, int] = {}
+    ends: dict | None = None
+    try:
+        for _ in range(100_000):
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                futures = []
+                for record in records:
+                    letter = _letter(record)
+                    source = letter.source_topic or topic.rsplit(".dlq", 1)[0]
+                    futures.append(await producer.send(source, letter.value, key=letter.key,
+                                                       headers=letter.original_headers()))
+                    counts[source] = counts.get(source, 0) + 1
+                for fut in futures:
+                    await fut
+                if records:
+                    await consumer.commit({tp: records[-1].offset + 1})  # only after the broker has them
+            tps = list(consumer.assignment())
+            if not tps:
+                continue
+            if ends is None:  # what was there when we joined: letters added later wait for the next run
+                ends = await consumer.end_offsets(tps)
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= ends.get(tp, 0) for tp, pos in zip(tps, positions)):
+                break
+        return counts
+    finally:
+        await consumer.stop()
+        await producer.stop()

@@ -1,0 +1,64 @@
+"""Routing metrics by name: parts that add up to the request, stable partitions, envelopes."""
+
+import pytest
+from streams.otlp.batch import RawMessage
+from streams.otlp.decode import BadMessage, decode_messages
+from streams.otlp.encode import encode_request
+from streams.agents.routing import decode_envelope, encode_envelope, route_partition, split_metrics, virtual_message
+from tests.otlp_builders import metrics_request
+
+
+def rows_by_metric(messages):
+    result = decode_messages("metrics", messages)
+    out = {}
+    for table, batch in result.batches.items():
+        for row in batch.rows():
+            out.setdefault((table, row["MetricName"]), []).append(row)
+    return out
+
+
+def test_parts_hold_every_metric_once_each_in_its_partition():
+    request = metrics_request()
+    message = RawMessage("otlp_metrics", 2, 40, request.SerializeToString(), timestamp_ms=1234)
+    parts = split_metrics(message, "otlp_proto", 4)
+    assert len(parts) > 1  # the builder's five metrics do not all hash alike over 4 partitions
+    for partition, payload in parts.items():
+        names = {name for _, name in rows_by_metric([RawMessage("x", 0, 0, payload)])}
+        assert names and all(route_partition(n, 4) == partition for n in names)
+    whole = rows_by_metric([message])
+    split = {}
+    for p, payload in parts.items():
+        split.update(rows_by_metric([RawMessage("x", 0, p, payload)]))
+    assert split == whole  # resource, scope and every point survive the cut
+
+
+def test_json_requests_are_split_too_and_one_partition_passes_bytes_through():
+    request = metrics_request()
+    as_json = encode_request(request, "otlp_json")
+    message = RawMessage("m", 0, 0, as_json, headers=(("content-type", b"application/json"),))
+    parts = split_metrics(message, "otlp_proto", 4)
+    assert sum(len(rows) for rows in rows_by_metric([RawMessage("x", 0, i, p) for i, p in parts.items()]).values()) == 5
+    raw = request.SerializeToString()
+    assert split_metrics(RawMessage("m", 0, 0, raw), "otlp_proto", 1) == {0: raw}
+
+
+def test_routes_are_fixed_forever():
+    # pinned: a change would move metrics (and their budget state) to other partitions
+    assert route_partition("http.server.duration", 1_000_003) == 762_933
+
+
+def test_bad_requests_raise_bad_message():
+    with pytest.raises(BadMessage):
+        split_metrics(RawMessage("m", 0, 0, b"\xff\xff not protobuf"), "otlp_proto", 4)
+
+
+def test_envelope_round_trip_and_virtual_coordinates():
+    source = RawMessage("otlp_metrics", 3, 99, b"whatever", timestamp_ms=1700)
+    value = encode_envelope("metrics", source, 1, b"payload")
+    env = decode_envelope(value)
+    routed = RawMessage("otlp_metrics.routed", 1, 7, value)
+    virtual = virtual_message(env, routed)
+    assert (virtual.partition, virtual.offset, virtual.value, virtual.timestamp_ms) == (3, 99, b"payload", 1700)
+    assert virtual.topic == "otlp_metrics@otlp_metrics.routed/1"
+    with pytest.raises(BadMessage):
+        decode_envelope(b"\x01")

@@ -1,0 +1,172 @@
+"""Tail sampling over hand-built traces: every policy type, weights, the index's due reasons, and the
+rows a decision writes (spans with weights, logs with span context, the summary)."""
+
+import pytest
+
+from streams.otlp.batch import ColumnBatch
+from streams.stages.sampling import probability_to_threshold, trace_randomness
+from streams.stages.tail import Decision, TailIndex, assemble, chunk_key, decide, parse_chunk_key
+from streams.stages.tail_policies import RateLimiter, TailPolicyError, TraceView, evaluate, parse_policies
+
+MS = 1_000_000
+
+
+def trace_batch(traces):
+    """traces: {trace_id: [(span_id, parent, service, name, status, duration_ms, attrs)]}"""
+    cols = {c: [] for c in ("TraceId", "SpanId", "ParentSpanId", "ServiceName", "SpanName", "SpanKind", "StatusCode",
+                            "Duration", "Timestamp", "SpanAttributes", "ResourceAttributes")}
+    for trace_id, spans in traces.items():
+        for i, (span_id, parent, service, name, status, duration_ms, attrs) in enumerate(spans):
+            for c, v in zip(cols, (trace_id, span_id, parent, service, name, "Server", status, duration_ms * MS,
+                                   1_700_000_000 * 10**9 + i * MS, attrs, {"service.name": service})):
+                cols[c].append(v)
+    return ColumnBatch("otel_traces", cols)
+
+
+def view(spans):
+    batch = trace_batch({"t" * 32: spans})
+    root = next((i for i, s in enumerate(spans) if not s[1]), None)
+    return TraceView("t" * 32, batch.columns, root)
+
+
+def policy(**kw):
+    return parse_policies({"policies": [kw]})
+
+
+OK = [("a", "", "api", "GET /", "Unset", 20, {"http.route": "/", "retry": "3", "cached": "true"}),
+      ("b", "a", "db", "query", "Unset", 5, {})]
+ERR = [("a", "", "api", "GET /", "Unset", 20, {}), ("b", "a", "db", "query", "Error", 900, {})]
+
+
+def test_each_policy_type():
+    lim, now = RateLimiter(), 1000
+    assert evaluate(policy(type="always"), view(OK), lim, now).keep
+    assert evaluate(policy(type="status_code"), view(ERR), lim, now).keep
+    assert not evaluate(policy(type="status_code"), view(OK), lim, now).keep
+    assert evaluate(policy(type="latency", threshold_ms=500, scope="any"), view(ERR), lim, now).keep
+    assert not evaluate(policy(type="latency", threshold_ms=500), view(ERR), lim, now).keep  # root was fast
+    assert evaluate(policy(type="string_attribute", key="http.route", values=["/"]), view(OK), lim, now).keep
+    assert not evaluate(policy(type="string_attribute", key="http.route", values=["/"], invert=True), view(OK), lim, now).keep
+    assert evaluate(policy(type="string_attribute", key="service.name", values=["db"]), view(OK), lim, now).keep
+    assert evaluate(policy(type="numeric_attribute", key="retry", min=2, max=5), view(OK), lim, now).keep
+    assert not evaluate(policy(type="numeric_attribute", key="retry", min=4), view(OK), lim, now).keep
+    assert evaluate(policy(type="boolean_attribute", key="cached", value=True), view(OK), lim, now).keep
+    assert evaluate(policy(type="span_count", min_spans=2), view(OK), lim, now).keep
+    assert not evaluate(policy(type="span_count", min_spans=1, max_spans=1), view(OK), lim, now).keep
+    both = policy(type="and", policies=[{"type": "status_code"}, {"type": "latency", "threshold_ms": 500, "scope": "any"}])
+    assert evaluate(both, view(ERR), lim, now).keep and not evaluate(both, view(OK), lim, now).keep
+
+
+def test_rate_limiting_and_composite_shares():
+    lim = RateLimiter()
+    limited = policy(type="rate_limiting", spans_per_second=5)
+    kept = [evaluate(limited, view(OK), lim, 7).keep for _ in range(4)]
+    assert kept == [True, True, False, False]  # 2 spans each: 2 traces fit in 5 spans/s
+    assert evaluate(limited, view(OK), lim, 8).keep  # a new second
+    comp = policy(type="composite", max_total_spans_per_second=10, shares=[60, 40],
+                  policies=[{"type": "status_code"}, {"type": "always"}])
+    lim = RateLimiter()
+    decisions = [evaluate(comp, view(ERR), lim, 1).policy for _ in range(5)]
+    assert decisions == ["composite"] * 5  # 3 by errors' 6 spans, then 2 by always' 4 spans
+    assert not evaluate(comp, view(ERR), lim, 1).keep
+
+
+def test_probabilistic_is_consistent_and_weighted():
+    ids = [f"{i:032x}" for i in range(0, 2**56, 2**56 // 1000)]
+    base = policy(type="probabilistic", rate=0.1)
+    kept = [t for t in ids if evaluate(base, TraceView(t, trace_batch({t: OK}).columns, 0), RateLimiter(), 0).keep]
+    threshold = probability_to_threshold(0.1)
+    assert kept == [t for t in ids if trace_randomness(t) >= threshold]
+    verdict = evaluate(base, TraceView(kept[0], trace_batch({kept[0]: OK}).columns, 0), RateLimiter(), 0)
+    assert verdict.probability == 0.1
+    # errors are kept for sure (weight 1) even when the base rate would also keep them
+    mixed = parse_policies({"policies": [{"type": "probabilistic", "rate": 0.1}, {"type": "status_code"}]})
+    assert evaluate(mixed, TraceView(kept[0], trace_batch({kept[0]: ERR}).columns, 0), RateLimiter(), 0).probability == 1.0
+
+
+def test_policy_files_report_every_problem():
+    with pytest.raises(TailPolicyError) as err:
+        parse_policies({"policies": [{"type": "sometimes"}, {"type": "probabilistic"}, {"type": "latency", "threshold_ms": -1},
+                                     {"type": "composite", "max_total_spans_per_second": 10, "shares": [80, 30],
+                                      "policies": [{"type": "always"}, {"type": "always"}]},
+                                     {"type": "and", "policies": [{"type": "status_code", "colour": 1}]}]})
+    text = "\n".join(err.value.problems)
+    for expected in ("policies[0].type: must be one of", "policies[1].rate: required", "policies[2].threshold_ms: must be > 0",
+                     "policies[3].shares: add up to 110%", "policies[4].policies[0].colour: unknown setting"):
+        assert expected in text, text
+
+
+def test_index_due_reasons_and_bounds():
+    index = TailIndex(decision_wait_ms=1000, max_traces=2, max_spans_per_trace=10, cache_ms=5000)
+    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=0)
+    index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 12, now_ms=0)
+    index.add(chunk_key("b" * 32, "logs", "l", 1, 5), 2, now_ms=0)
+    assert index.due(500) == {"b" * 32: "overflow_spans"}
+    assert (index.traces["b" * 32].spans, index.traces["b" * 32].logs) == (12, 2)
+    index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 1, now_ms=100)
+    index.add(chunk_key("d" * 32, "traces", "s", 0, 4), 1, now_ms=200)
+    due = index.due(500)
+    assert due["a" * 32] == "overflow_traces" and "d" * 32 not in due  # the oldest goes first
+    assert index.due(1200)["a" * 32] == "wait"
+    index.decisions["d" * 32] = Decision(True, 1.0, "always", 0)
+    assert index.due(300)["d" * 32] == "decided"
+    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=900)  # a re-delivered part counts once
+    assert index.traces["a" * 32].spans == 3
+    index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
+    assert "a" * 32 not in index.traces
+    assert parse_chunk_key(chunk_key("b" * 32, "logs", "l", 1, 5)) == ("b" * 32, "logs")
+    index.remove([k for e in list(index.traces.values()) for k in e.chunks])
+    assert index.expired_decisions(6000) == ["d" * 32]
+
+
+def test_decide_and_assemble_rows():
+    spans = trace_batch({"e" * 32: ERR, "o" * 32: OK})
+    spans.columns["SampleWeight"] = [2.0] * 4  # head sampled at 50%
+    decisions = decide(parse_policies({"policies": [{"type": "status_code"}]}), ["e" * 32, "o" * 32], spans,
+                       RateLimiter(), 5000)
+    assert decisions["e" * 32].keep and not decisions["o" * 32].keep
+    assert decisions["e" * 32].root_service == "api" and decisions["e" * 32].root_span == "GET /"
+    logs = ColumnBatch("otel_logs", {"TraceId": ["e" * 32, "o" * 32, "o" * 32, ""], "SpanId": ["b", "a", "a", ""],
+                                     "SeverityNumber": [17, 9, 13, 9], "Body": ["boom", "fine", "careful", "free"]})
+    out, counts = assemble(decisions, {"e" * 32, "o" * 32}, spans, logs, keep_log_severity=13)
+    assert out["otel_traces"].columns["TraceId"] == ["e" * 32] * 2
+    assert out["otel_traces"].columns["SampleWeight"] == [2.0, 2.0]
+    stored_logs = out["otel_logs"].rows()
+    assert [r["Body"] for r in stored_logs] == ["boom", "careful", "free"]  # INFO of the dropped trace is gone
+    assert stored_logs[0]["SpanName"] == "query" and stored_logs[0]["RootServiceName"] == "api"
+    assert [r["TraceDecision"] for r in stored_logs] == ["keep", "drop", ""]
+    [summary] = out["otel_trace_summary"].rows()
+    assert (summary["SpanCount"], summary["ErrorSpanCount"], summary["LogCount"], summary["ErrorLogCount"]) == (2, 1, 1, 1)
+    assert summary["Duration"] == 901 * MS and summary["Policy"] == "status_code"
+    assert counts[("tail", "dropped_span")] == 2 and counts[("tail", "dropped_log")] == 1
+    # late parts of a decided trace: rows follow the cached decision, no second summary row
+    out, _ = assemble(decisions, set(), spans, None, 13)
+    assert "otel_trace_summary" not in out and len(out["otel_traces"]) == 2
+
+
+def test_parts_long_after_their_trace_left_the_cache_get_the_default():
+    index = TailIndex(decision_wait_ms=1000, max_traces=10, max_spans_per_trace=100, cache_ms=5000)
+    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 2, now_ms=0, late=True)
+    index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 2, now_ms=0, late=False)
+    index.decisions["c" * 32] = Decision(True, 1.0, "errors", 0)
+    index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 2, now_ms=0, late=True)  # still cached: follows it
+    assert index.due(10) == {"a" * 32: "late_default", "c" * 32: "decided"}
+    index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
+    assert not index.late
+
+
+def test_sampling_check_lists_every_problem_of_a_policy_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "tail.toml"
+    bad.write_text('[[policies]]\ntype = "latency"\n[[policies]]\ntype = "probabilistic"\nrate = 2\n')
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "sampling", "check", "--policies", str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "policies[0].threshold_ms: required" in result.stderr and "policies[1].rate" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[[policies]]\nname = "errors"\ntype = "status_code"\n')
+    result = subprocess.run([sys.executable, "-m", "streams.cli", "sampling", "check", "--policies", str(good)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "errors (status_code)" in result.stdout
