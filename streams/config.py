@@ -1,28 +1,35 @@
-"""One typed, validated configuration for every otelpipe process.
+"""One typed, validated configuration for every otelpipe process (pydantic-settings).
 
 Sources, later ones winning:
 1. the defaults below,
-2. a TOML file (``--config FILE`` or ``OTELPIPE_CONFIG``), sections named after the dataclasses
-   (``[kafka]``, ``[clickhouse]``, ``[worker]``),
+2. a TOML file (``--config FILE`` or ``OTELPIPE_CONFIG``), sections named after the models
+   (``[kafka]``, ``[clickhouse]``, ``[worker]``, ``[slo]``, ``[sampling]``),
 3. environment variables ``OTELPIPE_<SECTION>_<FIELD>`` (``OTELPIPE_CLICKHOUSE_DSN=...``).
 
 ``load_settings`` validates everything at once and raises ``ConfigError`` listing every problem
-with its path (``worker.batch_max_messages: must be > 0``), never just the first.
+with its path (``worker.batch_max_messages: must be > 0``), never just the first; checks that
+relate two settings of a section run once each setting of it is valid on its own.
+``config_json_schema()`` is the JSON Schema of the file (``otelpipe config --schema``).
+Every field's description is its documentation (``otelpipe config`` prints them with the unit).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
 import os
 import re
 import tomllib
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 class ProblemsError(ValueError):
@@ -49,50 +56,157 @@ def read_toml(path: str | os.PathLike[str], what: str, error: type[ProblemsError
         raise error([f"{what} file {path}: {exc}"]) from None
 
 
-def doc(text: str, unit: str = "") -> dict[str, str]:
-    return {"doc": text, "unit": unit}
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 
 
-@dataclass(frozen=True)
-class KafkaSettings:
-    bootstrap_servers: str = field(
-        default="127.0.0.1:9092", metadata=doc("Kafka bootstrap servers, comma separated.")
-    )
-    partitions: int = field(
-        default=6,
-        metadata=doc("Partitions for topics otelpipe creates (source topics and dead-letter topics)."),
-    )
-    spans_topic: str = field(default="otlp_spans", metadata=doc("Topic holding OTLP trace requests."))
-    logs_topic: str = field(default="otlp_logs", metadata=doc("Topic holding OTLP log requests."))
-    metrics_topic: str = field(default="otlp_metrics", metadata=doc("Topic holding OTLP metric requests."))
-    spans_encoding: str = field(
-        default="otlp_proto",
-        metadata=doc("Encoding of the spans topic when a message has no content-type header: otlp_proto or otlp_json."),
-    )
-    logs_encoding: str = field(default="otlp_proto", metadata=doc("Encoding of the logs topic (see spans_encoding)."))
-    metrics_encoding: str = field(
-        default="otlp_proto", metadata=doc("Encoding of the metrics topic (see spans_encoding).")
-    )
-    dlq_suffix: str = field(
-        default=".dlq", metadata=doc("Suffix of a source topic's dead-letter topic: otlp_spans.dlq.")
-    )
-    routed_suffix: str = field(
-        default=".routed",
-        metadata=doc("Suffix of the internal topic a source's records are routed through by key "
-                     "(metrics by metric name): otlp_metrics.routed."),
-    )
+def mask_secrets(text: str) -> str:
+    """``scheme://user:password@host`` → ``scheme://user:****@host`` anywhere in ``text``."""
+    return _URL_PASSWORD.sub(r"\g<head>****@", text)
+
+
+# ------------------------------------------------------------------ reusable checks (message = the problem)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 0 < value < 65536:
+        raise ValueError(f"must be a TCP port, got {value!r}")
+    return value
+
+
+def _topic(value: str) -> str:
+    if not _TOPIC.match(value):
+        raise ValueError(f"{value!r} is not a valid Kafka topic name")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if value and not _IDENT.match(value):
+        raise ValueError(f"{value!r} is not a plain identifier")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _one_of(*choices: str) -> Any:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    return AfterValidator(check)
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value < 1:
+        raise ValueError(f"must be between 0 and 1 (exclusive), got {value!r}")
+    return value
+
+
+def _latency_bucket(value: int) -> int:
+    if value not in LATENCY_BUCKETS_MS:
+        raise ValueError(f"must be one of {', '.join(map(str, LATENCY_BUCKETS_MS))}, got {value!r}")
+    return value
+
+
+def _rate(value: float) -> float:
+    if not 2**-56 <= value <= 1:
+        raise ValueError(f"must be in [2^-56, 1], got {value!r}")
+    return value
+
+
+def _service_rates(value: str) -> str:
+    bad = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, eq, rate = item.rpartition("=")
+        try:
+            ok = bool(eq and name.strip()) and 2**-56 <= float(rate) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(repr(item))
+    if bad:
+        raise ValueError(f"{', '.join(bad)} is not SERVICE=RATE with a rate in (0, 1]")
+    return value
+
+
+def _dsn(value: str) -> str:
+    if not value.startswith(("chdb://", "http://", "https://")):
+        raise ValueError(f"must start with chdb://, http:// or https://, got {mask_secrets(value)!r}")
+    return value
+
+
+Positive = Annotated[int, AfterValidator(_positive)]
+PositiveFloat = Annotated[float, AfterValidator(_positive)]
+Port = Annotated[int, AfterValidator(_port)]
+Topic = Annotated[str, AfterValidator(_topic)]
+Encoding = Annotated[str, _one_of(*ENCODINGS)]
+
+
+def setting(default: Any, doc: str, unit: str = "") -> Any:
+    """A documented field: ``doc`` is its meaning, ``unit`` its unit (shown by ``otelpipe config``)."""
+    return Field(default=default, description=doc, json_schema_extra={"unit": unit} if unit else None)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True, validate_default=True)
+
+
+# ------------------------------------------------------------------ sections
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: Annotated[str, AfterValidator(_not_blank)] = setting(
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated.")
+    partitions: Positive = setting(6, "Partitions for topics otelpipe creates (source topics and dead-letter topics).")
+    spans_topic: Topic = setting("otlp_spans", "Topic holding OTLP trace requests.")
+    logs_topic: Topic = setting("otlp_logs", "Topic holding OTLP log requests.")
+    metrics_topic: Topic = setting("otlp_metrics", "Topic holding OTLP metric requests.")
+    spans_encoding: Encoding = setting(
+        "otlp_proto", "Encoding of the spans topic when a message has no content-type header: otlp_proto or otlp_json.")
+    logs_encoding: Encoding = setting("otlp_proto", "Encoding of the logs topic (see spans_encoding).")
+    metrics_encoding: Encoding = setting("otlp_proto", "Encoding of the metrics topic (see spans_encoding).")
+    dlq_suffix: str = setting(".dlq", "Suffix of a source topic's dead-letter topic: otlp_spans.dlq.")
+    routed_suffix: str = setting(
+        ".routed", "Suffix of the internal topic a source's records are routed through by key "
+                   "(metrics by metric name): otlp_metrics.routed.")
     # Local broker (otelpipe kafka up); ignored when bootstrap_servers points elsewhere.
-    local_data_dir: str = field(
-        default=".otelpipe/kafka", metadata=doc("Data and log directory of the local broker.")
-    )
-    local_controller_port: int = field(
-        default=9093, metadata=doc("Controller listener port of the local KRaft broker.")
-    )
-    local_heap: str = field(default="512m", metadata=doc("JVM heap of the local broker (-Xmx/-Xms)."))
-    jar_cache: str = field(
-        default="~/.cache/otelpipe/kafka-3.9.2",
-        metadata=doc("Where the broker's jars resolved from Maven Central are cached (outside the repo)."),
-    )
+    local_data_dir: str = setting(".otelpipe/kafka", "Data and log directory of the local broker.")
+    local_controller_port: Port = setting(9093, "Controller listener port of the local KRaft broker.")
+    local_heap: str = setting("512m", "JVM heap of the local broker (-Xmx/-Xms).")
+    jar_cache: str = setting("~/.cache/otelpipe/kafka-3.9.2",
+                             "Where the broker's jars resolved from Maven Central are cached (outside the repo).")
+
+    @model_validator(mode="after")
+    def _related(self) -> KafkaSettings:
+        problems = []
+        topics = [self.spans_topic, self.logs_topic, self.metrics_topic]
+        if len(set(topics)) != len(topics):
+            problems.append("spans_topic, logs_topic and metrics_topic must be distinct")
+        if not self.dlq_suffix:
+            problems.append("dlq_suffix: must not be empty (dead letters would loop into the source topic)")
+        if not self.routed_suffix or self.routed_suffix == self.dlq_suffix:
+            problems.append("routed_suffix: must not be empty nor equal to dlq_suffix")
+        if not re.match(r"^\d+[mMgG]$", self.local_heap):
+            problems.append(f"local_heap: must look like 512m or 1g, got {self.local_heap!r}")
+        return _raise_related(self, problems)
 
     def encoding_for(self, topic: str) -> str:
         return {
@@ -102,139 +216,111 @@ class KafkaSettings:
         }.get(topic, "otlp_proto")
 
 
-@dataclass(frozen=True)
-class ClickHouseSettings:
-    dsn: str = field(
-        default="chdb://.otelpipe/chdb",
-        metadata=doc(
-            "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
-            "the current directory); http(s)://user:pass@host:8123/db reaches a server."
-        ),
-    )
-    database: str = field(default="otel", metadata=doc("Database holding the otel_* tables."))
-    cluster: str = field(
-        default="", metadata=doc("Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
-    )
-    ttl_days: int = field(
-        default=0, metadata=doc("Server only: drop parts older than this many days (0 keeps data forever).", "days")
-    )
-    dedup_window: int = field(
-        default=10000,
-        metadata=doc(
-            "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
-            "their deduplication token.",
-            "blocks",
-        ),
-    )
-    insert_timeout_s: float = field(default=60.0, metadata=doc("Timeout of one insert.", "s"))
+class ClickHouseSettings(Section):
+    dsn: Annotated[str, AfterValidator(_dsn)] = setting(
+        "chdb://.otelpipe/chdb",
+        "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
+        "the current directory); http(s)://user:pass@host:8123/db reaches a server.")
+    database: Annotated[str, AfterValidator(_identifier), AfterValidator(_not_blank)] = setting(
+        "otel", "Database holding the otel_* tables.")
+    cluster: Annotated[str, AfterValidator(_identifier)] = setting(
+        "", "Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
+    ttl_days: Annotated[int, AfterValidator(_non_negative)] = setting(
+        0, "Server only: drop parts older than this many days (0 keeps data forever).", "days")
+    dedup_window: Positive = setting(
+        10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
+               "their deduplication token.", "blocks")
+    insert_timeout_s: PositiveFloat = setting(60.0, "Timeout of one insert.", "s")
+
+    @model_validator(mode="after")
+    def _related(self) -> ClickHouseSettings:
+        problems = []
+        if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
+            problems.append("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
+        return _raise_related(self, problems)
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    app_id: str = field(
-        default="otelpipe", metadata=doc("Faust app id: the consumer group and the prefix of internal topics.")
-    )
-    batch_max_messages: int = field(
-        default=200, metadata=doc("Most Kafka messages decoded and inserted as one batch.", "messages")
-    )
-    batch_within_s: float = field(
-        default=1.0, metadata=doc("Longest wait for a batch to fill before it is written anyway.", "s")
-    )
-    max_message_bytes: int = field(
-        default=16 * 1024 * 1024,
-        metadata=doc("Messages larger than this go to the dead-letter topic unread.", "bytes"),
-    )
-    label_policy: str = field(
-        default="default",
-        metadata=doc(
-            "Label policy (redaction, templating, cardinality rules, allowed metric names): a TOML file, "
-            "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'."
-        ),
-    )
-    catalog_file: str = field(
-        default="",
-        metadata=doc("Service catalog TOML ([[services]] name, team, tier, owner, SLO targets); empty: none."),
-    )
-    catalog_topic: str = field(
-        default="otelpipe.catalog",
-        metadata=doc("Compacted topic of catalog entries (key: service name), followed live by every worker "
-                     "(`otelpipe catalog push FILE`)."),
-    )
-    policy_topic: str = field(
-        default="otelpipe.policy",
-        metadata=doc("Compacted topic of label policies (TOML text): the newest record is applied by every "
-                     "running worker within seconds (`otelpipe policy push FILE`)."),
-    )
-    web_port: int = field(
-        default=6066, metadata=doc("Port of the worker's HTTP server: /metrics and the read-only /query.")
-    )
-    web_host: str = field(default="127.0.0.1", metadata=doc("Address the worker's HTTP server binds."))
-    data_dir: str = field(default=".otelpipe/worker",
-                          metadata=doc("Local state: faust's, and the RocksDB copies of the tail sampling buffer."))
-    state_store: str = field(
-        default="memory",
-        metadata=doc("Where the tail sampling buffer's local copy lives: memory (faster and smaller for buffers "
-                     "that fit, see BENCHMARKS.md) or rocksdict (RocksDB under data_dir, for buffers larger than "
-                     "memory). Either way the compacted topic is the durable copy."),
-    )
-    session_timeout_s: float = field(
-        default=60.0,
-        metadata=doc(
-            "Kafka consumer session timeout: how long a worker that died without leaving keeps its "
-            "partitions before the group hands them to others.",
-            "s",
-        ),
-    )
-    retry_initial_s: float = field(
-        default=0.5, metadata=doc("First wait before retrying a failed ClickHouse write.", "s")
-    )
-    retry_max_s: float = field(
-        default=30.0, metadata=doc("Longest wait between retries of a failed ClickHouse write.", "s")
-    )
+class WorkerSettings(Section):
+    app_id: Annotated[str, AfterValidator(_not_blank)] = setting(
+        "otelpipe", "Faust app id: the consumer group and the prefix of internal topics.")
+    batch_max_messages: Positive = setting(200, "Most Kafka messages decoded and inserted as one batch.", "messages")
+    batch_within_s: PositiveFloat = setting(1.0, "Longest wait for a batch to fill before it is written anyway.", "s")
+    max_message_bytes: Positive = setting(
+        16 * 1024 * 1024, "Messages larger than this go to the dead-letter topic unread.", "bytes")
+    label_policy: str = setting(
+        "default", "Label policy (redaction, templating, cardinality rules, allowed metric names): a TOML file, "
+                   "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'.")
+    catalog_file: str = setting(
+        "", "Service catalog TOML ([[services]] name, team, tier, owner, SLO targets); empty: none.")
+    catalog_topic: Topic = setting(
+        "otelpipe.catalog", "Compacted topic of catalog entries (key: service name), followed live by every worker "
+                            "(`otelpipe catalog push FILE`).")
+    policy_topic: Topic = setting(
+        "otelpipe.policy", "Compacted topic of label policies (TOML text): the newest record is applied by every "
+                           "running worker within seconds (`otelpipe policy push FILE`).")
+    web_port: Port = setting(6066, "Port of the worker's HTTP server: /metrics and the read-only /query.")
+    web_host: str = setting("127.0.0.1", "Address the worker's HTTP server binds.")
+    data_dir: str = setting(".otelpipe/worker",
+                            "Local state: faust's, and the RocksDB copies of the tail sampling buffer.")
+    state_store: Annotated[str, _one_of("memory", "rocksdict")] = setting(
+        "memory", "Where the tail sampling buffer's local copy lives: memory (faster and smaller for buffers "
+                  "that fit, see BENCHMARKS.md) or rocksdict (RocksDB under data_dir, for buffers larger than "
+                  "memory). Either way the compacted topic is the durable copy.")
+    session_timeout_s: float = setting(
+        60.0, "Kafka consumer session timeout: how long a worker that died without leaving keeps its "
+              "partitions before the group hands them to others.", "s")
+    retry_initial_s: PositiveFloat = setting(0.5, "First wait before retrying a failed ClickHouse write.", "s")
+    retry_max_s: float = setting(30.0, "Longest wait between retries of a failed ClickHouse write.", "s")
+
+    @model_validator(mode="after")
+    def _related(self) -> WorkerSettings:
+        problems = []
+        if not 6 <= self.session_timeout_s <= 1800:
+            problems.append(f"session_timeout_s: must be between 6 and 1800 (the broker's limits), "
+                            f"got {self.session_timeout_s!r}")
+        if self.retry_max_s < self.retry_initial_s:
+            problems.append("retry_max_s: must be >= worker.retry_initial_s")
+        return _raise_related(self, problems)
 
 
-LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-
-
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Objective:
     """One service's SLO: availability and latency objectives over the SLO window."""
 
     service: str
-    availability: float = 0.999  # fraction of entry spans (server/consumer) that are not errors
-    latency_ms: int = 1000  # threshold; one of LATENCY_BUCKETS_MS
-    latency_target: float = 0.99  # fraction of entry spans at or under latency_ms
+    availability: Annotated[float, AfterValidator(_fraction)] = 0.999  # fraction of entry spans that are not errors
+    latency_ms: Annotated[int, AfterValidator(_latency_bucket)] = 1000  # threshold; one of LATENCY_BUCKETS_MS
+    latency_target: Annotated[float, AfterValidator(_fraction)] = 0.99  # fraction at or under latency_ms
 
 
-@dataclass(frozen=True)
-class SloSettings:
-    window_days: int = field(default=30, metadata=doc("SLO window: error budgets are spent over this many days.", "days"))
-    default_availability: float = field(
-        default=0.999, metadata=doc("Availability objective of services without an [[slo.objectives]] entry.")
-    )
-    default_latency_ms: int = field(
-        default=1000,
-        metadata=doc("Latency threshold of services without an objective; one of " +
-                     ", ".join(map(str, LATENCY_BUCKETS_MS)) + ".", "ms"),
-    )
-    default_latency_target: float = field(
-        default=0.99, metadata=doc("Fraction of entry spans that must be under the latency threshold.")
-    )
-    fast_burn_rate: float = field(
-        default=14.4, metadata=doc("Burn rate over 1h and 5m that pages (2% of a 30-day budget in an hour).")
-    )
-    slow_burn_rate: float = field(
-        default=6.0, metadata=doc("Burn rate over 6h and 30m that opens a ticket (5% of the budget in 6 hours).")
-    )
-    evaluate_every_s: float = field(
-        default=60.0, metadata=doc("How often the worker evaluates burn rates (0 turns it off).", "s")
-    )
-    alerts_topic: str = field(default="otelpipe.alerts", metadata=doc("Topic receiving alert records (Avro)."))
-    objectives: tuple[Objective, ...] = field(
-        default=(),
-        metadata=doc("Per-service objectives: [[slo.objectives]] tables with service, availability, "
-                     "latency_ms, latency_target."),
-    )
+class SloSettings(Section):
+    window_days: Positive = setting(30, "SLO window: error budgets are spent over this many days.", "days")
+    default_availability: Annotated[float, AfterValidator(_fraction)] = setting(
+        0.999, "Availability objective of services without an [[slo.objectives]] entry.")
+    default_latency_ms: Annotated[int, AfterValidator(_latency_bucket)] = setting(
+        1000, "Latency threshold of services without an objective; one of "
+              + ", ".join(map(str, LATENCY_BUCKETS_MS)) + ".", "ms")
+    default_latency_target: Annotated[float, AfterValidator(_fraction)] = setting(
+        0.99, "Fraction of entry spans that must be under the latency threshold.")
+    fast_burn_rate: PositiveFloat = setting(
+        14.4, "Burn rate over 1h and 5m that pages (2% of a 30-day budget in an hour).")
+    slow_burn_rate: PositiveFloat = setting(
+        6.0, "Burn rate over 6h and 30m that opens a ticket (5% of the budget in 6 hours).")
+    evaluate_every_s: Annotated[float, AfterValidator(_non_negative)] = setting(
+        60.0, "How often the worker evaluates burn rates (0 turns it off).", "s")
+    alerts_topic: Topic = setting("otelpipe.alerts", "Topic receiving alert records (Avro).")
+    objectives: tuple[Objective, ...] = setting(
+        (), "Per-service objectives: [[slo.objectives]] tables with service, availability, latency_ms, "
+            "latency_target.")
+
+    @model_validator(mode="after")
+    def _related(self) -> SloSettings:
+        problems, seen = [], set()
+        for i, objective in enumerate(self.objectives):
+            if objective.service in seen:
+                problems.append(f"objectives[{i}].service: {objective.service!r} has two objectives")
+            seen.add(objective.service)
+        return _raise_related(self, problems)
 
     def objective_for(self, service: str) -> Objective:
         for objective in self.objectives:
@@ -243,56 +329,47 @@ class SloSettings:
         return Objective(service, self.default_availability, self.default_latency_ms, self.default_latency_target)
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    head_rate: float = field(
-        default=1.0,
-        metadata=doc("Head sampling probability of services without a rate of their own (1 keeps everything). "
-                     "Rates set with `otelpipe sampling set` override it and the per-service rates."),
-    )
-    service_rates: str = field(
-        default="",
-        metadata=doc("Per-service head sampling probabilities, comma separated: checkout=0.1,cart=0.5."),
-    )
-    keep_log_severity: int = field(
-        default=13,
-        metadata=doc("Logs of dropped traces at this severity number or above are kept (13 = WARN)."),
-    )
-    tail: bool = field(
-        default=False,
-        metadata=doc("Tail sampling: route spans and logs by trace id, buffer each trace durably and keep "
-                     "or drop it whole by the tail policies."),
-    )
-    tail_policy_file: str = field(
-        default="",
-        metadata=doc("TOML file of [[policies]] for tail sampling (empty: keep errors, traces whose root "
-                     "lasted 1 s or more, and 1% of the rest)."),
-    )
-    decision_wait_s: float = field(
-        default=10.0, metadata=doc("Tail sampling decides a trace this long after its last span arrived.", "s")
-    )
-    max_traces: int = field(
-        default=20000, metadata=doc("Traces buffered per worker at most; past it the oldest are decided early.")
-    )
-    max_spans_per_trace: int = field(
-        default=5000,
-        metadata=doc("A trace with this many spans buffered is decided early; its later spans follow the decision."),
-    )
-    decision_cache_s: float = field(
-        default=300.0,
-        metadata=doc("How long a tail decision is remembered, so late spans and logs follow their trace.", "s"),
-    )
-    late_default: str = field(
-        default="policies",
-        metadata=doc("Spans and logs that reach Kafka more than decision_cache_s after they ended, when their "
-                     "trace's decision has left the cache: keep, drop, or policies (decide them like a new trace; "
-                     "probabilistic policies then repeat the trace's decision)."),
-    )
-    control_topic: str = field(
-        default="otelpipe.sampling",
-        metadata=doc("Compacted topic of runtime sampling rates (key: service, or * for the default) "
-                     "that every worker follows."),
-    )
+class SamplingSettings(Section):
+    head_rate: Annotated[float, AfterValidator(_rate)] = setting(
+        1.0, "Head sampling probability of services without a rate of their own (1 keeps everything). "
+             "Rates set with `otelpipe sampling set` override it and the per-service rates.")
+    service_rates: Annotated[str, AfterValidator(_service_rates)] = setting(
+        "", "Per-service head sampling probabilities, comma separated: checkout=0.1,cart=0.5.")
+    keep_log_severity: int = setting(
+        13, "Logs of dropped traces at this severity number or above are kept (13 = WARN).")
+    tail: bool = setting(
+        False, "Tail sampling: route spans and logs by trace id, buffer each trace durably and keep "
+               "or drop it whole by the tail policies.")
+    tail_policy_file: str = setting(
+        "", "TOML file of [[policies]] for tail sampling (empty: keep errors, traces whose root "
+            "lasted 1 s or more, and 1% of the rest).")
+    decision_wait_s: PositiveFloat = setting(
+        10.0, "Tail sampling decides a trace this long after its last span arrived.", "s")
+    max_traces: int = setting(20000, "Traces buffered per worker at most; past it the oldest are decided early.")
+    max_spans_per_trace: int = setting(
+        5000, "A trace with this many spans buffered is decided early; its later spans follow the decision.")
+    decision_cache_s: float = setting(
+        300.0, "How long a tail decision is remembered, so late spans and logs follow their trace.", "s")
+    late_default: Annotated[str, _one_of("keep", "drop", "policies")] = setting(
+        "policies", "Spans and logs that reach Kafka more than decision_cache_s after they ended, when their "
+                    "trace's decision has left the cache: keep, drop, or policies (decide them like a new trace; "
+                    "probabilistic policies then repeat the trace's decision).")
+    control_topic: Topic = setting(
+        "otelpipe.sampling", "Compacted topic of runtime sampling rates (key: service, or * for the default) "
+                             "that every worker follows.")
+
+    @model_validator(mode="after")
+    def _related(self) -> SamplingSettings:
+        problems = []
+        if not 1 <= self.keep_log_severity <= 25:
+            problems.append(f"keep_log_severity: must be a severity number 1..25, got {self.keep_log_severity!r}")
+        if self.max_traces < 1:
+            problems.append(f"max_traces: must be >= 1, got {self.max_traces!r}")
+        if self.max_spans_per_trace < 1:
+            problems.append(f"max_spans_per_trace: must be >= 1, got {self.max_spans_per_trace!r}")
+        if self.decision_cache_s < self.decision_wait_s:
+            problems.append("decision_cache_s: must be >= sampling.decision_wait_s")
+        return _raise_related(self, problems)
 
     def rates(self) -> dict[str, float]:
         out = {}
@@ -302,13 +379,53 @@ class SamplingSettings:
         return out
 
 
-@dataclass(frozen=True)
-class Settings:
-    kafka: KafkaSettings = field(default_factory=KafkaSettings)
-    clickhouse: ClickHouseSettings = field(default_factory=ClickHouseSettings)
-    worker: WorkerSettings = field(default_factory=WorkerSettings)
-    slo: SloSettings = field(default_factory=SloSettings)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+class _Related(ValueError):
+    """Problems relating several settings of one section, each ``field: message`` or a sentence."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\x1f".join(problems))
+
+
+def _raise_related(section: Any, problems: list[str]) -> Any:
+    if problems:
+        raise _Related(problems)
+    return section
+
+
+# ------------------------------------------------------------------ the whole configuration
+
+# Where load_settings points the sources while it builds one Settings (no process-wide state).
+_SOURCES: contextvars.ContextVar[tuple[Mapping[str, str], dict[str, Any]]] = contextvars.ContextVar("otelpipe_sources")
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """``OTELPIPE_<SECTION>_<FIELD>`` read from a given mapping (``os.environ`` unless a test passes one)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._env = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = {k: v for k, v in self._env.items() if k.upper() != "OTELPIPE_CONFIG"}
+        return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTELPIPE_", env_nested_delimiter="_", env_nested_max_split=1,
+                                      extra="forbid", frozen=True, case_sensitive=False)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka: brokers, topics, encodings.")
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings, description="Where rows go.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="The worker process.")
+    slo: SloSettings = Field(default_factory=SloSettings, description="SLOs and burn-rate alerts.")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Head and tail sampling.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        env, file_values = _SOURCES.get((os.environ, {}))
+        return (init_settings, _MappingEnvSource(settings_cls, env), InitSettingsSource(settings_cls, file_values))
 
     def dlq_topic(self, topic: str) -> str:
         return topic + self.kafka.dlq_suffix
@@ -332,190 +449,55 @@ class Settings:
         return [self.routed_topic(self.kafka.metrics_topic)]
 
 
-SECTIONS: dict[str, type] = {
-    "kafka": KafkaSettings,
-    "clickhouse": ClickHouseSettings,
-    "worker": WorkerSettings,
-    "slo": SloSettings,
-    "sampling": SamplingSettings,
+SECTIONS: dict[str, type[Section]] = {
+    name: info.annotation for name, info in Settings.model_fields.items()  # type: ignore[misc]
 }
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
 
 
-def _objectives(raw: Any, path: str, problems: list[str]) -> tuple[Objective, ...] | None:
-    if not isinstance(raw, list):
-        problems.append(f"{path}: expected a list of tables ([[slo.objectives]])")
-        return None
+def problems_of(exc: ValidationError, root: str = "") -> list[str]:
+    """pydantic's errors as ``path: message`` lines (``rules[2].buckets: must be > 0``)."""
     out = []
-    hints = typing.get_type_hints(Objective)
-    for i, item in enumerate(raw):
-        where = f"{path}[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a table")
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        path = root
+        for part in loc:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        kind, ctx = err["type"], err.get("ctx") or {}
+        related = ctx.get("error")
+        if isinstance(related, _Related):
+            for problem in related.problems:
+                head, sep, rest = problem.partition(": ")
+                out.append(f"{path}.{problem}" if sep and " " not in head else f"{path}: {problem}")
             continue
-        unknown = set(item) - set(hints)
-        for name in sorted(unknown):
-            problems.append(f"{where}.{name}: unknown setting")
-        if "service" not in item:
-            problems.append(f"{where}.service: required")
-            continue
-        values = {}
-        for name, value in item.items():
-            if name in hints:
-                coerced = _coerce(value, hints[name], f"{where}.{name}", problems)
-                if coerced is not None:
-                    values[name] = coerced
-        if "service" in values:
-            out.append(Objective(**values))
-    return tuple(out)
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            if len(loc) == 1 and not root and SECTIONS:
+                message = f"unknown section (known: {', '.join(SECTIONS)})"
+            else:
+                message = "unknown setting"
+        elif kind == "missing":
+            message = "required"
+        elif kind == "value_error":
+            message = str(related) if related is not None else err["msg"]
+        elif kind.split("_")[0] in _EXPECTED and kind.endswith(("_parsing", "_type", "_from_float")):
+            message = f"expected {_EXPECTED[kind.split('_')[0]]}, got {err['input']!r}"
+        else:
+            message = err["msg"]
+        out.append(f"{path}: {mask_secrets(message)}")
+    return out
 
 
-def _coerce(raw: Any, typ: Any, path: str, problems: list[str]) -> Any:
-    """Turn a TOML value or an environment string into the field's type, or note why not."""
-    if typ == tuple[Objective, ...]:
-        return _objectives(raw, path, problems)
-    try:
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            if isinstance(raw, bool):
-                raise ValueError
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError
-            return int(raw)
-        if typ is float:
-            if isinstance(raw, bool):
-                raise ValueError
-            return float(raw)
-        if typ is str:
-            if not isinstance(raw, (str, int, float)):
-                raise ValueError
-            return str(raw)
-    except (TypeError, ValueError):
-        pass
-    problems.append(f"{path}: expected {typ.__name__}, got {raw!r}")
-    return None
-
-
-def _validate(s: Settings) -> list[str]:
-    problems: list[str] = []
-    k, c, w = s.kafka, s.clickhouse, s.worker
-
-    def positive(path: str, value: float) -> None:
-        if value <= 0:
-            problems.append(f"{path}: must be > 0, got {value!r}")
-
-    if not k.bootstrap_servers.strip():
-        problems.append("kafka.bootstrap_servers: must not be empty")
-    positive("kafka.partitions", k.partitions)
-    for name in ("spans_topic", "logs_topic", "metrics_topic"):
-        value = getattr(k, name)
-        if not _TOPIC.match(value):
-            problems.append(f"kafka.{name}: {value!r} is not a valid Kafka topic name")
-    topics = [k.spans_topic, k.logs_topic, k.metrics_topic]
-    if len(set(topics)) != len(topics):
-        problems.append("kafka: spans_topic, logs_topic and metrics_topic must be distinct")
-    for name in ("spans_encoding", "logs_encoding", "metrics_encoding"):
-        value = getattr(k, name)
-        if value not in ENCODINGS:
-            problems.append(f"kafka.{name}: must be one of {', '.join(ENCODINGS)}, got {value!r}")
-    if not k.dlq_suffix:
-        problems.append("kafka.dlq_suffix: must not be empty (dead letters would loop into the source topic)")
-    if not k.routed_suffix or k.routed_suffix == k.dlq_suffix:
-        problems.append("kafka.routed_suffix: must not be empty nor equal to dlq_suffix")
-    for name in ("local_controller_port",):
-        value = getattr(k, name)
-        if not 0 < value < 65536:
-            problems.append(f"kafka.{name}: must be a TCP port, got {value!r}")
-    if not re.match(r"^\d+[mMgG]$", k.local_heap):
-        problems.append(f"kafka.local_heap: must look like 512m or 1g, got {k.local_heap!r}")
-
-    if not (c.dsn.startswith("chdb://") or c.dsn.startswith("http://") or c.dsn.startswith("https://")):
-        problems.append(f"clickhouse.dsn: must start with chdb://, http:// or https://, got {c.dsn!r}")
-    if not _IDENT.match(c.database):
-        problems.append(f"clickhouse.database: {c.database!r} is not a plain identifier")
-    if c.cluster and not _IDENT.match(c.cluster):
-        problems.append(f"clickhouse.cluster: {c.cluster!r} is not a plain identifier")
-    if c.dsn.startswith("chdb://") and (c.cluster or c.ttl_days):
-        problems.append("clickhouse: cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
-    if c.ttl_days < 0:
-        problems.append(f"clickhouse.ttl_days: must be >= 0, got {c.ttl_days!r}")
-    positive("clickhouse.dedup_window", c.dedup_window)
-    positive("clickhouse.insert_timeout_s", c.insert_timeout_s)
-
-    if not w.app_id.strip():
-        problems.append("worker.app_id: must not be empty")
-    positive("worker.batch_max_messages", w.batch_max_messages)
-    positive("worker.batch_within_s", w.batch_within_s)
-    positive("worker.max_message_bytes", w.max_message_bytes)
-    if not 0 < w.web_port < 65536:
-        problems.append(f"worker.web_port: must be a TCP port, got {w.web_port!r}")
-    if not 6 <= w.session_timeout_s <= 1800:
-        problems.append(f"worker.session_timeout_s: must be between 6 and 1800 (the broker's limits), got {w.session_timeout_s!r}")
-    positive("worker.retry_initial_s", w.retry_initial_s)
-
-    slo = s.slo
-    positive("slo.window_days", slo.window_days)
-    positive("slo.fast_burn_rate", slo.fast_burn_rate)
-    positive("slo.slow_burn_rate", slo.slow_burn_rate)
-    if slo.evaluate_every_s < 0:
-        problems.append(f"slo.evaluate_every_s: must be >= 0, got {slo.evaluate_every_s!r}")
-    if not _TOPIC.match(slo.alerts_topic):
-        problems.append(f"slo.alerts_topic: {slo.alerts_topic!r} is not a valid Kafka topic name")
-    defaults = Objective("(default)", slo.default_availability, slo.default_latency_ms, slo.default_latency_target)
-    seen = set()
-    for i, objective in enumerate((defaults, *slo.objectives)):
-        where = "slo.default_" if i == 0 else f"slo.objectives[{i - 1}]."
-        for name in ("availability", "latency_target"):
-            value = getattr(objective, name)
-            if not 0 < value < 1:
-                problems.append(f"{where}{name}: must be between 0 and 1 (exclusive), got {value!r}")
-        if objective.latency_ms not in LATENCY_BUCKETS_MS:
-            problems.append(
-                f"{where}latency_ms: must be one of {', '.join(map(str, LATENCY_BUCKETS_MS))}, got {objective.latency_ms!r}"
-            )
-        if i and objective.service in seen:
-            problems.append(f"{where}service: {objective.service!r} has two objectives")
-        seen.add(objective.service)
-    if w.state_store not in ("rocksdict", "memory"):
-        problems.append(f"worker.state_store: must be rocksdict or memory, got {w.state_store!r}")
-    if w.retry_max_s < w.retry_initial_s:
-        problems.append("worker.retry_max_s: must be >= worker.retry_initial_s")
-    sampling = s.sampling
-    if not 2**-56 <= sampling.head_rate <= 1:
-        problems.append(f"sampling.head_rate: must be in [2^-56, 1], got {sampling.head_rate!r}")
-    for item in filter(None, (part.strip() for part in sampling.service_rates.split(","))):
-        name, eq, value = item.rpartition("=")
-        try:
-            ok = bool(eq and name.strip()) and 2**-56 <= float(value) <= 1
-        except ValueError:
-            ok = False
-        if not ok:
-            problems.append(f"sampling.service_rates: {item!r} is not SERVICE=RATE with a rate in (0, 1]")
-    if not 1 <= sampling.keep_log_severity <= 25:
-        problems.append(f"sampling.keep_log_severity: must be a severity number 1..25, got {sampling.keep_log_severity!r}")
-    if sampling.decision_wait_s <= 0:
-        problems.append(f"sampling.decision_wait_s: must be > 0, got {sampling.decision_wait_s!r}")
-    if sampling.max_traces < 1:
-        problems.append(f"sampling.max_traces: must be >= 1, got {sampling.max_traces!r}")
-    if sampling.max_spans_per_trace < 1:
-        problems.append(f"sampling.max_spans_per_trace: must be >= 1, got {sampling.max_spans_per_trace!r}")
-    if sampling.late_default not in ("keep", "drop", "policies"):
-        problems.append(f"sampling.late_default: must be keep, drop or policies, got {sampling.late_default!r}")
-    if sampling.decision_cache_s < sampling.decision_wait_s:
-        problems.append("sampling.decision_cache_s: must be >= sampling.decision_wait_s")
-    if not _TOPIC.match(sampling.control_topic):
-        problems.append(f"sampling.control_topic: {sampling.control_topic!r} is not a valid Kafka topic name")
-    return problems
+def deep_update(base: dict[str, Any], *updates: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each update merged in, tables (dicts) merged key by key, later ones winning."""
+    out = dict(base)
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+                out[key] = deep_update(dict(out[key]), value)
+            else:
+                out[key] = value
+    return out
 
 
 def load_settings(
@@ -525,60 +507,54 @@ def load_settings(
 ) -> Settings:
     """Build and validate the settings; raise ConfigError naming every problem."""
     env = os.environ if env is None else env
-    problems: list[str] = []
-    raw: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-
     path = path or env.get("OTELPIPE_CONFIG") or None
-    if path:
-        data = read_toml(path, "config", ConfigError)
-        for section, values in data.items():
-            if section not in SECTIONS:
-                problems.append(f"{section}: unknown section (known: {', '.join(SECTIONS)})")
-            elif not isinstance(values, dict):
-                problems.append(f"{section}: must be a table")
-            else:
-                raw[section].update(values)
-
-    prefix = "OTELPIPE_"
-    for key, value in env.items():
-        if not key.startswith(prefix) or key == "OTELPIPE_CONFIG":
-            continue
-        rest = key[len(prefix):].lower()
-        section, _, name = rest.partition("_")
-        if section in SECTIONS and name:
-            raw[section][name] = value
-    for section, values in (overrides or {}).items():
-        raw.setdefault(section, {}).update(values)
-
-    built: dict[str, Any] = {}
+    file_values = read_toml(path, "config", ConfigError) if path else {}
+    merged = deep_update(file_values, _MappingEnvSource(Settings, env)(),
+                         {k: dict(v) for k, v in (overrides or {}).items()})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = problems_of(exc)
+        failed = {tuple(err["loc"][:2]) for err in exc.errors() if len(err["loc"]) >= 2}
+    # A section with an invalid setting skipped its checks that relate settings: run them on the
+    # settings that are valid (defaults standing in for the others), so every problem is listed.
     for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for name, value in raw.get(section, {}).items():
-            if name not in fields:
-                problems.append(f"{section}.{name}: unknown setting")
-                continue
-            coerced = _coerce(value, hints[name], f"{section}.{name}", problems)
-            if coerced is not None:
-                kwargs[name] = coerced
-        built[section] = cls(**kwargs)
-    settings = Settings(**built)
-    problems.extend(_validate(settings))
-    if problems:
-        raise ConfigError(problems)
-    return settings
+        raw = merged.get(section)
+        if not isinstance(raw, dict) or not any((section, name) in failed for name in raw):
+            continue
+        try:
+            cls.model_validate({name: v for name, v in raw.items() if (section, name) not in failed})
+        except ValidationError as again:
+            problems += [p for p in problems_of(again, section) if p not in problems]
+    raise ConfigError(problems)
+
+
+def with_changes(model: Any, **changes: Any) -> Any:
+    """A copy of a settings model (or section) with some fields changed, validated again: an
+    invalid change raises ConfigError naming it."""
+    values = {name: getattr(model, name) for name in type(model).model_fields}
+    try:
+        return type(model).model_validate({**values, **changes})
+    except ValidationError as exc:
+        root = next((name for name, cls in SECTIONS.items() if isinstance(model, cls)), "")
+        raise ConfigError(problems_of(exc, root)) from None
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the configuration file, for editors to complete and check."""
+    schema = Settings.model_json_schema()
+    schema["title"] = "otelpipe configuration"
+    return schema
 
 
 def describe(settings: Settings) -> list[tuple[str, str, str, str]]:
-    """(path, value, unit, meaning) of every setting, for `otelpipe config`."""
+    """(path, value, unit, meaning) of every setting, for `otelpipe config`; secrets masked."""
     rows = []
     for section in SECTIONS:
         obj = getattr(settings, section)
-        for f in dataclasses.fields(obj):
-            rows.append(
-                (f"{section}.{f.name}", repr(getattr(obj, f.name)), f.metadata.get("unit", ""), f.metadata.get("doc", ""))
-            )
+        for name, info in type(obj).model_fields.items():
+            unit = (info.json_schema_extra or {}).get("unit", "") if isinstance(info.json_schema_extra, dict) else ""
+            rows.append((f"{section}.{name}", mask_secrets(repr(getattr(obj, name))), unit, info.description or ""))
     return rows
 
 

@@ -108,3 +108,11 @@ TAIL_DECISIONS = Counter(
     "for late parts, untraced logs) and what was decided.",
     ["reason", "decision"], registry=REGISTRY,
 )
+FOLLOWER_UP = Gauge(
+    "otelpipe_follower_up", "1 while the follower of a compacted control topic is reading it, 0 while it reconnects.",
+    ["topic"], registry=REGISTRY,
+)
+FOLLOWER_RESTARTS = Counter(
+    "otelpipe_follower_restarts_total", "Times a control-topic follower failed and reconnected.", ["topic"],
+    registry=REGISTRY,
+)

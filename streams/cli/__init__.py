@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import random
 import signal
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from streams.config import ConfigError, Settings, describe, load_settings
+from streams.config import ConfigError, Settings, describe, load_settings, with_changes
 from streams.cli.render import FORMATS, format_table
 
 DEMO_QUESTIONS = [
@@ -47,9 +46,7 @@ DEMO_QUESTIONS = [
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    if getattr(args, "config", None):
-        os.environ["OTELPIPE_CONFIG"] = args.config
-    return load_settings()
+    return load_settings(getattr(args, "config", None) or None)
 
 
 def _broker(settings: Settings) -> Any:
@@ -223,7 +220,7 @@ def cmd_slo(args: argparse.Namespace) -> int:
     from streams.stages.slo import counts_query, evaluate_rows, query_parameters, with_catalog_objectives
 
     settings = _settings(args)
-    settings = dataclasses.replace(
+    settings = with_changes(
         settings, slo=with_catalog_objectives(settings.slo, load_catalog(settings.worker.catalog_file or None)))
     now = datetime.now(timezone.utc)
     try:
@@ -359,8 +356,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.target_db:
-        settings = dataclasses.replace(
-            settings, clickhouse=dataclasses.replace(settings.clickhouse, database=args.target_db))
+        settings = with_changes(
+            settings, clickhouse=with_changes(settings.clickhouse, database=args.target_db))
     try:
         from_ms, to_ms = parse_time(args.from_), parse_time(args.to)
     except ValueError as exc:
@@ -638,8 +635,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from faust import Worker
 
-    from streams.agents.app import app
+    from streams.agents.app import create_app
 
+    app = create_app(settings)  # an invalid label or tail policy stops here, every problem listed
     # Everything imported so far lives as long as the process: keep it out of GC scans.
     gc.collect()
     gc.freeze()
@@ -715,8 +713,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     print(f"worker: starting (log in {log_path})")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
-                                env=os.environ.copy())
+        config = ["--config", args.config] if getattr(args, "config", None) else []
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *config, "run"], stdout=log,
+                                stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         _wait_for_worker(settings, proc, 180)
         metric_tables = {kind: f"otel_metrics_{kind}" for kind in METRIC_TABLES}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from streams.config import LATENCY_BUCKETS_MS, Objective, SloSettings
+from streams.config import LATENCY_BUCKETS_MS, Objective, SloSettings, with_changes
 
 WINDOWS_S = {"5m": 300, "30m": 1800, "1h": 3600, "6h": 21600}
 ALERT_RULES = (
@@ -170,4 +170,4 @@ def with_catalog_objectives(settings: SloSettings, entries: dict) -> SloSettings
     default = Objective("", settings.default_availability, settings.default_latency_ms, settings.default_latency_target)
     configured = {o.service for o in settings.objectives}
     extra = tuple(o for o in objectives_from(entries, default) if o.service not in configured)
-    return dataclasses.replace(settings, objectives=settings.objectives + extra) if extra else settings
+    return with_changes(settings, objectives=settings.objectives + extra) if extra else settings

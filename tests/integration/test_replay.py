@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import time
 import uuid
@@ -13,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from sinks.clickhouse import ClickHouseSink
 from sinks.migrations import migrate
-from streams.config import load_settings
+from streams.config import load_settings, with_changes
 from streams.tools.kafka_admin import ensure_topics
 from streams.otlp.encode import encode_request
 from streams.replay import ReplaySummary, replay
@@ -69,7 +68,7 @@ def _count(client, db, table, distinct=None):
 def test_replaying_twice_and_over_existing_data_leaves_one_copy(topics, chdb_client, ch_settings):
     summary = _workload(topics, 30, seed=3)
     sink = ClickHouseSink(chdb_client, ch_settings, "replay-test")
-    settings = dataclasses.replace(topics, clickhouse=ch_settings)
+    settings = with_changes(topics, clickhouse=ch_settings)
 
     # A first, partial pass: only partition 0 (as if a backfill had been cut short).
     partial = _replay(settings, sink, partitions=[0])
@@ -101,7 +100,7 @@ def test_replaying_twice_and_over_existing_data_leaves_one_copy(topics, chdb_cli
 def test_a_stopped_replay_resumes_where_it_stopped(topics, chdb_client, ch_settings):
     summary = _workload(topics, 40, seed=4)
     sink = ClickHouseSink(chdb_client, ch_settings, "replay-test")
-    settings = dataclasses.replace(topics, clickhouse=ch_settings)
+    settings = with_changes(topics, clickhouse=ch_settings)
     batches = {"n": 0}
 
     def stop_after_three_batches() -> bool:
@@ -125,7 +124,7 @@ def test_a_replay_spanning_many_days_is_cut_into_legal_insert_blocks(topics, chd
         span.span_id = (i + 1).to_bytes(8, "big")
     asyncio.run(_produce(topics, [(topics.kafka.spans_topic, request.SerializeToString())]))
     sink = ClickHouseSink(chdb_client, ch_settings, "replay-test")
-    settings = dataclasses.replace(topics, clickhouse=ch_settings)
+    settings = with_changes(topics, clickhouse=ch_settings)
     result = _replay(settings, sink, signals=["traces"])
     assert result.written == 150
     assert _count(chdb_client, ch_settings.database, "otel_traces") == 150
@@ -136,11 +135,11 @@ def test_a_replay_spanning_many_days_is_cut_into_legal_insert_blocks(topics, chd
 
 def test_replay_into_another_database(topics, chdb_client, ch_settings):
     summary = _workload(topics, 10, seed=8)
-    target = dataclasses.replace(ch_settings, database=ch_settings.database + "_backfill")
+    target = with_changes(ch_settings, database=ch_settings.database + "_backfill")
     migrate(chdb_client, target)
     try:
         sink = ClickHouseSink(chdb_client, target, "replay-test")
-        result = _replay(dataclasses.replace(topics, clickhouse=target), sink, signals=["traces"])
+        result = _replay(with_changes(topics, clickhouse=target), sink, signals=["traces"])
         assert result.written == summary.spans
         assert _count(chdb_client, target.database, "otel_traces") == summary.spans
         assert _count(chdb_client, ch_settings.database, "otel_traces") == 0

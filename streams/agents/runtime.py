@@ -1,0 +1,147 @@
+"""What every agent of one worker shares: settings, topics, the ClickHouse thread and sink, the stages.
+
+A ``Runtime`` is built by ``streams.agents.app.create_app`` from a settings object; nothing here
+runs at import. Agents are thin wiring around its helpers: ``until_done`` (retry a ClickHouse call
+with backoff), ``publish_dead_letters`` (on the broker before the source is acked) and
+``sink_when_reachable`` (open and migrate, retrying).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import faust
+
+from sinks.clickhouse import ClickHouseSink, is_retryable
+from streams.agents import worker_metrics as m
+from streams.agents.keyed_state import ChangelogState
+from streams.agents.routing import route_partition
+from streams.config import Settings
+from streams.otlp.batch import DeadLetter, RawMessage
+from streams.stages.pipeline import Stages
+from streams.stages.series_budget import SeriesBudgetStage, metric_of_key
+
+log = logging.getLogger("otelpipe.worker")
+
+
+def raw_message(event: Any) -> RawMessage:
+    """A faust event as the stages see it: bytes, coordinates, headers, timestamp in ms."""
+    msg = event.message
+    headers = msg.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return RawMessage(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        value=msg.value if msg.value is not None else b"",
+        key=msg.key,
+        headers=tuple((k, bytes(v) if v is not None else b"") for k, v in headers),
+        timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+    )
+
+
+class Runtime:
+    """One worker's shared parts. ``stages`` is built here, so an invalid policy stops the worker
+    at start with every problem listed."""
+
+    def __init__(self, settings: Settings, app: faust.App):
+        self.settings = settings
+        self.app = app
+        k = settings.kafka
+        self.dlq_topics = {name: self.topic(settings.dlq_topic(name))
+                           for name in settings.source_topics() + settings.routed_topics()}
+        self.alerts_topic = self.topic(settings.slo.alerts_topic)
+        # Series budget state: (metric, window) → the series seen (streams.stages.series_budget),
+        # changelogged to a compacted topic whose partition is the metric's routed partition.
+        self.series_state = ChangelogState(k.bootstrap_servers, settings.state_topic("series-budget"),
+                                           lambda key: route_partition(metric_of_key(key), k.partitions))
+        # chDB and clickhouse-connect block: every call runs on this one thread (calls serialise anyway).
+        self.clickhouse_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._sink: ClickHouseSink | None = None
+        self.stages = Stages.from_settings(settings)
+        if self.stages.labels is not None:
+            self.stages.budget = SeriesBudgetStage(self.stages.labels.policy.budgets, self.series_state.get)
+
+    def topic(self, name: str) -> faust.TopicT:
+        return self.app.topic(name, value_type=bytes, key_type=bytes, partitions=self.settings.kafka.partitions,
+                              internal=False)
+
+    def open_sink(self) -> ClickHouseSink:
+        """The sink, opened on first use (call it on the ClickHouse thread)."""
+        if self._sink is None:
+            self._sink = ClickHouseSink.open(self.settings.clickhouse, self.settings.worker.app_id)
+        return self._sink
+
+    async def on_clickhouse_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.clickhouse_thread, fn, *args)
+
+    async def until_done(self, signal: str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the ClickHouse thread until it succeeds: capped exponential backoff with
+        jitter, never giving up (a write, opening the sink). Every failure is retried; its kind
+        decides only the log level.
+
+        While this waits the agent takes no new batch, its stream buffer fills and faust stops
+        fetching: backpressure, with memory bounded by the buffer size.
+        """
+        w = self.settings.worker
+        delay = w.retry_initial_s
+        attempt = 0
+        while True:
+            try:
+                result = await self.on_clickhouse_thread(fn, *args)
+                m.WRITER_BLOCKED.labels(signal).set(0)
+                return result
+            except Exception as exc:
+                attempt += 1
+                m.WRITE_RETRIES.labels(signal).inc()
+                m.WRITER_BLOCKED.labels(signal).set(1)
+                level = logging.WARNING if is_retryable(exc) else logging.ERROR
+                log.log(level, "%s failed (attempt %d, retrying in %.1fs): %s", what, attempt, delay, exc,
+                        exc_info=level >= logging.ERROR)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, w.retry_max_s)
+
+    async def publish_dead_letters(self, signal: str, dead: list[DeadLetter]) -> None:
+        futures = []
+        for letter in dead:
+            topic = (self.dlq_topics.get(letter.message.topic)
+                     or self.topic(self.settings.dlq_topic(letter.message.topic)))
+            futures.append(
+                await topic.send(key=letter.message.key, value=letter.message.value, headers=letter.headers())
+            )
+            m.DEAD_LETTERS.labels(signal, letter.reason).inc()
+            log.warning(
+                "dead letter %s[%d]@%d: %s: %s",
+                letter.message.topic, letter.message.partition, letter.message.offset, letter.reason, letter.detail,
+            )
+        for fut in futures:
+            await fut  # delivered to the broker before the source offset is acked
+
+    async def sink_when_reachable(self, signal: str) -> ClickHouseSink:
+        """Open the sink (and apply migrations), retrying while ClickHouse is unreachable.
+
+        Until it succeeds this agent takes nothing from Kafka: its partitions wait, nothing is lost.
+        """
+        from sinks.migrations import migrate
+
+        def open_and_migrate() -> ClickHouseSink:
+            sink = self.open_sink()
+            migrate(sink.client, self.settings.clickhouse)
+            return sink
+
+        where = self.settings.clickhouse.dsn.split("@")[-1]
+        return await self.until_done(signal, f"opening ClickHouse at {where}", open_and_migrate)
+
+    async def write_with_token_until_done(self, batch: Any, token: str) -> None:
+        """Insert one batch under a given token (tail sampling's rounds), retrying until it lands."""
+        started = time.perf_counter()
+        await self.until_done("traces", f"writing {len(batch)} rows of {batch.table}",
+                              lambda: self.open_sink().write(batch, token))  # opened on the ClickHouse thread
+        m.INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - started)
+        m.ROWS_WRITTEN.labels(batch.table).inc(len(batch))
