@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send  # noqa: E402
 
-from streams.cli import query_worker  # noqa: E402
+from streams.cli.common import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 from streams.cli.render import format_table  # noqa: E402

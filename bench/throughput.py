@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streams.otlp.batch import RawMessage  # noqa: E402
-from streams.cli import query_worker  # noqa: E402
+from streams.cli.common import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 from streams.otlp.decode import decode_messages  # noqa: E402

@@ -145,7 +145,7 @@ class WorkerProcess:
         raise AssertionError(f"worker not ready within {timeout_s}s:\n{self.log_tail()}")
 
     def query(self, sql: str, parameters: dict | None = None) -> list[list[Any]] | None:
-        from streams.cli import query_worker
+        from streams.cli.common import query_worker
 
         answer = query_worker(self.settings, sql.replace("{db}", self.settings.clickhouse.database), parameters,
                               timeout_s=30)
@@ -195,7 +195,7 @@ class WorkerProcess:
     def create_topics(self) -> None:
         from streams.tools.kafka_admin import ensure_topics
 
-        from streams.cli import _all_topics
+        from streams.cli.common import all_topics as _all_topics
 
         topics = _all_topics(self.settings)
         asyncio.run(ensure_topics(self.settings.kafka.bootstrap_servers, topics, self.settings.kafka.partitions))

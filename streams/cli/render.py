@@ -10,11 +10,14 @@ from typing import Any, Sequence
 import orjson
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, exact: bool = False) -> str:
+    """A value as text: rounded for people (the table), exact for machines (``exact``: CSV)."""
     if value is None:
-        return "NULL"
+        return "NULL" if not exact else ""
+    if isinstance(value, bool):
+        return ("true" if value else "false") if exact else str(value)
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     if isinstance(value, datetime):
         return value.isoformat(sep=" ")
     if isinstance(value, (dict, list, tuple)):
@@ -50,7 +53,7 @@ def format_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     writer = csv.writer(buf)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(v) for v in row])
+        writer.writerow([_cell(v, exact=True) for v in row])
     return buf.getvalue().rstrip("\n")
 
 

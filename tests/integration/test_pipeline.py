@@ -66,7 +66,7 @@ def test_known_workload_lands_exactly_in_both_encodings(worker_factory):
     rows = worker.query("SELECT count() FROM {db}.otel_traces WHERE ServiceName = {svc:String}", {"svc": "payment"})
     assert rows[0][0] == expected_by_service["payment"]
     # The worker's /query endpoint cannot change data.
-    from streams.cli import QueryFailed
+    from streams.cli.common import QueryFailed
 
     try:
         worker.query("INSERT INTO {db}.otel_logs (Body) VALUES ('sneaky')")

@@ -45,3 +45,16 @@ def test_waterfall_draws_to_scale_and_marks_errors_and_logs():
 def test_colour_only_when_asked():
     assert "\033[" not in "\n".join(render_trace(SPANS, LOGS))
     assert "\033[31m" in "\n".join(render_trace(SPANS, LOGS, color=True))
+
+
+def test_machine_formats_print_values_exactly():
+    import json
+
+    from streams.cli.render import format_csv, format_json, format_table
+
+    rows = [[49818.66229209707, True, None, 3]]
+    csv_text = format_csv(["sum", "ok", "missing", "n"], rows)
+    assert csv_text.splitlines()[1] == "49818.66229209707,true,,3"
+    assert json.loads(format_json(["sum", "ok", "missing", "n"], rows)) == [
+        {"sum": 49818.66229209707, "ok": True, "missing": None, "n": 3}]
+    assert "49818.7" in format_table(["sum", "ok", "missing", "n"], rows)  # rounded for people only

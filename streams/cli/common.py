@@ -1,0 +1,117 @@
+"""Shared by the command modules: settings from --config, the worker's /query client, durations."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.error
+import urllib.request
+from typing import Any, Sequence
+
+import orjson
+
+from streams.config import Settings, load_settings
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None) or None)
+
+
+def local_broker(settings: Settings) -> Any:
+    from streams.tools.local_kafka import LocalBroker
+
+    return LocalBroker.from_settings(settings)
+
+
+def all_topics(settings: Settings) -> list[str]:
+    """Every topic otelpipe reads or writes: sources, routed topics, their dead-letter topics, alerts."""
+    topics = settings.source_topics() + settings.routed_topics()
+    return topics + [settings.dlq_topic(t) for t in topics] + [settings.slo.alerts_topic]
+
+
+class QueryFailed(RuntimeError):
+    pass
+
+
+def worker_url(settings: Settings) -> str:
+    return f"http://{settings.worker.web_host}:{settings.worker.web_port}"
+
+
+def query_worker(settings: Settings, sql: str, parameters: dict[str, Any] | None = None,
+                 timeout_s: float = 60.0) -> tuple[list[str], list[list[Any]]] | None:
+    """Ask a running worker's read-only /query; None when no worker answers."""
+    body = orjson.dumps({"sql": sql, "parameters": parameters or {}})
+    request = urllib.request.Request(worker_url(settings) + "/query", data=body,
+                                     headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = orjson.loads(exc.read()).get("error", str(exc))
+        except Exception:
+            message = str(exc)
+        raise QueryFailed(message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    return payload["columns"], payload["rows"]
+
+
+def run_query(settings: Settings, sql: str, parameters: dict[str, Any] | None = None
+              ) -> tuple[list[str], list[list[Any]]]:
+    """Read-only SQL: through the running worker when there is one, else directly."""
+    if settings.clickhouse.dsn.startswith("chdb://"):
+        answer = query_worker(settings, sql, parameters)
+        if answer is not None:
+            return answer
+    from sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink.open(settings.clickhouse, settings.worker.app_id)
+    try:
+        result = sink.query(sql, parameters, readonly=True)
+    except Exception as exc:
+        raise QueryFailed(str(exc)) from None
+    finally:
+        sink.close()
+    return list(result.column_names), [list(r) for r in result.result_rows]
+
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param takes NAME=VALUE, got {item!r}")
+        params[name] = value
+    return params
+
+
+def as_dicts(columns: list[str], rows: list[list[Any]]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row)) for row in rows]
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '1h', '7d' → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 15m, 1h or 7d, got {text!r}")
+    return int(text[:-1]) * units[text[-1]]
+
+
+METRIC_TABLES = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+REPLAY_SIGNALS = {"spans": ["traces"], "logs": ["logs"], "metrics": ["metrics"], "all": ["traces", "logs", "metrics"]}
+
+
+def open_sink_or_explain(settings: Settings) -> Any:
+    from sinks.clickhouse import ClickHouseSink
+
+    try:
+        return ClickHouseSink.open(settings.clickhouse, settings.worker.app_id)
+    except Exception as exc:
+        if "lock" in str(exc).lower() and settings.clickhouse.dsn.startswith("chdb://"):
+            raise SystemExit(
+                f"the embedded store {settings.clickhouse.dsn} is held by another process (a running worker?): "
+                "stop it first, or point clickhouse.dsn at a ClickHouse server") from None
+        raise
