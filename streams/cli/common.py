@@ -101,7 +101,10 @@ def parse_duration(text: str) -> int:
 METRIC_TABLES = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 
 
-REPLAY_SIGNALS = {"spans": ["traces"], "logs": ["logs"], "metrics": ["metrics"], "all": ["traces", "logs", "metrics"]}
+# The signal is named as OTLP names it (traces, logs, metrics) in every command; "spans" is
+# accepted as another name of traces, as older releases spelled it.
+REPLAY_SIGNALS = {"traces": ["traces"], "spans": ["traces"], "logs": ["logs"], "metrics": ["metrics"],
+                  "all": ["traces", "logs", "metrics"]}
 
 
 def open_sink_or_explain(settings: Settings) -> Any:

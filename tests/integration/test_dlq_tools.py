@@ -22,7 +22,7 @@ def test_dead_letters_listed_then_refed_after_a_fix(worker_factory):
                       [r.SerializeToString() for r in big] + [small.SerializeToString()]))
     worker.wait_for("SELECT count() FROM {db}.otel_traces", 2)
 
-    shown = cli(worker, "dlq", "show", "--signal", "spans", "--format", "json")
+    shown = cli(worker, "dlq", "show", "--signal", "traces", "--format", "json")
     assert shown.returncode == 0, shown.stderr
     letters = json.loads(shown.stdout)
     assert len(letters) == 3 and {letter["reason"] for letter in letters} == {"too_large"}
@@ -31,10 +31,10 @@ def test_dead_letters_listed_then_refed_after_a_fix(worker_factory):
     # The fix: a larger limit. Then the letters go back to the source topic and land.
     worker.stop()
     worker.reconfigure(OTELPIPE_WORKER_MAX_MESSAGE_BYTES=str(1 << 20)).start()
-    refed = cli(worker, "dlq", "replay", "--signal", "spans")
+    refed = cli(worker, "dlq", "replay", "--signal", "traces")
     assert refed.returncode == 0, refed.stderr
     assert worker.settings.kafka.spans_topic in refed.stdout and "│        3 │" in refed.stdout
     worker.wait_for("SELECT count() FROM {db}.otel_traces", 2 + 60)
-    again = cli(worker, "dlq", "replay", "--signal", "spans")
+    again = cli(worker, "dlq", "replay", "--signal", "traces")
     assert "│        3 │" not in again.stdout  # each letter is fed back once
     assert worker.scalar("SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces") == 62
