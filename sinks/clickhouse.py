@@ -24,7 +24,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 
 from sinks.write_plan import RecordedRange
 from streams.otlp.batch import ColumnBatch, SourceRange
-from streams.config import ClickHouseSettings
+from sinks.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.config import PROJECT_ROOT, ClickHouseSettings
+from sinks.settings import ClickHouseSettings
 
-SCHEMA_DIR = PROJECT_ROOT / "schemas" / "clickhouse"
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
 MIGRATIONS_TABLE = "otelpipe_schema_migrations"
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _PLACEHOLDER = re.compile(r"\$\{(\w+)(?::([^}]*))?\}")

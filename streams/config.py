@@ -20,12 +20,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Mapping
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
+
+from sinks.settings import ClickHouseSettings, mask_secrets
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -54,14 +56,6 @@ def read_toml(path: str | os.PathLike[str], what: str, error: type[ProblemsError
         raise error([f"{what} file {path}: not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise error([f"{what} file {path}: {exc}"]) from None
-
-
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
-
-
-def mask_secrets(text: str) -> str:
-    """``scheme://user:password@host`` → ``scheme://user:****@host`` anywhere in ``text``."""
-    return _URL_PASSWORD.sub(r"\g<head>****@", text)
 
 
 # ------------------------------------------------------------------ reusable checks (message = the problem)
@@ -147,12 +141,6 @@ def _service_rates(value: str) -> str:
     return value
 
 
-def _dsn(value: str) -> str:
-    if not value.startswith(("chdb://", "http://", "https://")):
-        raise ValueError(f"must start with chdb://, http:// or https://, got {mask_secrets(value)!r}")
-    return value
-
-
 Positive = Annotated[int, AfterValidator(_positive)]
 PositiveFloat = Annotated[float, AfterValidator(_positive)]
 Port = Annotated[int, AfterValidator(_port)]
@@ -214,30 +202,6 @@ class KafkaSettings(Section):
             self.logs_topic: self.logs_encoding,
             self.metrics_topic: self.metrics_encoding,
         }.get(topic, "otlp_proto")
-
-
-class ClickHouseSettings(Section):
-    dsn: Annotated[str, AfterValidator(_dsn)] = setting(
-        "chdb://.otelpipe/chdb",
-        "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
-        "the current directory); http(s)://user:pass@host:8123/db reaches a server.")
-    database: Annotated[str, AfterValidator(_identifier), AfterValidator(_not_blank)] = setting(
-        "otel", "Database holding the otel_* tables.")
-    cluster: Annotated[str, AfterValidator(_identifier)] = setting(
-        "", "Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
-    ttl_days: Annotated[int, AfterValidator(_non_negative)] = setting(
-        0, "Server only: drop parts older than this many days (0 keeps data forever).", "days")
-    dedup_window: Positive = setting(
-        10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
-               "their deduplication token.", "blocks")
-    insert_timeout_s: PositiveFloat = setting(60.0, "Timeout of one insert.", "s")
-
-    @model_validator(mode="after")
-    def _related(self) -> ClickHouseSettings:
-        problems = []
-        if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
-            problems.append("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
-        return _raise_related(self, problems)
 
 
 class WorkerSettings(Section):

@@ -20,7 +20,7 @@ from streams.agents.routing import PROTOBUF_HEADER, encode_envelope, split_by_tr
 from streams.agents.runtime import Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
-from streams.otlp.decode import BadMessage
+from streams.otlp.values import BadMessage
 from streams.stages.tail import chunk_key
 
 

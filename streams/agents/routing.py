@@ -24,7 +24,8 @@ import xxhash
 
 from streams.otlp.batch import RawMessage
 from streams.config import PROJECT_ROOT
-from streams.otlp.decode import BadMessage, choose_encoding, parse_request
+from streams.otlp.decode import choose_encoding, parse_request
+from streams.otlp.values import BadMessage
 
 ROUTED_SCHEMA_PATH = PROJECT_ROOT / "schemas" / "avro" / "routed_otlp.avsc"
 ROUTED_SCHEMA = fastavro.parse_schema(orjson.loads(ROUTED_SCHEMA_PATH.read_bytes()))

@@ -27,7 +27,7 @@ import orjson
 from streams.agents import worker_metrics as m
 from streams.otlp.batch import ColumnBatch, DeadLetter, RawMessage
 from streams.agents.keyed_state import ChangelogState
-from streams.otlp.decode import BadMessage
+from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, route_partition
 from streams.stages.tail import Decision, TailIndex, assemble, decide, parse_chunk_key

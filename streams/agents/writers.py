@@ -15,7 +15,7 @@ from streams.agents import worker_metrics as m
 from streams.agents.runtime import Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
-from streams.otlp.decode import BadMessage
+from streams.otlp.values import BadMessage
 from streams.stages.alerts import encode_avro
 
 log = logging.getLogger("otelpipe.worker")

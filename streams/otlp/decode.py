@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
-from decimal import Decimal
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 from google.protobuf import json_format
@@ -39,148 +37,36 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage
+from streams.otlp.columns import (
+    EXP_HISTOGRAM_TABLE,
+    GAUGE_TABLE,
+    HISTOGRAM_TABLE,
+    LOGS_TABLE,
+    NONE,
+    SIGNAL_TABLES,
+    SIGNALS,
+    SPAN_KINDS,
+    STATUS_CODES,
+    SUM_TABLE,
+    SUMMARY_TABLE,
+    TABLE_COLUMNS,
+    TRACES_TABLE,
+)
+from streams.otlp.values import (
+    MAX_TIMESTAMP_NS,
+    BadMessage,
+    any_value_str,
+    attributes_map,
+    checked_timestamp,
+    id_hex,
+    service_name,
+)
 
 try:  # the C fast path for protobuf spans (streams/otlp/_fastotlp.c); same output, ~5x faster
     from streams.otlp import _fastotlp
 except ImportError:  # built without a compiler: the pure-Python path below does everything
     _fastotlp = None
 
-TRACES_TABLE = "otel_traces"
-LOGS_TABLE = "otel_logs"
-GAUGE_TABLE = "otel_metrics_gauge"
-SUM_TABLE = "otel_metrics_sum"
-HISTOGRAM_TABLE = "otel_metrics_histogram"
-EXP_HISTOGRAM_TABLE = "otel_metrics_exponential_histogram"
-SUMMARY_TABLE = "otel_metrics_summary"
-
-SIGNALS = ("traces", "logs", "metrics")
-
-SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
-STATUS_CODES = ("Unset", "Ok", "Error")
-
-_RESOURCE_COLUMNS = [
-    "ResourceAttributes",
-    "ResourceSchemaUrl",
-    "ResourceDroppedAttrCount",
-    "ScopeName",
-    "ScopeVersion",
-    "ScopeAttributes",
-    "ScopeDroppedAttrCount",
-    "ScopeSchemaUrl",
-    "ServiceName",
-]
-
-TRACE_COLUMNS = [
-    "Timestamp",
-    "TraceId",
-    "SpanId",
-    "ParentSpanId",
-    "TraceState",
-    "SpanName",
-    "SpanKind",
-    "ServiceName",
-    "ResourceAttributes",
-    "ScopeName",
-    "ScopeVersion",
-    "SpanAttributes",
-    "Duration",
-    "StatusCode",
-    "StatusMessage",
-    "Events.Timestamp",
-    "Events.Name",
-    "Events.Attributes",
-    "Links.TraceId",
-    "Links.SpanId",
-    "Links.TraceState",
-    "Links.Attributes",
-    # Beyond the Collector exporter's columns: everything else a span carries.
-    "ResourceSchemaUrl",
-    "ResourceDroppedAttrCount",
-    "ScopeAttributes",
-    "ScopeDroppedAttrCount",
-    "ScopeSchemaUrl",
-    "SpanFlags",
-    "DroppedAttributesCount",
-    "DroppedEventsCount",
-    "DroppedLinksCount",
-    "Events.DroppedAttributesCount",
-    "Links.Flags",
-    "Links.DroppedAttributesCount",
-]
-
-LOG_COLUMNS = [
-    "Timestamp",
-    "TraceId",
-    "SpanId",
-    "TraceFlags",
-    "SeverityText",
-    "SeverityNumber",
-    "ServiceName",
-    "Body",
-    "ResourceSchemaUrl",
-    "ResourceAttributes",
-    "ScopeSchemaUrl",
-    "ScopeName",
-    "ScopeVersion",
-    "ScopeAttributes",
-    "LogAttributes",
-    "EventName",
-    "ObservedTimestamp",
-    "LogFlags",
-    "DroppedAttributesCount",
-    "ResourceDroppedAttrCount",
-    "ScopeDroppedAttrCount",
-]
-
-_METRIC_COMMON = _RESOURCE_COLUMNS + [
-    "MetricName",
-    "MetricDescription",
-    "MetricUnit",
-    "MetricMetadata",
-    "Attributes",
-    "StartTimeUnix",
-    "TimeUnix",
-    "Flags",
-]
-_EXEMPLAR_COLUMNS = [
-    "Exemplars.FilteredAttributes",
-    "Exemplars.TimeUnix",
-    "Exemplars.Value",
-    "Exemplars.SpanId",
-    "Exemplars.TraceId",
-]
-
-METRIC_COLUMNS: dict[str, list[str]] = {
-    GAUGE_TABLE: _METRIC_COMMON + ["Value"] + _EXEMPLAR_COLUMNS,
-    SUM_TABLE: _METRIC_COMMON + ["Value", "AggregationTemporality", "IsMonotonic"] + _EXEMPLAR_COLUMNS,
-    HISTOGRAM_TABLE: _METRIC_COMMON
-    + ["Count", "Sum", "BucketCounts", "ExplicitBounds", "Min", "Max", "AggregationTemporality"]
-    + _EXEMPLAR_COLUMNS,
-    EXP_HISTOGRAM_TABLE: _METRIC_COMMON
-    + [
-        "Count",
-        "Sum",
-        "Scale",
-        "ZeroCount",
-        "ZeroThreshold",
-        "PositiveOffset",
-        "PositiveBucketCounts",
-        "NegativeOffset",
-        "NegativeBucketCounts",
-        "Min",
-        "Max",
-        "AggregationTemporality",
-    ]
-    + _EXEMPLAR_COLUMNS,
-    SUMMARY_TABLE: _METRIC_COMMON + ["Count", "Sum", "ValueAtQuantiles.Quantile", "ValueAtQuantiles.Value"],
-}
-
-TABLE_COLUMNS: dict[str, list[str]] = {TRACES_TABLE: TRACE_COLUMNS, LOGS_TABLE: LOG_COLUMNS, **METRIC_COLUMNS}
-SIGNAL_TABLES: dict[str, list[str]] = {
-    "traces": [TRACES_TABLE],
-    "logs": [LOGS_TABLE],
-    "metrics": list(METRIC_COLUMNS),
-}
 
 _REQUEST_TYPES: dict[str, type[Message]] = {
     "traces": ExportTraceServiceRequest,
@@ -196,114 +82,6 @@ _ID_KEYS = {"traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 
 PROTO_CONTENT_TYPES = {"application/x-protobuf", "application/protobuf", "application/vnd.google.protobuf"}
 JSON_CONTENT_TYPES = {"application/json"}
-
-
-# The value of every empty array cell (a span without events, a point without exemplars). One shared
-# immutable tuple instead of a new list per row: most rows have none, and each list costs an
-# allocation and a deallocation. Stages never mutate cells in place.
-NONE: tuple = ()
-
-
-class BadMessage(Exception):
-    """A message that cannot become rows; ``reason`` goes into the dead-letter headers."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-# ---------------------------------------------------------------- AnyValue to string
-
-
-def format_double(value: float) -> str:
-    """A double as Go's strconv.FormatFloat(v, 'f', -1, 64) writes it (the Collector's AsString)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    text = repr(value)
-    if "e" in text or "E" in text:
-        text = format(Decimal(text), "f")
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text
-
-
-def any_value_raw(value: Any) -> Any:
-    """AnyValue as a JSON-able Python value (bytes as base64), for arrays and kvlists."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "double_value":
-        v = value.double_value
-        return v if math.isfinite(v) else format_double(v)
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind == "array_value":
-        return [any_value_raw(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: any_value_raw(kv.value) for kv in value.kvlist_value.values}
-    return None
-
-
-def any_value_str(value: Any) -> str:
-    """AnyValue flattened to one string, as the Collector's ClickHouse exporter stores it."""
-    kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return str(value.int_value)
-    if kind == "bool_value":
-        return "true" if value.bool_value else "false"
-    if kind == "double_value":
-        return format_double(value.double_value)
-    if kind == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    if kind == "array_value" or kind == "kvlist_value":
-        return orjson.dumps(any_value_raw(value), option=orjson.OPT_SORT_KEYS).decode()
-    return ""
-
-
-def _value_str(value: Any) -> str:
-    # Strings are by far the most common kind: a non-empty string_value settles it without
-    # asking which kind is set; anything else (including "") takes the general path.
-    return value.string_value or any_value_str(value)
-
-
-def attributes_map(kvs: Iterable[Any]) -> dict[str, str]:
-    # _value_str inlined: this runs for every attribute of every record.
-    return {kv.key: kv.value.string_value or any_value_str(kv.value) for kv in kvs}
-
-
-def service_name(resource_attrs: dict[str, str]) -> str:
-    name = resource_attrs.get("service.name")
-    if name:
-        return name
-    executable = resource_attrs.get("process.executable.name")
-    return f"unknown_service:{executable}" if executable else "unknown_service"
-
-
-# DateTime64(9) holds nanoseconds as Int64: 2262-04-11 is the last instant it can store.
-MAX_TIMESTAMP_NS = 2**63 - 1
-
-
-def _timestamp(value: int, what: str) -> int:
-    if value > MAX_TIMESTAMP_NS:
-        raise BadMessage("invalid_value", f"{what} {value} ns is past 2262-04-11, the last DateTime64(9) instant")
-    return value
-
-
-def _id_hex(raw: bytes, size: int, what: str) -> str:
-    if not raw:
-        return ""
-    if len(raw) != size:
-        raise BadMessage("invalid_id", f"{what} must be {size} bytes, got {len(raw)}")
-    return raw.hex()
 
 
 # ---------------------------------------------------------------- bytes to request
@@ -428,14 +206,14 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
                 start = span.start_time_unix_nano
                 end = span.end_time_unix_nano
                 if start > MAX_TIMESTAMP_NS or end > MAX_TIMESTAMP_NS:
-                    _timestamp(max(start, end), "span time")
+                    checked_timestamp(max(start, end), "span time")
                 ts(start)
                 raw = span.trace_id
-                trace_id(raw.hex() if len(raw) == 16 else _id_hex(raw, 16, "trace_id"))
+                trace_id(raw.hex() if len(raw) == 16 else id_hex(raw, 16, "trace_id"))
                 raw = span.span_id
-                span_id(raw.hex() if len(raw) == 8 else _id_hex(raw, 8, "span_id"))
+                span_id(raw.hex() if len(raw) == 8 else id_hex(raw, 8, "span_id"))
                 raw = span.parent_span_id
-                parent(raw.hex() if len(raw) == 8 else _id_hex(raw, 8, "parent_span_id"))
+                parent(raw.hex() if len(raw) == 8 else id_hex(raw, 8, "parent_span_id"))
                 state(span.trace_state)
                 name(span.name)
                 k = span.kind
@@ -452,7 +230,7 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
                 status_message(status.message)
                 events = span.events
                 if events:
-                    ev_ts([_timestamp(e.time_unix_nano, "event time") for e in events])
+                    ev_ts([checked_timestamp(e.time_unix_nano, "event time") for e in events])
                     ev_name([e.name for e in events])
                     ev_attrs([attributes_map(e.attributes) for e in events])
                     ev_dropped([e.dropped_attributes_count for e in events])
@@ -460,8 +238,8 @@ def _spans_to_columns(request: Any, out: _Columns) -> None:
                     ev_ts(NONE), ev_name(NONE), ev_attrs(NONE), ev_dropped(NONE)
                 links = span.links
                 if links:
-                    ln_trace([_id_hex(link.trace_id, 16, "link trace_id") for link in links])
-                    ln_span([_id_hex(link.span_id, 8, "link span_id") for link in links])
+                    ln_trace([id_hex(link.trace_id, 16, "link trace_id") for link in links])
+                    ln_span([id_hex(link.span_id, 8, "link span_id") for link in links])
                     ln_state([link.trace_state for link in links])
                     ln_attrs([attributes_map(link.attributes) for link in links])
                     ln_flags([link.flags for link in links])
@@ -493,11 +271,11 @@ def _logs_to_columns(request: Any, out: _Columns) -> None:
             s_attrs = attributes_map(scope.attributes)
             s_schema = sl.schema_url
             for rec in sl.log_records:
-                observed_ns = _timestamp(rec.observed_time_unix_nano, "observed time")
+                observed_ns = checked_timestamp(rec.observed_time_unix_nano, "observed time")
                 # A record without a timestamp happened when it was observed (OTel data model).
-                ts(_timestamp(rec.time_unix_nano, "log time") or observed_ns)
-                trace_id(_id_hex(rec.trace_id, 16, "trace_id"))
-                span_id(_id_hex(rec.span_id, 8, "span_id"))
+                ts(checked_timestamp(rec.time_unix_nano, "log time") or observed_ns)
+                trace_id(id_hex(rec.trace_id, 16, "trace_id"))
+                span_id(id_hex(rec.span_id, 8, "span_id"))
                 f = rec.flags
                 trace_flags(f & 0xFF)
                 sev_text(rec.severity_text)
@@ -524,10 +302,10 @@ def _exemplar_columns(exemplars: Any) -> tuple[list, list, list, list, list]:
         return NONE, NONE, NONE, NONE, NONE
     return (
         [attributes_map(e.filtered_attributes) for e in exemplars],
-        [_timestamp(e.time_unix_nano, "exemplar time") for e in exemplars],
+        [checked_timestamp(e.time_unix_nano, "exemplar time") for e in exemplars],
         [float(e.as_int) if e.WhichOneof("value") == "as_int" else e.as_double for e in exemplars],
-        [_id_hex(e.span_id, 8, "exemplar span_id") for e in exemplars],
-        [_id_hex(e.trace_id, 16, "exemplar trace_id") for e in exemplars],
+        [id_hex(e.span_id, 8, "exemplar span_id") for e in exemplars],
+        [id_hex(e.trace_id, 16, "exemplar trace_id") for e in exemplars],
     )
 
 
@@ -570,8 +348,8 @@ def _append_head(cols: list[Callable[[Any], None]], head: tuple, point: Any) -> 
     for i in range(n):
         cols[i](head[i])
     cols[n](attributes_map(point.attributes))
-    cols[n + 1](_timestamp(point.start_time_unix_nano, "start time"))
-    cols[n + 2](_timestamp(point.time_unix_nano, "time"))
+    cols[n + 1](checked_timestamp(point.start_time_unix_nano, "start time"))
+    cols[n + 2](checked_timestamp(point.time_unix_nano, "time"))
     cols[n + 3](point.flags)
     return n + 4
 

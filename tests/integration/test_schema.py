@@ -1,7 +1,7 @@
 """The DDL files, the decoder and the Collector exporter's tables agree, on the real chDB engine."""
 
 from sinks.migrations import MIGRATIONS_TABLE, migrate, table_columns
-from streams.otlp.decode import TABLE_COLUMNS
+from streams.otlp.columns import TABLE_COLUMNS
 
 # Column → type of the OpenTelemetry Collector ClickHouse exporter's tables (its sqltemplates).
 _RESOURCE = {

@@ -1,7 +1,7 @@
 import pytest
 
 from sinks.migrations import load_migrations, render, statements
-from streams.config import ClickHouseSettings
+from sinks.settings import ClickHouseSettings
 
 
 def test_migrations_are_numbered_files():

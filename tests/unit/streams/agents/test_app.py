@@ -52,3 +52,8 @@ def test_two_apps_with_different_settings_in_one_process():
     assert {a.channel.get_topic_name() for a in plain.agents.values()} >= {"otlp_spans", "otlp_logs", "otlp_metrics"}
     # each app has its own stages: a policy applied to one does not reach the other
     assert plain.otelpipe_runtime.stages is not tail.otelpipe_runtime.stages
+
+
+def test_the_sink_takes_its_own_settings_not_the_whole_configuration():
+    for path in (ROOT / "sinks").glob("*.py"):
+        assert "streams.config" not in path.read_text(), f"{path.name} imports the whole configuration"

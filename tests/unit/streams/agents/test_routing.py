@@ -2,7 +2,8 @@
 
 import pytest
 from streams.otlp.batch import RawMessage
-from streams.otlp.decode import BadMessage, decode_messages
+from streams.otlp.decode import decode_messages
+from streams.otlp.values import BadMessage
 from streams.otlp.encode import encode_request
 from streams.agents.routing import decode_envelope, encode_envelope, route_partition, split_metrics, virtual_message
 from tests.otlp_builders import metrics_request

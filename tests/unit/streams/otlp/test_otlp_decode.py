@@ -3,12 +3,9 @@ import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from streams.otlp.batch import RawMessage
-from streams.otlp.decode import (
-    TABLE_COLUMNS,
-    decode_messages,
-    format_double,
-    service_name,
-)
+from streams.otlp.columns import TABLE_COLUMNS
+from streams.otlp.decode import decode_messages
+from streams.otlp.values import format_double, service_name
 from streams.otlp.encode import encode_request
 from tests.otlp_builders import (
     EXPECTED_KINDS,

@@ -1,0 +1,85 @@
+"""The ClickHouse sink's own settings: the ``[clickhouse]`` section of otelpipe's configuration.
+
+The sink takes this object (or its fields as arguments) and nothing else of the configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def mask_secrets(text: str) -> str:
+    """``scheme://user:password@host`` → ``scheme://user:****@host`` anywhere in ``text``."""
+    return _URL_PASSWORD.sub(r"\g<head>****@", text)
+
+
+def setting(default: Any, doc: str, unit: str = "") -> Any:
+    """A documented field: ``doc`` is its meaning, ``unit`` its unit (shown by ``otelpipe config``)."""
+    return Field(default=default, description=doc, json_schema_extra={"unit": unit} if unit else None)
+
+
+def _dsn(value: str) -> str:
+    if not value.startswith(("chdb://", "http://", "https://")):
+        raise ValueError(f"must start with chdb://, http:// or https://, got {mask_secrets(value)!r}")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if value and not _IDENT.match(value):
+        raise ValueError(f"{value!r} is not a plain identifier")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return value
+
+
+def _non_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return value
+
+
+Positive = Annotated[int, AfterValidator(_positive)]
+PositiveFloat = Annotated[float, AfterValidator(_positive)]
+
+
+class ClickHouseSettings(BaseModel):
+    """Where rows go and how the schema is rendered (section ``[clickhouse]`` of the configuration)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True, validate_default=True)
+
+    dsn: Annotated[str, AfterValidator(_dsn)] = setting(
+        "chdb://.otelpipe/chdb",
+        "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
+        "the current directory); http(s)://user:pass@host:8123/db reaches a server.")
+    database: Annotated[str, AfterValidator(_identifier), AfterValidator(_not_blank)] = setting(
+        "otel", "Database holding the otel_* tables.")
+    cluster: Annotated[str, AfterValidator(_identifier)] = setting(
+        "", "Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
+    ttl_days: Annotated[int, AfterValidator(_non_negative)] = setting(
+        0, "Server only: drop parts older than this many days (0 keeps data forever).", "days")
+    dedup_window: Positive = setting(
+        10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
+               "their deduplication token.", "blocks")
+    insert_timeout_s: PositiveFloat = setting(60.0, "Timeout of one insert.", "s")
+
+    @model_validator(mode="after")
+    def _related(self) -> ClickHouseSettings:
+        if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
+            raise ValueError("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
+        return self
