@@ -21,7 +21,7 @@ from throughput import build_messages  # noqa: E402
 from streams.otlp.batch import RawMessage  # noqa: E402
 from streams.stages.labels import LabelStage  # noqa: E402
 from streams.otlp.decode import decode_messages  # noqa: E402
-from streams.stages.label_policy import Policy  # noqa: E402
+from streams.stages.label_policy import LabelPolicy  # noqa: E402
 from streams.cli.render import format_table  # noqa: E402
 from streams.agents.signal_writer import gc_paused  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> int:
     second = decode_messages("traces", messages[40:]).batches["otel_traces"]
     seen = {v for attrs in first.columns["SpanAttributes"] for v in attrs.values()}
     values = [v for attrs in second.columns["SpanAttributes"] for v in attrs.values()]
-    stage = LabelStage(Policy())
+    stage = LabelStage(LabelPolicy())
     stage.apply(first)
     rows = []
     for label in ("mostly new values", "values seen before"):

@@ -20,7 +20,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Mapping, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -420,8 +420,14 @@ SECTIONS: dict[str, type[Section]] = {
 _EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
 
 
-def problems_of(exc: ValidationError, root: str = "") -> list[str]:
-    """pydantic's errors as ``path: message`` lines (``rules[2].buckets: must be > 0``)."""
+def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | None = None,
+                required: Mapping[str, str] | None = None) -> list[str]:
+    """pydantic's errors as ``path: problem`` lines (``cardinality.rules[2].buckets: must be > 0``),
+    for every file otelpipe reads (configuration, label policy, catalog, tail policies).
+
+    ``root`` prefixes every path; ``sections`` are the file's known top-level tables (an unknown
+    one is named with them); ``required`` gives the problem of a missing setting, by name.
+    """
     out = []
     for err in exc.errors(include_url=False):
         loc = list(err["loc"])
@@ -429,26 +435,28 @@ def problems_of(exc: ValidationError, root: str = "") -> list[str]:
         for part in loc:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         kind, ctx = err["type"], err.get("ctx") or {}
-        related = ctx.get("error")
-        if isinstance(related, _Related):
-            for problem in related.problems:
-                head, sep, rest = problem.partition(": ")
+        cause = ctx.get("error")
+        if isinstance(cause, _Related):
+            for problem in cause.problems:
+                head, sep, _ = problem.partition(": ")
                 out.append(f"{path}.{problem}" if sep and " " not in head else f"{path}: {problem}")
             continue
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-            if len(loc) == 1 and not root and SECTIONS:
-                message = f"unknown section (known: {', '.join(SECTIONS)})"
+            if len(loc) == 1 and not root and sections:
+                problem = f"unknown section (known: {', '.join(sections)})"
             else:
-                message = "unknown setting"
+                problem = "unknown setting"
         elif kind == "missing":
-            message = "required"
+            problem = (required or {}).get(str(loc[-1]) if loc else "", "required")
+        elif kind in ("model_type", "dataclass_type", "dict_type"):
+            problem = "must be a table"
         elif kind == "value_error":
-            message = str(related) if related is not None else err["msg"]
+            problem = str(cause) if cause is not None else err["msg"]
         elif kind.split("_")[0] in _EXPECTED and kind.endswith(("_parsing", "_type", "_from_float")):
-            message = f"expected {_EXPECTED[kind.split('_')[0]]}, got {err['input']!r}"
+            problem = f"expected {_EXPECTED[kind.split('_')[0]]}, got {err['input']!r}"
         else:
-            message = err["msg"]
-        out.append(f"{path}: {mask_secrets(message)}")
+            problem = err["msg"]
+        out.append(f"{path}: {mask_secrets(problem)}" if path else mask_secrets(problem))
     return out
 
 
@@ -478,7 +486,7 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = problems_of(exc)
+        problems = problems_of(exc, sections=list(SECTIONS))
         failed = {tuple(err["loc"][:2]) for err in exc.errors() if len(err["loc"]) >= 2}
     # A section with an invalid setting skipped its checks that relate settings: run them on the
     # settings that are valid (defaults standing in for the others), so every problem is listed.

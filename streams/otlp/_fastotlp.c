@@ -56,9 +56,16 @@ static int read_varint(Buf *b, uint64_t *out) {
 /* Next field: tag and, for LEN fields, the sub-buffer; for fixed/varint, the value. */
 typedef struct { uint32_t field; int wire; uint64_t num; Buf sub; } Field;
 
-static int read_field(Buf *b, Field *f) {
+/* protobuf's own limits: field numbers below 2^29, and groups/messages nested at most 100 deep. */
+#define MAX_FIELD_NUMBER ((1u << 29) - 1)
+#define MAX_GROUP_DEPTH 100
+
+/* One tag and its value, without looking into groups: 0 a field, 1 an end-group tag,
+ * 2 a start-group tag (the caller skips the group), -1 an error. */
+static int read_tag(Buf *b, Field *f) {
     uint64_t key;
     if (read_varint(b, &key) < 0) return -1;
+    if ((key >> 3) > MAX_FIELD_NUMBER) return fail("undecodable", "field number past 2^29 - 1");
     f->field = (uint32_t)(key >> 3); f->wire = (int)(key & 7);
     if (f->field == 0) return fail("undecodable", "field number 0");
     switch (f->wire) {
@@ -77,22 +84,40 @@ static int read_field(Buf *b, Field *f) {
         if (len > (uint64_t)(b->end - b->p)) return fail("undecodable", "truncated length-delimited field");
         f->sub.p = b->p; f->sub.end = b->p + len; b->p += len; return 0;
     }
-    case 3: {
-        /* a group (deprecated): skip everything up to its end tag, as unknown data */
-        for (;;) {
-            Field g;
-            if (b->p >= b->end) return fail("undecodable", "unterminated group");
-            int r = read_field(b, &g);
-            if (r < 0) return -1;
-            if (r == 1) {
-                if (g.field != f->field) return fail("undecodable", "mismatched end group");
-                return 0;
-            }
-        }
-    }
+    case 3: return 2;
     case 4: return 1; /* end group: the caller decides (only valid inside a group) */
     default: return fail("undecodable", "invalid wire type");
     }
+}
+
+/* Skip a group (deprecated, read as unknown data) up to its end tag. Iterative, with an explicit
+ * stack of open groups bounded by MAX_GROUP_DEPTH: nesting costs no C stack, so no input can
+ * overflow it. */
+static int skip_group(Buf *b, uint32_t field) {
+    uint32_t open[MAX_GROUP_DEPTH];
+    int depth = 0;
+    open[depth++] = field;
+    while (depth > 0) {
+        Field g;
+        if (b->p >= b->end) return fail("undecodable", "unterminated group");
+        int r = read_tag(b, &g);
+        if (r < 0) return -1;
+        if (r == 2) {
+            if (depth == MAX_GROUP_DEPTH) return fail("too_deep", "groups nested more than 100 deep");
+            open[depth++] = g.field;
+        } else if (r == 1) {
+            if (g.field != open[depth - 1]) return fail("undecodable", "mismatched end group");
+            depth--;
+        }
+    }
+    return 0;
+}
+
+/* The next field; a group is skipped whole (0), an end-group tag is 1 for the caller. */
+static int read_field(Buf *b, Field *f) {
+    int r = read_tag(b, f);
+    if (r == 2) return skip_group(b, f->field);
+    return r;
 }
 
 /* The next field of a message; an end-group tag here is malformed input. */
@@ -372,7 +397,8 @@ static int one_span(Ctx *c, Buf b) {
         if (ok) ok = (v[C_NAME] = name.p ? utf8(name) : (Py_INCREF(str_empty), str_empty)) != NULL;
         if (ok) ok = (v[C_STATUS_MESSAGE] = status_msg.p ? utf8(status_msg) : (Py_INCREF(str_empty), str_empty)) != NULL;
         if (ok) {
-            int64_t k = (int64_t)kind, sc = (int64_t)status_code;
+            /* enums are int32 on the wire: protobuf keeps the low 32 bits of the varint */
+            int32_t k = (int32_t)(uint32_t)kind, sc = (int32_t)(uint32_t)status_code;
             v[C_KIND] = kind_strs[(k >= 0 && k < 6) ? k : 0]; Py_INCREF(v[C_KIND]);
             v[C_STATUS_CODE] = status_strs[(sc >= 0 && sc < 3) ? sc : 0]; Py_INCREF(v[C_STATUS_CODE]);
             v[C_SERVICE] = c->service; Py_INCREF(c->service);

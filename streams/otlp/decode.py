@@ -98,24 +98,36 @@ def choose_encoding(message: RawMessage, default: str) -> str:
     return default
 
 
-def _hex_ids_to_base64(node: Any) -> Any:
-    """OTLP JSON writes ids as hex; protobuf's JSON mapping wants base64. Rewrite them in place."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                if value == "":
-                    continue
-                try:
-                    node[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError:
-                    raise BadMessage("invalid_id", f"{key} {value[:64]!r} is not hex") from None
-            elif isinstance(value, (dict, list)):
-                _hex_ids_to_base64(value)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, (dict, list)):
-                _hex_ids_to_base64(item)
-    return node
+# Nesting allowed in OTLP JSON, counting every object and array from the request down: the
+# request's own structure takes 9 levels to an attribute value; protobuf refuses messages nested
+# more than 100 deep, and so does this.
+MAX_JSON_NESTING = 100
+# SeverityNumber is an open enum (int32) stored as UInt8: defined values are 0..24.
+MAX_SEVERITY_NUMBER = 24
+
+
+def _hex_ids_to_base64(root: Any) -> Any:
+    """OTLP JSON writes ids as hex; protobuf's JSON mapping wants base64. Rewrite them in place.
+    Iterative, so no input can exhaust the Python stack; past MAX_JSON_NESTING it is refused."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_NESTING:
+            raise BadMessage("too_deep", f"OTLP JSON nested more than {MAX_JSON_NESTING} levels")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _ID_KEYS and isinstance(value, str):
+                    if value == "":
+                        continue
+                    try:
+                        node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                    except ValueError:
+                        raise BadMessage("invalid_id", f"{key} {value[:64]!r} is not hex") from None
+                elif isinstance(value, (dict, list)):
+                    stack.append((value, depth + 1))
+        else:
+            stack.extend((item, depth + 1) for item in node if isinstance(item, (dict, list)))
+    return root
 
 
 def _not_protobuf(signal: str, payload: bytes, detail: str) -> BadMessage:
@@ -147,6 +159,8 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
             json_format.ParseDict(_hex_ids_to_base64(data), request, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
             raise BadMessage("wrong_shape", f"OTLP JSON does not match the {signal} schema: {exc}") from None
+        except RecursionError:
+            raise BadMessage("too_deep", "OTLP JSON nested too deeply to parse") from None
         return request
 
     request = request_type()
@@ -154,6 +168,8 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
         request.ParseFromString(payload)
     except DecodeError as exc:
         raise _not_protobuf(signal, payload, str(exc)) from None
+    except RecursionError:
+        raise BadMessage("too_deep", f"OTLP protobuf {signal} request nested too deeply to parse") from None
     if payload and not request.ListFields():
         # Bytes that parse only as unknown fields are not telemetry; an empty request is 0 bytes.
         raise BadMessage("undecodable", f"no OTLP {signal} content in {len(payload)} bytes")
@@ -279,7 +295,8 @@ def _logs_to_columns(request: Any, out: _Columns) -> None:
                 f = rec.flags
                 trace_flags(f & 0xFF)
                 sev_text(rec.severity_text)
-                sev_number(rec.severity_number)
+                sev = rec.severity_number  # an open enum: values past FATAL4 (24) are Unspecified (0)
+                sev_number(sev if 0 <= sev <= MAX_SEVERITY_NUMBER else 0)
                 service(r_service)
                 body(any_value_str(rec.body) if rec.HasField("body") else "")
                 res_schema(r_schema)
@@ -482,6 +499,11 @@ def decode_messages(
                 result.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
             else:
                 result.dead_letters.append(DeadLetter(message, "invalid_value", f"{type(exc).__name__}: {exc}"))
+            continue
+        except Exception as exc:  # one message never stops the others: whatever else failed is named
+            for table, cols in outs.items():
+                cols.truncate(marks[table])
+            result.dead_letters.append(DeadLetter(message, "internal", f"{type(exc).__name__}: {exc}"[:500]))
             continue
         result.decoded_messages += 1
     for table, cols in outs.items():

@@ -5,16 +5,21 @@ A TOML file (``worker.catalog_file``) with ``[[services]]`` tables — ``name``,
 topic (``worker.catalog_topic``, key = service name, value = one such table as TOML, empty value
 removes it) that running workers follow, so changes arrive live. ``CatalogStage.apply(batch)`` adds
 ``ServiceTeam``, ``ServiceTier`` and ``ServiceOwner`` columns from the row's ``ServiceName``.
+
+The file's schema is the pydantic models ``ServiceSection`` / ``CatalogFile`` (``catalog_json_schema()``);
+every problem is listed at once with its path (``services[1].availability: must be between 0 and 1``).
 """
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from streams.otlp.batch import ColumnBatch
-from streams.config import LATENCY_BUCKETS_MS, Objective, ProblemsError, read_toml
+from streams.config import LATENCY_BUCKETS_MS, Objective, ProblemsError, problems_of, read_toml
 
 CATALOG_COLUMNS = ("ServiceTeam", "ServiceTier", "ServiceOwner")
 
@@ -40,33 +45,91 @@ class CatalogEntry:
                          self.latency_ms or default.latency_ms, self.latency_target or default.latency_target)
 
 
+# ------------------------------------------------------------------ the file's schema
+# Each check raises ValueError("the problem"); problems_of() prefixes it with the setting's path.
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("required")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int)):  # tier = 1 is the string "1"
+        raise ValueError("must be a string")
+    return str(value)
+
+
+def _fraction(value: Any) -> Any:
+    if not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"must be between 0 and 1 (exclusive), got {value!r}")
+    return value
+
+
+def _latency_bucket(value: Any) -> int:
+    if value not in LATENCY_BUCKETS_MS:
+        raise ValueError(f"must be one of {', '.join(map(str, LATENCY_BUCKETS_MS))}")
+    return int(value)
+
+
+def _tables(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a list of tables ([[services]])")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Fraction = Annotated[float, Field(gt=0, lt=1), BeforeValidator(_fraction)]
+LatencyBucket = Annotated[Literal[LATENCY_BUCKETS_MS], BeforeValidator(_latency_bucket)]  # type: ignore[valid-type]
+
+
+class ServiceSection(BaseModel):
+    """A ``[[services]]`` table, or the value of a catalog topic record (its key is the name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, BeforeValidator(_name)] = Field(description="the service name (service.name)")
+    team: Text = Field("", description="→ ServiceTeam")
+    tier: Text = Field("", description="→ ServiceTier")
+    owner: Text = Field("", description="→ ServiceOwner")
+    availability: Fraction | None = Field(None, description="SLO: the fraction of entry spans without error")
+    latency_ms: LatencyBucket | None = Field(None, description="SLO: the latency threshold, a histogram bucket")
+    latency_target: Fraction | None = Field(None, description="SLO: the fraction of entry spans under latency_ms")
+
+    def entry(self) -> CatalogEntry:
+        return CatalogEntry(**dict(self))
+
+
+class CatalogFile(BaseModel):
+    """A service catalog file (TOML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    services: Annotated[tuple[ServiceSection, ...], BeforeValidator(_tables)] = ()
+
+
+
+
+def _repeated_names(services: Any) -> list[str]:
+    """A service named twice (checked on the file as written, so it is listed with every other problem)."""
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(services if isinstance(services, list) else ()):
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and name:
+            if name in seen:
+                out.append(f"services[{i}].name: {name!r} appears twice")
+            seen.add(name)
+    return out
+
+
 def parse_entry(data: Any, path: str, problems: list[str]) -> CatalogEntry | None:
-    if not isinstance(data, dict):
-        problems.append(f"{path}: must be a table")
+    """One service table → its entry; None, with its problems added to ``problems``, when invalid."""
+    try:
+        return ServiceSection.model_validate(data).entry()
+    except ValidationError as exc:
+        problems.extend(problems_of(exc, path))
         return None
-    known = {"name", "team", "tier", "owner", "availability", "latency_ms", "latency_target"}
-    for key in sorted(set(data) - known):
-        problems.append(f"{path}.{key}: unknown setting")
-    if not isinstance(data.get("name"), str) or not data.get("name"):
-        problems.append(f"{path}.name: required")
-        return None
-    ok = True
-    for key in ("team", "tier", "owner"):
-        if key in data and not isinstance(data[key], (str, int)):
-            problems.append(f"{path}.{key}: must be a string")
-            ok = False
-    for key in ("availability", "latency_target"):
-        if key in data and (not isinstance(data[key], (int, float)) or not 0 < data[key] < 1):
-            problems.append(f"{path}.{key}: must be between 0 and 1 (exclusive), got {data[key]!r}")
-            ok = False
-    if "latency_ms" in data and data["latency_ms"] not in LATENCY_BUCKETS_MS:
-        problems.append(f"{path}.latency_ms: must be one of {', '.join(map(str, LATENCY_BUCKETS_MS))}")
-        ok = False
-    if not ok:
-        return None
-    return CatalogEntry(data["name"], str(data.get("team", "")), str(data.get("tier", "")),
-                        str(data.get("owner", "")), data.get("availability"), data.get("latency_ms"),
-                        data.get("latency_target"))
 
 
 def load_catalog(path: str | None) -> dict[str, CatalogEntry]:
@@ -74,22 +137,20 @@ def load_catalog(path: str | None) -> dict[str, CatalogEntry]:
         return {}
     data = read_toml(path, "catalog", CatalogError)
     problems: list[str] = []
-    entries: dict[str, CatalogEntry] = {}
-    for key in sorted(set(data) - {"services"}):
-        problems.append(f"{key}: unknown section (known: services)")
-    services = data.get("services", [])
-    if not isinstance(services, list):
-        problems.append("services: must be a list of tables ([[services]])")
-        services = []
-    for i, item in enumerate(services):
-        entry = parse_entry(item, f"services[{i}]", problems)
-        if entry is not None:
-            if entry.name in entries:
-                problems.append(f"services[{i}].name: {entry.name!r} appears twice")
-            entries[entry.name] = entry
+    services: tuple[ServiceSection, ...] = ()
+    try:
+        services = CatalogFile.model_validate(data).services
+    except ValidationError as exc:
+        problems = problems_of(exc, sections=["services"])
+    problems += _repeated_names(data.get("services"))
     if problems:
         raise CatalogError(problems)
-    return entries
+    return {service.name: service.entry() for service in services}
+
+
+def catalog_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a service catalog file."""
+    return CatalogFile.model_json_schema()
 
 
 def entry_from_record(name: str, value: bytes | None) -> CatalogEntry | None:
@@ -102,7 +163,7 @@ def entry_from_record(name: str, value: bytes | None) -> CatalogEntry | None:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError([f"catalog record {name!r}: {exc}"]) from None
     entry = parse_entry({"name": name, **data}, f"catalog record {name!r}", problems)
-    if problems or entry is None:
+    if entry is None:
         raise CatalogError(problems)
     return entry
 

@@ -31,15 +31,22 @@ template span names. Example::
     name = "http.server.*"               # glob; the first matching entry wins
     limit = 500
     action = "drop"
+
+The file's schema is the pydantic models ``*Section`` / ``LabelPolicyFile`` below
+(``policy_json_schema()``); a validated file becomes the frozen ``LabelPolicy`` the stages read.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from streams.config import ProblemsError, read_toml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
+
+from streams.config import ProblemsError, problems_of, read_toml
 from streams.stages.naming import NamingRules
 
 DEFAULT_BLOCK_KEYS = (
@@ -58,6 +65,8 @@ SIGNALS = ("traces", "logs", "metrics")
 class PolicyError(ProblemsError):
     what = "policy"
 
+
+# ------------------------------------------------------------------ what the stages read
 
 @dataclass(frozen=True)
 class RedactionPolicy:
@@ -102,8 +111,6 @@ class BudgetPolicy:
     metrics: tuple[MetricBudget, ...] = ()
 
     def for_metric(self, name: str) -> MetricBudget:
-        import fnmatch
-
         for budget in self.metrics:
             if fnmatch.fnmatchcase(name, budget.name):
                 return budget
@@ -111,7 +118,7 @@ class BudgetPolicy:
 
 
 @dataclass(frozen=True)
-class Policy:
+class LabelPolicy:
     redaction: RedactionPolicy = field(default_factory=RedactionPolicy)
     naming: NamingRules = field(default_factory=NamingRules)
     template_span_names: bool = True
@@ -121,209 +128,222 @@ class Policy:
     budgets: BudgetPolicy = field(default_factory=BudgetPolicy)
 
 
-def _strings(value: Any, path: str, problems: list[str]) -> tuple[str, ...] | None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.append(f"{path}: must be a list of strings")
-        return None
-    return tuple(value)
+# ------------------------------------------------------------------ the file's schema
+# Each check raises ValueError("the problem"); problems_of() prefixes it with the setting's path. The
+# checks are strict (no "3" for 3, no 1 for true), as TOML gives the types the file wrote.
 
-
-def _known(table: dict, allowed: set[str], path: str, problems: list[str]) -> None:
-    for key in sorted(set(table) - allowed):
-        problems.append(f"{path}{key}: unknown setting")
-
-
-def parse_policy(data: dict[str, Any]) -> Policy:
-    problems: list[str] = []
-    _known(data, {"redaction", "templating", "cardinality", "metrics", "naming", "budgets"}, "", problems)
-
-    red = data.get("redaction", {})
-    red_kwargs: dict[str, Any] = {}
-    if not isinstance(red, dict):
-        problems.append("redaction: must be a table")
-        red = {}
-    _known(red, {"mode", "block_keys", "allow_keys", "value_action", "detect", "query_secrets", "hash_seed"},
-           "redaction.", problems)
-    _copy_choice(red, "mode", ("block", "allow"), "redaction.", problems, red_kwargs)
-    _copy_choice(red, "value_action", ("mask", "drop", "hash"), "redaction.", problems, red_kwargs)
-    for name in ("block_keys", "allow_keys", "query_secrets"):
-        if name in red:
-            value = _strings(red[name], f"redaction.{name}", problems)
-            if value is not None:
-                red_kwargs[name] = value
-    if "detect" in red:
-        value = _strings(red["detect"], "redaction.detect", problems)
-        if value is not None:
-            for i, d in enumerate(value):
-                if d not in DETECTORS:
-                    problems.append(f"redaction.detect[{i}]: must be one of {', '.join(DETECTORS)}, got {d!r}")
-            red_kwargs["detect"] = value
-    if "hash_seed" in red:
-        if not isinstance(red["hash_seed"], str) or not red["hash_seed"]:
-            problems.append("redaction.hash_seed: must be a non-empty string")
-        else:
-            red_kwargs["hash_seed"] = red["hash_seed"]
-    if red_kwargs.get("mode") == "allow" and not red_kwargs.get("allow_keys"):
-        problems.append("redaction.allow_keys: allow mode needs at least one key (otherwise nothing survives)")
-
-    templ = data.get("templating", {})
-    kwargs: dict[str, Any] = {}
-    if not isinstance(templ, dict):
-        problems.append("templating: must be a table")
-        templ = {}
-    _known(templ, {"span_names", "url_keys"}, "templating.", problems)
-    _copy_bool(templ, "span_names", "templating.", problems, kwargs, "template_span_names")
-    if "url_keys" in templ:
-        value = _strings(templ["url_keys"], "templating.url_keys", problems)
-        if value is not None:
-            kwargs["template_url_keys"] = value
-
-    card = data.get("cardinality", {})
-    rules = []
-    if not isinstance(card, dict):
-        problems.append("cardinality: must be a table")
-        card = {}
-    _known(card, {"rules"}, "cardinality.", problems)
-    raw_rules = card.get("rules", [])
-    if not isinstance(raw_rules, list):
-        problems.append("cardinality.rules: must be a list of tables ([[cardinality.rules]])")
-        raw_rules = []
-    for i, rule in enumerate(raw_rules):
-        path = f"cardinality.rules[{i}]"
-        if not isinstance(rule, dict):
-            problems.append(f"{path}: must be a table")
-            continue
-        _known(rule, {"type", "key", "buckets", "max_length", "signals", "seed", "k", "window_s"}, f"{path}.",
-               problems)
-        ok = True
-        if rule.get("type") not in RULE_TYPES:
-            problems.append(f"{path}.type: must be one of {', '.join(RULE_TYPES)}, got {rule.get('type')!r}")
-            ok = False
-        if not isinstance(rule.get("key"), str) or not rule.get("key"):
-            problems.append(f"{path}.key: required, a key or glob pattern")
-            ok = False
-        for name in ("buckets", "max_length", "k", "window_s"):
-            ok = _positive_int(rule, name, f"{path}.", problems) and ok
-        signals = SIGNALS
-        if "signals" in rule:
-            signals = _strings(rule["signals"], f"{path}.signals", problems) or ()
-            for s in signals:
-                if s not in SIGNALS:
-                    problems.append(f"{path}.signals: unknown signal {s!r}")
-                    ok = False
-        if ok:
-            rules.append(CardinalityRule(rule["type"], rule["key"], rule.get("buckets", 100),
-                                         rule.get("max_length", 200), tuple(signals), rule.get("seed", "otelpipe"),
-                                         rule.get("k", 10), rule.get("window_s", 300)))
-    metrics = data.get("metrics", {})
-    if not isinstance(metrics, dict):
-        problems.append("metrics: must be a table")
-        metrics = {}
-    _known(metrics, {"allowed_names"}, "metrics.", problems)
-    if "allowed_names" in metrics:
-        value = _strings(metrics["allowed_names"], "metrics.allowed_names", problems)
-        if value is not None:
-            kwargs["allowed_metric_names"] = value
-    naming = data.get("naming", {})
-    naming_kwargs: dict[str, Any] = {}
-    if not isinstance(naming, dict):
-        problems.append("naming: must be a table")
-        naming = {}
-    _known(naming, {"enabled", "action", "separators", "unit_suffixes", "verbs", "domains"}, "naming.", problems)
-    _copy_bool(naming, "enabled", "naming.", problems, naming_kwargs)
-    _copy_choice(naming, "action", ("report", "reject"), "naming.", problems, naming_kwargs)
-    for name in ("separators", "unit_suffixes", "verbs", "domains"):
-        if name in naming:
-            value = _strings(naming[name], f"naming.{name}", problems)
-            if value is not None:
-                naming_kwargs[name] = value
-    for i, sep in enumerate(naming_kwargs.get("separators", ())):
-        if len(sep) != 1 or sep.isalnum():
-            problems.append(f"naming.separators[{i}]: must be one punctuation character, got {sep!r}")
-    budgets = _parse_budgets(data.get("budgets", {}), problems)
-    if problems:
-        raise PolicyError(problems)
-    return Policy(redaction=RedactionPolicy(**red_kwargs), rules=tuple(rules), naming=NamingRules(**naming_kwargs),
-                  budgets=budgets, **kwargs)
+_REQUIRED = {  # a missing required setting (by name) → the problem
+    "type": f"required, must be one of {', '.join(RULE_TYPES)}",
+    "key": "required, a key or glob pattern",
+    "name": "required, a metric name or glob pattern",
+}
 
 
 def _either(choices: tuple[str, ...]) -> str:
     return ", ".join(choices[:-1]) + " or " + choices[-1]
 
 
-def _copy_bool(table: dict, name: str, path: str, problems: list[str], into: dict, target: str = "") -> None:
-    """``into[target or name] = table[name]`` when it is a boolean; a problem when it is something else."""
-    if name in table:
-        if isinstance(table[name], bool):
-            into[target or name] = table[name]
-        else:
-            problems.append(f"{path}{name}: must be true or false")
+def _choice(choices: tuple[str, ...], one_of: bool = False) -> Any:
+    """A string among ``choices`` (an enum in the JSON schema)."""
+    def check(value: Any) -> Any:
+        if value not in choices:
+            listed = "one of " + ", ".join(choices) if one_of else _either(choices)
+            raise ValueError(f"must be {listed}, got {value!r}")
+        return value
+    return Annotated[Literal[choices], BeforeValidator(check)]  # type: ignore[valid-type]
 
 
-def _copy_choice(table: dict, name: str, choices: tuple[str, ...], path: str, problems: list[str], into: dict,
-                 target: str = "") -> None:
-    """``into[target or name] = table[name]`` when it is one of ``choices``; a problem otherwise."""
-    if name in table:
-        if table[name] in choices:
-            into[target or name] = table[name]
-        else:
-            problems.append(f"{path}{name}: must be {_either(choices)}, got {table[name]!r}")
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return tuple(value)
 
 
-def _positive_int(table: dict, name: str, path: str, problems: list[str]) -> bool:
-    value = table.get(name)
-    if name in table and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        problems.append(f"{path}{name}: must be > 0, got {value!r}")
-        return False
-    return True
+def _tables(toml: str) -> BeforeValidator:
+    def check(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"must be a list of tables ({toml})")
+        return value
+    return BeforeValidator(check)
 
 
-def _parse_budgets(budgets: Any, problems: list[str]) -> BudgetPolicy:
-    if not isinstance(budgets, dict):
-        problems.append("budgets: must be a table")
-        return BudgetPolicy()
-    _known(budgets, {"enabled", "default_limit", "window_s", "action", "buckets", "seed", "metrics"}, "budgets.",
-           problems)
-    kwargs: dict[str, Any] = {}
-    _copy_bool(budgets, "enabled", "budgets.", problems, kwargs)
-    for name, target in (("default_limit", "default_limit"), ("window_s", "window_s"), ("buckets", "buckets")):
-        if _positive_int(budgets, name, "budgets.", problems) and name in budgets:
-            kwargs[target] = budgets[name]
-    _copy_choice(budgets, "action", BUDGET_ACTIONS, "budgets.", problems, kwargs, "default_action")
-    if "seed" in budgets:
-        if not isinstance(budgets["seed"], str) or not budgets["seed"]:
-            problems.append("budgets.seed: must be a non-empty string")
-        else:
-            kwargs["seed"] = budgets["seed"]
-    entries = budgets.get("metrics", [])
-    if not isinstance(entries, list):
-        problems.append("budgets.metrics: must be a list of tables ([[budgets.metrics]])")
-        entries = []
-    parsed = []
-    for i, entry in enumerate(entries):
-        path = f"budgets.metrics[{i}]."
-        if not isinstance(entry, dict):
-            problems.append(f"budgets.metrics[{i}]: must be a table")
-            continue
-        _known(entry, {"name", "limit", "action"}, path, problems)
-        ok = _positive_int(entry, "limit", path, problems)
-        if not isinstance(entry.get("name"), str) or not entry.get("name"):
-            problems.append(f"{path}name: required, a metric name or glob pattern")
-            ok = False
-        if "limit" not in entry:
-            problems.append(f"{path}limit: required")
-            ok = False
-        action = entry.get("action", kwargs.get("default_action", "bucketize"))
-        if action not in BUDGET_ACTIONS:
-            problems.append(f"{path}action: must be bucketize or drop, got {action!r}")
-            ok = False
-        if ok:
-            parsed.append(MetricBudget(entry["name"], entry["limit"], action))
-    kwargs["metrics"] = tuple(parsed)
-    return BudgetPolicy(**kwargs)
+def _positive(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return value
 
 
-def load_policy(path: str | Path | None) -> Policy:
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _text(problem: str, empty: bool = False) -> BeforeValidator:
+    """A string (a non-empty one unless ``empty``); ``problem`` otherwise."""
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not (value or empty):
+            raise ValueError(problem)
+        return value
+    return BeforeValidator(check)
+
+
+def _signals(value: Any) -> tuple[str, ...]:
+    unknown = [s for s in _strings(value) if s not in SIGNALS]
+    if unknown:
+        raise ValueError(f"unknown signal{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}")
+    return tuple(value)
+
+
+def _separator(value: str) -> str:
+    if len(value) != 1 or value.isalnum():
+        raise ValueError(f"must be one punctuation character, got {value!r}")
+    return value
+
+
+Strings = Annotated[tuple[str, ...], BeforeValidator(_strings)]
+Positive = Annotated[int, Field(gt=0), BeforeValidator(_positive)]
+Bool = Annotated[bool, BeforeValidator(_bool)]
+Seed = Annotated[str, Field(min_length=1), _text("must be a non-empty string")]
+RuleType = _choice(RULE_TYPES, one_of=True)
+BudgetAction = _choice(BUDGET_ACTIONS)
+Detectors = Annotated[tuple[_choice(DETECTORS, one_of=True), ...], BeforeValidator(_strings)]
+Signals = Annotated[tuple[Literal[SIGNALS], ...], BeforeValidator(_signals)]  # type: ignore[valid-type]
+Separators = Annotated[tuple[Annotated[str, AfterValidator(_separator)], ...], BeforeValidator(_strings)]
+RedactionMode = _choice(("block", "allow"))
+ValueAction = _choice(("mask", "drop", "hash"))
+NamingAction = _choice(("report", "reject"))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown key is a problem: "<path>: unknown setting"
+
+
+class RedactionSection(_Section):
+    """``[redaction]``: keys never stored, and secrets found in values."""
+
+    mode: RedactionMode = Field(RedactionPolicy.mode, description="block: drop block_keys; allow: keep only "
+                                "allow_keys on record-level attributes (fail closed)")
+    block_keys: Strings = Field(RedactionPolicy.block_keys, description="globs of keys never stored")
+    allow_keys: Strings = Field(RedactionPolicy.allow_keys, validate_default=True,
+                                description="globs of the keys that survive in allow mode")
+    value_action: ValueAction = Field(RedactionPolicy.value_action,
+                                      description="what happens to a detected secret in a value")
+    detect: Detectors = Field(RedactionPolicy.detect, description="the detectors applied to values")
+    query_secrets: Strings = Field(RedactionPolicy.query_secrets,
+                                   description="URL query parameters whose values are masked")
+    hash_seed: Seed = Field(RedactionPolicy.hash_seed, description="seed of value_action = hash")
+
+    @field_validator("allow_keys")
+    @classmethod
+    def _allow_mode_needs_keys(cls, keys: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if info.data.get("mode") == "allow" and not keys:
+            raise ValueError("allow mode needs at least one key (otherwise nothing survives)")
+        return keys
+
+
+class TemplatingSection(_Section):
+    """``[templating]``: ids in span names and URLs → placeholders (``/order/123`` → ``/order/{num}``)."""
+
+    span_names: Bool = Field(LabelPolicy.template_span_names, description="template span names")
+    url_keys: Strings = Field(LabelPolicy.template_url_keys, description="attributes templated as URLs")
+
+
+class CardinalityRuleSection(_Section):
+    """``[[cardinality.rules]]``: how the values of matching keys are bounded."""
+
+    type: RuleType = Field(description="hash → bucket_N; template: ids → placeholders; truncate_hash: long "
+                           "values → hash:<hex>; top_k: the k most frequent values, the rest __other__; drop")
+    key: Annotated[str, _text(_REQUIRED["key"])] = Field(description="a key or glob pattern, case-insensitive")
+    buckets: Positive = Field(CardinalityRule.buckets, description="hash: values → bucket_0 .. bucket_{buckets-1}")
+    max_length: Positive = Field(CardinalityRule.max_length, description="truncate_hash: longer values are hashed")
+    signals: Signals = Field(CardinalityRule.signals, description="the signals the rule applies to")
+    seed: Annotated[str, _text("must be a string", empty=True)] = Field(CardinalityRule.seed,
+                                                                         description="hash seed")
+    k: Positive = Field(CardinalityRule.k, description="top_k: the number of values kept")
+    window_s: Positive = Field(CardinalityRule.window_s, description="top_k: the window counted, in seconds")
+
+
+class CardinalitySection(_Section):
+    rules: Annotated[tuple[CardinalityRuleSection, ...], _tables("[[cardinality.rules]]")] = ()
+
+
+class MetricsSection(_Section):
+    allowed_names: Strings = Field((), description="globs of the metric names stored; empty: every name")
+
+
+class NamingSection(_Section):
+    """``[naming]``: metric naming conventions; violations go to otelpipe_violations."""
+
+    enabled: Bool = NamingRules.enabled
+    action: NamingAction = Field(NamingRules.action, description="reject: points with a bad name are not stored")
+    separators: Separators = NamingRules.separators
+    unit_suffixes: Strings = Field(NamingRules.unit_suffixes, description="required unit suffixes; empty: none")
+    verbs: Strings = Field(NamingRules.verbs, description="one of these action verbs must appear; empty: any")
+    domains: Strings = Field(NamingRules.domains, description="allowed first segments; empty: any")
+
+
+class MetricBudgetSection(_Section):
+    """``[[budgets.metrics]]``: the budget of the metrics matching ``name`` (the first match wins)."""
+
+    name: Annotated[str, _text(_REQUIRED["name"])] = Field(description="a metric name or glob pattern")
+    limit: Positive = Field(description="distinct attribute sets per window")
+    action: BudgetAction | None = Field(None, description="past the limit (default: budgets.action)")
+
+
+class BudgetsSection(_Section):
+    """``[budgets]``: distinct attribute sets per metric and window."""
+
+    enabled: Bool = BudgetPolicy.enabled
+    default_limit: Positive = BudgetPolicy.default_limit
+    window_s: Positive = BudgetPolicy.window_s
+    action: BudgetAction = Field(BudgetPolicy.default_action, description="past the limit: bucketize the "
+                                 "highest-cardinality label of new series, or drop their points")
+    buckets: Positive = Field(BudgetPolicy.buckets, description="values of a bucketized label")
+    seed: Seed = BudgetPolicy.seed
+    metrics: Annotated[tuple[MetricBudgetSection, ...], _tables("[[budgets.metrics]]")] = ()
+
+
+class LabelPolicyFile(_Section):
+    """A label policy file (TOML)."""
+
+    redaction: RedactionSection = Field(default_factory=RedactionSection)
+    templating: TemplatingSection = Field(default_factory=TemplatingSection)
+    cardinality: CardinalitySection = Field(default_factory=CardinalitySection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    naming: NamingSection = Field(default_factory=NamingSection)
+    budgets: BudgetsSection = Field(default_factory=BudgetsSection)
+
+    def to_policy(self) -> LabelPolicy:
+        b = self.budgets
+        return LabelPolicy(
+            redaction=RedactionPolicy(**dict(self.redaction)),
+            naming=NamingRules(**dict(self.naming)),
+            template_span_names=self.templating.span_names,
+            template_url_keys=self.templating.url_keys,
+            rules=tuple(CardinalityRule(**dict(rule)) for rule in self.cardinality.rules),
+            allowed_metric_names=self.metrics.allowed_names,
+            budgets=BudgetPolicy(enabled=b.enabled, default_limit=b.default_limit, default_action=b.action,
+                                 window_s=b.window_s, buckets=b.buckets, seed=b.seed,
+                                 metrics=tuple(MetricBudget(m.name, m.limit, m.action or b.action)
+                                               for m in b.metrics)))
+
+
+
+
+def parse_policy(data: dict[str, Any]) -> LabelPolicy:
+    try:
+        return LabelPolicyFile.model_validate(data).to_policy()
+    except ValidationError as exc:
+        raise PolicyError(problems_of(exc, required=_REQUIRED)) from None
+
+
+def policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a label policy file (``otelpipe policy schema``)."""
+    return LabelPolicyFile.model_json_schema()
+
+
+def load_policy(path: str | Path | None) -> LabelPolicy:
     if not path:
-        return Policy()
+        return LabelPolicy()
     return parse_policy(read_toml(path, "policy", PolicyError))

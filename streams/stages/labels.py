@@ -32,7 +32,7 @@ from typing import Any
 import xxhash
 
 from streams.otlp.batch import ColumnBatch
-from streams.stages.label_policy import CardinalityRule, Policy
+from streams.stages.label_policy import CardinalityRule, LabelPolicy
 from streams.stages.templating import template_path, template_span_name
 
 MAP_COLUMNS = ("SpanAttributes", "LogAttributes", "Attributes", "ResourceAttributes", "ScopeAttributes")
@@ -112,7 +112,7 @@ class TopK:
 
 
 class LabelStage:
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: LabelPolicy):
         self.policy = policy
         red = policy.redaction
         self._block = [p.lower() for p in red.block_keys]

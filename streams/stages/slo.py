@@ -163,8 +163,6 @@ def query_parameters(now: datetime, settings: SloSettings) -> dict[str, Any]:
 
 def with_catalog_objectives(settings: SloSettings, entries: dict) -> SloSettings:
     """Objectives from the service catalog for services the configuration does not name."""
-    import dataclasses
-
     from streams.stages.catalog import objectives_from
 
     default = Objective("", settings.default_availability, settings.default_latency_ms, settings.default_latency_target)
