@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from typing import Any
 
+import re2
 import xxhash
 
 from streams.otlp.batch import ColumnBatch
@@ -46,9 +47,10 @@ _PLAIN = ("keep", False, ())  # a kept key with no URL templating and no rule: o
 
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# RE2 (linear time): Python's backtracking engine is quadratic on "a" * n + "@" with this pattern.
+_EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # anything a detector could match: '@' (email), 'earer' (bearer), 13 digits (card), '=' (query)
-_MAYBE_SENSITIVE = re.compile(r"@|[Bb]earer|\d[\d -]{11,}\d|[?&][A-Za-z_-]+=")
+_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer)|\d[\d -]{11,}\d|[?&][A-Za-z_-]+=")
 
 
 def _luhn(digits: str) -> bool:

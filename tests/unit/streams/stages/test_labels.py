@@ -116,3 +116,21 @@ def test_top_k_keeps_the_most_frequent_values_of_the_last_window():
     batch = spans(["s"], [{"tier": "gold"}])
     batch.columns["Timestamp"] = [t0]
     assert other.apply(batch)[0].columns["SpanAttributes"][0]["tier"] == "gold"
+
+
+def test_detectors_stay_linear_on_adversarial_values():
+    """Values built to make a backtracking engine quadratic: each must still be scanned (and the
+    secret inside found) in one pass. The timeout of the suite bounds this test; bench/label_stage.py
+    prints the times."""
+    stage = LabelStage(parse_policy({}))
+    hostile = {
+        "at_end": "a" * 1_000_000 + "@",
+        "dots": "a@" + "a." * 200_000,
+        "digits": "1 " * 200_000,
+        "bearer": "BEARER " + "x" * 200_000,
+        "note": "a" * 500_000 + " bob@example.com",
+    }
+    out, _ = stage.apply(spans(["GET /"], [hostile]))
+    [clean] = out.columns["SpanAttributes"]
+    assert clean["note"].endswith(" ****")
+    assert clean["bearer"] == "Bearer ****"  # the prefilter and the detector agree on case
