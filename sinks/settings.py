@@ -1,6 +1,7 @@
 """The ClickHouse sink's own settings: the ``[clickhouse]`` section of otelpipe's configuration.
 
 The sink takes this object (or its fields as arguments) and nothing else of the configuration.
+The small checks here (each raises ValueError naming the problem) serve the other sections too.
 """
 
 from __future__ import annotations
@@ -30,32 +31,32 @@ def _dsn(value: str) -> str:
     return value
 
 
-def _identifier(value: str) -> str:
+def identifier(value: str) -> str:
     if value and not _IDENT.match(value):
         raise ValueError(f"{value!r} is not a plain identifier")
     return value
 
 
-def _not_blank(value: str) -> str:
+def not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
 
 
-def _positive(value: float) -> float:
+def positive(value: float) -> float:
     if value <= 0:
         raise ValueError(f"must be > 0, got {value!r}")
     return value
 
 
-def _non_negative(value: float) -> float:
+def non_negative(value: float) -> float:
     if value < 0:
         raise ValueError(f"must be >= 0, got {value!r}")
     return value
 
 
-Positive = Annotated[int, AfterValidator(_positive)]
-PositiveFloat = Annotated[float, AfterValidator(_positive)]
+Positive = Annotated[int, AfterValidator(positive)]
+PositiveFloat = Annotated[float, AfterValidator(positive)]
 
 
 class ClickHouseSettings(BaseModel):
@@ -67,11 +68,11 @@ class ClickHouseSettings(BaseModel):
         "chdb://.otelpipe/chdb",
         "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
         "the current directory); http(s)://user:pass@host:8123/db reaches a server.")
-    database: Annotated[str, AfterValidator(_identifier), AfterValidator(_not_blank)] = setting(
+    database: Annotated[str, AfterValidator(identifier), AfterValidator(not_blank)] = setting(
         "otel", "Database holding the otel_* tables.")
-    cluster: Annotated[str, AfterValidator(_identifier)] = setting(
+    cluster: Annotated[str, AfterValidator(identifier)] = setting(
         "", "Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
-    ttl_days: Annotated[int, AfterValidator(_non_negative)] = setting(
+    ttl_days: Annotated[int, AfterValidator(non_negative)] = setting(
         0, "Server only: drop parts older than this many days (0 keeps data forever).", "days")
     dedup_window: Positive = setting(
         10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "

@@ -27,7 +27,15 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-from sinks.settings import ClickHouseSettings, mask_secrets
+from sinks.settings import (
+    ClickHouseSettings,
+    Positive,
+    PositiveFloat,
+    mask_secrets,
+    non_negative,
+    not_blank,
+    setting,
+)
 
 ENCODINGS = ("otlp_proto", "otlp_json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,20 +68,7 @@ def read_toml(path: str | os.PathLike[str], what: str, error: type[ProblemsError
 
 # ------------------------------------------------------------------ reusable checks (message = the problem)
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-
-
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
-    return value
-
-
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
-    return value
 
 
 def _port(value: int) -> int:
@@ -85,18 +80,6 @@ def _port(value: int) -> int:
 def _topic(value: str) -> str:
     if not _TOPIC.match(value):
         raise ValueError(f"{value!r} is not a valid Kafka topic name")
-    return value
-
-
-def _identifier(value: str) -> str:
-    if value and not _IDENT.match(value):
-        raise ValueError(f"{value!r} is not a plain identifier")
-    return value
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
     return value
 
 
@@ -141,16 +124,9 @@ def _service_rates(value: str) -> str:
     return value
 
 
-Positive = Annotated[int, AfterValidator(_positive)]
-PositiveFloat = Annotated[float, AfterValidator(_positive)]
 Port = Annotated[int, AfterValidator(_port)]
 Topic = Annotated[str, AfterValidator(_topic)]
 Encoding = Annotated[str, _one_of(*ENCODINGS)]
-
-
-def setting(default: Any, doc: str, unit: str = "") -> Any:
-    """A documented field: ``doc`` is its meaning, ``unit`` its unit (shown by ``otelpipe config``)."""
-    return Field(default=default, description=doc, json_schema_extra={"unit": unit} if unit else None)
 
 
 class Section(BaseModel):
@@ -161,7 +137,7 @@ class Section(BaseModel):
 
 
 class KafkaSettings(Section):
-    bootstrap_servers: Annotated[str, AfterValidator(_not_blank)] = setting(
+    bootstrap_servers: Annotated[str, AfterValidator(not_blank)] = setting(
         "127.0.0.1:9092", "Kafka bootstrap servers, comma separated.")
     partitions: Positive = setting(6, "Partitions for topics otelpipe creates (source topics and dead-letter topics).")
     spans_topic: Topic = setting("otlp_spans", "Topic holding OTLP trace requests.")
@@ -205,7 +181,7 @@ class KafkaSettings(Section):
 
 
 class WorkerSettings(Section):
-    app_id: Annotated[str, AfterValidator(_not_blank)] = setting(
+    app_id: Annotated[str, AfterValidator(not_blank)] = setting(
         "otelpipe", "Faust app id: the consumer group and the prefix of internal topics.")
     batch_max_messages: Positive = setting(200, "Most Kafka messages decoded and inserted as one batch.", "messages")
     batch_within_s: PositiveFloat = setting(1.0, "Longest wait for a batch to fill before it is written anyway.", "s")
@@ -270,7 +246,7 @@ class SloSettings(Section):
         14.4, "Burn rate over 1h and 5m that pages (2% of a 30-day budget in an hour).")
     slow_burn_rate: PositiveFloat = setting(
         6.0, "Burn rate over 6h and 30m that opens a ticket (5% of the budget in 6 hours).")
-    evaluate_every_s: Annotated[float, AfterValidator(_non_negative)] = setting(
+    evaluate_every_s: Annotated[float, AfterValidator(non_negative)] = setting(
         60.0, "How often the worker evaluates burn rates (0 turns it off).", "s")
     alerts_topic: Topic = setting("otelpipe.alerts", "Topic receiving alert records (Avro).")
     objectives: tuple[Objective, ...] = setting(
