@@ -155,17 +155,17 @@ def _add_followers(app: faust.App, rt: Runtime) -> None:
 
 def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, logs_topic: faust.TopicT) -> None:
     from streams.agents.keyed_state import ChangelogState
-    from streams.agents.tail_worker import TailWorker, chunk_partition, state_partition
+    from streams.agents.tail_worker import TailWorker, part_partition, state_partition
     from streams.stages.tail_policies import load_policies
 
     settings = rt.settings
     k, w, s = settings.kafka, settings.worker, settings.sampling
     tail_topic = rt.topic(settings.tail_topic())
-    part_of_chunk = chunk_partition(k.partitions)
+    partition_of_part = part_partition(k.partitions)
     store_dir = resolve_path(w.data_dir) / "state" if w.state_store == "rocksdict" else None
     tail_worker = TailWorker(
         stages=rt.stages, policies=load_policies(s.tail_policy_file or None),
-        chunks=ChangelogState(k.bootstrap_servers, settings.tail_topic(), part_of_chunk, store_dir=store_dir),
+        parts=ChangelogState(k.bootstrap_servers, settings.tail_topic(), partition_of_part, store_dir=store_dir),
         state=ChangelogState(k.bootstrap_servers, settings.state_topic("tail-sampling"), state_partition(k.partitions)),
         decision_wait_s=s.decision_wait_s, max_traces=s.max_traces, max_spans_per_trace=s.max_spans_per_trace,
         decision_cache_s=s.decision_cache_s, keep_log_severity=s.keep_log_severity, late_default=s.late_default,
@@ -176,11 +176,11 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
 
     @app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
     async def spans_router(stream: Any) -> None:
-        await route_by_trace(rt, tail_topic, part_of_chunk, "traces", stream)
+        await route_by_trace(rt, tail_topic, partition_of_part, "traces", stream)
 
     @app.agent(logs_topic, name="otelpipe.logs", concurrency=1)
     async def logs_router(stream: Any) -> None:
-        await route_by_trace(rt, tail_topic, part_of_chunk, "logs", stream)
+        await route_by_trace(rt, tail_topic, partition_of_part, "logs", stream)
 
     @app.agent(tail_topic, name="otelpipe.tail", concurrency=1)
     async def tail_agent(stream: Any) -> None:

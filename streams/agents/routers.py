@@ -21,7 +21,7 @@ from streams.agents.runtime import Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
-from streams.stages.tail import chunk_key
+from streams.stages.tail import part_key
 
 
 def _refusal(raw: RawMessage, max_bytes: int, split: Callable[[], Any]) -> tuple[Any, DeadLetter | None]:
@@ -60,7 +60,7 @@ async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) ->
             await stream.ack(event)
 
 
-async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, part_of_chunk: Callable[[str], int],
+async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_part: Callable[[str], int],
                          signal: str, stream: Any) -> None:
     """Logs without a trace id have nothing to wait for: they are written here, exactly once,
     through a ``SignalWriter`` lane of their own (``<topic>@untraced``)."""
@@ -79,8 +79,8 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, part_of_chunk: C
                 continue
             untraced = parts.pop("", None)
             for trace_id, (payload, records, end_ms) in parts.items():
-                key = chunk_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
-                route = part_of_chunk(key)
+                key = part_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
+                route = partition_of_part(key)
                 futures.append(await tail_topic.send(
                     key=key.encode(), partition=route,
                     value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms)))

@@ -30,13 +30,18 @@ from streams.agents.keyed_state import ChangelogState
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, route_partition
-from streams.stages.tail import Decision, TailIndex, assemble, decide, parse_chunk_key
+from streams.stages.tail import Decision, TailIndex, assemble, decide, parse_part_key
 from streams.stages.tail_policies import Policy, RateLimiter
 
 log = logging.getLogger("otelpipe.tail")
 
 
-def chunk_partition(partitions: int) -> Callable[[str], int]:
+def round_parts(spec: dict) -> list[str]:
+    """The part keys a recorded round lists (rounds recorded by 0.1 name them "chunks")."""
+    return spec.get("parts", spec.get("chunks", []))
+
+
+def part_partition(partitions: int) -> Callable[[str], int]:
     """Partition of a routed part's key (``c/<trace>/...``): its trace's route."""
 
     def of(key: str) -> int:
@@ -58,7 +63,7 @@ def state_partition(partitions: int) -> Callable[[str], int]:
 
 
 class TailWorker:
-    def __init__(self, *, stages: Stages, policies: tuple[Policy, ...], chunks: ChangelogState,
+    def __init__(self, *, stages: Stages, policies: tuple[Policy, ...], parts: ChangelogState,
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
                  decision_cache_s: float, keep_log_severity: int, late_default: str = "policies",
                  run_blocking: Callable[..., Awaitable[Any]],
@@ -66,7 +71,7 @@ class TailWorker:
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
         self.stages = stages
         self.policies = policies
-        self.chunks = chunks
+        self.parts = parts
         self.state = state
         self.settings = (int(decision_wait_s * 1000), max_traces, max_spans_per_trace, int(decision_cache_s * 1000))
         self.keep_log_severity = keep_log_severity
@@ -92,7 +97,7 @@ class TailWorker:
         missing = {p for p in partitions if p not in self.indexes}
         if not missing:
             return
-        await self.chunks.restore(missing)
+        await self.parts.restore(missing)
         await self.state.restore(missing)
         for p in sorted(missing):
             index = self._index(p)
@@ -105,10 +110,10 @@ class TailWorker:
                     index.remember(key[2:], Decision.from_dict(orjson.loads(raw)))
                 elif key.startswith("b/"):
                     rounds.append((key, orjson.loads(raw)))
-            in_rounds = {k for _, spec in rounds for k in spec["chunks"]}
+            in_rounds = {k for _, spec in rounds for k in round_parts(spec)}
             copies = []
-            for key in self.chunks.keys(p):
-                value = self.chunks.get(key)
+            for key in self.parts.keys(p):
+                value = self.parts.get(key)
                 if value is None:
                     continue
                 if key in in_rounds:
@@ -116,7 +121,7 @@ class TailWorker:
                 elif not index.add(key, self._records(value), now_ms):
                     copies.append(key)
             if copies:
-                await self.chunks.put({}, copies)
+                await self.parts.put({}, copies)
             log.info("tail partition %d: %d traces buffered, %d decisions cached, %d rounds to redo, "
                      "%d copies of written parts dropped", p, len(index.traces), len(index.decisions), len(rounds),
                      len(copies))
@@ -133,7 +138,7 @@ class TailWorker:
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
             self.indexes.pop(p, None)
-        self.chunks.forget(partitions)
+        self.parts.forget(partitions)
         self.state.forget(partitions)
         self._gauges()
 
@@ -152,7 +157,7 @@ class TailWorker:
             await self.ensure({p for p, _, _, _ in records}, now_ms)
             copies = []
             for partition, offset, key, value in records:
-                if offset < self.chunks.end_offsets.get(partition, 0) or value is None or not key.startswith("c/"):
+                if offset < self.parts.end_offsets.get(partition, 0) or value is None or not key.startswith("c/"):
                     continue  # restored already, a tombstone, or not a part
                 try:
                     env = decode_envelope(value)
@@ -163,12 +168,12 @@ class TailWorker:
                 late = bool(self.late_default != "policies" and env["records_end_ms"] and env["source_timestamp_ms"]
                             and env["source_timestamp_ms"] - env["records_end_ms"] > cache_ms)
                 if self._index(partition).add(key, int(env.get("records", 0)), now_ms, late=late):
-                    self.chunks.apply_local(partition, key, value)
+                    self.parts.apply_local(partition, key, value)
                 else:
                     copies.append(key)
             if copies:  # parts written already, sent again by a router that crashed before its ack
                 m.STAGE_CHANGES.labels("tail", "duplicate_part").inc(len(copies))
-                await self.chunks.put({}, copies)
+                await self.parts.put({}, copies)
             self._gauges()
             # Decisions happen in rounds on the worker's one-second tick, not per batch: fewer,
             # larger inserts (a round per batch spent a fifth of the worker in small inserts).
@@ -204,11 +209,11 @@ class TailWorker:
         """On the blocking thread: the parts' rows through the worker's stages."""
         msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
         for key in keys:
-            value = self.chunks.get(key)
+            value = self.parts.get(key)
             if value is None:
                 continue
             env = decode_envelope(value)
-            _, signal = parse_chunk_key(key)
+            _, signal = parse_part_key(key)
             msgs[signal].append(RawMessage(topic=env["source_topic"], partition=env["source_partition"],
                                            offset=env["source_offset"], value=env["payload"],
                                            headers=(PROTOBUF_HEADER,), timestamp_ms=env["source_timestamp_ms"]))
@@ -219,7 +224,7 @@ class TailWorker:
                 logs.batches.get("otel_logs") if logs else None, dead)
 
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
-        keys = [k for t in due for k in index.traces[t].chunks]
+        keys = [k for t in due for k in index.traces[t].parts]
         spans, logs, dead = await self.run_blocking(self._decode, keys)
         undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
         fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
@@ -228,11 +233,11 @@ class TailWorker:
         decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh | defaulted
         keys_of: dict[str, list[str]] = {}
         for t in due:
-            keys_of[t] = list(index.traces[t].chunks)
+            keys_of[t] = list(index.traces[t].parts)
         decisions = {t: d.with_parts(keys_of.get(t, [])) for t, d in decisions.items()}
         for t, reason in due.items():
             m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
-        spec = {"chunks": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
+        spec = {"parts": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
         round_key = f"b/{partition}/{uuid.uuid4().hex}"
         sets = {round_key: orjson.dumps(spec)}
         sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items()})
@@ -244,7 +249,7 @@ class TailWorker:
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
                            decoded: tuple | None = None) -> None:
-        keys = [k for k in spec["chunks"] if self.chunks.get(k) is not None]
+        keys = [k for k in round_parts(spec) if self.parts.get(k) is not None]
         if decoded is None:
             decoded = await self.run_blocking(self._decode, keys)
         spans, logs, dead = decoded
@@ -257,7 +262,7 @@ class TailWorker:
             await self.dead_letters(dead)
         for (stage, reason), n in counts.items():
             m.STAGE_CHANGES.labels(stage, reason).inc(n)
-        await self.chunks.put({}, keys)  # (3) the parts are done, and so is the round
+        await self.parts.put({}, keys)  # (3) the parts are done, and so is the round
         await self.state.put({}, [round_key])
         index = self._index(partition)
         index.remove(keys)

@@ -2,7 +2,7 @@
 
 The pieces here are pure; ``streams.agents.app`` wires them to Kafka and ClickHouse.
 
-- ``chunk_key`` names one routed part: the spans (or logs) of one trace from one source message,
+- ``part_key`` names one routed part: the spans (or logs) of one trace from one source message,
   ``c/<trace>/<t|l>/<source topic>/<partition>/<offset>``. Parts live on the compacted routed topic
   until their trace is decided, so the buffer survives a crash with no extra copy.
 - ``TailIndex`` knows, per trace in flight, its parts, when the last one arrived and how many spans
@@ -34,11 +34,11 @@ SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanN
 LOG_CONTEXT_COLUMNS = ["SpanName", "SpanKind", "RootServiceName", "RootSpanName", "TraceDecision"]
 
 
-def chunk_key(trace_id: str, signal: str, topic: str, partition: int, offset: int) -> str:
+def part_key(trace_id: str, signal: str, topic: str, partition: int, offset: int) -> str:
     return f"c/{trace_id}/{signal[0]}/{topic}/{partition}/{offset}"
 
 
-def parse_chunk_key(key: str) -> tuple[str, str]:
+def parse_part_key(key: str) -> tuple[str, str]:
     """(trace id or "-", "traces" | "logs")."""
     _, trace_id, kind, _ = key.split("/", 3)
     return trace_id, "traces" if kind == "t" else "logs"
@@ -70,7 +70,7 @@ class Decision:
 
 @dataclass
 class TraceEntry:
-    chunks: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
     first_ms: int = 0
     last_ms: int = 0
     spans: int = 0
@@ -102,15 +102,15 @@ class TailIndex:
         """Index a part; False when it was written already (a copy the router sent again after a crash)."""
         if key in self.done:
             return False
-        trace_id, signal = parse_chunk_key(key)
+        trace_id, signal = parse_part_key(key)
         entry = self.traces.get(trace_id)
         if entry is None:
             if late and trace_id not in self.decisions:
                 self.late.add(trace_id)
             entry = self.traces[trace_id] = TraceEntry(first_ms=now_ms)
-        if key in entry.chunks:
+        if key in entry.parts:
             return True  # a re-delivered part, still buffered
-        entry.chunks.append(key)
+        entry.parts.append(key)
         entry.last_ms = max(entry.last_ms, now_ms)
         if signal == "traces":
             entry.spans += records
@@ -120,11 +120,11 @@ class TailIndex:
 
     def remove(self, keys: list[str]) -> None:
         for key in keys:
-            trace_id, signal = parse_chunk_key(key)
+            trace_id, signal = parse_part_key(key)
             entry = self.traces.get(trace_id)
-            if entry is not None and key in entry.chunks:
-                entry.chunks.remove(key)
-                if not entry.chunks:
+            if entry is not None and key in entry.parts:
+                entry.parts.remove(key)
+                if not entry.parts:
                     del self.traces[trace_id]
                     self.late.discard(trace_id)
 

@@ -5,7 +5,7 @@ import pytest
 
 from streams.otlp.batch import ColumnBatch
 from streams.stages.sampling import probability_to_threshold, trace_randomness
-from streams.stages.tail import Decision, TailIndex, assemble, chunk_key, decide, parse_chunk_key
+from streams.stages.tail import Decision, TailIndex, assemble, part_key, decide, parse_part_key
 from streams.stages.tail_policies import RateLimiter, TailPolicyError, TraceView, evaluate, parse_policies
 
 MS = 1_000_000
@@ -98,24 +98,24 @@ def test_policy_files_report_every_problem():
 
 def test_index_due_reasons_and_bounds():
     index = TailIndex(decision_wait_ms=1000, max_traces=2, max_spans_per_trace=10, cache_ms=5000)
-    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=0)
-    index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 12, now_ms=0)
-    index.add(chunk_key("b" * 32, "logs", "l", 1, 5), 2, now_ms=0)
+    index.add(part_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=0)
+    index.add(part_key("b" * 32, "traces", "s", 0, 2), 12, now_ms=0)
+    index.add(part_key("b" * 32, "logs", "l", 1, 5), 2, now_ms=0)
     assert index.due(500) == {"b" * 32: "overflow_spans"}
     assert (index.traces["b" * 32].spans, index.traces["b" * 32].logs) == (12, 2)
-    index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 1, now_ms=100)
-    index.add(chunk_key("d" * 32, "traces", "s", 0, 4), 1, now_ms=200)
+    index.add(part_key("c" * 32, "traces", "s", 0, 3), 1, now_ms=100)
+    index.add(part_key("d" * 32, "traces", "s", 0, 4), 1, now_ms=200)
     due = index.due(500)
     assert due["a" * 32] == "overflow_traces" and "d" * 32 not in due  # the oldest goes first
     assert index.due(1200)["a" * 32] == "wait"
     index.decisions["d" * 32] = Decision(True, 1.0, "always", 0)
     assert index.due(300)["d" * 32] == "decided"
-    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=900)  # a re-delivered part counts once
+    index.add(part_key("a" * 32, "traces", "s", 0, 1), 3, now_ms=900)  # a re-delivered part counts once
     assert index.traces["a" * 32].spans == 3
-    index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
+    index.remove([part_key("a" * 32, "traces", "s", 0, 1)])
     assert "a" * 32 not in index.traces
-    assert parse_chunk_key(chunk_key("b" * 32, "logs", "l", 1, 5)) == ("b" * 32, "logs")
-    index.remove([k for e in list(index.traces.values()) for k in e.chunks])
+    assert parse_part_key(part_key("b" * 32, "logs", "l", 1, 5)) == ("b" * 32, "logs")
+    index.remove([k for e in list(index.traces.values()) for k in e.parts])
     assert index.expired_decisions(6000) == ["d" * 32]
 
 
@@ -146,12 +146,12 @@ def test_decide_and_assemble_rows():
 
 def test_parts_long_after_their_trace_left_the_cache_get_the_default():
     index = TailIndex(decision_wait_ms=1000, max_traces=10, max_spans_per_trace=100, cache_ms=5000)
-    index.add(chunk_key("a" * 32, "traces", "s", 0, 1), 2, now_ms=0, late=True)
-    index.add(chunk_key("b" * 32, "traces", "s", 0, 2), 2, now_ms=0, late=False)
+    index.add(part_key("a" * 32, "traces", "s", 0, 1), 2, now_ms=0, late=True)
+    index.add(part_key("b" * 32, "traces", "s", 0, 2), 2, now_ms=0, late=False)
     index.decisions["c" * 32] = Decision(True, 1.0, "errors", 0)
-    index.add(chunk_key("c" * 32, "traces", "s", 0, 3), 2, now_ms=0, late=True)  # still cached: follows it
+    index.add(part_key("c" * 32, "traces", "s", 0, 3), 2, now_ms=0, late=True)  # still cached: follows it
     assert index.due(10) == {"a" * 32: "late_default", "c" * 32: "decided"}
-    index.remove([chunk_key("a" * 32, "traces", "s", 0, 1)])
+    index.remove([part_key("a" * 32, "traces", "s", 0, 1)])
     assert not index.late
 
 
