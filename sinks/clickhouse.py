@@ -98,8 +98,10 @@ def connect(settings: ClickHouseSettings) -> Any:
         path = chdb_path(settings.dsn)
         path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
+    password = settings.password.get_secret_value()
     return clickhouse_connect.get_client(
-        dsn=settings.dsn, send_receive_timeout=int(settings.insert_timeout_s), connect_timeout=10
+        dsn=settings.dsn, send_receive_timeout=int(settings.insert_timeout_s), connect_timeout=10,
+        **({"password": password} if password else {}),
     )
 
 

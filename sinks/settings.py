@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -68,6 +68,9 @@ class ClickHouseSettings(BaseModel):
         "chdb://.otelpipe/chdb",
         "Where rows go. chdb:///PATH embeds ClickHouse in the worker (relative PATH is taken from "
         "the current directory); http(s)://user:pass@host:8123/db reaches a server.")
+    password: SecretStr = setting(
+        "", "Server only: the password, when the DSN carries none (OTELPIPE_CLICKHOUSE_PASSWORD keeps it out of "
+            "files). Never printed; a password inside the DSN is masked wherever the DSN is shown.")
     database: Annotated[str, AfterValidator(identifier), AfterValidator(not_blank)] = setting(
         "otel", "Database holding the otel_* tables.")
     cluster: Annotated[str, AfterValidator(identifier)] = setting(
@@ -83,4 +86,6 @@ class ClickHouseSettings(BaseModel):
     def _related(self) -> ClickHouseSettings:
         if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
             raise ValueError("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
+        if self.dsn.startswith("chdb://") and self.password.get_secret_value():
+            raise ValueError("password applies to a ClickHouse server, not the embedded chdb:// store")
         return self

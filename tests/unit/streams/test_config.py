@@ -60,3 +60,23 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_every_setting_is_documented():
     rows = describe(load_settings(env={}))
     assert rows and all(meaning for _, _, _, meaning in rows)
+
+
+def test_secrets_are_never_printed():
+    s = load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "https://otel:s3cret@ch:8443/otel",
+                           "OTELPIPE_CLICKHOUSE_PASSWORD": "hunter2"})
+    assert s.clickhouse.password.get_secret_value() == "hunter2"
+    shown = "\n".join(" ".join(row) for row in describe(s)) + repr(s) + str(s)
+    assert "hunter2" not in shown and "s3cret" in s.clickhouse.dsn
+    assert "s3cret" not in "\n".join(" ".join(row) for row in describe(s))
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "htps://otel:s3cret@ch:8443/otel"})
+    assert "s3cret" not in str(err.value) and "otel:****@ch" in str(err.value)
+
+
+def test_schema_of_the_file_lists_every_section():
+    from streams.config import config_json_schema
+
+    schema = config_json_schema()
+    assert set(schema["properties"]) == {"kafka", "clickhouse", "worker", "slo", "sampling"}
+    assert schema["$defs"]["WorkerSettings"]["additionalProperties"] is False
