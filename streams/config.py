@@ -397,39 +397,54 @@ _EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
 
 
 def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | None = None,
-                required: Mapping[str, str] | None = None) -> list[str]:
+                required: Mapping[str, str] | None = None, tags: Sequence[str] = (),
+                tagged: str = "policy") -> list[str]:
     """pydantic's errors as ``path: problem`` lines (``cardinality.rules[2].buckets: must be > 0``),
-    for every file otelpipe reads (configuration, label policy, catalog, tail policies).
+    in the same words for every file otelpipe reads (configuration, label policy, catalog, tail
+    policies).
 
     ``root`` prefixes every path; ``sections`` are the file's known top-level tables (an unknown
-    one is named with them); ``required`` gives the problem of a missing setting, by name.
+    one is named with them); ``required`` gives the problem of a missing setting, by name; ``tags``
+    are the ``type`` values of a discriminated union (``[[policies]]``), whose tag pydantic puts in
+    the location: it is left out of the path and named in the problem (``for a latency policy``).
     """
     out = []
     for err in exc.errors(include_url=False):
-        loc = list(err["loc"])
-        path = root
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        kind, ctx = err["type"], err.get("ctx") or {}
+        loc, kind, ctx, value = list(err["loc"]), err["type"], err.get("ctx") or {}, err.get("input")
+        path, tag = root, ""
+        for i, part in enumerate(loc):
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif i and isinstance(loc[i - 1], int) and part in tags:
+                tag = str(part)
+            else:
+                path += f".{part}" if path else str(part)
+        of_tag = f" for a {tag} {tagged}" if tag else ""
         cause = ctx.get("error")
         if isinstance(cause, _Related):
             for problem in cause.problems:
                 head, sep, _ = problem.partition(": ")
                 out.append(f"{path}.{problem}" if sep and " " not in head else f"{path}: {problem}")
             continue
+        if kind in ("union_tag_invalid", "union_tag_not_found") and isinstance(value, dict):
+            out.append(f"{path}.type: must be one of {', '.join(tags)}, got {value.get('type')!r}")
+            continue
         if kind in ("extra_forbidden", "unexpected_keyword_argument"):
             if len(loc) == 1 and not root and sections:
                 problem = f"unknown section (known: {', '.join(sections)})"
             else:
-                problem = "unknown setting"
+                problem = "unknown setting" + of_tag
         elif kind == "missing":
-            problem = (required or {}).get(str(loc[-1]) if loc else "", "required")
-        elif kind in ("model_type", "dataclass_type", "dict_type"):
+            problem = (required or {}).get(str(loc[-1]) if loc else "", "required" + of_tag)
+        elif kind in ("model_type", "model_attributes_type", "dataclass_type", "dict_type", "union_tag_invalid",
+                      "union_tag_not_found"):
             problem = "must be a table"
         elif kind == "value_error":
             problem = str(cause) if cause is not None else err["msg"]
+        elif kind == "literal_error":
+            problem = f"must be {str(ctx.get('expected', '')).replace(chr(39), '')}"
         elif kind.split("_")[0] in _EXPECTED and kind.endswith(("_parsing", "_type", "_from_float")):
-            problem = f"expected {_EXPECTED[kind.split('_')[0]]}, got {err['input']!r}"
+            problem = f"expected {_EXPECTED[kind.split('_')[0]]}, got {value!r}"
         else:
             problem = err["msg"]
         out.append(f"{path}: {mask_secrets(problem)}" if path else mask_secrets(problem))

@@ -31,7 +31,7 @@ from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, route_partition
 from streams.stages.tail import Decision, TailIndex, assemble, decide, parse_part_key
-from streams.stages.tail_policies import Policy, RateLimiter
+from streams.stages.tail_policies import RateLimiter, TailPolicy
 
 log = logging.getLogger("otelpipe.tail")
 
@@ -63,7 +63,7 @@ def state_partition(partitions: int) -> Callable[[str], int]:
 
 
 class TailWorker:
-    def __init__(self, *, stages: Stages, policies: tuple[Policy, ...], parts: ChangelogState,
+    def __init__(self, *, stages: Stages, policies: tuple[TailPolicy, ...], parts: ChangelogState,
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
                  decision_cache_s: float, keep_log_severity: int, late_default: str = "policies",
                  run_blocking: Callable[..., Awaitable[Any]],

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("sampling", help="head sampling rates: show them, or set them in every running worker")
-    p.add_argument("action", choices=["show", "set", "clear", "check"])
+    p.add_argument("action", choices=["show", "set", "clear", "check", "schema"],
+                   help="check: validate a tail policy file; schema: print the JSON Schema of that file")
     p.add_argument("rate", type=float, nargs="?", default=None, help="probability in (0, 1] (set)")
     p.add_argument("--service", default="", help="one service's rate (default: the rate of every other service)")
     p.add_argument("--policies", default="", help="check: a tail sampling policy file (default: sampling.tail_policy_file)")

@@ -72,6 +72,10 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     from streams.stages.sampling import SamplingError, probability_to_threshold, threshold_to_th
     from streams.tools.kafka_admin import ensure_topics
 
+    if args.action == "schema":
+        from streams.stages.tail_policies import tail_policy_json_schema
+
+        return _print_schema(tail_policy_json_schema())
     settings = settings_from(args)
     if args.action == "check":
         from streams.stages.tail_policies import TailPolicyError, load_policies

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.otlp.batch import ColumnBatch
-from streams.stages.tail_policies import Policy, RateLimiter, TraceView, Verdict, evaluate
+from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceView, Verdict, evaluate
 
 SUMMARY_TABLE = "otel_trace_summary"
 SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanName", "SpanCount",
@@ -184,7 +184,7 @@ def _view(trace_id: str, spans: ColumnBatch, rows: list[int]) -> TraceView:
     return TraceView(trace_id, cols, root)
 
 
-def decide(policies: tuple[Policy, ...], trace_ids: list[str], spans: ColumnBatch | None, limiter: RateLimiter,
+def decide(policies: tuple[TailPolicy, ...], trace_ids: list[str], spans: ColumnBatch | None, limiter: RateLimiter,
            now_ms: int) -> dict[str, Decision]:
     """Decisions for traces not decided before, from the spans at hand (none: dropped)."""
     out: dict[str, Decision] = {}

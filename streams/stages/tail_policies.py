@@ -22,31 +22,30 @@ Weights: a trace kept by a policy that does not depend on chance has probability
 rates, so ``sum(SampleWeight)`` stays an unbiased estimate. Rate limits keep by arrival, not by
 chance: their traces get weight 1, and the estimate undercounts what they dropped (counted as
 ``rate_limited``).
+
+Each type is a pydantic model (a ``TailPolicy``), the list a union discriminated by ``type``.
+``parse_policies`` raises ``TailPolicyError`` listing every problem with its path
+(``policies[1].threshold_ms: must be > 0``); the checks are strict, as TOML gives the types the
+file wrote (no ``"5"`` for 5, no ``1`` for true). ``tail_policy_json_schema()`` is the JSON Schema of
+the file, for editors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args
 
-from streams.config import ProblemsError, read_toml
-from streams.stages.sampling import SamplingError, probability_to_threshold, trace_randomness
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ModelWrapValidatorHandler,
+                      ValidationError, model_validator)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 
-TYPES = ("always", "probabilistic", "status_code", "latency", "string_attribute", "numeric_attribute",
-         "boolean_attribute", "span_count", "rate_limiting", "and", "composite")
+from streams.config import ProblemsError, problems_of, read_toml
+from streams.stages.sampling import probability_to_threshold, trace_randomness
 
 
 class TailPolicyError(ProblemsError):
     what = "tail sampling policy"
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    type: str
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    children: tuple["Policy", ...] = ()
-    shares: tuple[float, ...] = ()
 
 
 @dataclass
@@ -67,114 +66,6 @@ class Verdict:
     keep: bool
     probability: float  # the chance the trace had of being kept: weight = 1 / probability
     policy: str  # the policy that decided ("" when dropped)
-
-
-# ------------------------------------------------------------------ parsing
-
-
-_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "always": {},
-    "probabilistic": {"rate": (int, float)},
-    "status_code": {"status_codes": list},
-    "latency": {"threshold_ms": (int, float), "scope": str},
-    "string_attribute": {"key": str, "values": list, "invert": bool},
-    "numeric_attribute": {"key": str, "min": (int, float), "max": (int, float)},
-    "boolean_attribute": {"key": str, "value": bool},
-    "span_count": {"min_spans": int, "max_spans": int},
-    "rate_limiting": {"spans_per_second": (int, float)},
-    "and": {"policies": list},
-    "composite": {"max_total_spans_per_second": (int, float), "policies": list, "shares": list},
-}
-_REQUIRED = {"probabilistic": ("rate",), "latency": ("threshold_ms",), "string_attribute": ("key", "values"),
-             "numeric_attribute": ("key",), "boolean_attribute": ("key", "value"), "span_count": ("min_spans",),
-             "rate_limiting": ("spans_per_second",), "and": ("policies",),
-             "composite": ("max_total_spans_per_second", "policies", "shares")}
-
-
-def _parse_one(raw: Any, path: str, problems: list[str]) -> Policy | None:
-    if not isinstance(raw, dict):
-        problems.append(f"{path}: must be a table")
-        return None
-    kind = raw.get("type")
-    if kind not in TYPES:
-        problems.append(f"{path}.type: must be one of {', '.join(TYPES)}, got {kind!r}")
-        return None
-    allowed = _PARAMS[kind]
-    ok = True
-    for key in sorted(set(raw) - set(allowed) - {"type", "name"}):
-        problems.append(f"{path}.{key}: unknown setting for a {kind} policy")
-        ok = False
-    for key in _REQUIRED.get(kind, ()):
-        if key not in raw:
-            problems.append(f"{path}.{key}: required for a {kind} policy")
-            ok = False
-    for key, typ in allowed.items():
-        if key in raw and (not isinstance(raw[key], typ) or (typ is not bool and isinstance(raw[key], bool))):
-            problems.append(f"{path}.{key}: wrong type {type(raw[key]).__name__}")
-            ok = False
-    if not ok:
-        return None
-    params = {k: v for k, v in raw.items() if k not in ("type", "name", "policies", "shares")}
-    if kind == "probabilistic":
-        try:
-            probability_to_threshold(float(raw["rate"]))
-        except SamplingError as exc:
-            problems.append(f"{path}.rate: {exc}")
-            return None
-    if kind == "latency" and raw.get("scope", "root") not in ("root", "any"):
-        problems.append(f"{path}.scope: must be root or any")
-        return None
-    for key in ("spans_per_second", "max_total_spans_per_second", "threshold_ms"):
-        if key in raw and raw[key] <= 0:
-            problems.append(f"{path}.{key}: must be > 0")
-            return None
-    children: list[Policy] = []
-    shares: tuple[float, ...] = ()
-    if kind in ("and", "composite"):
-        if not raw["policies"]:
-            problems.append(f"{path}.policies: needs at least one policy")
-            return None
-        for i, child in enumerate(raw["policies"]):
-            parsed = _parse_one(child, f"{path}.policies[{i}]", problems)
-            if parsed is not None:
-                children.append(parsed)
-        if kind == "composite":
-            shares = tuple(raw["shares"])
-            if len(shares) != len(raw["policies"]) or not all(isinstance(s, (int, float)) and s > 0 for s in shares):
-                problems.append(f"{path}.shares: one positive percentage per policy")
-                return None
-            if sum(shares) > 100:
-                problems.append(f"{path}.shares: add up to {sum(shares)}%, more than 100")
-                return None
-    return Policy(str(raw.get("name", kind)), kind, params, tuple(children), shares)
-
-
-def parse_policies(data: dict[str, Any]) -> tuple[Policy, ...]:
-    problems: list[str] = []
-    for key in sorted(set(data) - {"policies"}):
-        problems.append(f"{key}: unknown setting")
-    raw = data.get("policies", [])
-    if not isinstance(raw, list) or not raw:
-        problems.append("policies: at least one [[policies]] table is needed")
-        raw = []
-    out = []
-    for i, item in enumerate(raw):
-        policy = _parse_one(item, f"policies[{i}]", problems)
-        if policy is not None:
-            out.append(policy)
-    if problems:
-        raise TailPolicyError(problems)
-    return tuple(out)
-
-
-DEFAULT_POLICIES = (
-    Policy("errors", "status_code", {"status_codes": ["Error"]}),
-    Policy("slow", "latency", {"threshold_ms": 1000, "scope": "root"}),
-    Policy("baseline", "probabilistic", {"rate": 0.01}),
-)
-
-
-# ------------------------------------------------------------------ evaluation
 
 
 class RateLimiter:
@@ -204,70 +95,334 @@ def _attr(view: TraceView, key: str) -> list[Any]:
     return values
 
 
-def _matches(policy: Policy, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
-    """(keeps the trace, probability that it did)."""
-    p, cols = policy.params, view.columns
-    kind = policy.type
-    if kind == "always":
+# ------------------------------------------------------------------ checks (ValueError("the problem"))
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _rate(value: float) -> float:
+    probability_to_threshold(value)  # SamplingError (a ValueError) names the problem
+    return value
+
+
+Positive = Annotated[float, AfterValidator(_positive), Field(json_schema_extra={"exclusiveMinimum": 0})]
+Rate = Annotated[float, AfterValidator(_rate), Field(json_schema_extra={"minimum": 2**-56, "maximum": 1})]
+
+
+def _list(default: Any = ..., doc: str = "", **kw: Any) -> Any:
+    """A list of the file, kept as a tuple (TOML arrays are lists: the tuple itself is not strict)."""
+    return Field(default, description=doc, strict=False, **kw)
+
+
+def _not_empty(problem: str) -> BeforeValidator:
+    """At least one item, counted in the file (pydantic's min_length counts the valid ones)."""
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError(problem)
+        return value
+    return BeforeValidator(check)
+
+
+_MIN_ONE = {"minItems": 1}
+
+
+# ------------------------------------------------------------------ the policy types
+
+
+class TailPolicy(BaseModel):
+    """What every policy type has; each subclass keeps (or not) a trace by its ``matches``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    type: str
+    name: Annotated[str, BeforeValidator(str)] = Field(  # "" only until _name_defaults_to_type
+        "", description="Names the policy in otel_trace_summary.Policy and `sampling check` (default: its type).",
+        json_schema_extra=lambda schema: schema.pop("default", None))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_defaults_to_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data and "type" in data:
+            return {**data, "name": data["type"]}
+        return data
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        """(keeps the trace, probability that it did)."""
+        raise NotImplementedError
+
+
+class AlwaysPolicy(TailPolicy):
+    """Keeps every trace."""
+
+    type: Literal["always"]
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
         return True, 1.0
-    if kind == "probabilistic":
-        rate = float(p["rate"])
+
+
+class ProbabilisticPolicy(TailPolicy):
+    """Keeps a share of the traces, consistent with head sampling (by the trace's randomness)."""
+
+    type: Literal["probabilistic"]
+    rate: Rate = Field(description="The probability of keeping a trace, in [2^-56, 1].")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        rate = float(self.rate)
         return trace_randomness(view.trace_id) >= probability_to_threshold(rate), rate
-    if kind == "status_code":
-        wanted = {s.lower() for s in p.get("status_codes", ["Error"])}
-        return any(str(s).lower() in wanted for s in cols["StatusCode"]), 1.0
-    if kind == "latency":
-        threshold_ns = float(p["threshold_ms"]) * 1_000_000
-        if p.get("scope", "root") == "root":
+
+
+class StatusCodePolicy(TailPolicy):
+    """Keeps a trace with a span of one of these statuses (case-insensitive)."""
+
+    type: Literal["status_code"]
+    status_codes: tuple[str, ...] = _list(("Error",), "Span statuses: Unset, Ok, Error.")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        wanted = {s.lower() for s in self.status_codes}
+        return any(str(s).lower() in wanted for s in view.columns["StatusCode"]), 1.0
+
+
+class LatencyPolicy(TailPolicy):
+    """Keeps a trace whose root span (or any span) lasted at least ``threshold_ms``."""
+
+    type: Literal["latency"]
+    threshold_ms: Positive = Field(description="Minimum duration, in milliseconds (> 0).")
+    scope: Literal["root", "any"] = Field("root", description="Which spans count: the root span or any span.")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        cols = view.columns
+        threshold_ns = float(self.threshold_ms) * 1_000_000
+        if self.scope == "root":
             durations = [cols["Duration"][view.root]] if view.root is not None else []
         else:
             durations = cols["Duration"]
         return any(d >= threshold_ns for d in durations), 1.0
-    if kind == "string_attribute":
-        found = any(str(v) in set(p["values"]) for v in _attr(view, p["key"]))
-        return found != bool(p.get("invert", False)), 1.0
-    if kind == "numeric_attribute":
-        lo, hi = p.get("min", float("-inf")), p.get("max", float("inf"))
-        for v in _attr(view, p["key"]):
+
+
+class StringAttributePolicy(TailPolicy):
+    """Keeps a trace with a span (or resource) attribute ``key`` equal to one of ``values``."""
+
+    type: Literal["string_attribute"]
+    key: str = Field(description="Attribute name, looked up in span then resource attributes.")
+    values: tuple[str, ...] = _list(doc="The values that match.")
+    invert: bool = Field(False, description="Keep the traces that do not match instead.")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        wanted = set(self.values)
+        found = any(str(v) in wanted for v in _attr(view, self.key))
+        return found != self.invert, 1.0
+
+
+class NumericAttributePolicy(TailPolicy):
+    """Keeps a trace with a numeric attribute ``key`` in [``min``, ``max``]."""
+
+    type: Literal["numeric_attribute"]
+    key: str = Field(description="Attribute name, looked up in span then resource attributes.")
+    min: float | None = Field(None, description="Lowest matching value (default: no bound).")
+    max: float | None = Field(None, description="Highest matching value (default: no bound).")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        lo = float("-inf") if self.min is None else self.min
+        hi = float("inf") if self.max is None else self.max
+        for v in _attr(view, self.key):
             try:
                 if lo <= float(v) <= hi:
                     return True, 1.0
             except ValueError:
                 continue
         return False, 1.0
-    if kind == "boolean_attribute":
-        want = "true" if p["value"] else "false"
-        return any(str(v).lower() == want for v in _attr(view, p["key"])), 1.0
-    if kind == "span_count":
+
+
+class BooleanAttributePolicy(TailPolicy):
+    """Keeps a trace with a boolean attribute ``key`` equal to ``value``."""
+
+    type: Literal["boolean_attribute"]
+    key: str = Field(description="Attribute name, looked up in span then resource attributes.")
+    value: bool = Field(description="The value that matches.")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        want = "true" if self.value else "false"
+        return any(str(v).lower() == want for v in _attr(view, self.key)), 1.0
+
+
+class SpanCountPolicy(TailPolicy):
+    """Keeps a trace with between ``min_spans`` and ``max_spans`` spans."""
+
+    type: Literal["span_count"]
+    min_spans: int = Field(description="Fewest spans.")
+    max_spans: int | None = Field(None, description="Most spans (default: no bound).")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
         n = view.span_count
-        return n >= p["min_spans"] and n <= p.get("max_spans", n), 1.0
-    if kind == "rate_limiting":
+        return n >= self.min_spans and n <= (n if self.max_spans is None else self.max_spans), 1.0
+
+
+class RateLimitingPolicy(TailPolicy):
+    """Per service of the root span, keeps traces while the service's spans this second stay under the limit."""
+
+    type: Literal["rate_limiting"]
+    spans_per_second: Positive = Field(description="Spans per second per service (> 0).")
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        cols = view.columns
         service = cols["ServiceName"][view.root] if view.root is not None else (cols["ServiceName"] or [""])[0]
-        return limiter.take(id(policy), service, view.span_count, float(p["spans_per_second"]), now_s), 1.0
-    if kind == "and":
+        return limiter.take(id(self), service, view.span_count, float(self.spans_per_second), now_s), 1.0
+
+
+class AndPolicy(TailPolicy):
+    """Keeps a trace every sub-policy keeps."""
+
+    type: Literal["and"]
+    policies: Annotated[tuple[AnyTailPolicy, ...], _not_empty("needs at least one policy")] = _list(
+        doc="The sub-policies (at least one).", json_schema_extra=_MIN_ONE)
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
         probability = 1.0
-        for child in policy.children:
-            keep, prob = _matches(child, view, limiter, now_s)
+        for child in self.policies:
+            keep, prob = child.matches(view, limiter, now_s)
             if not keep:
                 return False, 1.0
             probability = min(probability, prob)
         return True, probability
-    if kind == "composite":
-        total = float(p["max_total_spans_per_second"])
-        for i, (child, share) in enumerate(zip(policy.children, policy.shares)):
-            keep, prob = _matches(child, view, limiter, now_s)
-            if keep and limiter.take(id(policy) * 1000 + i, "", view.span_count, total * share / 100, now_s):
+
+
+class CompositePolicy(TailPolicy):
+    """Keeps a trace by the first sub-policy that keeps it and still has room in its share of the budget."""
+
+    type: Literal["composite"]
+    max_total_spans_per_second: Positive = Field(description="The budget shared by the sub-policies (> 0).")
+    policies: Annotated[tuple[AnyTailPolicy, ...], _not_empty("needs at least one policy")] = _list(
+        doc="The sub-policies, in order (at least one).", json_schema_extra=_MIN_ONE)
+    shares: tuple[float, ...] = _list(doc="Percent of the budget of each sub-policy, in order; at most 100 in all.")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check_shares(cls, data: Any, handler: ModelWrapValidatorHandler[CompositePolicy]) -> CompositePolicy:
+        # on the file's values, so the shares are checked even when a sub-policy is invalid
+        problem = _shares_problem(data.get("shares"), data.get("policies")) if isinstance(data, dict) else None
+        try:
+            policy = handler(data)
+        except ValidationError as exc:
+            if problem is None:
+                raise
+            errors = [e for e in exc.errors() if e["loc"][:1] != ("shares",)]  # the problem says it all
+            raise _with_error(cls, errors, problem, data) from None
+        if problem is not None:
+            raise _with_error(cls, [], problem, data)
+        return policy
+
+    def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
+        total = float(self.max_total_spans_per_second)
+        for i, (child, share) in enumerate(zip(self.policies, self.shares)):
+            keep, prob = child.matches(view, limiter, now_s)
+            if keep and limiter.take(id(self) * 1000 + i, "", view.span_count, total * share / 100, now_s):
                 return True, prob
         return False, 1.0
-    raise ValueError(f"unknown policy type {kind!r}")
 
 
-def evaluate(policies: tuple[Policy, ...], view: TraceView, limiter: RateLimiter, now_s: int) -> Verdict:
+def _shares_problem(shares: Any, policies: Any) -> str | None:
+    if not isinstance(shares, list) or not isinstance(policies, list) or not policies:
+        return None  # a wrong type or no sub-policies is its own problem
+    if len(shares) != len(policies) or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in shares):
+        return "one positive percentage per policy"
+    if sum(shares) > 100:
+        return f"add up to {sum(shares)}%, more than 100"
+    return None
+
+
+_ERROR_TYPES = frozenset(get_args(ErrorType))
+
+
+def _with_error(cls: type[BaseModel], errors: list[ErrorDetails], problem: str,
+                data: dict[str, Any]) -> ValidationError:
+    """``errors`` (of the model's fields) and the shares ``problem``, as one ValidationError."""
+    line_errors: list[InitErrorDetails] = []
+    for e in errors:
+        kind = e["type"]
+        if kind in _ERROR_TYPES:
+            line_errors.append({"type": kind, "loc": e["loc"], "input": e["input"],
+                                **({"ctx": e["ctx"]} if "ctx" in e else {})})
+        else:  # a shares problem of a nested composite
+            line_errors.append({"type": PydanticCustomError(kind, "{problem}", {"problem": e["msg"]}),
+                                "loc": e["loc"], "input": e["input"]})
+    line_errors.append({"type": PydanticCustomError("shares", "{problem}", {"problem": problem}),
+                        "loc": ("shares",), "input": data.get("shares")})
+    return ValidationError.from_exception_data(cls.__name__, line_errors)
+
+
+AnyTailPolicy = Annotated[
+    Union[AlwaysPolicy, ProbabilisticPolicy, StatusCodePolicy, LatencyPolicy, StringAttributePolicy,
+          NumericAttributePolicy, BooleanAttributePolicy, SpanCountPolicy, RateLimitingPolicy, AndPolicy,
+          CompositePolicy],
+    Field(discriminator="type"),
+]
+AndPolicy.model_rebuild()
+CompositePolicy.model_rebuild()
+
+
+_NONE = "at least one [[policies]] table is needed"
+
+
+class TailPolicyFile(BaseModel):
+    """A tail sampling policy file: a trace is kept when any of its policies keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="otelpipe tail sampling policies")
+
+    policies: Annotated[tuple[AnyTailPolicy, ...], _not_empty(_NONE)] = _list(
+        doc="The policies ([[policies]] tables), in order (at least one).", json_schema_extra=_MIN_ONE)
+
+
+TYPES: tuple[str, ...] = tuple(  # the tags, in order: always, probabilistic, …
+    get_args(model.model_fields["type"].annotation)[0] for model in get_args(get_args(AnyTailPolicy)[0]))
+
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as ``path: problem`` lines, in the words of every otelpipe file."""
+    empty = [e for e in exc.errors(include_url=False) if tuple(e["loc"]) == ("policies",)
+             and e["type"] in ("missing", "tuple_type")]
+    if empty:
+        return [f"policies: {_NONE}"]
+    return problems_of(exc, tags=TYPES)
+
+
+def parse_policies(data: dict[str, Any]) -> tuple[TailPolicy, ...]:
+    """The policies of a policy file's content; ``TailPolicyError`` lists every problem."""
+    try:
+        return TailPolicyFile.model_validate(data).policies
+    except ValidationError as exc:
+        raise TailPolicyError(_problems(exc)) from None
+
+
+def tail_policy_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a tail sampling policy file, for editors to complete and check."""
+    return TailPolicyFile.model_json_schema()
+
+
+DEFAULT_POLICIES = parse_policies({"policies": [
+    {"name": "errors", "type": "status_code", "status_codes": ["Error"]},
+    {"name": "slow", "type": "latency", "threshold_ms": 1000, "scope": "root"},
+    {"name": "baseline", "type": "probabilistic", "rate": 0.01},
+]})
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+def evaluate(policies: tuple[TailPolicy, ...], view: TraceView, limiter: RateLimiter, now_s: int) -> Verdict:
     """Keep when any policy keeps; the probability is 1 when a policy that does not depend on
     chance keeps, else the highest rate among the probabilistic policies that keep."""
     best: Verdict | None = None
     for policy in policies:
-        keep, probability = _matches(policy, view, limiter, now_s)
+        keep, probability = policy.matches(view, limiter, now_s)
         if not keep:
             continue
         if probability >= 1.0:
@@ -277,7 +432,7 @@ def evaluate(policies: tuple[Policy, ...], view: TraceView, limiter: RateLimiter
     return best if best is not None else Verdict(False, 1.0, "")
 
 
-def load_policies(path: str | None) -> tuple[Policy, ...]:
+def load_policies(path: str | None) -> tuple[TailPolicy, ...]:
     if not path:
         return DEFAULT_POLICIES
     return parse_policies(read_toml(path, "tail policy", TailPolicyError))

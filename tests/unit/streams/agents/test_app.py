@@ -57,3 +57,13 @@ def test_two_apps_with_different_settings_in_one_process():
 def test_the_sink_takes_its_own_settings_not_the_whole_configuration():
     for path in (ROOT / "sinks").glob("*.py"):
         assert "streams.config" not in path.read_text(), f"{path.name} imports the whole configuration"
+
+
+def test_every_file_has_a_json_schema_on_the_command_line():
+    import json
+
+    for args in (["config", "--schema"], ["policy", "schema"], ["sampling", "schema"]):
+        result = subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "properties" in json.loads(result.stdout) or "$defs" in json.loads(result.stdout)

@@ -1,12 +1,18 @@
 """Tail sampling over hand-built traces: every policy type, weights, the index's due reasons, and the
 rows a decision writes (spans with weights, logs with span context, the summary)."""
 
+import json
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from streams.otlp.batch import ColumnBatch
 from streams.stages.sampling import probability_to_threshold, trace_randomness
 from streams.stages.tail import Decision, TailIndex, assemble, part_key, decide, parse_part_key
-from streams.stages.tail_policies import RateLimiter, TailPolicyError, TraceView, evaluate, parse_policies
+from streams.stages.tail_policies import (TYPES, RateLimiter, TailPolicy, TailPolicyError, TraceView, Verdict, evaluate,
+                                          load_policies, parse_policies, tail_policy_json_schema)
 
 MS = 1_000_000
 
@@ -170,3 +176,123 @@ def test_sampling_check_lists_every_problem_of_a_policy_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "streams.cli", "sampling", "check", "--policies", str(good)],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "errors (status_code)" in result.stdout
+
+
+# ------------------------------------------------------------------ the policy file's models
+
+
+def test_one_file_reports_every_problem_of_every_policy_at_once():
+    with pytest.raises(TailPolicyError) as err:
+        parse_policies({"sampler": 1, "policies": [
+            {"type": "latency", "threshold_ms": "5", "scope": "all", "colour": "red"},
+            {"type": "composite", "max_total_spans_per_second": 0, "shares": [50, -1],
+             "policies": [{"type": "probabilistic", "rate": 2}, {"type": "and", "policies": []}]},
+            {"type": "string_attribute", "values": ["a", 1], "invert": 1},
+            "errors",
+        ]})
+    problems = err.value.problems
+    for expected in ("sampler: unknown setting",
+                     "policies[0].colour: unknown setting for a latency policy",
+                     "policies[0].threshold_ms: expected float, got '5'", "policies[0].scope: must be root or any",
+                     "policies[1].max_total_spans_per_second: must be > 0",
+                     "policies[1].policies[0].rate: sampling probability must be in [2^-56, 1]",
+                     "policies[1].policies[1].policies: needs at least one policy",
+                     "policies[1].shares: one positive percentage per policy",
+                     "policies[2].key: required for a string_attribute policy", "policies[2].values[1]: expected str, got 1",
+                     "policies[2].invert: expected bool, got 1", "policies[3]: must be a table"):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+    assert len(problems) == 12, problems  # each once, nothing about the valid parts
+
+
+def test_an_unknown_or_missing_type_lists_the_known_types():
+    with pytest.raises(TailPolicyError) as err:
+        parse_policies({"policies": [{"type": "sometimes", "rate": 1}, {"name": "untyped"}]})
+    known = ("always, probabilistic, status_code, latency, string_attribute, numeric_attribute, boolean_attribute, "
+             "span_count, rate_limiting, and, composite")
+    assert err.value.problems == [f"policies[0].type: must be one of {known}, got 'sometimes'",
+                                  f"policies[1].type: must be one of {known}, got None"]
+    assert TYPES == tuple(known.split(", "))
+
+
+def test_policies_are_typed_models_with_their_defaults():
+    always, latency, codes, numeric = parse_policies({"policies": [
+        {"type": "always"}, {"type": "latency", "threshold_ms": 250, "name": 7}, {"type": "status_code"},
+        {"type": "numeric_attribute", "key": "retry"}]})
+    assert all(isinstance(p, TailPolicy) for p in (always, latency, codes, numeric))
+    assert (always.name, always.type) == ("always", "always")  # the name defaults to the type
+    assert (latency.name, latency.threshold_ms, latency.scope) == ("7", 250, "root")
+    assert codes.status_codes == ("Error",) and (numeric.min, numeric.max) == (None, None)
+    assert [(p.name, p.type) for p in load_policies(None)] == [("errors", "status_code"), ("slow", "latency"),
+                                                              ("baseline", "probabilistic")]
+    with pytest.raises(ValueError, match="frozen"):
+        latency.threshold_ms = 1
+
+
+def test_the_json_schema_is_discriminated_by_type():
+    schema = tail_policy_json_schema()
+    items = schema["properties"]["policies"]["items"]
+    assert items["discriminator"]["propertyName"] == "type"
+    assert sorted(items["discriminator"]["mapping"]) == sorted(TYPES) and len(items["oneOf"]) == len(TYPES)
+    assert schema["required"] == ["policies"] and schema["additionalProperties"] is False
+    latency = schema["$defs"]["LatencyPolicy"]
+    assert latency["required"] == ["type", "threshold_ms"] and latency["properties"]["scope"]["enum"] == ["root", "any"]
+    assert latency["additionalProperties"] is False and latency["properties"]["threshold_ms"]["exclusiveMinimum"] == 0
+    composite = schema["$defs"]["CompositePolicy"]["properties"]["policies"]["items"]
+    assert composite["discriminator"]["propertyName"] == "type"  # sub-policies too
+    json.dumps(schema)
+
+
+def readme_policy_file():
+    """The example policy file of the README."""
+    text = (Path(__file__).resolve().parents[4] / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if "[[policies]]" in b]
+    return tomllib.loads(block)
+
+
+def mixed_traces():
+    """60 traces in one second: errors, slow or gold roots, big fan-outs, orphans."""
+    views = []
+    for i in range(60):
+        trace_id = f"{(i * 0x0123456789abcdef0123) % 2**128:032x}"
+        if i % 4 == 0:
+            spans = ERR
+        elif i % 4 == 1:
+            spans = [("a", "", "api", "GET /slow", "Unset", 1500 if i % 8 == 1 else 30,
+                      {"tenant.tier": "gold" if i % 3 == 0 else "free"})]
+        elif i % 4 == 2:
+            spans = [(f"s{j}", "s0" if j else "", "api" if i % 3 else "web", "fan", "Unset", 1, {}) for j in range(60)]
+        else:
+            spans = [("a", "x", "web", "orphan", "Ok", 3, {"tenant.tier": "silver"})] * 30
+        root = next((j for j, s in enumerate(spans) if not s[1]), None)
+        views.append(TraceView(trace_id, trace_batch({trace_id: spans}).columns, root))
+    return views
+
+
+# what the hand-written parser's policies decided for mixed_traces() (before the pydantic models)
+README_DECISIONS = (
+    "errors latency composite composite errors composite composite composite errors latency composite composite "
+    "errors composite composite composite errors latency composite composite errors string_attribute composite "
+    "composite errors latency composite composite errors composite composite composite errors latency composite "
+    "composite errors composite composite composite errors latency composite - errors string_attribute and - "
+    "errors latency - - errors composite and - errors latency - -")
+DEFAULT_DECISIONS = " ".join(["errors slow - - errors - - -"] * 7 + ["errors slow - -"])
+
+
+@pytest.mark.parametrize("policies, expected", [("readme", README_DECISIONS), ("default", DEFAULT_DECISIONS)])
+def test_example_files_decide_as_before(policies, expected):
+    parsed = parse_policies(readme_policy_file()) if policies == "readme" else load_policies(None)
+    limiter = RateLimiter()
+    verdicts = [evaluate(parsed, v, limiter, 100) for v in mixed_traces()]
+    assert " ".join(v.policy or "-" for v in verdicts) == expected
+    assert all(v.probability == (0.5 if v.policy == "and" else 1.0) for v in verdicts)  # and: 50 spans, rate 0.5
+    baseline = TraceView("f" * 32, trace_batch({"f" * 32: OK * 20}).columns, 0)  # the highest randomness: kept at 1%
+    assert evaluate(parsed, baseline, limiter, 100) == Verdict(True, 0.01, "baseline")  # no room left in composite
+
+
+def test_a_policy_file_on_disk(tmp_path):
+    path = tmp_path / "tail.toml"
+    path.write_text('[[policies]]\ntype = "span_count"\nmin_spans = 2\nmax_spans = 3\n')
+    [count] = load_policies(str(path))
+    assert (count.name, count.min_spans, count.max_spans) == ("span_count", 2, 3)
+    with pytest.raises(TailPolicyError, match="not found"):
+        load_policies(str(tmp_path / "missing.toml"))
