@@ -273,6 +273,10 @@ class SamplingSettings(Section):
     head_rate: Annotated[float, AfterValidator(_rate)] = setting(
         1.0, "Head sampling probability of services without a rate of their own (1 keeps everything). "
              "Rates set with `otelpipe sampling set` override it and the per-service rates.")
+    min_rate: Annotated[float, AfterValidator(_rate)] = setting(
+        2.0**-20, "The smallest sampling probability accepted anywhere: in this file, on the control topic, and "
+                  "from producers (a span arriving with a smaller th counts as 1 / min_rate spans at most, so "
+                  "a producer cannot inflate estimates). 2^-20: a kept span stands for about a million.")
     service_rates: Annotated[str, AfterValidator(_service_rates)] = setting(
         "", "Per-service head sampling probabilities, comma separated: checkout=0.1,cart=0.5.")
     keep_log_severity: int = setting(
@@ -301,6 +305,11 @@ class SamplingSettings(Section):
     @model_validator(mode="after")
     def _related(self) -> SamplingSettings:
         problems = []
+        if self.head_rate < self.min_rate:
+            problems.append(f"head_rate: {self.head_rate!r} is below sampling.min_rate ({self.min_rate!r})")
+        for service, rate in self.rates().items():
+            if rate < self.min_rate:
+                problems.append(f"service_rates: {service}={rate!r} is below sampling.min_rate ({self.min_rate!r})")
         if not 1 <= self.keep_log_severity <= 25:
             problems.append(f"keep_log_severity: must be a severity number 1..25, got {self.keep_log_severity!r}")
         if self.max_traces < 1:

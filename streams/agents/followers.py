@@ -9,6 +9,7 @@ backoff and reads the topic again from the start (``otelpipe_follower_up{topic}`
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -142,9 +143,10 @@ class ControlFollowers:
 
     def apply_sampling_records(self, records: list) -> None:
         s = self.settings.sampling
-        self.sampling_overrides = fold_keyed_records(records, self.sampling_overrides, rate_from_record,
+        self.sampling_overrides = fold_keyed_records(records, self.sampling_overrides,
+                                                     functools.partial(rate_from_record, floor=s.min_rate),
                                                      SamplingError, m.SAMPLING_UPDATES, "sampling rate")
-        rates = rates_with_overrides(HeadRates(s.head_rate, s.rates()), self.sampling_overrides)
+        rates = rates_with_overrides(HeadRates(s.head_rate, s.rates(), s.min_rate), self.sampling_overrides)
         self.stages.head = HeadSampler(rates, s.keep_log_severity)  # one reference swap
         log.warning("head sampling rates: default %g, %s", rates.default,
                     ", ".join(f"{k}={v:g}" for k, v in sorted(rates.services.items())) or "no per-service rates")

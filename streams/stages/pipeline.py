@@ -56,7 +56,7 @@ class Stages:
         labels = None if choice == "off" else LabelStage(load_policy(None if choice == "default" else choice))
         catalog = CatalogStage(load_catalog(settings.worker.catalog_file or None))
         sampling = settings.sampling
-        head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates()), sampling.keep_log_severity)
+        head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates(), sampling.min_rate), sampling.keep_log_severity)
         return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head)
 
     def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:

@@ -121,16 +121,29 @@ def _valid_rv(value: str | None) -> str | None:
 # ------------------------------------------------------------------ the head sampler
 
 
+# The smallest probability otelpipe accepts unless configured otherwise (sampling.min_rate): a
+# kept span then stands for at most 2^20 (about a million) spans.
+DEFAULT_MIN_RATE = 2.0**-20
+
+
 @dataclass(frozen=True)
 class HeadRates:
-    """Probabilities: a default and per service (1.0 keeps everything)."""
+    """Probabilities: a default and per service (1.0 keeps everything), none below ``floor``.
+
+    ``floor`` is also the trust boundary for what producers send: a span arriving with a ``th``
+    below it (a weight above ``1 / floor``) is counted with ``1 / floor`` at most."""
 
     default: float = 1.0
     services: dict[str, float] = field(default_factory=dict)
+    floor: float = DEFAULT_MIN_RATE
 
     def __post_init__(self) -> None:
+        probability_to_threshold(self.floor)
         for name, rate in [("default", self.default), *self.services.items()]:
             probability_to_threshold(rate)  # raises SamplingError naming the bad rate
+            if rate < self.floor:
+                raise SamplingError(f"sampling rate of {name!r} is {rate!r}, below the floor of {self.floor!r} "
+                                    "(sampling.min_rate)")
 
     def rate(self, service: str) -> float:
         return self.services.get(service, self.default)
@@ -145,6 +158,7 @@ class HeadSampler:
         self.rates = rates
         self.keep_log_severity = keep_log_severity
         self._thresholds: dict[str, int] = {}
+        self._max_weight = 1 / rates.floor
 
     def threshold(self, service: str) -> int:
         t = self._thresholds.get(service)
@@ -181,7 +195,11 @@ class HeadSampler:
                         upstream = 0
             if upstream >= ours:  # an earlier stage was as selective or more: nothing to do
                 keep.append(i)
-                weights.append(adjusted_count(upstream))
+                weight = adjusted_count(upstream)
+                if weight > self._max_weight:  # a producer's th is trusted down to the floor rate only
+                    weight = self._max_weight
+                    counts[("sampling", "upstream_weight_capped")] += 1
+                weights.append(weight)
                 continue
             if trace_randomness(trace_id, rv) >= ours:
                 keep.append(i)
@@ -216,8 +234,9 @@ class HeadSampler:
                            batch.source)
 
 
-def rate_from_record(key: str, value: bytes | None) -> float | None:
-    """A control-topic record → its rate (None: the override is removed). Raises SamplingError."""
+def rate_from_record(key: str, value: bytes | None, floor: float = DEFAULT_MIN_RATE) -> float | None:
+    """A control-topic record → its rate (None: the override is removed). Raises SamplingError,
+    also for a rate below ``floor``."""
     if value is None:
         return None
     text = value.decode("utf-8", "replace").strip()
@@ -226,6 +245,8 @@ def rate_from_record(key: str, value: bytes | None) -> float | None:
     except ValueError:
         raise SamplingError(f"rate for {key!r} must be a number, got {text!r}") from None
     probability_to_threshold(rate)
+    if rate < floor:
+        raise SamplingError(f"rate for {key!r} is {rate!r}, below the floor of {floor!r} (sampling.min_rate)")
     return rate
 
 
@@ -233,4 +254,4 @@ def rates_with_overrides(base: HeadRates, overrides: dict[str, float]) -> HeadRa
     """Runtime overrides (key ``*`` = the default) over the configured rates."""
     services = dict(base.services)
     services.update({k: v for k, v in overrides.items() if k != "*"})
-    return HeadRates(overrides.get("*", base.default), services)
+    return HeadRates(overrides.get("*", base.default), services, base.floor)

@@ -120,3 +120,32 @@ def test_decisions_are_the_same_in_another_process():
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".").stdout.strip().split(",")
     assert there == here
+
+
+def test_a_producers_th_never_weighs_more_than_the_floor_rate_allows():
+    from streams.stages.sampling import DEFAULT_MIN_RATE
+
+    ids = random_trace_ids(50, seed=3)
+    out, counts = HeadSampler(HeadRates(0.5)).apply(spans(ids, states=["ot=th:ffffffffffffff"] * len(ids)))
+    assert out.columns["SampleWeight"] and max(out.columns["SampleWeight"]) == 1 / DEFAULT_MIN_RATE
+    assert counts[("sampling", "upstream_weight_capped")] == len(out.columns["SampleWeight"])
+    out, counts = HeadSampler(HeadRates(0.5, floor=2**-56)).apply(spans(ids[:1], states=["ot=th:ffffffffffffff"]))
+    assert out.columns["SampleWeight"][0] > 7e16 and not counts  # a floor of 2^-56 trusts it
+
+
+def test_rates_below_the_floor_are_refused_everywhere():
+    import pytest
+
+    from streams.config import ConfigError, load_settings
+    from streams.stages.sampling import SamplingError, rate_from_record
+
+    with pytest.raises(SamplingError, match="below the floor"):
+        HeadRates(2**-56)
+    with pytest.raises(SamplingError, match="below the floor"):
+        rate_from_record("checkout", str(2**-56).encode())
+    assert rate_from_record("checkout", b"0.01") == 0.01
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"OTELPIPE_SAMPLING_HEAD_RATE": "1e-9", "OTELPIPE_SAMPLING_SERVICE_RATES": "a=1e-12"})
+    assert any(p.startswith("sampling.head_rate: 1e-09 is below sampling.min_rate") for p in err.value.problems)
+    assert any(p.startswith("sampling.service_rates: a=1e-12 is below") for p in err.value.problems)
+    assert load_settings(env={"OTELPIPE_SAMPLING_HEAD_RATE": "1e-9", "OTELPIPE_SAMPLING_MIN_RATE": "1e-9"})
