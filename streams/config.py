@@ -40,6 +40,10 @@ from sinks.settings import (
 ENCODINGS = ("otlp_proto", "otlp_json")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# Room above worker.max_message_bytes in every record otelpipe produces: dead-letter headers (the
+# detail is cut at 2000 bytes) or the Avro envelope of a routed part.
+RECORD_OVERHEAD_BYTES = 64 * 1024
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588  # the broker's message.max.bytes default
 
 
 class ProblemsError(ValueError):
@@ -375,6 +379,26 @@ class Settings(BaseSettings):
                                    dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
         env, file_values = _SOURCES.get((os.environ, {}))
         return (init_settings, _MappingEnvSource(settings_cls, env), InitSettingsSource(settings_cls, file_values))
+
+    def record_max_bytes(self) -> int:
+        """The largest record otelpipe produces, and every topic it creates accepts: a message of
+        ``worker.max_message_bytes`` plus room for the dead-letter headers or the routed envelope,
+        never below Kafka's own default (so a smaller limit still lets oversized messages arrive
+        and become dead letters)."""
+        return max(self.worker.max_message_bytes + RECORD_OVERHEAD_BYTES, KAFKA_DEFAULT_MAX_MESSAGE_BYTES)
+
+    def letter_max_bytes(self) -> int:
+        """The most bytes of a message a dead letter carries (the rest of the record is headers)."""
+        return self.record_max_bytes() - RECORD_OVERHEAD_BYTES
+
+    def topic_configs(self, **extra: str) -> dict[str, str]:
+        """Configs of the topics otelpipe creates: they carry the largest record (and ``extra``)."""
+        configs = {"max.message.bytes": str(self.record_max_bytes())}
+        for key, value in extra.items():
+            if key == "max.message.bytes":
+                value = str(max(int(value), self.record_max_bytes()))
+            configs[key] = value
+        return configs
 
     def dlq_topic(self, topic: str) -> str:
         return topic + self.kafka.dlq_suffix

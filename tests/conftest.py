@@ -198,7 +198,8 @@ class WorkerProcess:
         from streams.cli.common import all_topics as _all_topics
 
         topics = _all_topics(self.settings)
-        asyncio.run(ensure_topics(self.settings.kafka.bootstrap_servers, topics, self.settings.kafka.partitions))
+        asyncio.run(ensure_topics(self.settings.kafka.bootstrap_servers, topics, self.settings.kafka.partitions,
+                                  configs=self.settings.topic_configs()))
 
 
 @pytest.fixture

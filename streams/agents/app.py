@@ -48,6 +48,7 @@ def faust_app(settings: Settings) -> faust.App:
         web_bind=w.web_host,
         web_in_thread=False,
         producer_acks=-1,
+        producer_max_request_size=settings.record_max_bytes(),  # dead letters and routed parts of the largest message
         broker_session_timeout=w.session_timeout_s,
         broker_heartbeat_interval=min(3.0, w.session_timeout_s / 3),
         broker_commit_every=1000,

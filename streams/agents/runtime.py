@@ -109,12 +109,16 @@ class Runtime:
 
     async def publish_dead_letters(self, signal: str, dead: list[DeadLetter]) -> None:
         futures = []
+        limit = self.settings.letter_max_bytes()
         for letter in dead:
             topic = (self.dlq_topics.get(letter.message.topic)
                      or self.topic(self.settings.dlq_topic(letter.message.topic)))
-            futures.append(
-                await topic.send(key=letter.message.key, value=letter.message.value, headers=letter.headers())
-            )
+            value, headers = letter.message.value, letter.headers()
+            if len(value) > limit:  # larger than its DLQ accepts: the first bytes, and the size it had
+                headers.append(("otelpipe.dlq.truncated_from", str(len(value)).encode()))
+                value = value[:limit]
+                m.DEAD_LETTERS_TRUNCATED.labels(signal).inc()
+            futures.append(await topic.send(key=letter.message.key, value=value, headers=headers))
             m.DEAD_LETTERS.labels(signal, letter.reason).inc()
             log.warning(
                 "dead letter %s[%d]@%d: %s: %s",

@@ -116,3 +116,8 @@ FOLLOWER_RESTARTS = Counter(
     "otelpipe_follower_restarts_total", "Times a control-topic follower failed and reconnected.", ["topic"],
     registry=REGISTRY,
 )
+DEAD_LETTERS_TRUNCATED = Counter(
+    "otelpipe_dead_letters_truncated_total",
+    "Dead letters stored cut to what their topic accepts (header otelpipe.dlq.truncated_from has the size).",
+    ["signal"], registry=REGISTRY,
+)

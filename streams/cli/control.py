@@ -34,7 +34,7 @@ async def _push_policy(settings: Settings, text: bytes) -> None:
     from streams.tools.kafka_admin import ensure_topics
 
     await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.policy_topic], 1,
-                        configs={"cleanup.policy": "compact"})
+                        configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     await producer.start()
     try:
@@ -92,7 +92,7 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     key = args.service or "*"
 
     async def send(value: bytes | None) -> None:
-        await ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"})
+        await ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:
@@ -144,7 +144,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
     async def push() -> None:
         await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.catalog_topic], 1,
-                            configs={"cleanup.policy": "compact"})
+                            configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:

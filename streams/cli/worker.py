@@ -71,20 +71,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
         # ClickHouse is down: start anyway; the agents consume nothing until it answers.
         print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions))
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
+                              configs=settings.topic_configs()))
     for topic in (settings.worker.policy_topic, settings.worker.catalog_topic, settings.sampling.control_topic):
-        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs={"cleanup.policy": "compact"}))
+        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1,
+                                  configs=settings.topic_configs(**{"cleanup.policy": "compact"})))
     from streams.agents.keyed_state import TOPIC_CONFIGS
 
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.state_topic("series-budget")],
-                              settings.kafka.partitions, configs=TOPIC_CONFIGS))
+                              settings.kafka.partitions, configs=settings.topic_configs(**TOPIC_CONFIGS)))
     if settings.sampling.tail:
         from streams.stages.tail_policies import load_policies
 
         load_policies(settings.sampling.tail_policy_file or None)  # an invalid file stops here, every problem listed
         asyncio.run(ensure_topics(settings.kafka.bootstrap_servers,
                                   [settings.tail_topic(), settings.state_topic("tail-sampling")],
-                                  settings.kafka.partitions, configs=TOPIC_CONFIGS))
+                                  settings.kafka.partitions, configs=settings.topic_configs(**TOPIC_CONFIGS)))
 
     import gc
 
@@ -107,7 +109,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.tools.kafka_admin import ensure_topics
     from streams.tools.producer import FileProblem, produce_file, produce_workload
 
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions))
+    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
+                              configs=settings.topic_configs()))
     if args.file:
         try:
             sent, problems = asyncio.run(produce_file(settings, args.file, args.signal))

@@ -48,6 +48,7 @@ class LocalBroker:
     jar_dir: Path
     heap: str
     partitions: int
+    topic_configs: tuple[tuple[str, str], ...] = ()  # configs of the topics it creates
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalBroker":
@@ -65,6 +66,7 @@ class LocalBroker:
             jar_dir=resolve_path(settings.kafka.jar_cache) / "libs",
             heap=settings.kafka.local_heap,
             partitions=settings.kafka.partitions,
+            topic_configs=tuple(settings.topic_configs().items()),
         )
 
     @property
@@ -176,7 +178,7 @@ class LocalBroker:
     def up(self, topics: list[str], timeout_s: float = 120.0) -> str:
         if self.pid() is not None:
             self._wait_ready(timeout_s)
-            asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions))
+            asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions, configs=dict(self.topic_configs)))
             return f"already running (pid {self.pid()}) on {self.bootstrap}"
         if self.port_open():
             raise BrokerError(
@@ -200,7 +202,7 @@ class LocalBroker:
         except BrokerError:
             self.down()
             raise
-        asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions))
+        asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions, configs=dict(self.topic_configs)))
         return f"started (pid {proc.pid}) on {self.bootstrap}, data in {self.data_dir}"
 
     def _wait_ready(self, timeout_s: float, proc: subprocess.Popen | None = None) -> None:

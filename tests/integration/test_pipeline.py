@@ -187,3 +187,28 @@ def test_kill_9_mid_stream_and_restart_gives_exact_rows(worker_factory):
     assert worker.scalar("SELECT sum(Spans) FROM {db}.otel_traces_rollup_1m") == total_spans
     assert worker.scalar("SELECT count() FROM {db}.otel_traces_trace_id_ts FINAL") == summary.traces
     fault_report("kill -9 of the worker 3 times mid-stream", total_spans, worker, time.monotonic() - started)
+
+
+def test_messages_over_a_megabyte_reach_the_dead_letter_topic(worker_factory):
+    """Kafka's default limits are 1 MB; otelpipe's producers and topics carry the largest message
+    worker.max_message_bytes lets through, and a letter larger than that is stored cut, with its size."""
+    mib = 1024 * 1024
+    worker = worker_factory()  # max_message_bytes: 16 MiB
+    good = encode_request(traces_request(3), "otlp_proto")
+    big_bad = b"\xff\xff\xff" + os.urandom(2 * mib)  # not protobuf: a dead letter of 2 MiB
+    spans_topic, dlq_topic = worker.settings.kafka.spans_topic, worker.settings.dlq_topic(worker.settings.kafka.spans_topic)
+    bootstrap = worker.settings.kafka.bootstrap_servers
+    asyncio.run(_send_raw(bootstrap, spans_topic, [(big_bad, []), (good, [])]))
+    worker.start()
+    worker.wait_for(SPAN_COUNT, 3)
+    [letter] = asyncio.run(_read_all(bootstrap, dlq_topic, 1))
+    assert letter.value == big_bad and dict(letter.headers)["otelpipe.dlq.reason"] == b"undecodable"
+
+    worker.stop()
+    worker.reconfigure(OTELPIPE_WORKER_MAX_MESSAGE_BYTES=str(mib)).start()
+    asyncio.run(_send_raw(bootstrap, spans_topic, [(big_bad, []), (good, [])]))
+    worker.wait_for(SPAN_COUNT, 6)
+    letters = asyncio.run(_read_all(bootstrap, dlq_topic, 2))
+    cut = dict(letters[1].headers)
+    assert cut["otelpipe.dlq.reason"] == b"too_large" and letters[1].value == big_bad[:worker.settings.letter_max_bytes()]
+    assert int(cut["otelpipe.dlq.truncated_from"]) == len(big_bad)

@@ -80,3 +80,20 @@ def test_schema_of_the_file_lists_every_section():
     schema = config_json_schema()
     assert set(schema["properties"]) == {"kafka", "clickhouse", "worker", "slo", "sampling"}
     assert schema["$defs"]["WorkerSettings"]["additionalProperties"] is False
+
+
+def test_one_setting_sizes_producers_and_topics():
+    s = load_settings(env={"OTELPIPE_WORKER_MAX_MESSAGE_BYTES": str(32 * 1024 * 1024)})
+    assert s.record_max_bytes() > 32 * 1024 * 1024 and s.letter_max_bytes() >= 32 * 1024 * 1024
+    assert s.topic_configs() == {"max.message.bytes": str(s.record_max_bytes())}
+    compact = s.topic_configs(**{"cleanup.policy": "compact", "max.message.bytes": "100"})
+    assert compact == {"max.message.bytes": str(s.record_max_bytes()), "cleanup.policy": "compact"}
+    small = load_settings(env={"OTELPIPE_WORKER_MAX_MESSAGE_BYTES": "4000"})
+    assert small.record_max_bytes() == 1048588  # never below Kafka's default: big messages still arrive
+
+
+def test_the_worker_producer_carries_the_largest_record():
+    from streams.agents.app import create_app
+
+    s = load_settings(env={"OTELPIPE_WORKER_MAX_MESSAGE_BYTES": str(20 * 1024 * 1024)})
+    assert create_app(s).conf.producer_max_request_size == s.record_max_bytes()
