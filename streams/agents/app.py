@@ -194,12 +194,24 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
             for event in events:  # indexed; the part itself is durable on the routed topic
                 await stream.ack(event)
 
+    # The tail partitions this worker owns, from the rebalance callbacks: consumer.assignment()
+    # keeps answering the old assignment until SyncGroup completes, so a tick during a rebalance
+    # would restore a partition just released, and its next owner restores it too.
+    owned: set[int] = set()
+    tail_name = settings.tail_topic()
+
+    @app.on_partitions_assigned.connect
+    async def own_assigned_traces(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        owned.clear()
+        owned.update(tp.partition for tp in assigned if tp.topic == tail_name)
+
     @app.timer(interval=1.0)
     async def tail_decisions() -> None:
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.tail_topic()}
         if owned or tail_worker.indexes:
-            await tail_worker.tick(owned=owned)
+            await tail_worker.tick(owned=owned)  # the live set: read under the tail worker's lock
 
     @app.on_partitions_revoked.connect
     async def forget_revoked_traces(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        await tail_worker.release({tp.partition for tp in revoked if tp.topic == settings.tail_topic()})
+        gone = {tp.partition for tp in revoked if tp.topic == tail_name}
+        owned.difference_update(gone)  # before waiting for the round in flight: no tick claims them again
+        await tail_worker.release(gone)

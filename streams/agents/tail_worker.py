@@ -183,8 +183,8 @@ class TailWorker:
         buffered traces get no new part after a restart is restored here, not by a record)."""
         async with self.lock:
             now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-            if owned:
-                await self.ensure(owned, now_ms)
+            if owned:  # read now, under the lock: a revoke in the meantime has taken its partitions out
+                await self.ensure(set(owned), now_ms)
             await self._rounds(now_ms)
 
     # ------------------------------------------------------------ rounds
