@@ -16,6 +16,7 @@ passes its settings directly. The agents are thin wiring:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -58,12 +59,24 @@ def faust_app(settings: Settings) -> faust.App:
     )
 
 
+@dataclass(frozen=True)
+class BuiltWorker:
+    """A built worker: the faust app to run, and the runtime its agents share (stages, sink)."""
+
+    app: faust.App
+    runtime: Runtime
+
+
 def create_app(settings: Settings) -> faust.App:
     """The worker's app with every topic, agent, timer, task and page. An invalid label policy or
     tail policy file raises here, with every problem listed."""
+    return build_worker(settings).app
+
+
+def build_worker(settings: Settings) -> BuiltWorker:
+    """``create_app``, also handing back the runtime (for tests and tools that look inside)."""
     app = faust_app(settings)
     rt = Runtime(settings, app)
-    app.otelpipe_runtime = rt  # for tests and tools that look inside a built app
     k = settings.kafka
 
     spans_topic = rt.topic(k.spans_topic)
@@ -127,13 +140,12 @@ def create_app(settings: Settings) -> faust.App:
 
     _add_followers(app, rt)
     add_pages(app, rt)
-    return app
+    return BuiltWorker(app, rt)
 
 
 def _add_followers(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
     control = ControlFollowers(settings, rt.stages)
-    app.otelpipe_control = control
     servers = settings.kafka.bootstrap_servers
 
     @app.timer(interval=2.0)
@@ -173,7 +185,6 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
         run_blocking=rt.on_clickhouse_thread, write=rt.write_with_token_until_done,
         dead_letters=lambda dead: rt.publish_dead_letters("traces", dead),
     )
-    app.otelpipe_tail_worker = tail_worker
 
     @app.agent(spans_topic, name="otelpipe.spans", concurrency=1)
     async def spans_router(stream: Any) -> None:

@@ -503,7 +503,9 @@ def decode_messages(
         except Exception as exc:  # one message never stops the others: whatever else failed is named
             for table, cols in outs.items():
                 cols.truncate(marks[table])
-            result.dead_letters.append(DeadLetter(message, "internal", f"{type(exc).__name__}: {exc}"[:500]))
+            # The class only: an unforeseen exception's text may quote the payload, and letters'
+            # headers must not carry what the message says.
+            result.dead_letters.append(DeadLetter(message, "internal", f"{type(exc).__name__} while decoding"))
             continue
         result.decoded_messages += 1
     for table, cols in outs.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streams
 import sinks
-from streams.agents.app import create_app
+from streams.agents.app import build_worker, create_app
 from streams.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -42,16 +42,18 @@ def test_importing_any_module_reads_no_settings_and_opens_no_connection(tmp_path
 
 
 def test_two_apps_with_different_settings_in_one_process():
-    plain = create_app(load_settings(env={"OTELPIPE_WORKER_APP_ID": "one"}))
-    tail = create_app(load_settings(env={"OTELPIPE_WORKER_APP_ID": "two", "OTELPIPE_SAMPLING_TAIL": "true",
-                                         "OTELPIPE_KAFKA_SPANS_TOPIC": "other_spans"}))
+    one = build_worker(load_settings(env={"OTELPIPE_WORKER_APP_ID": "one"}))
+    two = build_worker(load_settings(env={"OTELPIPE_WORKER_APP_ID": "two", "OTELPIPE_SAMPLING_TAIL": "true",
+                                          "OTELPIPE_KAFKA_SPANS_TOPIC": "other_spans"}))
+    plain, tail = one.app, two.app
     assert plain.conf.id == "one" and tail.conf.id == "two"
     assert "otelpipe.tail" in tail.agents and "otelpipe.tail" not in plain.agents
     topics = {a.name: a.channel.get_topic_name() for a in tail.agents.values()}
     assert topics["otelpipe.spans"] == "other_spans"
     assert {a.channel.get_topic_name() for a in plain.agents.values()} >= {"otlp_spans", "otlp_logs", "otlp_metrics"}
     # each app has its own stages: a policy applied to one does not reach the other
-    assert plain.otelpipe_runtime.stages is not tail.otelpipe_runtime.stages
+    assert one.runtime.stages is not two.runtime.stages
+    assert isinstance(create_app(load_settings(env={})), type(plain))
 
 
 def test_the_sink_takes_its_own_settings_not_the_whole_configuration():

@@ -80,3 +80,17 @@ def test_random_bytes_never_raise():
         for signal in ("traces", "logs", "metrics"):
             for encoding in ("otlp_proto", "otlp_json"):
                 _decode(signal, payload, encoding)
+
+
+def test_an_unforeseen_failure_is_a_letter_naming_the_class_not_the_payload(monkeypatch):
+    from streams.otlp import decode
+
+    def explode(request, out):
+        raise KeyError("password=hunter2")
+
+    monkeypatch.setattr(decode, "_logs_to_columns", explode)
+    request = ExportLogsServiceRequest()
+    request.resource_logs.add().scope_logs.add().log_records.add().time_unix_nano = 1
+    result = _decode("logs", request.SerializeToString())
+    [letter] = result.dead_letters
+    assert (letter.reason, letter.detail) == ("internal", "KeyError while decoding")
