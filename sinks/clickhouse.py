@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import clickhouse_connect
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import DataError, OperationalError, ProgrammingError
 
 from sinks.write_plan import RecordedRange
 from streams.otlp.batch import ColumnBatch, SourceRange
@@ -105,6 +108,44 @@ def connect(settings: ClickHouseSettings) -> Any:
     )
 
 
+# Errors of the table or the connection's rights, not of the rows: writing waits until someone fixes
+# them (the writer shows as blocked), rather than dead-lettering every message.
+SCHEMA_CODES = {
+    8,  # THERE_IS_NO_COLUMN
+    10,  # NOT_FOUND_COLUMN_IN_BLOCK
+    16,  # NO_SUCH_COLUMN_IN_TABLE
+    20,  # NUMBER_OF_COLUMNS_DOESNT_MATCH
+    47,  # UNKNOWN_IDENTIFIER
+    60,  # UNKNOWN_TABLE
+    81,  # UNKNOWN_DATABASE
+    192,  # UNKNOWN_USER
+    193,  # WRONG_PASSWORD
+    497,  # ACCESS_DENIED
+    516,  # AUTHENTICATION_FAILED
+}
+# Errors that say these rows cannot be stored: retrying cannot help, the rows' messages are refused.
+DATA_CODES = {
+    6,  # CANNOT_PARSE_TEXT
+    27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  # CANNOT_PARSE_DATE
+    41,  # CANNOT_PARSE_DATETIME
+    43,  # ILLEGAL_TYPE_OF_ARGUMENT
+    53,  # TYPE_MISMATCH
+    69,  # ARGUMENT_OUT_OF_BOUND
+    70,  # CANNOT_CONVERT_TYPE
+    72,  # CANNOT_PARSE_NUMBER
+    117,  # INCORRECT_DATA
+    128,  # TOO_LARGE_ARRAY_SIZE
+    131,  # TOO_LARGE_STRING_SIZE
+    190,  # SIZES_OF_ARRAYS_DONT_MATCH
+    321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+    469,  # VIOLATED_CONSTRAINT
+}
+
+RETRY, REFUSED, UNKNOWN = "retry", "refused", "unknown"
+
+
 def error_code(exc: BaseException) -> int | None:
     code = getattr(exc, "code", None)
     if isinstance(code, int):
@@ -118,14 +159,55 @@ def error_code(exc: BaseException) -> int | None:
     return None
 
 
+def error_kind(exc: BaseException) -> str:
+    """What a failed call says about its data, by error class and ClickHouse code:
+
+    - ``retry``: try again later, forever: the server is away, busy or throttling, or the table or
+      the credentials need fixing by someone (nothing about these rows is wrong);
+    - ``refused``: these rows cannot be stored (type overflow, unparsable value, too large): their
+      messages become dead letters;
+    - ``unknown``: anything else; retried a bounded number of times, then taken as ``refused``.
+    """
+    if isinstance(exc, (DataError, ProgrammingError, struct.error, OverflowError, UnicodeError)):
+        return REFUSED
+    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError, socket.timeout, OSError)):
+        return RETRY
+    if isinstance(exc, (ValueError, TypeError)):  # clickhouse-connect serialising a value it cannot
+        return REFUSED
+    code = error_code(exc)
+    if code in RETRYABLE_CODES or code in SCHEMA_CODES:
+        return RETRY
+    if code in DATA_CODES:
+        return REFUSED
+    return UNKNOWN
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True for failures that say "try later" (server down, busy, throttling), not "bad data"."""
-    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError, socket.timeout, OSError)):
-        return True
-    if isinstance(exc, (DatabaseError, ClickHouseError)):
-        code = error_code(exc)
-        return code is None or code in RETRYABLE_CODES
-    return False
+    return error_kind(exc) == RETRY
+
+
+def describe_error(exc: BaseException) -> str:
+    """Class, code and ClickHouse's name of the error, never its text (which may quote the rows)."""
+    code = error_code(exc)
+    if code is None:
+        return type(exc).__name__
+    text = str(exc)
+    name = ""
+    if text.rstrip().endswith(")") and "(" in text:
+        candidate = text.rstrip()[:-1].rsplit("(", 1)[1]
+        if candidate.isupper() and candidate.replace("_", "").isalnum():
+            name = f" {candidate}"
+    return f"{type(exc).__name__} code {code}{name}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Rows of one message (its index in the batch's run) that ClickHouse refused, and why."""
+
+    origin: int
+    table: str
+    error: str
 
 
 class ClickHouseSink:
@@ -134,30 +216,103 @@ class ClickHouseSink:
         self.settings = settings
         self.database = settings.database
         self.consumer_group = consumer_group
+        self._unknown_failures: OrderedDict[str, int] = OrderedDict()  # token → failures of unknown kind
 
     @classmethod
     def open(cls, settings: ClickHouseSettings, consumer_group: str) -> "ClickHouseSink":
         return cls(connect(settings), settings, consumer_group)
 
     def write(self, batch: ColumnBatch, token: str | None = None) -> int:
-        """Insert a batch; the same token twice inserts once. Returns the rows sent."""
+        """Insert a batch; the same token twice inserts once. Returns the rows sent. Raises on any
+        failure (see ``write_isolating`` to have refused rows found and set aside)."""
         if not len(batch):
             return 0
-        if token is None:
-            if batch.source is None:
-                raise ValueError(f"batch for {batch.table} has no source range to derive its token from")
-            token = batch.source.token(batch.table)
+        token = self._token(batch, token)
         pieces = blocks_within_partition_limit(batch)
         for i, piece in enumerate(pieces):
-            self.client.insert(
-                f"{self.database}.{batch.table}",
-                list(piece.columns.values()),
-                column_names=piece.column_names,
-                column_oriented=True,
-                settings={"insert_deduplication_token": token if len(pieces) == 1 else f"{token}#{i}",
-                          "insert_deduplicate": 1},
-            )
+            self._insert(piece, token if len(pieces) == 1 else f"{token}#{i}")
         return len(batch)
+
+    def write_isolating(self, batch: ColumnBatch, token: str | None = None) -> list[Refusal]:
+        """Insert a batch, setting aside the messages whose rows ClickHouse refuses.
+
+        Raises on an error worth retrying (``error_kind`` ``retry``, or ``unknown`` fewer than
+        ``unknown_error_retries`` times for this token), leaving the caller to retry it all: the
+        tokens make that idempotent. On a ``refused`` error the rows are cut by message
+        (``ORIGIN``) in halves, each half inserted under ``<token>/<first>-<last>`` (message indices),
+        down to single messages, whose refusal is returned. The cuts depend only on the rows, so a
+        retry after a crash makes the same inserts with the same tokens: the rows that were stored
+        are stored once, and only the refused messages are left out.
+        """
+        if not len(batch):
+            return []
+        token = self._token(batch, token)
+        pieces = blocks_within_partition_limit(batch)
+        refused: list[Refusal] = []
+        for i, piece in enumerate(pieces):
+            piece_token = token if len(pieces) == 1 else f"{token}#{i}"
+            try:
+                self._insert(piece, piece_token)
+                self._unknown_failures.pop(piece_token, None)
+                continue
+            except Exception as exc:
+                if not self._gives_up(exc, piece_token):
+                    raise
+                origins = sorted(set(piece.origins() or ()))
+                log.warning("%s: ClickHouse refused a batch of %d messages (%s); finding the refused ones",
+                            batch.table, len(origins), describe_error(exc))
+                if len(origins) < 2:
+                    refused.extend(Refusal(o, batch.table, describe_error(exc)) for o in origins)
+                    continue
+            refused.extend(self._bisect(piece, piece_token, origins))
+        return refused
+
+    def _bisect(self, batch: ColumnBatch, token: str, origins: list[int]) -> list[Refusal]:
+        refused: list[Refusal] = []
+        stack = [origins[len(origins) // 2:], origins[:len(origins) // 2]]
+        while stack:
+            part = stack.pop()
+            rows = batch.of_origins(part)
+            try:
+                self._insert(rows, f"{token}/{part[0]}-{part[-1]}")
+            except Exception as exc:
+                if error_kind(exc) == RETRY:
+                    raise
+                if len(part) == 1:
+                    refused.append(Refusal(part[0], batch.table, describe_error(exc)))
+                else:
+                    stack += [part[len(part) // 2:], part[:len(part) // 2]]
+        return refused
+
+    def _gives_up(self, exc: BaseException, token: str) -> bool:
+        """True when the failure is the rows' fault: refused, or unknown too often for this token."""
+        kind = error_kind(exc)
+        if kind == RETRY:
+            return False
+        if kind == UNKNOWN:
+            failures = self._unknown_failures.get(token, 0) + 1
+            self._unknown_failures[token] = failures
+            self._unknown_failures.move_to_end(token)
+            while len(self._unknown_failures) > 1000:
+                self._unknown_failures.popitem(last=False)
+            if failures < self.settings.unknown_error_retries:
+                return False
+        self._unknown_failures.pop(token, None)
+        return True
+
+    @staticmethod
+    def _token(batch: ColumnBatch, token: str | None) -> str:
+        if token is not None:
+            return token
+        if batch.source is None:
+            raise ValueError(f"batch for {batch.table} has no source range to derive its token from")
+        return batch.source.token(batch.table)
+
+    def _insert(self, batch: ColumnBatch, token: str) -> None:
+        self.client.insert(
+            f"{self.database}.{batch.table}", batch.insert_columns(), column_names=batch.column_names,
+            column_oriented=True, settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+        )
 
     def write_missing(self, batch: ColumnBatch, token: str) -> tuple[int, int]:
         """Insert only the rows whose RecordId the table lacks in the batch's time range.
@@ -175,7 +330,7 @@ class ClickHouseSink:
         for i, piece in enumerate(blocks_within_partition_limit(batch)):
             self.client.command(f"CREATE TABLE IF NOT EXISTS {stage} AS {db}.{table} ENGINE = Memory")
             self.client.command(f"TRUNCATE TABLE {stage}")
-            self.client.insert(stage, list(piece.columns.values()), column_names=piece.column_names,
+            self.client.insert(stage, piece.insert_columns(), column_names=piece.column_names,
                                column_oriented=True)
             times = piece.columns[column]
             lo, hi = min(times), max(times)

@@ -81,6 +81,10 @@ class ClickHouseSettings(BaseModel):
         10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
                "their deduplication token.", "blocks")
     insert_timeout_s: PositiveFloat = setting(60.0, "Timeout of one insert.", "s")
+    unknown_error_retries: Positive = setting(
+        5, "How often an insert failing with an error otelpipe does not know is tried before it is taken for "
+           "bad data: the batch is then cut in halves until the refused messages are found and dead-lettered. "
+           "Known transient errors (server away, busy, too many parts) are retried forever.", "attempts")
 
     @model_validator(mode="after")
     def _related(self) -> ClickHouseSettings:

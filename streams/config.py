@@ -189,6 +189,10 @@ class WorkerSettings(Section):
         "otelpipe", "Faust app id: the consumer group and the prefix of internal topics.")
     batch_max_messages: Positive = setting(200, "Most Kafka messages decoded and inserted as one batch.", "messages")
     batch_within_s: PositiveFloat = setting(1.0, "Longest wait for a batch to fill before it is written anyway.", "s")
+    max_clock_skew_s: Positive = setting(
+        600, "How far a record's own time may be from its Kafka message's time before windows (series budgets, "
+             "top_k rules) take the bound instead; late and future records are counted, and stored as they are.",
+        "s")
     max_message_bytes: Positive = setting(
         16 * 1024 * 1024, "Messages larger than this go to the dead-letter topic unread.", "bytes")
     label_policy: str = setting(

@@ -11,13 +11,13 @@ written): a router crash re-routes it, and the copies carry the same source coor
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import faust
 
 from streams.agents import worker_metrics as m
 from streams.agents.routing import PROTOBUF_HEADER, encode_envelope, split_by_trace, split_metrics
-from streams.agents.runtime import Runtime, raw_message
+from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
@@ -34,26 +34,62 @@ def _refusal(raw: RawMessage, max_bytes: int, split: Callable[[], Any]) -> tuple
         return None, DeadLetter(raw, exc.reason, exc.detail)
     except (ValueError, TypeError, OverflowError) as exc:
         return None, DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # the class only: its text may quote the message
+        return None, DeadLetter(raw, "internal", f"{type(exc).__name__} while splitting")
+
+
+
+class Parts:
+    """Routed parts in flight, by the index of the source event they came from."""
+
+    def __init__(self) -> None:
+        self.futures: list[tuple[int, Any]] = []
+        self.refused: dict[int, str] = {}  # event index → why the topic refused one of its parts
+
+    async def send(self, index: int, send: Callable[[], Awaitable[Any]]) -> None:
+        if index in self.refused:
+            return
+        try:
+            self.futures.append((index, await send()))
+        except TOO_LARGE as exc:
+            self.refused[index] = type(exc).__name__
+
+    async def delivered(self) -> int:
+        """Wait for every part; returns how many are on the broker."""
+        sent = 0
+        for index, fut in self.futures:
+            try:
+                await fut
+                sent += 1
+            except TOO_LARGE as exc:
+                self.refused.setdefault(index, type(exc).__name__)
+        return sent
+
+    def letters(self, raws: list[RawMessage], topic: str) -> list[DeadLetter]:
+        return [DeadLetter(raws[i], "too_large_for_topic",
+                           f"a routed part was refused by {topic} ({why}); raise its max.message.bytes to "
+                           "worker.max_message_bytes (otelpipe creates its topics so)") for i, why in
+                sorted(self.refused.items())]
 
 
 async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) -> None:
     k, w = rt.settings.kafka, rt.settings.worker
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
-        futures, dead = [], []
-        for event in events:
+        sending, dead, raws = Parts(), [], []
+        for index, event in enumerate(events):
             raw = raw_message(event)
+            raws.append(raw)
             parts, letter = _refusal(raw, w.max_message_bytes,
                                      lambda: split_metrics(raw, k.encoding_for(raw.topic), k.partitions))
             if letter is not None:
                 dead.append(letter)
                 continue
             for route, payload in sorted(parts.items()):
-                futures.append(await routed_topic.send(
+                await sending.send(index, lambda: routed_topic.send(
                     key=raw.key, value=encode_envelope("metrics", raw, route, payload), partition=route))
         m.MESSAGES_CONSUMED.labels("metrics").inc(len(events))
-        m.MESSAGES_ROUTED.labels("metrics").inc(len(futures))
-        for fut in futures:
-            await fut  # every part is on the broker before its source message is acked
+        m.MESSAGES_ROUTED.labels("metrics").inc(await sending.delivered())  # on the broker before the ack
+        dead.extend(sending.letters(raws, routed_topic.get_topic_name()))
         if dead:
             await rt.publish_dead_letters("metrics", dead)
         for event in events:
@@ -68,9 +104,11 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
     writer = None
     waiting: dict[tuple[str, int, int], tuple[Any, RawMessage]] = {}  # untraced part → (event, source)
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
-        futures, dead, direct, ack_now = [], [], [], []
-        for event in events:
+        sending, dead, ack_now, raws = Parts(), [], [], []
+        direct: dict[int, RawMessage] = {}  # event index → its untraced part
+        for index, event in enumerate(events):
             raw = raw_message(event)
+            raws.append(raw)
             parts, letter = _refusal(raw, w.max_message_bytes,
                                      lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic)))
             if letter is not None:
@@ -81,26 +119,30 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
             for trace_id, (payload, records, end_ms) in parts.items():
                 key = part_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
                 route = partition_of_part(key)
-                futures.append(await tail_topic.send(
+                await sending.send(index, lambda: tail_topic.send(
                     key=key.encode(), partition=route,
                     value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms)))
             if untraced is None:
                 ack_now.append(event)
             else:
-                part = RawMessage(f"{raw.topic}@untraced", raw.partition, raw.offset, untraced[0], raw.key,
-                                  (PROTOBUF_HEADER,), raw.timestamp_ms)
-                waiting[(part.topic, part.partition, part.offset)] = (event, raw)
-                direct.append(part)
+                direct[index] = RawMessage(f"{raw.topic}@untraced", raw.partition, raw.offset, untraced[0], raw.key,
+                                           (PROTOBUF_HEADER,), raw.timestamp_ms)
         m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
-        m.MESSAGES_ROUTED.labels(signal).inc(len(futures))
-        for fut in futures:
-            await fut  # every part is on the broker (the durable buffer) before its source is acked
+        # every part is on the broker (the durable buffer) before its source is acked
+        m.MESSAGES_ROUTED.labels(signal).inc(await sending.delivered())
+        for index in sending.refused:  # dead-lettered whole: its untraced part is not written either
+            if index in direct:
+                del direct[index]
+                ack_now.append(events[index])
+        dead.extend(sending.letters(raws, tail_topic.get_topic_name()))
+        for index, part in direct.items():
+            waiting[(part.topic, part.partition, part.offset)] = (events[index], raws[index])
         if direct or (writer is not None and writer.held_count()):
             if writer is None:
                 writer = SignalWriter(signal, await rt.sink_when_reachable(signal), k.encoding_for,
                                       w.max_message_bytes, rt.stages)
             outcome = await rt.until_done(signal, f"writing {len(direct)} untraced {signal} parts", writer.write,
-                                          direct)
+                                          list(direct.values()))
             for letter in outcome.dead_letters:  # name the source message, which is what the DLQ holds
                 source = waiting.get((letter.message.topic, letter.message.partition, letter.message.offset))
                 if source is not None:

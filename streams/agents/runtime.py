@@ -16,15 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import faust
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
-from sinks.clickhouse import ClickHouseSink, is_retryable
+from sinks.clickhouse import ClickHouseSink, Refusal, is_retryable
 from streams.agents import worker_metrics as m
 from streams.agents.keyed_state import ChangelogState
 from streams.agents.routing import route_partition
-from streams.config import Settings
+from streams.config import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, Settings
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.stages.pipeline import Stages
 from streams.stages.series_budget import SeriesBudgetStage, metric_of_key
+
+# The broker (or the producer, before sending) refuses a record over the topic's max.message.bytes.
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 log = logging.getLogger("otelpipe.worker")
 
@@ -66,7 +70,8 @@ class Runtime:
         self._sink: ClickHouseSink | None = None
         self.stages = Stages.from_settings(settings)
         if self.stages.labels is not None:
-            self.stages.budget = SeriesBudgetStage(self.stages.labels.policy.budgets, self.series_state.get)
+            self.stages.budget = SeriesBudgetStage(self.stages.labels.policy.budgets, self.series_state.get,
+                                                   clock_skew_s=settings.worker.max_clock_skew_s)
 
     def topic(self, name: str) -> faust.TopicT:
         return self.app.topic(name, value_type=bytes, key_type=bytes, partitions=self.settings.kafka.partitions,
@@ -108,24 +113,42 @@ class Runtime:
                 delay = min(delay * 2, w.retry_max_s)
 
     async def publish_dead_letters(self, signal: str, dead: list[DeadLetter]) -> None:
-        futures = []
-        limit = self.settings.letter_max_bytes()
+        """Every letter on its dead-letter topic before the caller acks the sources. A letter larger
+        than its topic accepts is stored cut, with ``otelpipe.dlq.truncated_from`` (the size it had):
+        first to ``letter_max_bytes``; if the topic still refuses it (created elsewhere, with a
+        smaller max.message.bytes), to what Kafka accepts by default, then to headers alone."""
+        sent = []
         for letter in dead:
             topic = (self.dlq_topics.get(letter.message.topic)
                      or self.topic(self.settings.dlq_topic(letter.message.topic)))
-            value, headers = letter.message.value, letter.headers()
-            if len(value) > limit:  # larger than its DLQ accepts: the first bytes, and the size it had
-                headers.append(("otelpipe.dlq.truncated_from", str(len(value)).encode()))
-                value = value[:limit]
-                m.DEAD_LETTERS_TRUNCATED.labels(signal).inc()
-            futures.append(await topic.send(key=letter.message.key, value=value, headers=headers))
+            sent.append((letter, topic, await self._send_letter(signal, letter, topic, self.settings.letter_max_bytes())))
             m.DEAD_LETTERS.labels(signal, letter.reason).inc()
             log.warning(
                 "dead letter %s[%d]@%d: %s: %s",
                 letter.message.topic, letter.message.partition, letter.message.offset, letter.reason, letter.detail,
             )
-        for fut in futures:
-            await fut  # delivered to the broker before the source offset is acked
+        for letter, topic, fut in sent:
+            for limit in (KAFKA_DEFAULT_MAX_MESSAGE_BYTES - RECORD_OVERHEAD_BYTES, 0, None):
+                try:
+                    await fut  # delivered to the broker before the source offset is acked
+                    break
+                except TOO_LARGE:
+                    if limit is None:
+                        raise
+                    fut = await self._send_letter(signal, letter, topic, limit)
+
+    async def _send_letter(self, signal: str, letter: DeadLetter, topic: Any, limit: int) -> Any:
+        value, headers = letter.message.value, letter.headers()
+        if len(value) > limit:
+            headers.append(("otelpipe.dlq.truncated_from", str(len(value)).encode()))
+            value = value[:limit]
+            m.DEAD_LETTERS_TRUNCATED.labels(signal).inc()
+        try:
+            return await topic.send(key=letter.message.key, value=value, headers=headers)
+        except TOO_LARGE as exc:  # refused by the producer before sending: the same as by the broker
+            failed: asyncio.Future = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
 
     async def sink_when_reachable(self, signal: str) -> ClickHouseSink:
         """Open the sink (and apply migrations), retrying while ClickHouse is unreachable.
@@ -142,10 +165,12 @@ class Runtime:
         where = self.settings.clickhouse.dsn.split("@")[-1]
         return await self.until_done(signal, f"opening ClickHouse at {where}", open_and_migrate)
 
-    async def write_with_token_until_done(self, batch: Any, token: str) -> None:
-        """Insert one batch under a given token (tail sampling's rounds), retrying until it lands."""
+    async def write_with_token_until_done(self, batch: Any, token: str) -> list[Refusal]:
+        """Insert one batch under a given token (tail sampling's rounds), retrying until it lands;
+        returns the messages (``ORIGIN`` indices) whose rows ClickHouse refused."""
         started = time.perf_counter()
-        await self.until_done("traces", f"writing {len(batch)} rows of {batch.table}",
-                              lambda: self.open_sink().write(batch, token))  # opened on the ClickHouse thread
+        refused = await self.until_done("traces", f"writing {len(batch)} rows of {batch.table}",
+                                        lambda: self.open_sink().write_isolating(batch, token))  # on the ClickHouse thread
         m.INSERT_SECONDS.labels(batch.table).observe(time.perf_counter() - started)
-        m.ROWS_WRITTEN.labels(batch.table).inc(len(batch))
+        m.ROWS_WRITTEN.labels(batch.table).inc(len(batch.without_origins(r.origin for r in refused)))
+        return refused

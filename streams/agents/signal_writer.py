@@ -21,14 +21,14 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import xxhash
 
-from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse import ClickHouseSink, Refusal
 from sinks.write_plan import plan_segments, stale_ranges
 from streams.agents import worker_metrics as m
-from streams.otlp.batch import DeadLetter, DecodeResult, RawMessage, SourceRange
+from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange
 from streams.stages.pipeline import Stages
 
 log = logging.getLogger("otelpipe.writer")
@@ -64,6 +64,51 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@dataclass
+class Written:
+    rows: dict[str, int] = field(default_factory=dict)
+    refused: dict[int, list[Refusal]] = field(default_factory=dict)  # message index → its refusals
+    stored: dict[int, list[str]] = field(default_factory=dict)  # message index → tables written before
+
+    def letters(self, messages: Sequence[RawMessage]) -> list[DeadLetter]:
+        out = []
+        for origin, refusals in sorted(self.refused.items()):
+            detail = "; ".join(f"{r.table}: {r.error}" for r in refusals)
+            if self.stored.get(origin):
+                detail += f" (its rows of {', '.join(self.stored[origin])} were stored)"
+            out.append(DeadLetter(messages[origin], "refused_by_clickhouse", detail))
+            m.REFUSED_MESSAGES.labels(refusals[0].table).inc()
+        return out
+
+
+def write_refusing(sink: ClickHouseSink, batches: dict[str, ColumnBatch], source: SourceRange | None,
+                   token: Callable[[str], str] | None = None) -> Written:
+    """Insert a run's table batches (in their order), leaving out the messages ClickHouse refuses.
+
+    A message refused in one table is left out of the tables after it too; its rows in tables
+    written before stay (they were accepted, and a retry writes them under the same token). The
+    same rows always make the same inserts, so retrying after a crash stores nothing twice.
+    """
+    written = Written()
+    done: list[tuple[str, set[int]]] = []  # tables written, with the messages that had rows in them
+    for table, batch in batches.items():
+        batch = batch.without_origins(written.refused)
+        if not len(batch):
+            continue
+        if source is not None:
+            batch = batch.with_source(source)
+        started = time.perf_counter()
+        refusals = sink.write_isolating(batch, token(table) if token is not None else None)
+        m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        for r in refusals:
+            written.refused.setdefault(r.origin, []).append(r)
+            written.stored[r.origin] = [t for t, origins in done if r.origin in origins]
+        left = batch.without_origins(r.origin for r in refusals) if refusals else batch
+        written.rows[table] = len(left)
+        done.append((table, set(left.origins() or ())))
+    return written
 
 
 class SignalWriter:
@@ -128,14 +173,13 @@ class SignalWriter:
         new = [source for source, known, _, result in decoded if result.batches and not known]
         self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
         for source, _, seg_msgs, result in decoded:
-            for table, batch in result.batches.items():
-                started = time.perf_counter()
-                self.sink.write(batch.with_source(source))
-                m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
-                m.ROWS_WRITTEN.labels(table).inc(len(batch))
-                outcome.rows[table] = outcome.rows.get(table, 0) + len(batch)
+            written = write_refusing(self.sink, result.batches, source)
+            for table, n in written.rows.items():
+                m.ROWS_WRITTEN.labels(table).inc(n)
+                outcome.rows[table] = outcome.rows.get(table, 0) + n
             m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
             outcome.dead_letters.extend(result.dead_letters)
+            outcome.dead_letters.extend(written.letters(seg_msgs))
             outcome.alerts.extend(result.alerts)
             outcome.done.extend(seg_msgs)
         # Only now, with every segment written, does the held state move forward.

@@ -24,6 +24,7 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 
+from sinks.clickhouse import Refusal
 from streams.agents import worker_metrics as m
 from streams.otlp.batch import ColumnBatch, DeadLetter, RawMessage
 from streams.agents.keyed_state import ChangelogState
@@ -67,7 +68,7 @@ class TailWorker:
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
                  decision_cache_s: float, keep_log_severity: int, late_default: str = "policies",
                  run_blocking: Callable[..., Awaitable[Any]],
-                 write: Callable[[ColumnBatch, str], Awaitable[None]],
+                 write: Callable[[ColumnBatch, str], Awaitable[list[Refusal]]],
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
         self.stages = stages
         self.policies = policies
@@ -205,8 +206,10 @@ class TailWorker:
         m.BUFFERED_TRACES.set(sum(i.in_flight() for i in self.indexes.values()))
         m.BUFFERED_SPANS.set(sum(i.buffered_spans() for i in self.indexes.values()))
 
-    def _decode(self, keys: list[str]) -> tuple[ColumnBatch | None, ColumnBatch | None, list[DeadLetter]]:
-        """On the blocking thread: the parts' rows through the worker's stages."""
+    def _decode(self, keys: list[str]) -> tuple[ColumnBatch | None, ColumnBatch | None, list[DeadLetter],
+                                                 dict[str, list[RawMessage]]]:
+        """On the blocking thread: the parts' rows through the worker's stages (and the part
+        messages, which the rows' ``ORIGIN`` indices name, per signal)."""
         msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
         for key in keys:
             value = self.parts.get(key)
@@ -221,11 +224,11 @@ class TailWorker:
         logs = self.stages.run("logs", msgs["logs"]) if msgs["logs"] else None
         dead = (spans.dead_letters if spans else []) + (logs.dead_letters if logs else [])
         return (spans.batches.get("otel_traces") if spans else None,
-                logs.batches.get("otel_logs") if logs else None, dead)
+                logs.batches.get("otel_logs") if logs else None, dead, msgs)
 
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
         keys = [k for t in due for k in index.traces[t].parts]
-        spans, logs, dead = await self.run_blocking(self._decode, keys)
+        spans, logs, dead, msgs = await self.run_blocking(self._decode, keys)
         undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
         fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
@@ -242,7 +245,7 @@ class TailWorker:
         sets = {round_key: orjson.dumps(spec)}
         sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items()})
         await self.state.put(sets)  # (1) the round, before any of its rows
-        await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead))
+        await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead, msgs))
         for t, d in decisions.items():
             index.remember(t, d)
         index.late.difference_update(defaulted)
@@ -252,12 +255,17 @@ class TailWorker:
         keys = [k for k in round_parts(spec) if self.parts.get(k) is not None]
         if decoded is None:
             decoded = await self.run_blocking(self._decode, keys)
-        spans, logs, dead = decoded
+        spans, logs, dead, msgs = decoded
         decisions = {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
         batches, counts = assemble(decisions, set(spec["new"]), spans, logs, self.keep_log_severity)
         token = f"tail:{round_key[2:]}"
+        dead = list(dead)
         for table, batch in batches.items():  # (2) the rows, with the round's tokens
-            await self.write(batch, f"{token}:{table}")
+            refused = await self.write(batch, f"{token}:{table}")
+            signal = "logs" if table == "otel_logs" else "traces"
+            for origin in sorted({r.origin for r in refused}):
+                why = "; ".join(f"{r.table}: {r.error}" for r in refused if r.origin == origin)
+                dead.append(DeadLetter(msgs[signal][origin], "refused_by_clickhouse", why))
         if dead:
             await self.dead_letters(dead)
         for (stage, reason), n in counts.items():

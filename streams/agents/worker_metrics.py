@@ -121,3 +121,8 @@ DEAD_LETTERS_TRUNCATED = Counter(
     "Dead letters stored cut to what their topic accepts (header otelpipe.dlq.truncated_from has the size).",
     ["signal"], registry=REGISTRY,
 )
+REFUSED_MESSAGES = Counter(
+    "otelpipe_refused_messages_total",
+    "Messages whose rows ClickHouse refused (found by cutting the insert in halves), dead-lettered",
+    ["table"], registry=REGISTRY,
+)

@@ -12,7 +12,12 @@ record that a stage refused, with the reason that goes into the dead-letter head
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
+
+# A column every decoded batch carries and no table has: for each row, the index (in the run of
+# messages decoded together) of the message it came from. Stages keep it like any other column; the
+# sink never inserts it, and uses it to name the messages of rows that ClickHouse refuses.
+ORIGIN = "_origin"
 
 
 @dataclass(frozen=True)
@@ -43,15 +48,40 @@ class ColumnBatch:
 
     @property
     def column_names(self) -> list[str]:
-        return list(self.columns)
+        """The table's columns (what is inserted): every column but ``ORIGIN``."""
+        return [name for name in self.columns if name != ORIGIN]
+
+    def insert_columns(self) -> list[list[Any]]:
+        """Column values in ``column_names`` order."""
+        return [values for name, values in self.columns.items() if name != ORIGIN]
+
+    def origins(self) -> list[int] | None:
+        return self.columns.get(ORIGIN)
 
     def with_source(self, source: SourceRange) -> "ColumnBatch":
         return ColumnBatch(self.table, self.columns, source)
 
+    def select(self, rows: list[int]) -> "ColumnBatch":
+        """The given rows (indices, in that order)."""
+        return ColumnBatch(self.table, {name: [values[i] for i in rows] for name, values in self.columns.items()},
+                           self.source)
+
+    def of_origins(self, origins: Iterable[int]) -> "ColumnBatch":
+        """The rows that came from these messages."""
+        wanted = set(origins)
+        return self.select([i for i, o in enumerate(self.columns.get(ORIGIN, ())) if o in wanted])
+
+    def without_origins(self, origins: Iterable[int]) -> "ColumnBatch":
+        """The rows that did not come from these messages."""
+        unwanted = set(origins)
+        if not unwanted or ORIGIN not in self.columns:
+            return self
+        return self.select([i for i, o in enumerate(self.columns[ORIGIN]) if o not in unwanted])
+
     def rows(self) -> list[dict[str, Any]]:
-        """Row view, for tests and debugging; stages work on columns."""
-        names = list(self.columns)
-        return [dict(zip(names, values)) for values in zip(*self.columns.values())]
+        """Row view of the table's columns, for tests and debugging; stages work on columns."""
+        names = self.column_names
+        return [dict(zip(names, values)) for values in zip(*self.insert_columns())]
 
 
 @dataclass(frozen=True)
@@ -102,3 +132,12 @@ class DecodeResult:
 
     def row_count(self) -> int:
         return sum(len(b) for b in self.batches.values())
+
+
+def concat(batches: list[ColumnBatch]) -> ColumnBatch:
+    """Rows of several batches of one table, in order (columns of the first batch)."""
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    columns = {name: [v for b in batches for v in b.columns[name]] for name in first.columns}
+    return ColumnBatch(first.table, columns, first.source)

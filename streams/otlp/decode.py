@@ -36,7 +36,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage
+from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage
 from streams.otlp.columns import (
     EXP_HISTOGRAM_TABLE,
     GAUGE_TABLE,
@@ -470,8 +470,9 @@ def decode_messages(
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}; expected one of {SIGNALS}")
     outs = {table: _Columns(TABLE_COLUMNS[table]) for table in SIGNAL_TABLES[signal]}
+    origins: dict[str, list[int]] = {table: [] for table in outs}
     result = DecodeResult()
-    for message in messages:
+    for index, message in enumerate(messages):
         size = len(message.value)
         if size > max_message_bytes:
             result.dead_letters.append(
@@ -483,15 +484,14 @@ def decode_messages(
             encoding = choose_encoding(message, default_encoding)
             if signal == "traces" and encoding == "otlp_proto" and use_fast_path and _fastotlp is not None:
                 _spans_proto_fast(message.value, outs[TRACES_TABLE])
-                result.decoded_messages += 1
-                continue
-            request = parse_request(signal, message.value, encoding)
-            if signal == "traces":
-                _spans_to_columns(request, outs[TRACES_TABLE])
-            elif signal == "logs":
-                _logs_to_columns(request, outs[LOGS_TABLE])
             else:
-                _metrics_to_columns(request, outs)
+                request = parse_request(signal, message.value, encoding)
+                if signal == "traces":
+                    _spans_to_columns(request, outs[TRACES_TABLE])
+                elif signal == "logs":
+                    _logs_to_columns(request, outs[LOGS_TABLE])
+                else:
+                    _metrics_to_columns(request, outs)
         except (BadMessage, ValueError, TypeError, OverflowError, binascii.Error) as exc:
             for table, cols in outs.items():
                 cols.truncate(marks[table])
@@ -507,8 +507,12 @@ def decode_messages(
             # headers must not carry what the message says.
             result.dead_letters.append(DeadLetter(message, "internal", f"{type(exc).__name__} while decoding"))
             continue
+        for table, cols in outs.items():
+            added = len(cols) - marks[table]
+            if added:
+                origins[table].extend([index] * added)
         result.decoded_messages += 1
     for table, cols in outs.items():
         if len(cols):
-            result.batches[table] = ColumnBatch(table, cols.data)
+            result.batches[table] = ColumnBatch(table, {**cols.data, ORIGIN: origins[table]})
     return result

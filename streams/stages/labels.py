@@ -300,7 +300,10 @@ class LabelStage:
                     out[key] = new
         return attrs if out is None else out
 
-    def apply(self, batch: ColumnBatch) -> tuple[ColumnBatch, Counter]:
+    def apply(self, batch: ColumnBatch, latest_ns: int | None = None) -> tuple[ColumnBatch, Counter]:
+        """``latest_ns``: the latest record time to believe (the messages' time plus the clock
+        skew, see ``Stages``); ``top_k`` windows never move past it, so one record stamped far in
+        the future cannot freeze them (such rows are counted as ``future_time``)."""
         counts: Counter = Counter()
         table = batch.table
         signal = SIGNAL_OF_TABLE.get(table, "metrics")
@@ -308,7 +311,11 @@ class LabelStage:
         keep_rows: list[int] | None = None
         for name in TIME_COLUMNS:
             if columns.get(name):
-                self._now_s = max(self._now_s, max(columns[name]) // 1_000_000_000)
+                newest = max(columns[name])
+                if latest_ns is not None and newest > latest_ns:
+                    counts[("labels", "future_time")] += sum(1 for t in columns[name] if t > latest_ns)
+                    newest = latest_ns
+                self._now_s = max(self._now_s, newest // 1_000_000_000)
                 break
 
         if signal == "metrics" and self.policy.allowed_metric_names:

@@ -16,32 +16,56 @@ Every change and drop is counted by stage and reason (``otelpipe_stage_changes_t
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Callable, Sequence
 
 from streams.agents import worker_metrics as m
 from streams.stages.alerts import ALERTS_TABLE
 from streams.stages.alerts import table_columns as alert_table_columns
-from streams.otlp.batch import ColumnBatch, DecodeResult, RawMessage
+from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage, concat
 from streams.stages.catalog import CatalogStage, load_catalog
 from streams.stages.labels import LabelStage
 from streams.stages.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
 from streams.otlp.decode import decode_messages
 from streams.stages.label_policy import load_policy
 from streams.stages.sampling import HeadRates, HeadSampler
-from streams.stages.series_budget import SeriesBudgetStage
+from streams.stages.series_budget import DEFAULT_CLOCK_SKEW_S, SeriesBudgetStage
+
+log = logging.getLogger("otelpipe.stages")
+
+
+def merge_results(results: Sequence[DecodeResult]) -> DecodeResult:
+    """One result from the results of running messages one at a time: the i-th result's rows are
+    the i-th message's (``ORIGIN`` set to i), tables in the order they first appear."""
+    merged = DecodeResult()
+    parts: dict[str, list[ColumnBatch]] = {}
+    for index, result in enumerate(results):
+        for table, batch in result.batches.items():
+            if ORIGIN in batch.columns:
+                batch = ColumnBatch(batch.table, {**batch.columns, ORIGIN: [index] * len(batch)}, batch.source)
+            parts.setdefault(table, []).append(batch)
+        merged.dead_letters.extend(result.dead_letters)
+        merged.decoded_messages += result.decoded_messages
+        merged.alerts.extend(result.alerts)
+    merged.batches = {table: concat(batches) for table, batches in parts.items()}
+    return merged
 
 
 class Stages:
     def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
                  catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None,
-                 head: HeadSampler | None = None):
+                 head: HeadSampler | None = None, clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
+                 clock: Callable[[], float] = time.time):
         self.encoding_for = encoding_for
+        self.clock_skew_s = clock_skew_s
+        self.clock = clock
         self.head = head if head is not None else HeadSampler(HeadRates())
         self.max_message_bytes = max_message_bytes
         self.labels = labels
         self.catalog = catalog if catalog is not None else CatalogStage({})
         if budget is None and labels is not None:
-            budget = SeriesBudgetStage.in_memory(labels.policy.budgets)
+            budget = SeriesBudgetStage.in_memory(labels.policy.budgets, clock_skew_s)
         self.budget = budget
 
     def begin(self, signal: str) -> None:
@@ -57,12 +81,42 @@ class Stages:
         catalog = CatalogStage(load_catalog(settings.worker.catalog_file or None))
         sampling = settings.sampling
         head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates(), sampling.min_rate), sampling.keep_log_severity)
-        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head)
+        return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head,
+                   clock_skew_s=settings.worker.max_clock_skew_s)
+
+    def now_ns(self, messages: Sequence[RawMessage]) -> int:
+        """The time of a run of messages: the newest Kafka timestamp among them, never later than
+        this machine's clock. Windows follow it rather than what the records claim, and a replay of
+        the same messages finds the same time (their Kafka timestamps are stored with them)."""
+        wall_ms = int(self.clock() * 1000)
+        stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None and m.timestamp_ms > 0]
+        return min(max(stamps), wall_ms) * 1_000_000 if stamps else wall_ms * 1_000_000
 
     def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
+        """Never raises for what a message holds: decoding sets refused messages aside itself, and if
+        a later stage fails on the run, each message is run alone, and those that still fail become
+        dead letters (``internal``, naming the exception class). A message run again that way
+        counts twice in ``top_k`` tallies (series budgets count distinct series, so they do not)."""
         if not messages:
             return DecodeResult()
+        try:
+            return self._run(signal, messages)
+        except Exception as exc:
+            log.warning("a stage failed on a run of %d %s messages (%s); running them one by one",
+                        len(messages), signal, type(exc).__name__)
+        return merge_results([self._run_alone(signal, msg) for msg in messages])
+
+    def _run_alone(self, signal: str, message: RawMessage) -> DecodeResult:
+        try:
+            return self._run(signal, [message])
+        except Exception as exc:  # the class only: the text may quote the message
+            m.STAGE_CHANGES.labels("pipeline", "internal").inc()
+            return DecodeResult(dead_letters=[DeadLetter(message, "internal", f"{type(exc).__name__} in the stages")])
+
+    def _run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
         result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)
+        now_ns = self.now_ns(messages)
+        skew_ns = self.clock_skew_s * 1_000_000_000
         if signal != "metrics":
             head = self.head
             for table, batch in list(result.batches.items()):
@@ -75,14 +129,14 @@ class Stages:
             violations: list[ColumnBatch] = []
             alerts: list[dict] = []
             for table, batch in list(result.batches.items()):
-                cleaned, counts = self.labels.apply(batch)
+                cleaned, counts = self.labels.apply(batch, now_ns + skew_ns)
                 if signal == "metrics":
                     cleaned, found, naming_counts = naming.apply(cleaned)
                     counts.update(naming_counts)
                     if found is not None:
                         violations.append(found)
                     if self.budget is not None:
-                        cleaned, budget_counts, crossed = self.budget.apply(cleaned)
+                        cleaned, budget_counts, crossed = self.budget.apply(cleaned, now_ns)
                         counts.update(budget_counts)
                         alerts.extend(crossed)
                 for (stage, reason), n in counts.items():

@@ -12,8 +12,10 @@ is under its budget (``BudgetPolicy.for_metric``); past the budget the metric's 
 
 Crossing the budget makes one alert record (kind ``cardinality``) naming the metric, the label,
 the series count, the label's distinct values and the budget, stamped with the point's time, so a
-replay makes the same record. Windows are tumbling windows of point time; a window's state is
-deleted once a point two windows later arrives.
+replay makes the same record. Windows are tumbling windows of point time, clamped to the time of
+the messages ± a clock skew (``apply(batch, now_ns)``); a metric's windows share a few state keys
+(``state_key``: window modulo ``slots_for``), so the state is bounded per metric whatever times the
+points carry, and a window's state is overwritten when a later window takes its key.
 
 State lives in a key-value store (``key → bytes``; in the worker a changelogged faust table whose
 keys are routed with the metric, in a replay a dict). The stage never writes to it during
@@ -42,8 +44,22 @@ KEY_SEPARATOR = "\x1f"
 _FORMAT = b"SB1"
 
 
-def state_key(metric: str, window: int) -> str:
-    return f"{metric}{KEY_SEPARATOR}{window}"
+DEFAULT_SLOTS = 4
+# How far a point's time may be from the time of the messages carrying it before its window is
+# taken from that bound instead (counted as late or future points).
+DEFAULT_CLOCK_SKEW_S = 600
+
+
+def slots_for(window_s: int, skew_s: int) -> int:
+    """State keys per metric: enough for every window a point can fall in (now ± skew), plus one."""
+    return max(DEFAULT_SLOTS, (2 * skew_s) // max(window_s, 1) + 3)
+
+
+def state_key(metric: str, window: int, slots: int = DEFAULT_SLOTS) -> str:
+    """A metric's state for a window lives in one of ``slots`` keys (the window's number modulo
+    ``slots``); the state names its window, so a slot holding an older window reads as empty and
+    is overwritten. A metric never has more keys than that, whatever times its points carry."""
+    return f"{metric}{KEY_SEPARATOR}{window % slots}"
 
 
 def metric_of_key(key: str) -> str:
@@ -81,10 +97,11 @@ class SeriesState:
     over: bool = False  # the budget was crossed (and announced) in this window
     label: str = ""  # the label being bucketized
     refused: int = 0  # points dropped or bucketized in this window
+    window: int | None = None  # the window this state is of (None: stored before states named it)
 
     def copy(self) -> "SeriesState":
         return SeriesState(set(self.series), {k: set(v) for k, v in self.label_values.items()}, self.over,
-                           self.label, self.refused)
+                           self.label, self.refused, self.window)
 
     def top_label(self) -> tuple[str, int]:
         """The label with the most distinct values (ties: the smaller name)."""
@@ -95,7 +112,7 @@ class SeriesState:
 
     def to_bytes(self) -> bytes:
         labels = sorted(self.label_values)
-        header = orjson.dumps({"over": self.over, "label": self.label, "refused": self.refused,
+        header = orjson.dumps({"over": self.over, "label": self.label, "refused": self.refused, "window": self.window,
                                "n": len(self.series), "labels": [[k, len(self.label_values[k])] for k in labels]})
         parts = [_FORMAT, len(header).to_bytes(4, "little"), header, _u64(self.series)]
         parts.extend(_u64(self.label_values[k]) for k in labels)
@@ -115,7 +132,8 @@ class SeriesState:
         for name, count in header["labels"]:
             label_values[name] = _from_u64(raw[pos:pos + 8 * count])
             pos += 8 * count
-        return cls(series, label_values, header["over"], header["label"], header.get("refused", 0))
+        return cls(series, label_values, header["over"], header["label"], header.get("refused", 0),
+                   header.get("window"))
 
 
 @dataclass
@@ -128,10 +146,13 @@ class BudgetCommit:
 
 
 class SeriesBudgetStage:
-    def __init__(self, policy: BudgetPolicy, get: Callable[[str], bytes | None], autocommit: bool = False):
+    def __init__(self, policy: BudgetPolicy, get: Callable[[str], bytes | None], autocommit: bool = False,
+                 clock_skew_s: int = DEFAULT_CLOCK_SKEW_S):
         """``get(key)`` reads the store. With ``autocommit`` (replays, tests over a dict) each
         ``apply`` commits its own changes into the dict given as ``get.__self__``."""
         self.policy = policy
+        self.clock_skew_ns = clock_skew_s * 1_000_000_000
+        self._slots = slots_for(policy.window_s, clock_skew_s)
         self.get = get
         self.autocommit = autocommit
         self._seed = xxhash.xxh32_intdigest(policy.seed.encode())
@@ -147,12 +168,13 @@ class SeriesBudgetStage:
         self.policy = policy
         self._seed = xxhash.xxh32_intdigest(policy.seed.encode())
         self._window_ns = policy.window_s * 1_000_000_000
+        self._slots = slots_for(policy.window_s, self.clock_skew_ns // 1_000_000_000)
         self._budgets = {}
 
     @classmethod
-    def in_memory(cls, policy: BudgetPolicy) -> "SeriesBudgetStage":
+    def in_memory(cls, policy: BudgetPolicy, clock_skew_s: int = DEFAULT_CLOCK_SKEW_S) -> "SeriesBudgetStage":
         store: dict[str, bytes] = {}
-        stage = cls(policy, store.get, autocommit=True)
+        stage = cls(policy, store.get, autocommit=True, clock_skew_s=clock_skew_s)
         stage.store = store  # type: ignore[attr-defined]
         return stage
 
@@ -170,11 +192,12 @@ class SeriesBudgetStage:
             budget = self._budgets[metric] = self.policy.for_metric(metric)
         return budget
 
-    def state(self, key: str) -> SeriesState | None:
-        """The state as stored plus pending changes (read-only)."""
+    def state(self, metric: str, window: int) -> SeriesState | None:
+        """The state of a metric's window as stored plus pending changes (read-only)."""
+        key = state_key(metric, window, self._slots)
         pending = self._pending.get(key)
         if pending is not None:
-            return pending
+            return pending if pending.window == window else None
         if key in self._deletes:
             return None
         raw = self.get(key)
@@ -182,16 +205,19 @@ class SeriesBudgetStage:
             return None
         cached = self._cache.get(key)
         if cached is not None and cached[0] is raw:
-            return cached[1]
-        state = SeriesState.from_bytes(raw)
-        self._cache[key] = (raw, state)
-        return state
+            state = cached[1]
+        else:
+            state = SeriesState.from_bytes(raw)
+            self._cache[key] = (raw, state)
+        return state if state.window in (window, None) else None
 
-    def _writable(self, key: str) -> SeriesState:
+    def _writable(self, metric: str, window: int) -> SeriesState:
+        key = state_key(metric, window, self._slots)
         pending = self._pending.get(key)
-        if pending is None:
-            current = self.state(key)
+        if pending is None or pending.window != window:
+            current = self.state(metric, window)
             pending = self._pending[key] = current.copy() if current is not None else SeriesState()
+            pending.window = window
             self._deletes.discard(key)
         return pending
 
@@ -209,7 +235,11 @@ class SeriesBudgetStage:
 
     # ------------------------------------------------------------ the stage
 
-    def apply(self, batch: ColumnBatch) -> tuple[ColumnBatch, Counter, list[dict[str, Any]]]:
+    def apply(self, batch: ColumnBatch, now_ns: int | None = None) -> tuple[ColumnBatch, Counter, list[dict[str, Any]]]:
+        """``now_ns``: the time of the messages the points came in (see ``Stages``); a point's
+        window comes from its own time clamped to ``now_ns`` ± the clock skew, so a point stamped
+        far in the past or future neither opens windows nor keeps state alive (counted as
+        ``late_point`` / ``future_point``). Without ``now_ns`` point times are taken as they are."""
         counts: Counter = Counter()
         new_alerts: list[dict[str, Any]] = []
         if not self.policy.enabled or "MetricName" not in batch.columns or not len(batch):
@@ -218,28 +248,35 @@ class SeriesBudgetStage:
         names, services, attrs_col, times = cols["MetricName"], cols["ServiceName"], cols["Attributes"], cols["TimeUnix"]
         keep: list[int] = []
         new_attrs: dict[int, dict[str, str]] = {}
-        newest: dict[str, int] = {}
         seed = self._seed
+        window_ns = self._window_ns
+        lo = hi = None
+        if now_ns is not None:
+            lo, hi = now_ns - self.clock_skew_ns, now_ns + self.clock_skew_ns
         for i, (metric, service, attrs, ts) in enumerate(zip(names, services, attrs_col, times)):
-            window = ts // self._window_ns
-            key = state_key(metric, window)
-            if newest.get(metric, -1) < window:
-                newest[metric] = window
+            if lo is not None:
+                if ts < lo:
+                    ts = lo
+                    counts[("budget", "late_point")] += 1
+                elif ts > hi:
+                    ts = hi
+                    counts[("budget", "future_point")] += 1
+            window = ts // window_ns
             h = series_hash(seed, service, attrs)
-            state = self.state(key)
+            state = self.state(metric, window)
             if state is not None and h in state.series:
                 keep.append(i)
                 continue
             budget = self._budget(metric)
             if state is None or len(state.series) < budget.limit:
-                state = self._writable(key)
+                state = self._writable(metric, window)
                 state.series.add(h)
                 for label, value in attrs.items():
                     state.label_values.setdefault(label, set()).add(
                         xxhash.xxh64_intdigest(value.encode("utf-8", "surrogatepass"), seed=seed))
                 keep.append(i)
                 continue
-            state = self._writable(key)
+            state = self._writable(metric, window)
             if not state.over:
                 state.over = True
                 label, distinct = state.top_label()
@@ -262,11 +299,6 @@ class SeriesBudgetStage:
                 counts[("budget", "bucketized")] += 1
             else:
                 counts[("budget", "dropped_new_series")] += 1
-        for metric, window in newest.items():
-            old = state_key(metric, window - 2)
-            if self.state(old) is not None:
-                self._pending.pop(old, None)
-                self._deletes.add(old)
         self._alerts.extend(new_alerts)
         if len(keep) != len(names) or new_attrs:
             columns = {}

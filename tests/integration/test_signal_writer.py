@@ -60,16 +60,17 @@ def test_crash_between_ledger_and_insert_still_inserts(chdb_client, ch_settings)
 
 def test_retry_after_a_failed_insert_does_not_duplicate(chdb_client, ch_settings):
     w = writer(chdb_client, ch_settings)
-    real_write = w.sink.write
+    real_write = w.sink.write_isolating
     calls = {"n": 0}
 
     def flaky(batch, token=None):
         calls["n"] += 1
-        real_write(batch, token)
+        refused = real_write(batch, token)
         if calls["n"] == 1:
             raise ConnectionError("connection reset after the insert landed")
+        return refused
 
-    w.sink.write = flaky
+    w.sink.write_isolating = flaky
     with pytest.raises(ConnectionError):
         w.write(messages(0, 4))
     outcome = w.write(messages(0, 4))  # the agent retries the same messages

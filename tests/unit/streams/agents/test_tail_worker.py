@@ -73,6 +73,7 @@ def make_worker(parts_topic, state_topic, written, crash_after=None):
         if crash_after is not None and len(written) >= crash_after:
             raise Crash()
         written.append((token, batch.table, len(batch)))
+        return []  # nothing refused
 
     async def dead(letters):
         raise AssertionError(letters)

@@ -36,7 +36,7 @@ def decode_one(signal, request, encoding):
 def test_span_every_field(encoding):
     result = decode_one("traces", traces_request(), encoding)
     batch = result.batches["otel_traces"]
-    assert list(batch.columns) == TABLE_COLUMNS["otel_traces"]
+    assert batch.column_names == TABLE_COLUMNS["otel_traces"]
     [row] = batch.rows()
     assert row["Timestamp"] == T0
     assert row["TraceId"] == TRACE_ID.hex()
@@ -114,7 +114,7 @@ def test_metrics_all_five_types(encoding):
         "otel_metrics_exponential_histogram", "otel_metrics_summary",
     }
     for table, batch in result.batches.items():
-        assert list(batch.columns) == TABLE_COLUMNS[table]
+        assert batch.column_names == TABLE_COLUMNS[table]
         assert len(batch) == 1
 
     [gauge] = result.batches["otel_metrics_gauge"].rows()

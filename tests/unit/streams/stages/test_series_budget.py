@@ -68,10 +68,10 @@ def test_per_metric_budgets_and_windows():
     assert len(out) == 2 and len(alerts) == 1
     out, _, alerts = stage.apply(points("db.calls", [{"u": str(i)} for i in range(50)]))
     assert len(out) == 50 and not alerts
-    # a new window starts from nothing, and the window two back is forgotten
-    out, _, alerts = stage.apply(points("http.requests", [{"u": "3"}, {"u": "4"}], ts=T0 + 2 * HOUR))
+    # a new window starts from nothing; the window four back shares its key, and is overwritten
+    out, _, alerts = stage.apply(points("http.requests", [{"u": "3"}, {"u": "4"}], ts=T0 + 4 * HOUR))
     assert len(out) == 2 and not alerts
-    assert state_key("http.requests", T0 // HOUR) not in stage.store
+    assert SeriesState.from_bytes(stage.store[state_key("http.requests", T0 // HOUR)]).window == T0 // HOUR + 4
 
 
 def test_uncommitted_changes_are_forgotten_on_begin_and_commit_hands_them_over():
@@ -108,3 +108,26 @@ def test_series_are_service_and_attribute_sets():
     assert len(out) == 2 and len(out2) == 1 and not alerts
     out3, _, alerts = stage.apply(points("m", [{"a": "9"}]))
     assert len(out3) == 0 and alerts
+
+
+def test_point_times_far_from_their_messages_neither_open_windows_nor_grow_the_state():
+    stage = SeriesBudgetStage.in_memory(budgets(default_limit=5, action="drop"), clock_skew_s=600)
+    now = T0 + 30 * 60 * 10**9
+    for i in range(200):  # random past and future point times, one series each
+        ts = T0 + (i * 7919 % 400 - 200) * HOUR
+        out, counts, _ = stage.apply(points("m", [{"u": str(i % 3)}], ts=ts), now_ns=now)
+        assert len(out) == 1
+    assert len(stage.store) == 1  # one window: now ± 10 minutes is all inside T0's hour
+    assert SeriesState.from_bytes(next(iter(stage.store.values()))).series.__len__() == 3
+    _, counts, _ = stage.apply(points("m", [{"u": "x"}], ts=T0 + 1000 * HOUR), now_ns=now)
+    assert counts[("budget", "future_point")] == 1
+    _, counts, _ = stage.apply(points("m", [{"u": "x"}], ts=-(2**62)), now_ns=now)
+    assert counts[("budget", "late_point")] == 1
+
+
+def test_a_metric_has_a_bounded_number_of_state_keys_over_any_run_of_windows():
+    stage = SeriesBudgetStage.in_memory(budgets(default_limit=5, action="drop"))
+    for hour in range(100):
+        ts = T0 + hour * HOUR
+        stage.apply(points("m", [{"u": str(hour)}], ts=ts), now_ns=ts)
+    assert len(stage.store) <= 4
