@@ -48,7 +48,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _dlq_topics(settings: Settings, signal: str) -> list[str]:
     from streams.tools.producer import topic_for
 
-    return [settings.dlq_topic(topic_for(settings, s)) for s in REPLAY_SIGNALS[signal]]
+    sources = [topic_for(settings, s) for s in REPLAY_SIGNALS[signal]]
+    routed = [settings.routed_topic(t) for t in sources if settings.routed_topic(t) in settings.routed_topics()]
+    return [settings.dlq_topic(t) for t in sources + routed]
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -60,15 +62,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         rows = []
         for topic in _dlq_topics(settings, args.signal):
             for letter in asyncio.run(read_dead_letters(bootstrap, topic, args.limit)):
-                rows.append([topic, f"{letter.partition}@{letter.offset}", letter.reason,
-                             f"{letter.source_topic}[{letter.header('otelpipe.dlq.source_partition')}]"
-                             f"@{letter.header('otelpipe.dlq.source_offset')}",
+                env = letter.routed_part(settings.kafka.routed_suffix)
+                source = (f"{env['source_topic']}[{env['source_partition']}]@{env['source_offset']}" if env
+                          else letter.source())
+                rows.append([topic, f"{letter.partition}@{letter.offset}", letter.reason, source,
                              len(letter.value), letter.header("otelpipe.dlq.detail")[:80]])
         print(FORMATS[args.format](["dlq", "at", "reason", "source", "bytes", "detail"], rows))
         return 0
     total = {}
     for topic in _dlq_topics(settings, args.signal):
-        for source, n in asyncio.run(refeed_dead_letters(bootstrap, topic, f"{settings.worker.app_id}.dlq-replay")).items():
+        refed = refeed_dead_letters(bootstrap, topic, f"{settings.worker.app_id}.dlq-replay",
+                                    settings.kafka.routed_suffix)
+        for source, n in asyncio.run(refed).items():
             total[source] = total.get(source, 0) + n
     print(format_table(["re-fed to", "messages"], sorted(total.items())))
     return 0

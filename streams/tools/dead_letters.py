@@ -5,6 +5,11 @@
 original key and headers (the ``otelpipe.dlq.*`` headers removed), under the consumer group
 ``<app_id>.dlq-replay``, whose committed offsets remember what was re-fed: running it twice re-feeds
 nothing twice. A letter that still fails lands in the dead-letter topic again, as a new letter.
+
+Letters of a routed topic (``otlp_metrics.routed.dlq``) hold a routed part, an Avro envelope
+around a piece of a source request: they are shown with the source message they came from, and
+re-fed as that piece (a request of their own) to the source topic, where they are routed again.
+A routed letter whose envelope cannot be read is counted and left where it is.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.agents.routing import PROTOBUF_HEADER, decode_envelope
+from streams.otlp.values import BadMessage
 from streams.tools.kafka_admin import topic_partitions
 
 DLQ_PREFIX = "otelpipe.dlq."
@@ -44,6 +51,36 @@ class Letter:
 
     def original_headers(self) -> list[tuple[str, bytes]]:
         return [(k, v) for k, v in self.headers if not k.startswith(DLQ_PREFIX)]
+
+    def source(self) -> str:
+        """Where the refused message came from: ``topic[partition]@offset``."""
+        return (f"{self.source_topic}[{self.header(DLQ_PREFIX + 'source_partition')}]"
+                f"@{self.header(DLQ_PREFIX + 'source_offset')}")
+
+    def routed_part(self, routed_suffix: str = ".routed") -> dict | None:
+        """The envelope, for a letter of a routed part (None when this letter is not one)."""
+        if not self.header(DLQ_PREFIX + "truncated_from") and self.source_topic.endswith(routed_suffix):
+            try:
+                return decode_envelope(self.value)
+            except BadMessage:
+                return None
+        return None
+
+
+def refeed(letter: Letter, dlq_topic: str, routed_suffix: str = ".routed"
+           ) -> tuple[str, bytes, list[tuple[str, bytes]]] | None:
+    """(topic, value, headers) to send a letter back to, or None when it cannot be re-fed (a
+    routed letter whose envelope is unreadable, or a letter stored cut)."""
+    if letter.header(DLQ_PREFIX + "truncated_from"):
+        return None
+    source = letter.source_topic or dlq_topic.rsplit(".dlq", 1)[0]
+    if source.endswith(routed_suffix):
+        try:
+            env = decode_envelope(letter.value)
+        except BadMessage:
+            return None
+        return env["source_topic"], env["payload"], [PROTOBUF_HEADER]
+    return source, letter.value, letter.original_headers()
 
 
 def _letter(record) -> Letter:
@@ -79,8 +116,10 @@ async def read_dead_letters(bootstrap: str, topic: str, limit: int | None = None
         await consumer.stop()
 
 
-async def refeed_dead_letters(bootstrap: str, topic: str, group: str) -> dict[str, int]:
-    """Send each dead letter not re-fed before back to its source topic. Returns counts per source."""
+async def refeed_dead_letters(bootstrap: str, topic: str, group: str, routed_suffix: str = ".routed"
+                              ) -> dict[str, int]:
+    """Send each dead letter not re-fed before back to its source topic. Returns counts per source
+    (letters that cannot be re-fed are counted under ``"(not re-fed)"``)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
@@ -95,9 +134,12 @@ async def refeed_dead_letters(bootstrap: str, topic: str, group: str) -> dict[st
                 futures = []
                 for record in records:
                     letter = _letter(record)
-                    source = letter.source_topic or topic.rsplit(".dlq", 1)[0]
-                    futures.append(await producer.send(source, letter.value, key=letter.key,
-                                                       headers=letter.original_headers()))
+                    target = refeed(letter, topic, routed_suffix)
+                    if target is None:
+                        counts["(not re-fed)"] = counts.get("(not re-fed)", 0) + 1
+                        continue
+                    source, value, headers = target
+                    futures.append(await producer.send(source, value, key=letter.key, headers=headers))
                     counts[source] = counts.get(source, 0) + 1
                 for fut in futures:
                     await fut
