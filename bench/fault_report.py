@@ -3,9 +3,9 @@
     make faults     (or: .venv/bin/python bench/fault_report.py)
 
 Drives the real local broker and chDB through: ClickHouse unreachable then back, the broker
-stopped and restarted under a running worker, `kill -9` of the worker three times mid-stream, and
-thousands of malformed messages among good ones (see tests/integration/test_faults.py and
-test_pipeline.py). The same tests run in `make test`; here they also write their figures.
+stopped and restarted under a running worker, `kill -9` of the worker three times mid-stream,
+thousands of malformed messages among good ones, and a hostile stream on every source topic (see
+tests/integration/test_faults.py, test_hostile_stream.py and test_pipeline.py). The same tests run in `make test`; here they also write their figures.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from streams.cli.render import format_table  # noqa: E402
 def main() -> int:
     report = Path(tempfile.mkdtemp(prefix="otelpipe-faults-")) / "faults.jsonl"
     env = {**os.environ, "OTELPIPE_FAULT_REPORT": str(report)}
-    tests = ["tests/integration/test_faults.py", "tests/integration/test_pipeline.py::test_kill_9_mid_stream_and_restart_gives_exact_rows"]
+    tests = ["tests/integration/test_faults.py", "tests/integration/test_hostile_stream.py",
+             "tests/integration/test_pipeline.py::test_kill_9_mid_stream_and_restart_gives_exact_rows"]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, env=env)
     rows = []
     if report.exists():
