@@ -164,7 +164,8 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
+                                max_request_size=settings.record_max_bytes())  # dead letters of any message
     await consumer.start()
     await producer.start()
     started = time.monotonic()

@@ -72,7 +72,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     total = {}
     for topic in _dlq_topics(settings, args.signal):
         refed = refeed_dead_letters(bootstrap, topic, f"{settings.worker.app_id}.dlq-replay",
-                                    settings.kafka.routed_suffix)
+                                    settings.kafka.routed_suffix, settings.record_max_bytes())
         for source, n in asyncio.run(refed).items():
             total[source] = total.get(source, 0) + n
     print(format_table(["re-fed to", "messages"], sorted(total.items())))

@@ -116,13 +116,14 @@ async def read_dead_letters(bootstrap: str, topic: str, limit: int | None = None
         await consumer.stop()
 
 
-async def refeed_dead_letters(bootstrap: str, topic: str, group: str, routed_suffix: str = ".routed"
-                              ) -> dict[str, int]:
+async def refeed_dead_letters(bootstrap: str, topic: str, group: str, routed_suffix: str = ".routed",
+                              max_request_size: int = 16 * 1024 * 1024 + 64 * 1024) -> dict[str, int]:
     """Send each dead letter not re-fed before back to its source topic. Returns counts per source
     (letters that cannot be re-fed are counted under ``"(not re-fed)"``)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                max_request_size=max_request_size)
     await consumer.start()
     await producer.start()
     counts: dict[str, int] = {}

@@ -40,7 +40,7 @@ async def produce_workload(
         enable_idempotence=True,
         compression_type="lz4",
         linger_ms=5,
-        max_request_size=20 * 1024 * 1024,
+        max_request_size=settings.record_max_bytes(),
     )
     await producer.start()
     headers = [("content-type", CONTENT_TYPES[encoding])]
@@ -135,14 +135,18 @@ def read_otlp_file(path: str, signal: str | None = None) -> tuple[list[tuple[str
 
 async def produce_file(settings: Settings, path: str, signal: str | None = None) -> tuple[dict[str, int], list[str]]:
     items, problems = read_otlp_file(path, signal)
+    limit = settings.record_max_bytes()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
-                                enable_idempotence=True, compression_type="lz4",
-                                max_request_size=20 * 1024 * 1024)
+                                enable_idempotence=True, compression_type="lz4", max_request_size=limit)
     await producer.start()
     sent: dict[str, int] = {}
     try:
         futures = []
-        for sig, encoding, payload in items:
+        for n, (sig, encoding, payload) in enumerate(items, 1):
+            if len(payload) > settings.worker.max_message_bytes:
+                problems.append(f"{path}: request {n} is {len(payload)} bytes, over worker.max_message_bytes "
+                                f"({settings.worker.max_message_bytes}); not sent")
+                continue
             futures.append(await producer.send(topic_for(settings, sig), payload,
                                                headers=[("content-type", CONTENT_TYPES[encoding])]))
             sent[sig] = sent.get(sig, 0) + 1
