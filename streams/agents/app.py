@@ -55,6 +55,10 @@ def faust_app(settings: Settings) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, 4 * w.batch_max_messages),
+        # A revoke must not wait for every delivered message to be acked: held messages (a recorded
+        # range only partly re-delivered) and a write blocked on ClickHouse never would be. Writers
+        # instead stop writing the partitions they lost (``Runtime.owns``, checked before inserts).
+        stream_wait_empty=False,
         autodiscover=False,
     )
 
@@ -84,9 +88,14 @@ def build_worker(settings: Settings) -> BuiltWorker:
     metrics_topic = rt.topic(k.metrics_topic)
     metrics_routed_topic = rt.topic(settings.routed_topic(k.metrics_topic))
 
+    @app.on_partitions_assigned.connect
+    async def hold_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        rt.assigned = {(tp.topic, tp.partition) for tp in assigned}
+
     @app.on_partitions_revoked.connect
     async def forget_revoked_state(sender: Any, revoked: Any, **kwargs: Any) -> None:
         """Another worker may own these partitions next and change their state: re-read it if they return."""
+        rt.assigned = rt.assigned - {(tp.topic, tp.partition) for tp in revoked}
         rt.series_state.forget({tp.partition for tp in revoked
                                 if tp.topic == metrics_routed_topic.get_topic_name()})
 

@@ -140,7 +140,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
         if direct or (writer is not None and writer.held_count()):
             if writer is None:
                 writer = SignalWriter(signal, await rt.sink_when_reachable(signal), k.encoding_for,
-                                      w.max_message_bytes, rt.stages)
+                                      w.max_message_bytes, rt.stages, owns=rt.owns)
             outcome = await rt.until_done(signal, f"writing {len(direct)} untraced {signal} parts", writer.write,
                                           list(direct.values()))
             for letter in outcome.dead_letters:  # name the source message, which is what the DLQ holds
@@ -155,3 +155,5 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
             await rt.publish_dead_letters(signal, dead)
         for event in ack_now:
             await stream.ack(event)
+        for key in [key for key in waiting if not rt.owns(key[0], key[1])]:
+            del waiting[key]  # revoked: never acked here, read again by the next owner

@@ -151,3 +151,17 @@ def virtual_message(envelope: dict[str, Any], routed: RawMessage) -> RawMessage:
         headers=(PROTOBUF_HEADER,),
         timestamp_ms=envelope["source_timestamp_ms"],
     )
+
+
+def assigned_partition(topic: str, partition: int) -> tuple[str, int]:
+    """The Kafka partition a writer's message belongs to: a routed part's lane
+    (``<source>@<routed topic>/<partition>``) is its routed partition; an untraced part
+    (``<source>@untraced``) and a source message are their own."""
+    if "@" in topic:
+        lane = topic.split("@", 1)[1]
+        if "/" in lane:
+            routed, routed_partition = lane.rsplit("/", 1)
+            if routed_partition.isdigit():
+                return routed, int(routed_partition)
+        return topic.split("@", 1)[0], partition
+    return topic, partition

@@ -21,7 +21,7 @@ from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, R
 from sinks.clickhouse import ClickHouseSink, Refusal, is_retryable
 from streams.agents import worker_metrics as m
 from streams.agents.keyed_state import ChangelogState
-from streams.agents.routing import route_partition
+from streams.agents.routing import assigned_partition, route_partition
 from streams.config import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, RECORD_OVERHEAD_BYTES, Settings
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.stages.pipeline import Stages
@@ -57,6 +57,9 @@ class Runtime:
     def __init__(self, settings: Settings, app: faust.App):
         self.settings = settings
         self.app = app
+        # The partitions this worker holds, from the rebalance callbacks (``streams.agents.app``):
+        # writers check it before every insert, so a worker that lost a partition stops writing it.
+        self.assigned: set[tuple[str, int]] = set()
         k = settings.kafka
         self.dlq_topics = {name: self.topic(settings.dlq_topic(name))
                            for name in settings.source_topics() + settings.routed_topics()}
@@ -72,6 +75,9 @@ class Runtime:
         if self.stages.labels is not None:
             self.stages.budget = SeriesBudgetStage(self.stages.labels.policy.budgets, self.series_state.get,
                                                    clock_skew_s=settings.worker.max_clock_skew_s)
+
+    def owns(self, topic: str, partition: int) -> bool:
+        return assigned_partition(topic, partition) in self.assigned
 
     def topic(self, name: str) -> faust.TopicT:
         return self.app.topic(name, value_type=bytes, key_type=bytes, partitions=self.settings.kafka.partitions,

@@ -119,14 +119,30 @@ class SignalWriter:
         encoding_for: Callable[[str], str],
         max_message_bytes: int,
         stages: Stages | None = None,
+        owns: Callable[[str, int], bool] | None = None,
     ):
+        """``owns(topic, partition)``: whether this worker still holds the partition a message
+        came from (see ``streams.agents.routing.assigned_partition``); None: always."""
         self.signal = signal
         self.sink = sink
+        self.owns = owns
         self.stages = stages if stages is not None else Stages(encoding_for, max_message_bytes, None)
         self._held: dict[tuple[str, int], dict[int, RawMessage]] = {}
 
     def held_count(self) -> int:
         return sum(len(v) for v in self._held.values())
+
+    def _owned(self, topic: str, partition: int) -> bool:
+        return self.owns is None or self.owns(topic, partition)
+
+    def release(self) -> int:
+        """Forget held messages of partitions this worker no longer holds (a rebalance took them:
+        they were never acked, so their next owner reads them again). Returns how many."""
+        gone = [tp for tp in self._held if not self._owned(*tp)]
+        released = sum(len(self._held.pop(tp)) for tp in gone)
+        if released:
+            m.HELD_MESSAGES.labels(self.signal).set(self.held_count())
+        return released
 
     def write(self, messages: list[RawMessage]) -> WriteOutcome:
         with gc_paused():
@@ -134,11 +150,13 @@ class SignalWriter:
 
     def _write(self, messages: list[RawMessage]) -> WriteOutcome:
         self.stages.begin(self.signal)
+        self.release()
         by_tp: dict[tuple[str, int], dict[int, RawMessage]] = defaultdict(dict)
         for tp, held in self._held.items():
             by_tp[tp].update(held)
         for msg in messages:
-            by_tp[(msg.topic, msg.partition)][msg.offset] = msg  # a re-delivered offset replaces the held copy
+            if self._owned(msg.topic, msg.partition):  # taken away by a rebalance since it was read: not ours
+                by_tp[(msg.topic, msg.partition)][msg.offset] = msg  # a re-delivered offset replaces the held copy
 
         outcome = WriteOutcome()
         new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
@@ -169,10 +187,16 @@ class SignalWriter:
             if ready < len(offsets):
                 new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}
 
+        # A partition revoked while this batch was decoded is left to its next owner: nothing of it
+        # is recorded or inserted from here on (its messages are neither acked nor held).
+        decoded = [d for d in decoded if self._owned(d[0].topic, d[0].partition)]
         # Every new range is in the ledger before any of its rows is inserted (one insert for all).
         new = [source for source, known, _, result in decoded if result.batches and not known]
         self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
         for source, _, seg_msgs, result in decoded:
+            if not self._owned(source.topic, source.partition):
+                m.REVOKED_SEGMENTS.labels(self.signal).inc()
+                continue
             written = write_refusing(self.sink, result.batches, source)
             for table, n in written.rows.items():
                 m.ROWS_WRITTEN.labels(table).inc(n)
@@ -183,7 +207,7 @@ class SignalWriter:
             outcome.alerts.extend(result.alerts)
             outcome.done.extend(seg_msgs)
         # Only now, with every segment written, does the held state move forward.
-        self._held = new_held
+        self._held = {tp: held for tp, held in new_held.items() if self._owned(*tp)}
         outcome.held = self.held_count()
         m.HELD_MESSAGES.labels(self.signal).set(outcome.held)
         return outcome

@@ -126,3 +126,9 @@ REFUSED_MESSAGES = Counter(
     "Messages whose rows ClickHouse refused (found by cutting the insert in halves), dead-lettered",
     ["table"], registry=REGISTRY,
 )
+REVOKED_SEGMENTS = Counter(
+    "otelpipe_revoked_segments_total",
+    "Segments not inserted because a rebalance took their partition away while they were being written "
+    "(their next owner writes them).",
+    ["signal"], registry=REGISTRY,
+)

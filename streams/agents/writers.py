@@ -30,7 +30,7 @@ async def consume_signal(rt: Runtime, signal: str, stream: Any,
     routed again after a crash) are acked together, and dead letters name the record as read."""
     w = rt.settings.worker
     writer = SignalWriter(signal, await rt.sink_when_reachable(signal), rt.settings.kafka.encoding_for,
-                          w.max_message_bytes, rt.stages)
+                          w.max_message_bytes, rt.stages, owns=rt.owns)
     pending: dict[tuple[str, int, int], list[tuple[Any, RawMessage]]] = {}
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
         msgs, dead, ack_now = [], [], []
@@ -67,6 +67,8 @@ async def consume_signal(rt: Runtime, signal: str, stream: Any,
         for msg in outcome.done:
             for event, _ in pending.pop((msg.topic, msg.partition, msg.offset), []):
                 await stream.ack(event)
+        for key in [key for key in pending if not rt.owns(key[0], key[1])]:
+            del pending[key]  # revoked: never acked here, read again by the next owner
 
 
 async def commit_stage_state(rt: Runtime) -> None:
