@@ -31,7 +31,7 @@ from sinks.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
 
-RANGES_TABLE = "otelpipe_sink_ranges"
+LEDGER_TABLE = "otelpipe_sink_ledger"  # schemas/clickhouse/0019_sink_ledger.sql
 DAY_NS = 86_400 * 10**9
 # ClickHouse refuses an insert block touching more than max_partitions_per_insert_block (100 by
 # default) partitions; every otel table is partitioned by day of this column.
@@ -349,18 +349,25 @@ class ClickHouseSink:
             inserted += len(piece) - int(dupes)
         return inserted, skipped
 
-    def recorded_ranges(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], list[RecordedRange]]:
-        """Ranges recorded by any worker of the group that end at or after each partition's first offset."""
+    def recorded_ranges(self, starts: dict[tuple[str, int], int],
+                        ends: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], list[RecordedRange]]:
+        """Ranges recorded (by any consumer group: the ledger names the data) that end at or after
+        each partition's first offset and, with ``ends``, start at or before its last. The ledger is
+        sorted by (Topic, Partition, LastOffset): the query reads only those ranges."""
         if not starts:
             return {}
-        conditions, params = [], {"g": self.consumer_group}
+        conditions, params = [], {}
         for i, ((topic, partition), offset) in enumerate(starts.items()):
-            conditions.append(f"(Topic = {{t{i}:String}} AND Partition = {{p{i}:UInt32}} AND LastOffset >= {{o{i}:UInt64}})")
+            condition = f"(Topic = {{t{i}:String}} AND Partition = {{p{i}:UInt32}} AND LastOffset >= {{o{i}:UInt64}}"
             params.update({f"t{i}": topic, f"p{i}": partition, f"o{i}": max(offset, 0)})
+            if ends is not None and (topic, partition) in ends:
+                condition += f" AND FirstOffset <= {{e{i}:UInt64}}"
+                params[f"e{i}"] = max(ends[(topic, partition)], 0)
+            conditions.append(condition + ")")
         result = self.client.query(
             "SELECT Topic, Partition, FirstOffset, LastOffset, max(FirstHash), max(LastHash), "
-            f"toUnixTimestamp64Milli(max(RecordedAt)) FROM {self.database}.{RANGES_TABLE} "
-            "WHERE ConsumerGroup = {g:String} AND (" + " OR ".join(conditions) + ") "
+            f"toUnixTimestamp64Milli(max(RecordedAt)) FROM {self.database}.{LEDGER_TABLE} "
+            "WHERE " + " OR ".join(conditions) + " "
             "GROUP BY Topic, Partition, FirstOffset, LastOffset ORDER BY FirstOffset",
             parameters=params,
         )
@@ -377,10 +384,10 @@ class ClickHouseSink:
             return
         hashes = hashes or [(0, 0)] * len(ranges)
         self.client.insert(
-            f"{self.database}.{RANGES_TABLE}",
-            [[self.consumer_group, r.topic, r.partition, r.first_offset, r.last_offset, h[0], h[1]]
+            f"{self.database}.{LEDGER_TABLE}",
+            [[r.topic, r.partition, r.first_offset, r.last_offset, h[0], h[1], self.consumer_group]
              for r, h in zip(ranges, hashes)],
-            column_names=["ConsumerGroup", "Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash"],
+            column_names=["Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash", "ConsumerGroup"],
         )
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True) -> Any:

@@ -19,11 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-# A message may carry a timestamp somewhat after the moment its range was recorded only through
-# clock skew between producer, broker and worker; beyond this, it is a different message.
-CLOCK_SKEW_MS = 300_000
-
-
 @dataclass(frozen=True)
 class RecordedRange:
     first_offset: int
@@ -34,31 +29,26 @@ class RecordedRange:
 
 
 def stale_ranges(ranges: Sequence[RecordedRange], messages: Mapping[int, object],
-                 fingerprint: Callable[[object], int], timestamp_ms: Callable[[object], int | None]
-                 ) -> list[RecordedRange]:
+                 fingerprint: Callable[[object], int], end_offset: int | None = None) -> list[RecordedRange]:
     """Recorded ranges that describe other messages than the ones at those offsets now.
 
     That happens when a topic is deleted and created again, or the broker's data is wiped: offsets
-    restart and old ranges would hold the new messages back forever. A range is stale when the
-    message now at its first or last offset has another fingerprint, or when a message now inside
-    it is stamped well after the range was recorded.
+    restart and old ranges would hold the new messages back forever. Judged by the data and the
+    offsets alone, never by anyone's clock: a range is stale when the message now at its first or
+    last offset has another fingerprint, or when it ends at or past the partition's end offset
+    (``end_offset``, the next offset the broker will give: a recorded range had all its messages).
+    A range only partly here, with neither end among ``messages``, is held until its last offset
+    arrives, and then its fingerprint decides.
     """
     stale = []
     for r in ranges:
         first, last = messages.get(r.first_offset), messages.get(r.last_offset)
         if r.first_hash and first is not None and fingerprint(first) != r.first_hash:
             stale.append(r)
-            continue
-        if r.last_hash and last is not None and fingerprint(last) != r.last_hash:
+        elif r.last_hash and last is not None and fingerprint(last) != r.last_hash:
             stale.append(r)
-            continue
-        if r.recorded_at_ms:
-            for offset, message in messages.items():
-                if r.first_offset <= offset <= r.last_offset:
-                    ts = timestamp_ms(message)
-                    if ts is not None and ts > r.recorded_at_ms + CLOCK_SKEW_MS:
-                        stale.append(r)
-                        break
+        elif end_offset is not None and r.last_offset >= end_offset:
+            stale.append(r)
     return stale
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import faust
+from faust.types import TP
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from sinks.clickhouse import ClickHouseSink, Refusal, is_retryable
@@ -78,6 +79,16 @@ class Runtime:
 
     def owns(self, topic: str, partition: int) -> bool:
         return assigned_partition(topic, partition) in self.assigned
+
+    def end_offset(self, topic: str, partition: int) -> int | None:
+        """The end offset the consumer last saw for a partition it reads (None for a writer's lanes,
+        whose offsets are those of another topic, and before the first fetch)."""
+        if "@" in topic:
+            return None
+        try:
+            return self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned or not fetched yet
+            return None
 
     def topic(self, name: str) -> faust.TopicT:
         return self.app.topic(name, value_type=bytes, key_type=bytes, partitions=self.settings.kafka.partitions,

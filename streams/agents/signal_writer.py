@@ -120,12 +120,14 @@ class SignalWriter:
         max_message_bytes: int,
         stages: Stages | None = None,
         owns: Callable[[str, int], bool] | None = None,
+        end_offset: Callable[[str, int], int | None] | None = None,
     ):
         """``owns(topic, partition)``: whether this worker still holds the partition a message
         came from (see ``streams.agents.routing.assigned_partition``); None: always."""
         self.signal = signal
         self.sink = sink
         self.owns = owns
+        self.end_offset = end_offset  # (topic, partition) → the broker's end offset, None: unknown
         self.stages = stages if stages is not None else Stages(encoding_for, max_message_bytes, None)
         self._held: dict[tuple[str, int], dict[int, RawMessage]] = {}
 
@@ -160,12 +162,14 @@ class SignalWriter:
 
         outcome = WriteOutcome()
         new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
-        recorded = self.sink.recorded_ranges({tp: min(msgs) for tp, msgs in by_tp.items()})
+        recorded = self.sink.recorded_ranges({tp: min(msgs) for tp, msgs in by_tp.items()},
+                                             {tp: max(msgs) for tp, msgs in by_tp.items()})
         decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
         for (topic, partition), msgs in by_tp.items():
             offsets = sorted(msgs)
             ranges = recorded.get((topic, partition), [])
-            stale = stale_ranges(ranges, msgs, fingerprint, lambda msg: msg.timestamp_ms)
+            end = self.end_offset(topic, partition) if self.end_offset is not None else None
+            stale = stale_ranges(ranges, msgs, fingerprint, end)
             if stale:
                 m.STALE_RANGES.labels(self.signal).inc(len(stale))
                 log.warning("%s[%d]: ignoring %d recorded offset ranges that describe other messages "

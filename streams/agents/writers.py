@@ -30,7 +30,8 @@ async def consume_signal(rt: Runtime, signal: str, stream: Any,
     routed again after a crash) are acked together, and dead letters name the record as read."""
     w = rt.settings.worker
     writer = SignalWriter(signal, await rt.sink_when_reachable(signal), rt.settings.kafka.encoding_for,
-                          w.max_message_bytes, rt.stages, owns=rt.owns)
+                          w.max_message_bytes, rt.stages, owns=rt.owns,
+                          end_offset=rt.end_offset)
     pending: dict[tuple[str, int, int], list[tuple[Any, RawMessage]]] = {}
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
         msgs, dead, ack_now = [], [], []

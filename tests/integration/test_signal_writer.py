@@ -139,3 +139,40 @@ def test_ranges_of_a_recreated_topic_do_not_hold_new_messages(chdb_client, ch_se
     writer(chdb_client, ch_settings).write(messages(0, 9, partition=1))
     writer(chdb_client, ch_settings).write(again)
     assert count(chdb_client, ch_settings) == 35 + 20 + 10
+
+
+def test_a_second_consumer_group_cutting_batches_otherwise_writes_nothing_twice(chdb_client, ch_settings):
+    writer(chdb_client, ch_settings, group="blue").write(messages(0, 9))
+    green = writer(chdb_client, ch_settings, group="green")  # another app id over the same topic
+    first = green.write(messages(0, 4))
+    assert first.done == [] and first.held == 5  # blue's range [0, 9] holds them
+    second = green.write(messages(5, 12))
+    assert len(second.done) == 13
+    assert count(chdb_client, ch_settings) == 26
+
+
+def test_a_producer_clock_an_hour_fast_does_not_make_recorded_ranges_stale(chdb_client, ch_settings):
+    import time
+
+    hour_ahead = int(time.time() * 1000) + 3_600_000
+
+    def stamped(first: int, last: int) -> list[RawMessage]:
+        return [RawMessage(m.topic, m.partition, m.offset, m.value, timestamp_ms=hour_ahead + m.offset)
+                for m in messages(first, last)]
+
+    writer(chdb_client, ch_settings).write(stamped(0, 9))  # inserted; the worker died before committing
+    fresh = writer(chdb_client, ch_settings)
+    assert fresh.write(stamped(0, 3)).held == 4  # re-delivered in other cuts: held, not re-written
+    assert len(fresh.write(stamped(4, 14)).done) == 15
+    assert count(chdb_client, ch_settings) == 30
+
+
+def test_a_recorded_range_past_the_partition_end_is_stale(chdb_client, ch_settings):
+    from streams.otlp.batch import SourceRange
+
+    sink = ClickHouseSink(chdb_client, ch_settings, "g")
+    sink.record_ranges([SourceRange("spans", 0, 0, 50)], [(0, 0)])  # a wiped broker's old range
+    w = SignalWriter("traces", sink, lambda topic: "otlp_proto", 1 << 20, end_offset=lambda t, p: 10)
+    outcome = w.write(messages(0, 9))
+    assert len(outcome.done) == 10 and outcome.held == 0
+    assert count(chdb_client, ch_settings) == 20

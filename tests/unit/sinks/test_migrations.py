@@ -19,7 +19,7 @@ def test_embedded_render_has_no_cluster_no_ttl_and_dedup_everywhere():
         for statement in statements(sql):
             if statement.startswith("CREATE TABLE"):
                 assert "non_replicated_deduplication_window = 10000" in statement, statement[:80]
-                if "otelpipe_sink_ranges" not in statement:
+                if "otelpipe_sink_ranges" not in statement and "otelpipe_sink_ledger" not in statement:
                     assert "\nTTL" not in statement
 
 

@@ -63,21 +63,23 @@ def test_every_offset_is_planned_exactly_once():
             assert s.first_offset <= offsets[s.start] and offsets[s.stop - 1] <= s.last_offset
 
 
-def test_stale_ranges_are_found_by_fingerprint_or_time():
+def test_stale_ranges_are_found_by_fingerprint_or_offsets_never_by_clocks():
     from sinks.write_plan import RecordedRange, stale_ranges
 
-    messages = {0: ("a", 1000), 1: ("b", 1001), 2: ("c", 1002)}
+    messages = {0: "a", 1: "b", 2: "c"}
     fp = {"a": 11, "b": 12, "c": 13, "x": 99}
 
-    def check(ranges):
-        return stale_ranges(ranges, messages, lambda m: fp[m[0]], lambda m: m[1])
+    def check(ranges, end=None):
+        return stale_ranges(ranges, messages, lambda m: fp[m], end)
 
     same = RecordedRange(0, 2, 11, 13, 5000)
-    assert check([same]) == []
+    assert check([same]) == [] and check([same], end=3) == []
     other_first = RecordedRange(0, 2, 99, 13, 5000)
     other_last = RecordedRange(0, 2, 11, 99, 5000)
     assert check([other_first, other_last]) == [other_first, other_last]
-    too_old = RecordedRange(0, 2, 0, 0, 1000 - 400_000)  # recorded long before these messages existed
-    assert check([too_old]) == [too_old]
-    unknown = RecordedRange(0, 9, 0, 0, 0)  # no fingerprints, no time: kept (and held until offset 9)
+    # recorded long before these messages' timestamps (a producer with a fast clock): not stale
+    assert check([RecordedRange(0, 2, 11, 13, 1)]) == []
+    beyond_end = RecordedRange(0, 9, 11, 0, 5000)  # offset 9 does not exist: the topic was recreated
+    assert check([beyond_end], end=3) == [beyond_end]
+    unknown = RecordedRange(0, 9, 0, 0, 0)  # no fingerprints, end unknown: kept (and held until offset 9)
     assert check([unknown]) == []
