@@ -118,25 +118,26 @@ class Stages:
         now_ns = self.now_ns(messages)
         skew_ns = self.clock_skew_s * 1_000_000_000
         if signal != "metrics":
-            head = self.head
+            head = self.head  # each stage read once: a swap during this run applies to the next
             for table, batch in list(result.batches.items()):
                 sampled, counts = head.apply(batch)
                 for (stage, reason), n in counts.items():
                     m.STAGE_CHANGES.labels(stage, reason).inc(n)
                 result.batches[table] = sampled
-        if self.labels is not None:
-            naming = NamingStage(self.labels.policy.naming)
+        labels, catalog, budget = self.labels, self.catalog, self.budget
+        if labels is not None:
+            naming = NamingStage(labels.policy.naming)
             violations: list[ColumnBatch] = []
             alerts: list[dict] = []
             for table, batch in list(result.batches.items()):
-                cleaned, counts = self.labels.apply(batch, now_ns + skew_ns)
+                cleaned, counts = labels.apply(batch, now_ns + skew_ns)
                 if signal == "metrics":
                     cleaned, found, naming_counts = naming.apply(cleaned)
                     counts.update(naming_counts)
                     if found is not None:
                         violations.append(found)
-                    if self.budget is not None:
-                        cleaned, budget_counts, crossed = self.budget.apply(cleaned, now_ns)
+                    if budget is not None:
+                        cleaned, budget_counts, crossed = budget.apply(cleaned, now_ns)
                         counts.update(budget_counts)
                         alerts.extend(crossed)
                 for (stage, reason), n in counts.items():
@@ -152,8 +153,8 @@ class Stages:
                 names, columns = alert_table_columns(alerts)
                 result.batches[ALERTS_TABLE] = ColumnBatch(ALERTS_TABLE, dict(zip(names, columns)))
                 result.alerts.extend(alerts)
-        if self.catalog.entries:
+        if catalog.entries:
             for table, batch in list(result.batches.items()):
                 if table not in (VIOLATIONS_TABLE, ALERTS_TABLE):
-                    result.batches[table] = self.catalog.apply(batch)
+                    result.batches[table] = catalog.apply(batch)
         return result

@@ -162,9 +162,19 @@ class SeriesBudgetStage:
         self._pending: dict[str, SeriesState] = {}
         self._deletes: set[str] = set()
         self._alerts: list[dict[str, Any]] = []
+        self._incoming: BudgetPolicy | None = None
 
     def set_policy(self, policy: BudgetPolicy) -> None:
-        """A reloaded policy: new limits apply to the next batch; what was seen stays."""
+        """A reloaded policy (from any thread): it takes effect at the next ``begin``, between two
+        writes, never inside a batch being decided. What was seen stays."""
+        self._incoming = policy
+        if self.autocommit:  # no writes to wait for (replays, tests)
+            self._adopt()
+
+    def _adopt(self) -> None:
+        policy, self._incoming = self._incoming, None
+        if policy is None:
+            return
         self.policy = policy
         self._seed = xxhash.xxh32_intdigest(policy.seed.encode())
         self._window_ns = policy.window_s * 1_000_000_000
@@ -181,7 +191,9 @@ class SeriesBudgetStage:
     # ------------------------------------------------------------ state
 
     def begin(self) -> None:
-        """Forget uncommitted changes (a failed write is retried from the stored state)."""
+        """Forget uncommitted changes (a failed write is retried from the stored state), and adopt
+        a policy set since the last write."""
+        self._adopt()
         self._pending.clear()
         self._deletes.clear()
         self._alerts.clear()

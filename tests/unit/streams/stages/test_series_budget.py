@@ -131,3 +131,17 @@ def test_a_metric_has_a_bounded_number_of_state_keys_over_any_run_of_windows():
         ts = T0 + hour * HOUR
         stage.apply(points("m", [{"u": str(hour)}], ts=ts), now_ns=ts)
     assert len(stage.store) <= 4
+
+
+def test_a_policy_set_while_a_write_is_in_progress_applies_from_the_next_write():
+    store: dict[str, bytes] = {}
+    stage = SeriesBudgetStage(budgets(default_limit=3, action="drop"), store.get)
+    stage.begin()
+    out, _, _ = stage.apply(points("m", [{"u": "1"}]))
+    stage.set_policy(budgets(default_limit=1, action="drop"))  # from the event loop, mid-batch
+    out, _, _ = stage.apply(points("m", [{"u": "2"}]))
+    assert len(out) == 1, "the batch in progress keeps the policy it started with"
+    stage.commit()
+    stage.begin()
+    out, _, _ = stage.apply(points("m", [{"u": "3"}]))
+    assert len(out) == 0
