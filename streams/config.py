@@ -154,7 +154,7 @@ class KafkaSettings(Section):
     dlq_suffix: str = setting(".dlq", "Suffix of a source topic's dead-letter topic: otlp_spans.dlq.")
     routed_suffix: str = setting(
         ".routed", "Suffix of the internal topic a source's records are routed through by key "
-                   "(metrics by metric name): otlp_metrics.routed.")
+                   "(metrics by metric name): otelpipe.otlp_metrics.routed.")
     # Local broker (otelpipe kafka up); ignored when bootstrap_servers points elsewhere.
     local_data_dir: str = setting(".otelpipe/kafka", "Data and log directory of the local broker.")
     local_controller_port: Port = setting(9093, "Controller listener port of the local KRaft broker.")
@@ -411,7 +411,9 @@ class Settings(BaseSettings):
         return [self.kafka.spans_topic, self.kafka.logs_topic, self.kafka.metrics_topic]
 
     def routed_topic(self, topic: str) -> str:
-        return topic + self.kafka.routed_suffix
+        """An internal topic of this deployment: ``<app_id>.<topic><routed_suffix>``. Two
+        deployments (app ids) on one broker never read each other's routed records."""
+        return f"{self.worker.app_id}.{topic}{self.kafka.routed_suffix}"
 
     def state_topic(self, name: str) -> str:
         """The compacted changelog topic of a stage's state (per consumer group)."""

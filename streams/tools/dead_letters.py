@@ -6,7 +6,7 @@ original key and headers (the ``otelpipe.dlq.*`` headers removed), under the con
 ``<app_id>.dlq-replay``, whose committed offsets remember what was re-fed: running it twice re-feeds
 nothing twice. A letter that still fails lands in the dead-letter topic again, as a new letter.
 
-Letters of a routed topic (``otlp_metrics.routed.dlq``) hold a routed part, an Avro envelope
+Letters of a routed topic (``otelpipe.otlp_metrics.routed.dlq``) hold a routed part, an Avro envelope
 around a piece of a source request: they are shown with the source message they came from, and
 re-fed as that piece (a request of their own) to the source topic, where they are routed again.
 A routed letter whose envelope cannot be read is counted and left where it is.
