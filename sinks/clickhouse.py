@@ -314,18 +314,20 @@ class ClickHouseSink:
             column_oriented=True, settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
         )
 
-    def write_missing(self, batch: ColumnBatch, token: str) -> tuple[int, int]:
+    def write_missing(self, batch: ColumnBatch, token: str, stage_name: str = "") -> tuple[int, int]:
         """Insert only the rows whose RecordId the table lacks in the batch's time range.
 
         For replays and backfills, whose offsets differ from the first delivery: the batch goes to
         a staging table (Memory engine, same columns, so ClickHouse computes RecordId the same way),
         then ``INSERT ... SELECT`` takes the rows not already stored. Returns (inserted, skipped).
+        ``stage_name`` makes the staging table this caller's own (``_replay_stage_<table>_<name>``),
+        so replays running at once never truncate each other's; ``drop_stages`` removes them.
         """
         if not len(batch):
             return 0, 0
         column = PARTITION_TIME_COLUMN[batch.table]
         db, table = self.database, batch.table
-        stage = f"{db}._replay_stage_{table}"
+        stage = f"{db}._replay_stage_{table}" + (f"_{stage_name}" if stage_name else "")
         inserted = skipped = 0
         for i, piece in enumerate(blocks_within_partition_limit(batch)):
             self.client.command(f"CREATE TABLE IF NOT EXISTS {stage} AS {db}.{table} ENGINE = Memory")
@@ -348,6 +350,11 @@ class ClickHouseSink:
             skipped += int(dupes)
             inserted += len(piece) - int(dupes)
         return inserted, skipped
+
+    def drop_stages(self, stage_name: str) -> None:
+        """Drop the staging tables ``write_missing`` made under ``stage_name``."""
+        for table in PARTITION_TIME_COLUMN:
+            self.client.command(f"DROP TABLE IF EXISTS {self.database}._replay_stage_{table}_{stage_name}")
 
     def recorded_ranges(self, starts: dict[tuple[str, int], int],
                         ends: dict[tuple[str, int], int] | None = None) -> dict[tuple[str, int], list[RecordedRange]]:

@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
@@ -132,7 +133,7 @@ def save_progress(sink: ClickHouseSink, rid: str, plan: PartitionPlan, next_offs
 
 
 def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink, stages: Stages, rid: str,
-                   summary: ReplaySummary) -> list:
+                   summary: ReplaySummary, stage_name: str = "") -> list:
     """The same stages as the worker, then only what the target lacks. Returns the dead letters."""
     with gc_paused():
         result = stages.run(signal, messages)
@@ -142,7 +143,7 @@ def write_messages(signal: str, messages: list[RawMessage], sink: ClickHouseSink
             if table not in PARTITION_TIME_COLUMN:  # report tables (violations) collapse repeats themselves
                 sink.write(batch, token)
                 continue
-            inserted, skipped = sink.write_missing(batch, token)
+            inserted, skipped = sink.write_missing(batch, token, stage_name)
             summary.written += inserted
             summary.skipped += skipped
             summary.rows_by_table[table] = summary.rows_by_table.get(table, 0) + inserted
@@ -169,6 +170,7 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     await consumer.start()
     await producer.start()
     started = time.monotonic()
+    stage_name = uuid.uuid4().hex[:12]  # this run's staging tables: replays running at once never share one
     try:
         done_before = load_progress(sink, rid)
         for signal in signals:
@@ -194,9 +196,12 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
                                            tuple((k, v) for k, v in (r.headers or ())), r.timestamp)
                                 for r in records if r.offset < plan.stop]
                     if not records:
+                        # Nothing left to fetch before the stop offset: the rest are transaction
+                        # markers or compacted away, and the position has moved past them.
+                        position = await consumer.position(tp)
                         continue
                     if messages:
-                        dead = write_messages(signal, messages, sink, stages, rid, summary)
+                        dead = write_messages(signal, messages, sink, stages, rid, summary, stage_name)
                         for letter in dead:
                             headers = letter.headers() + [("otelpipe.dlq.replay_id", rid.encode())]
                             await producer.send_and_wait(settings.dlq_topic(letter.message.topic),
@@ -217,6 +222,10 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     finally:
         await consumer.stop()
         await producer.stop()
+        try:
+            sink.drop_stages(stage_name)
+        except Exception:  # best effort: a leftover staging table holds no data anyone reads
+            pass
 
 
 def parse_time(text: str, now_ms: int | None = None) -> int:
