@@ -5,15 +5,22 @@
  * appends one value per span to each of the 34 lists in `columns` (the order of
  * otlp_decode.TRACE_COLUMNS). It produces exactly what the pure-Python decoder produces (a test
  * compares both on every field and on mutated payloads); values that are rare and intricate to
- * format (doubles, bytes, arrays, kvlists) are handed to `fallback(kind, raw)` in Python.
+ * format (doubles, bytes, arrays, kvlists) are handed to `fallback(raw)` in Python.
  *
- * Known difference: of a singular string field sent twice, only the last occurrence is read and
- * validated as UTF-8 (the protobuf library validates both); such a message is stored here where
- * the library would refuse it.
+ * Two passes. The first (validate) accepts only what the protobuf library (upb) accepts, and
+ * all of it but field number 0 inside an unknown group (refused by upb from version 37). It
+ * checks every field of every message in opentelemetry-proto's trace, common and resource
+ * descriptors (SCHEMA below), the fields the second pass never reads included, as upb checks
+ * them: tags of at most 5 bytes and 32 bits, lengths of at most 5 bytes and 31 bits, varints of
+ * at most 10 bytes, proto3 strings valid UTF-8, nested messages well-formed, unknown groups
+ * closed, messages and groups nested at most 100 deep counted from the request. The second pass
+ * builds the rows with protobuf's merge semantics: the last occurrence of a scalar wins, the
+ * occurrences of a singular message merge (their bytes are read one after the other).
  *
  * Errors raise ValueError(reason, detail) with the reasons the Python decoder uses
- * ("undecodable", "invalid_id", "invalid_value"); the caller takes back the rows of a message
- * that failed half-way. Returns (spans appended, resource_spans seen).
+ * ("undecodable", "invalid_id", "invalid_value", "too_deep"); the caller takes back the rows of a
+ * message that failed half-way and lets the protobuf library decide, so a refusal here can never
+ * disagree with it. Returns (spans appended, resource_spans seen).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -42,6 +49,7 @@ static int fail(const char *reason, const char *detail) {
     return -1;
 }
 
+/* A varint of at most 10 bytes; bits past 64 are dropped, as protobuf drops them. */
 static int read_varint(Buf *b, uint64_t *out) {
     uint64_t v = 0; int shift = 0;
     while (b->p < b->end && shift < 64) {
@@ -53,19 +61,35 @@ static int read_varint(Buf *b, uint64_t *out) {
     return fail("undecodable", "truncated or overlong varint");
 }
 
+/* A tag or a length as upb reads them: at most 5 bytes, and at most `max`. */
+static Py_NO_INLINE int read_varint32(Buf *b, uint64_t max, uint64_t *out) {
+    uint64_t v = 0;
+    for (int i = 0; i < 5 && b->p < b->end; i++) {
+        uint8_t c = *b->p++;
+        v |= (uint64_t)(c & 0x7f) << (7 * i);
+        if (!(c & 0x80)) {
+            if (v > max) return fail("undecodable", "tag past 32 bits or length past 31 bits");
+            *out = v;
+            return 0;
+        }
+    }
+    return fail("undecodable", "truncated or overlong tag or length");
+}
+
 /* Next field: tag and, for LEN fields, the sub-buffer; for fixed/varint, the value. */
 typedef struct { uint32_t field; int wire; uint64_t num; Buf sub; } Field;
 
-/* protobuf's own limits: field numbers below 2^29, and groups/messages nested at most 100 deep. */
-#define MAX_FIELD_NUMBER ((1u << 29) - 1)
-#define MAX_GROUP_DEPTH 100
+/* protobuf's own limits: tags fit 32 bits (so field numbers are below 2^29), lengths 31 bits,
+ * and messages and groups nest at most 100 deep. */
+#define MAX_DEPTH 100
+#define MAX_GROUP_DEPTH MAX_DEPTH
 
 /* One tag and its value, without looking into groups: 0 a field, 1 an end-group tag,
  * 2 a start-group tag (the caller skips the group), -1 an error. */
-static int read_tag(Buf *b, Field *f) {
+static inline int read_tag(Buf *b, Field *f) {
     uint64_t key;
-    if (read_varint(b, &key) < 0) return -1;
-    if ((key >> 3) > MAX_FIELD_NUMBER) return fail("undecodable", "field number past 2^29 - 1");
+    if (b->p < b->end && *b->p < 0x80) key = *b->p++;
+    else if (read_varint32(b, UINT32_MAX, &key) < 0) return -1;
     f->field = (uint32_t)(key >> 3); f->wire = (int)(key & 7);
     if (f->field == 0) return fail("undecodable", "field number 0");
     switch (f->wire) {
@@ -80,7 +104,8 @@ static int read_tag(Buf *b, Field *f) {
     }
     case 2: {
         uint64_t len;
-        if (read_varint(b, &len) < 0) return -1;
+        if (b->p < b->end && *b->p < 0x80) len = *b->p++;
+        else if (read_varint32(b, INT32_MAX, &len) < 0) return -1;
         if (len > (uint64_t)(b->end - b->p)) return fail("undecodable", "truncated length-delimited field");
         f->sub.p = b->p; f->sub.end = b->p + len; b->p += len; return 0;
     }
@@ -134,6 +159,235 @@ static PyObject *utf8(Buf s) {
     return o;
 }
 
+/* ---------------------------------------------------------------- pass 1: validate
+ *
+ * The messages of an ExportTraceServiceRequest, field by field, as opentelemetry-proto's
+ * descriptors declare them (trace/v1/trace.proto, common/v1/common.proto,
+ * resource/v1/resource.proto, collector/trace/v1/trace_service.proto). A test compares this
+ * table with the installed descriptors, so a field added upstream cannot go unchecked here. */
+enum {
+    M_REQUEST, M_RESOURCE_SPANS, M_RESOURCE, M_ENTITY_REF, M_SCOPE_SPANS, M_SCOPE, M_SPAN, M_EVENT,
+    M_LINK, M_STATUS, M_KEY_VALUE, M_ANY_VALUE, M_ARRAY_VALUE, M_KEY_VALUE_LIST, M_COUNT
+};
+/* How a field is checked: strings as UTF-8, messages field by field; every other kind (and every
+ * field sent with a wire type other than its own) is read as protobuf reads unknown fields. */
+enum { K_NONE, K_VARINT, K_FIXED64, K_FIXED32, K_BYTES, K_STRING, K_MESSAGE };
+static const char *const KIND_NAMES[] = {"", "varint", "fixed64", "fixed32", "bytes", "string", "message"};
+#define MAX_SCHEMA_FIELD 16
+typedef struct { uint8_t kind, sub; } FieldSpec;
+typedef struct { const char *name; FieldSpec fields[MAX_SCHEMA_FIELD + 1]; } MessageSpec;
+
+#define V {K_VARINT, 0}
+#define F64 {K_FIXED64, 0}
+#define F32 {K_FIXED32, 0}
+#define BY {K_BYTES, 0}
+#define S {K_STRING, 0}
+#define M(t) {K_MESSAGE, t}
+static const MessageSpec SCHEMA[M_COUNT] = {
+    [M_REQUEST] = {"opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest",
+                   {[1] = M(M_RESOURCE_SPANS)}},
+    [M_RESOURCE_SPANS] = {"opentelemetry.proto.trace.v1.ResourceSpans",
+                          {[1] = M(M_RESOURCE), [2] = M(M_SCOPE_SPANS), [3] = S}},
+    [M_RESOURCE] = {"opentelemetry.proto.resource.v1.Resource",
+                    {[1] = M(M_KEY_VALUE), [2] = V, [3] = M(M_ENTITY_REF)}},
+    [M_ENTITY_REF] = {"opentelemetry.proto.common.v1.EntityRef", {[1] = S, [2] = S, [3] = S, [4] = S}},
+    [M_SCOPE_SPANS] = {"opentelemetry.proto.trace.v1.ScopeSpans",
+                       {[1] = M(M_SCOPE), [2] = M(M_SPAN), [3] = S}},
+    [M_SCOPE] = {"opentelemetry.proto.common.v1.InstrumentationScope",
+                 {[1] = S, [2] = S, [3] = M(M_KEY_VALUE), [4] = V}},
+    [M_SPAN] = {"opentelemetry.proto.trace.v1.Span",
+                {[1] = BY, [2] = BY, [3] = S, [4] = BY, [5] = S, [6] = V, [7] = F64, [8] = F64,
+                 [9] = M(M_KEY_VALUE), [10] = V, [11] = M(M_EVENT), [12] = V, [13] = M(M_LINK), [14] = V,
+                 [15] = M(M_STATUS), [16] = F32}},
+    [M_EVENT] = {"opentelemetry.proto.trace.v1.Span.Event",
+                 {[1] = F64, [2] = S, [3] = M(M_KEY_VALUE), [4] = V}},
+    [M_LINK] = {"opentelemetry.proto.trace.v1.Span.Link",
+                {[1] = BY, [2] = BY, [3] = S, [4] = M(M_KEY_VALUE), [5] = V, [6] = F32}},
+    [M_STATUS] = {"opentelemetry.proto.trace.v1.Status", {[2] = S, [3] = V}},
+    [M_KEY_VALUE] = {"opentelemetry.proto.common.v1.KeyValue", {[1] = S, [2] = M(M_ANY_VALUE), [3] = V}},
+    [M_ANY_VALUE] = {"opentelemetry.proto.common.v1.AnyValue",
+                     {[1] = S, [2] = V, [3] = V, [4] = F64, [5] = M(M_ARRAY_VALUE), [6] = M(M_KEY_VALUE_LIST),
+                      [7] = BY, [8] = V}},
+    [M_ARRAY_VALUE] = {"opentelemetry.proto.common.v1.ArrayValue", {[1] = M(M_ANY_VALUE)}},
+    [M_KEY_VALUE_LIST] = {"opentelemetry.proto.common.v1.KeyValueList", {[1] = M(M_KEY_VALUE)}},
+};
+#undef V
+#undef F64
+#undef F32
+#undef BY
+#undef S
+#undef M
+
+/* Well-formed UTF-8 as Unicode defines it (no overlong forms, no surrogates, nothing past
+ * U+10FFFF): what upb and Python's strict decoder accept. ASCII is checked 8 bytes at a time. */
+static inline int utf8_valid(const uint8_t *p, const uint8_t *end) {
+    while (p < end) {
+        while (end - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (w & 0x8080808080808080ULL) break;
+            p += 8;
+        }
+        while (p < end && *p < 0x80) p++;
+        if (p == end) return 1;
+        uint8_t c = p[0];
+        Py_ssize_t left = end - p;
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (left < 2 || (p[1] & 0xC0) != 0x80) return 0;
+            p += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (left < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && p[1] < 0xA0) return 0; /* overlong */
+            if (c == 0xED && p[1] > 0x9F) return 0; /* surrogates */
+            p += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (left < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80) return 0;
+            if (c == 0xF0 && p[1] < 0x90) return 0; /* overlong */
+            if (c == 0xF4 && p[1] > 0x8F) return 0; /* past U+10FFFF */
+            p += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Skip an unknown group whose start tag was just read, as upb does: every tag inside read, up
+ * to the end tag of the same field number, inside the enclosing message. `room` is how many
+ * levels of nesting are left (the group itself takes one). Iterative. */
+static int skip_unknown_group(Buf *b, uint32_t field, int room) {
+    uint32_t open[MAX_DEPTH];
+    int depth = 0;
+    if (room < 1) return fail("too_deep", "messages and groups nested more than 100 deep");
+    open[depth++] = field;
+    while (depth > 0) {
+        Field g;
+        if (b->p >= b->end) return fail("undecodable", "unterminated group");
+        /* read_tag refuses field number 0, which upb before 37 accepts inside unknown groups
+           (later versions refuse it): the protobuf library then decides. */
+        int r = read_tag(b, &g);
+        if (r < 0) return -1;
+        if (r == 2) {
+            if (depth >= room) return fail("too_deep", "messages and groups nested more than 100 deep");
+            open[depth++] = g.field;
+        } else if (r == 1) {
+            if (g.field != open[depth - 1]) return fail("undecodable", "mismatched end group");
+            depth--;
+        }
+    }
+    return 0;
+}
+
+/* The whole request, as upb would parse it, without building anything: 0 if upb accepts it.
+ * Iterative: one frame per open message, at most MAX_DEPTH + 1 of them. One-byte tags and
+ * lengths (nearly all of them) are read inline; longer ones by read_varint32. */
+static int validate(Buf b) {
+    struct { const uint8_t *end; int type; } stack[MAX_DEPTH + 1];
+    int top = 0;
+    const uint8_t *p = b.p, *end = b.end;
+    const FieldSpec *fields = SCHEMA[M_REQUEST].fields;
+    stack[0].end = end;
+    stack[0].type = M_REQUEST;
+    for (;;) {
+        if (p == end) {
+            if (top == 0) return 0;
+            top--;
+            end = stack[top].end;
+            fields = SCHEMA[stack[top].type].fields;
+            continue;
+        }
+        uint64_t key;
+        if (*p < 0x80) key = *p++;
+        else {
+            Buf m = {p, end};
+            if (read_varint32(&m, UINT32_MAX, &key) < 0) return -1;
+            p = m.p;
+        }
+        uint32_t field = (uint32_t)(key >> 3);
+        if (field == 0) return fail("undecodable", "field number 0");
+        switch (key & 7) {
+        case 0: {
+            const uint8_t *limit = end - p > 10 ? p + 10 : end;
+            while (p < limit && (*p & 0x80)) p++;
+            if (p == limit) return fail("undecodable", "truncated or overlong varint");
+            p++;
+            break;
+        }
+        case 1:
+            if (end - p < 8) return fail("undecodable", "truncated fixed64");
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4) return fail("undecodable", "truncated fixed32");
+            p += 4;
+            break;
+        case 2: {
+            uint64_t len;
+            if (p < end && *p < 0x80) len = *p++;
+            else {
+                Buf m = {p, end};
+                if (read_varint32(&m, INT32_MAX, &len) < 0) return -1;
+                p = m.p;
+            }
+            if (len > (uint64_t)(end - p)) return fail("undecodable", "truncated length-delimited field");
+            const uint8_t *sub = p;
+            p += len;
+            if (field > MAX_SCHEMA_FIELD) break;
+            FieldSpec spec = fields[field];
+            if (spec.kind == K_STRING) {
+                if (!utf8_valid(sub, p)) return fail("undecodable", "string field is not valid UTF-8");
+            } else if (spec.kind == K_MESSAGE) {
+                if (top == MAX_DEPTH) return fail("too_deep", "messages nested more than 100 deep");
+                top++;
+                stack[top].end = end = p;
+                stack[top].type = spec.sub;
+                fields = SCHEMA[spec.sub].fields;
+                p = sub;
+            }
+            break;
+        }
+        case 3: {
+            /* a group, known field number or not: no field here is a group, so it is unknown */
+            Buf m = {p, end};
+            if (skip_unknown_group(&m, field, MAX_DEPTH - top) < 0) return -1;
+            p = m.p;
+            break;
+        }
+        case 4: return fail("undecodable", "end group outside a group");
+        default: return fail("undecodable", "invalid wire type");
+        }
+    }
+}
+
+/* The table above, for the test that compares it with the descriptors:
+ * {message name: {field number: (kind, message name or None)}}. */
+static PyObject *schema(PyObject *self, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    if (!out) return NULL;
+    for (int t = 0; t < M_COUNT; t++) {
+        PyObject *fields = PyDict_New();
+        if (!fields || PyDict_SetItemString(out, SCHEMA[t].name, fields) < 0) { Py_XDECREF(fields); goto error; }
+        Py_DECREF(fields);
+        for (int n = 1; n <= MAX_SCHEMA_FIELD; n++) {
+            FieldSpec spec = SCHEMA[t].fields[n];
+            if (spec.kind == K_NONE) continue;
+            PyObject *key = PyLong_FromLong(n);
+            PyObject *value = spec.kind == K_MESSAGE
+                ? Py_BuildValue("(ss)", KIND_NAMES[spec.kind], SCHEMA[spec.sub].name)
+                : Py_BuildValue("(sO)", KIND_NAMES[spec.kind], Py_None);
+            int rc = (key && value) ? PyDict_SetItem(fields, key, value) : -1;
+            Py_XDECREF(key); Py_XDECREF(value);
+            if (rc < 0) goto error;
+        }
+    }
+    return out;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- pass 2: rows */
+
 static const char HEX[] = "0123456789abcdef";
 
 static PyObject *hex_id(Buf s, Py_ssize_t size, const char *what) {
@@ -172,7 +426,6 @@ static PyObject *any_value(Buf b, PyObject *fallback) {
     default: break;
     }
     /* double, arrays, kvlists, bytes: the Python formatter, from the AnyValue's own bytes */
-    (void)raw;
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)raw.p, raw.end - raw.p);
     if (!bytes) return NULL;
     PyObject *o = PyObject_CallFunctionObjArgs(fallback, bytes, NULL);
@@ -180,19 +433,36 @@ static PyObject *any_value(Buf b, PyObject *fallback) {
     return o;
 }
 
-/* repeated KeyValue appended into dict `out` (later keys win, as in the Python decoder). */
+/* repeated KeyValue appended into dict `out` (later keys win, as in the Python decoder). A value
+ * sent more than once merges, as protobuf merges a singular message: the AnyValue read is the
+ * occurrences' bytes one after the other (a oneof member set later wins, and two occurrences of
+ * the same array or kvlist member merge, exactly as protobuf parses them). */
 static int key_value(Buf b, PyObject *out, PyObject *fallback) {
-    Field f; Buf key = {NULL, NULL}, value = {NULL, NULL}; int has_value = 0;
+    Field f; Buf key = {NULL, NULL}, value = {NULL, NULL}, all = b; int nvalues = 0;
+    size_t total = 0;
     while (b.p < b.end) {
         if (next_field(&b, &f) < 0) return -1;
         if (f.field == 1) { if (f.wire != 2) continue; key = f.sub; }
-        else if (f.field == 2) { if (f.wire != 2) continue; value = f.sub; has_value = 1; }
+        else if (f.field == 2) {
+            if (f.wire != 2) continue;
+            value = f.sub; nvalues++; total += (size_t)(f.sub.end - f.sub.p);
+        }
     }
     PyObject *k = key.p ? utf8(key) : (Py_INCREF(str_empty), str_empty);
     if (!k) return -1;
     PyObject *v;
-    if (has_value) v = any_value(value, fallback);
-    else { v = str_empty; Py_INCREF(v); }
+    if (nvalues == 0) { v = str_empty; Py_INCREF(v); }
+    else if (nvalues == 1) v = any_value(value, fallback);
+    else {
+        uint8_t *joined = PyMem_Malloc(total ? total : 1), *w = joined;
+        if (!joined) { Py_DECREF(k); PyErr_NoMemory(); return -1; }
+        while (all.p < all.end) {
+            if (next_field(&all, &f) < 0) { PyMem_Free(joined); Py_DECREF(k); return -1; }
+            if (f.field == 2 && f.wire == 2) { memcpy(w, f.sub.p, f.sub.end - f.sub.p); w += f.sub.end - f.sub.p; }
+        }
+        v = any_value((Buf){joined, joined + total}, fallback);
+        PyMem_Free(joined);
+    }
     if (!v) { Py_DECREF(k); return -1; }
     int rc = PyDict_SetItem(out, k, v);
     Py_DECREF(k); Py_DECREF(v);
@@ -556,6 +826,8 @@ static PyObject *decode_spans(PyObject *self, PyObject *args) {
     Buf b = {(const uint8_t *)payload.buf, (const uint8_t *)payload.buf + payload.len};
     Py_ssize_t nspans = 0, nresources = 0;
     Field f;
+    /* Pass 1: refuse whatever the protobuf library refuses, before any row is built. */
+    if (validate(b) < 0) goto out;
     while (b.p < b.end) {
         if (next_field(&b, &f) < 0) goto out;
         if (f.field == 1) {
@@ -578,6 +850,8 @@ out:
 static PyMethodDef methods[] = {
     {"decode_spans", decode_spans, METH_VARARGS,
      "decode_spans(payload, columns, none, fallback) -> (spans, resource_spans)"},
+    {"schema", schema, METH_NOARGS,
+     "schema() -> {message: {field number: (kind, message or None)}}: the messages the validator checks"},
     {NULL, NULL, 0, NULL},
 };
 
