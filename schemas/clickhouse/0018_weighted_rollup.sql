@@ -10,11 +10,10 @@ ALTER TABLE ${database}.otel_traces_rollup_1m ${on_cluster}
     ADD COLUMN IF NOT EXISTS EstimatedErrors SimpleAggregateFunction(sum, Float64) DEFAULT toFloat64(Errors),
     ADD COLUMN IF NOT EXISTS EstimatedLatencyBuckets AggregateFunction(sumForEach, Array(Float64));
 
-DROP VIEW IF EXISTS ${database}.otel_traces_rollup_1m_mv ${on_cluster};
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS ${database}.otel_traces_rollup_1m_mv ${on_cluster}
-TO ${database}.otel_traces_rollup_1m
-AS SELECT
+-- The view's query is replaced in place (one atomic ALTER): no moment in which spans are ingested
+-- and the rollup misses them, as dropping and creating the view would leave.
+ALTER TABLE ${database}.otel_traces_rollup_1m_mv ${on_cluster} MODIFY QUERY
+SELECT
     toStartOfMinute(Timestamp) AS Minute,
     ServiceName,
     SpanName,
