@@ -120,6 +120,37 @@ async def plan_partitions(consumer: AIOKafkaConsumer, bootstrap: str, topic: str
     return plans
 
 
+async def start_from_live_budgets(settings: Settings, stages: Stages) -> int:
+    """Seed the replay's series budgets with the live workers' state (their compacted changelog).
+
+    A point the live worker bucketized or dropped is then decided the same way by the replay (the
+    window's admitted series and its bucketized label are in that state), so the replayed row has
+    the same ``RecordId`` and is skipped instead of written a second time. Windows whose state has
+    been overwritten since are counted afresh. The live state is read, never written. Returns the
+    number of state keys read."""
+    from streams.agents.keyed_state import ChangelogState
+    from streams.agents.routing import route_partition
+    from streams.stages.series_budget import SeriesBudgetStage, metric_of_key
+    from streams.tools.kafka_admin import topic_partitions
+
+    if stages.labels is None or not stages.labels.policy.budgets.enabled:
+        return 0
+    k = settings.kafka
+    topic = settings.state_topic("series-budget")
+    available = await topic_partitions(k.bootstrap_servers, topic)
+    if not available:
+        return 0
+    live = ChangelogState(k.bootstrap_servers, topic, lambda key: route_partition(metric_of_key(key), k.partitions))
+    await live.restore(set(available))
+    budget = SeriesBudgetStage.in_memory(stages.labels.policy.budgets, settings.worker.max_clock_skew_s)
+    for key in live.keys():
+        value = live.get(key)
+        if value is not None:
+            budget.store[key] = value  # type: ignore[attr-defined]
+    stages.budget = budget
+    return len(budget.store)  # type: ignore[attr-defined]
+
+
 def load_progress(sink: ClickHouseSink, rid: str) -> dict[tuple[str, int], int]:
     result = sink.client.query(
         f"SELECT Topic, Partition, argMax(NextOffset, UpdatedAt) FROM {sink.database}.{PROGRESS_TABLE} "
@@ -161,6 +192,8 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     """
     rid = replay_id(signals, *(range_text or (from_ms, to_ms)), partitions, sink.database)
     stages = Stages.from_settings(settings)
+    if "metrics" in signals:
+        await start_from_live_budgets(settings, stages)
     summary = summary if summary is not None else ReplaySummary()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",

@@ -126,3 +126,25 @@ def test_budget_state_survives_kill_9_and_stays_exact_with_two_workers(worker_fa
         assert known_again() >= 30, "\n".join(counters)
     finally:
         second.stop()
+
+
+def test_a_replay_of_a_range_the_budgets_bucketized_live_writes_no_second_copy(worker_factory, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[budgets]\ndefault_limit = 1000\nbuckets = 10\n'
+                      f'[[budgets.metrics]]\nname = "{METRIC}"\nlimit = 20\naction = "bucketize"\n')
+    worker = worker_factory(OTELPIPE_WORKER_LABEL_POLICY=str(policy)).start()
+    now = time.time_ns()
+    values = [gauge_request(METRIC, f"u{i}", now - (60 - i) * 10**9) for i in range(60)]
+    asyncio.run(_send(worker.settings.kafka.bootstrap_servers, worker.settings.kafka.metrics_topic, values))
+    query = f"SELECT count() FROM {{db}}.otel_metrics_gauge WHERE MetricName = '{METRIC}'"
+    worker.wait_for(query, 60)
+    bucketed = worker.scalar(f"SELECT count() FROM {{db}}.otel_metrics_gauge WHERE MetricName = '{METRIC}' "
+                             "AND Attributes['user.id'] LIKE 'bucket_%'")
+    assert bucketed == 40
+    worker.stop()  # one process per chDB path: the replay opens it next
+    done = cli(worker, "replay", "--signal", "metrics", "--from", "1h")
+    assert done.returncode == 0, done.stderr
+    worker.start()
+    assert worker.scalar(query) == 60, "the bucketized points were recognised, not written raw again"
+    assert worker.scalar(f"SELECT count() FROM {{db}}.otel_metrics_gauge WHERE MetricName = '{METRIC}' "
+                         "AND Attributes['user.id'] LIKE 'bucket_%'") == 40
