@@ -120,6 +120,19 @@ async def plan_partitions(consumer: AIOKafkaConsumer, bootstrap: str, topic: str
     return plans
 
 
+async def apply_live_sampling_rates(settings: Settings, stages: Stages) -> int:
+    """Head-sampling rates as the workers apply them now: the configured ones with the overrides
+    on the sampling control topic (``otelpipe sampling set``). Returns the number of overrides."""
+    from streams.agents.followers import ControlFollowers, read_compacted_topic
+
+    records = await read_compacted_topic(settings.kafka.bootstrap_servers, settings.sampling.control_topic)
+    if not records:
+        return 0
+    control = ControlFollowers(settings, stages)
+    control.apply_sampling_records(records)
+    return len(control.sampling_overrides)
+
+
 async def start_from_live_budgets(settings: Settings, stages: Stages) -> int:
     """Seed the replay's series budgets with the live workers' state (their compacted changelog).
 
@@ -194,6 +207,7 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
     stages = Stages.from_settings(settings)
     if "metrics" in signals:
         await start_from_live_budgets(settings, stages)
+    await apply_live_sampling_rates(settings, stages)
     summary = summary if summary is not None else ReplaySummary()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",

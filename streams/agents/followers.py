@@ -88,6 +88,30 @@ async def follow_compacted_topic(bootstrap_servers: str, topic: str, on_records:
         delay = min(delay * 2, retry_max_s)
 
 
+async def read_compacted_topic(bootstrap_servers: str, topic: str) -> list:
+    """A one-partition compacted topic's records, from the start to its current end (an absent or
+    empty topic: none). For tools that need what the workers follow, once."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.tools.kafka_admin import topic_partitions
+
+    if not await topic_partitions(bootstrap_servers, topic):
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        records: list = []
+        while await consumer.position(tp) < end:
+            records.extend(r for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []) if r.offset < end)
+        return records
+    finally:
+        await consumer.stop()
+
+
 def _file_mtime(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
