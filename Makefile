@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit install kafka-up kafka-down bench bench-tail faults clean
+.PHONY: demo test unit install kafka-up kafka-down bench bench-tail faults fuzz clean
 
 demo: install
 	$(BIN)/otelpipe demo
@@ -36,6 +36,15 @@ bench-tail: install kafka-up
 
 faults: install kafka-up
 	$(BIN)/python bench/fault_report.py
+
+# Every fuzz target (tests/fuzz/) for FUZZ_SECONDS each, under AddressSanitizer where gcc has it;
+# FUZZ_ARGS passes more options to tests/fuzz/run.py (e.g. --collect, --target spans_proto).
+FUZZ_SECONDS ?= 300
+FUZZ_JOBS    ?= 2
+FUZZ_ARGS    ?=
+
+fuzz: install
+	$(BIN)/python tests/fuzz/run.py --all --differential --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --asan auto $(FUZZ_ARGS)
 
 clean: kafka-down
 	rm -rf .otelpipe

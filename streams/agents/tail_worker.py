@@ -117,6 +117,9 @@ class TailWorker:
                 value = self.parts.get(key)
                 if value is None:
                     continue
+                if not self._is_part(key, value):  # anyone can produce to the topic: not ours, cleared
+                    copies.append(key)
+                    continue
                 if key in in_rounds:
                     index.add(key, self._records(value), now_ms)  # the redo below finishes it
                 elif not index.add(key, self._records(value), now_ms):
@@ -144,6 +147,18 @@ class TailWorker:
         self._gauges()
 
     @staticmethod
+    def _is_part(key: str, value: bytes) -> bool:
+        """A routed part: a ``c/`` key that parses, and an envelope."""
+        if not key.startswith("c/"):
+            return False
+        try:
+            parse_part_key(key)
+            decode_envelope(value)
+        except (BadMessage, ValueError):
+            return False
+        return True
+
+    @staticmethod
     def _records(value: bytes) -> int:
         try:
             return int(decode_envelope(value).get("records", 0))
@@ -162,8 +177,9 @@ class TailWorker:
                     continue  # restored already, a tombstone, or not a part
                 try:
                     env = decode_envelope(value)
-                except BadMessage as exc:
-                    log.error("routed record %s is not an envelope, skipped: %s", key, exc)
+                    parse_part_key(key)
+                except (BadMessage, ValueError) as exc:
+                    log.error("routed record %s is not a part, skipped: %s", key[:200], exc)
                     continue
                 cache_ms = self.settings[3]
                 late = bool(self.late_default != "policies" and env["records_end_ms"] and env["source_timestamp_ms"]

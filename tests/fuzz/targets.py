@@ -1,0 +1,552 @@
+"""The fuzz targets' check functions: one input (bytes) in, nothing out, an exception on a broken contract.
+
+Each check drives one entry point with one input and asserts its contract:
+
+- ``decode_messages`` never raises, and every message ends as rows or exactly one ``DeadLetter``;
+  a message that fails half-way leaves none of its rows behind (each input is decoded twice in one
+  run, and both copies must end alike, row for row);
+- ``decode_envelope`` raises ``BadMessage`` only, and the tail worker takes any routed record
+  (an envelope or not) through its rounds without raising;
+- ``Stages.run`` never raises, with every stage configured (sampling, redaction, cardinality rules,
+  naming, series budgets, catalog);
+- ``spans_differential``: the C span decoder's rows equal the pure-Python decoder's, or both refuse.
+
+An uncaught exception is a finding with its own traceback; ``ContractViolation`` is a finding the
+check detected. The checks are pure (fresh stateful stages per input, no I/O, no globals changed),
+so ``tests/fuzz/test_regressions.py`` replays the saved inputs through the same functions, and the
+fuzz driver (``tests/fuzz/driver.py``) imports this module under atheris' instrumentation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from streams.agents.routing import decode_envelope
+from streams.agents.tail_worker import TailWorker, part_partition, state_partition
+from streams.otlp import decode as otlp_decode
+from streams.otlp.batch import ColumnBatch, DecodeResult, RawMessage
+from streams.otlp.columns import NONE, SIGNAL_TABLES, SIGNALS, TABLE_COLUMNS, TRACE_COLUMNS
+from streams.otlp.decode import decode_messages
+from streams.otlp.values import BadMessage
+from streams.stages.catalog import CatalogEntry, CatalogStage
+from streams.stages.label_policy import parse_policy
+from streams.stages.labels import LabelStage
+from streams.stages.pipeline import Stages
+from streams.stages.sampling import HeadRates, HeadSampler
+from streams.stages.tail import part_key
+from streams.stages.tail_policies import parse_policies
+
+ORIGIN = "_origin"  # streams.otlp.batch.ORIGIN: the index of the message a row came from
+MAX_NS = 2**63 - 1  # DateTime64(9)
+TIMESTAMP_COLUMNS = {"Timestamp", "ObservedTimestamp", "StartTimeUnix", "TimeUnix"}
+TIMESTAMP_LIST_COLUMNS = {"Events.Timestamp", "Exemplars.TimeUnix"}
+JSON_HEADER = ("content-type", b"application/json; charset=utf-8")
+PROTO_HEADER = ("content-type", b"application/x-protobuf")
+
+
+class ContractViolation(AssertionError):
+    """An entry point broke its contract without raising: the message says which part."""
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise ContractViolation(what)
+
+
+# ---------------------------------------------------------------- comparing values
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal values of equal types; NaN equals NaN and -0.0 differs from 0.0 (what ClickHouse stores)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
+    return a == b
+
+
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> str:
+    if len(a) != len(b):
+        return f"{len(a)} values vs {len(b)}"
+    for i, (x, y) in enumerate(zip(a, b)):
+        if not same(x, y):
+            return f"row {i}: {x!r:.300} vs {y!r:.300}"
+    return "no difference"
+
+
+def _storable(value: Any, column: str) -> None:
+    """Strings that encode as UTF-8 (ClickHouse's client encodes every one), numbers, nested lists and maps."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ContractViolation(f"{column}: {value!r:.200} is not encodable as UTF-8") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _expect(isinstance(k, str), f"{column}: map key {k!r:.100} is not a string")
+            _storable(k, column)
+            _storable(v, column)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _storable(v, column)
+    else:
+        _expect(value is None or isinstance(value, (int, float)), f"{column}: {type(value).__name__} value")
+
+
+# ---------------------------------------------------------------- the decode contract
+
+
+def check_batch(table: str, batch: ColumnBatch, messages: int, refused: set[int],
+                added_columns: bool = False) -> list[int] | None:
+    """One table batch: the table's columns in order (stages may add some: ``added_columns``), equal
+    lengths, values it can store, rows only from messages that were not refused. Returns the rows'
+    origins (None without them)."""
+    _expect(isinstance(batch, ColumnBatch) and batch.table == table, f"batch for {table} is {batch!r:.200}")
+    names = list(batch.columns)
+    expected = TABLE_COLUMNS.get(table)
+    if expected is not None and added_columns:
+        _expect(set(expected) <= set(names), f"{table}: columns {names}")
+    elif expected is not None:
+        _expect(names[: len(expected)] == expected and set(names[len(expected):]) <= {ORIGIN},
+                f"{table}: columns {names}")
+    lengths = {name: len(values) for name, values in batch.columns.items()}
+    _expect(len(set(lengths.values())) == 1, f"{table}: column lengths differ: {lengths}")
+    _expect(len(batch) > 0, f"{table}: empty batch")
+    for name, values in batch.columns.items():
+        if name == ORIGIN:
+            continue
+        if name in TIMESTAMP_COLUMNS:
+            _expect(all(type(v) is int and 0 <= v <= MAX_NS for v in values), f"{table}.{name}: {values!r:.300}")
+        elif name in TIMESTAMP_LIST_COLUMNS:
+            _expect(all(type(t) is int and 0 <= t <= MAX_NS for v in values for t in v),
+                    f"{table}.{name}: {values!r:.300}")
+        for v in values:
+            _storable(v, f"{table}.{name}")
+    origins = batch.columns.get(ORIGIN)
+    if origins is None:
+        return None
+    _expect(all(type(o) is int and 0 <= o < messages for o in origins), f"{table}: origins {origins!r:.200}")
+    _expect(origins == sorted(origins), f"{table}: origins out of order {origins!r:.200}")
+    _expect(not set(origins) & refused, f"{table}: rows of refused messages {sorted(set(origins) & refused)}")
+    return list(origins)
+
+
+def check_decode(signal: str, messages: Sequence[RawMessage], result: DecodeResult,
+                 tables: Sequence[str] | None = None) -> set[int]:
+    """The decode contract; returns the indices of the refused messages."""
+    _expect(isinstance(result, DecodeResult), f"result is {type(result).__name__}")
+    index_of = {id(m): i for i, m in enumerate(messages)}
+    refused: set[int] = set()
+    for letter in result.dead_letters:
+        i = index_of.get(id(letter.message))
+        _expect(i is not None, f"dead letter for a message that was not given: {letter.message!r:.200}")
+        _expect(i not in refused, f"message {i} has two dead letters")
+        _expect(isinstance(letter.reason, str) and letter.reason, f"dead letter reason {letter.reason!r}")
+        _expect(isinstance(letter.detail, str), f"dead letter detail {letter.detail!r:.100}")
+        letter.headers()  # what the dead-letter producer sends: must build for any letter
+        refused.add(i)
+    _expect(result.decoded_messages + len(refused) == len(messages),
+            f"{result.decoded_messages} decoded + {len(refused)} refused != {len(messages)} messages")
+    allowed = set(tables if tables is not None else SIGNAL_TABLES[signal])
+    _expect(set(result.batches) <= allowed, f"tables {sorted(result.batches)} for {signal}")
+    for table, batch in result.batches.items():
+        check_batch(table, batch, len(messages), refused)
+    return refused
+
+
+def _rows_of(batch: ColumnBatch, origin: int) -> dict[str, list[Any]]:
+    origins = batch.columns[ORIGIN]
+    return {name: [v for v, o in zip(values, origins) if o == origin]
+            for name, values in batch.columns.items() if name != ORIGIN}
+
+
+def check_copies_alike(result: DecodeResult, copies: int) -> None:
+    """Messages 0..copies-1 held the same payload: the same outcome, the same rows."""
+    reasons = {letter.message.offset: letter.reason for letter in result.dead_letters}
+    outcome = [reasons.get(i) for i in range(copies)]
+    _expect(len(set(outcome)) == 1, f"copies of one payload ended differently: {outcome}")
+    for table, batch in result.batches.items():
+        if ORIGIN not in batch.columns:
+            continue
+        first = _rows_of(batch, 0)
+        for i in range(1, copies):
+            other = _rows_of(batch, i)
+            for name, values in first.items():
+                _expect(same(values, other[name]),
+                        f"{table}.{name}: copy {i} differs: {first_difference(values, other[name])}")
+
+
+def _decode_copies(signal: str, payload: bytes, encoding: str, headers: Sequence[tuple] = ((), ()),
+                   **kwargs: Any) -> DecodeResult:
+    messages = [RawMessage("fuzz", 0, i, payload, headers=tuple(h)) for i, h in enumerate(headers)]
+    result = decode_messages(signal, messages, encoding, **kwargs)
+    check_decode(signal, messages, result)
+    check_copies_alike(result, len(messages))
+    return result
+
+
+# ---------------------------------------------------------------- the C span reader on exact bounds
+
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_libc.free.argtypes = [ctypes.c_void_p]
+
+
+def native_spans_exact(payload: bytes) -> None:
+    """The C reader straight on a buffer of exactly the payload's size (malloc'd, so under
+    AddressSanitizer a read one byte past the end is reported; a bytes object has a NUL there).
+    Only memory safety is checked here: the decode contract is checked through decode_messages."""
+    fast = otlp_decode._fastotlp
+    fallback = getattr(otlp_decode, "_any_value_from_bytes", None)
+    if fast is None or fallback is None or not payload:
+        return
+    ptr = _libc.malloc(len(payload))
+    if not ptr:
+        raise MemoryError
+    try:
+        ctypes.memmove(ptr, payload, len(payload))
+        view = memoryview((ctypes.c_char * len(payload)).from_address(ptr)).cast("B")
+        try:
+            fast.decode_spans(view, [[] for _ in TRACE_COLUMNS], NONE, fallback)
+        except ValueError:
+            pass
+        finally:
+            view.release()
+    finally:
+        _libc.free(ptr)
+
+
+# ---------------------------------------------------------------- decode targets
+
+
+def check_spans_proto(data: bytes) -> None:
+    """Traces protobuf as production decodes it (the C fast path), and the pure-Python path."""
+    _decode_copies("traces", data, "otlp_proto")
+    _decode_copies("traces", data, "otlp_proto", headers=((),), use_fast_path=False)
+    native_spans_exact(data)
+
+
+def check_logs_proto(data: bytes) -> None:
+    _decode_copies("logs", data, "otlp_proto")
+
+
+def check_metrics_proto(data: bytes) -> None:
+    _decode_copies("metrics", data, "otlp_proto")
+
+
+def check_otlp_json(data: bytes) -> None:
+    """The same bytes as each signal: by the topic's encoding, and by a content-type header on a
+    topic configured for protobuf."""
+    for signal in SIGNALS:
+        _decode_copies(signal, data, "otlp_json", headers=((), (JSON_HEADER,)))
+
+
+def spans_disagreement(data: bytes) -> str | None:
+    """How the C span decoder and the pure-Python one disagree on this payload (None: they agree)."""
+    messages = [RawMessage("fuzz", 0, 0, data)]
+    fast = decode_messages("traces", messages, "otlp_proto", use_fast_path=True)
+    slow = decode_messages("traces", messages, "otlp_proto", use_fast_path=False)
+    check_decode("traces", messages, fast)
+    check_decode("traces", messages, slow)
+    fast_refused, slow_refused = bool(fast.dead_letters), bool(slow.dead_letters)
+    if fast_refused or slow_refused:
+        if fast_refused and slow_refused:
+            return None
+        refused, stored = (fast, slow) if fast_refused else (slow, fast)
+        side = "C" if fast_refused else "Python"
+        letter = refused.dead_letters[0]
+        return f"only the {side} decoder refuses ({letter.reason}: {letter.detail[:200]}); " \
+               f"the other stores {stored.row_count()} rows"
+    if fast.batches.keys() != slow.batches.keys():
+        return f"tables {sorted(fast.batches)} (C) vs {sorted(slow.batches)} (Python)"
+    for table in fast.batches:
+        f, s = fast.batches[table].columns, slow.batches[table].columns
+        for name in s:
+            if name not in f or not same(f[name], s[name]):
+                return f"{table}.{name}: C vs Python: {first_difference(f.get(name, []), s[name])}"
+    return None
+
+
+def check_spans_differential(data: bytes) -> None:
+    problem = spans_disagreement(data)
+    _expect(problem is None, f"fast and pure-Python span decoders disagree: {problem}")
+
+
+# ---------------------------------------------------------------- envelope and tail worker
+
+
+class _Topic:
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, bytes]] = {}
+
+
+class _State:
+    """ChangelogState's interface over an in-memory compacted topic."""
+
+    def __init__(self, topic: _Topic, partition_of: Callable[[str], int]):
+        self.topic, self.partition_of = topic, partition_of
+        self._data: dict[int, dict[str, bytes]] = {}
+        self.end_offsets: dict[int, int] = {}
+
+    async def restore(self, partitions):
+        for p in partitions:
+            self._data.setdefault(p, dict(self.topic.records.get(p, {})))
+            self.end_offsets[p] = 0
+
+    def get(self, key):
+        return self._data.get(self.partition_of(key), {}).get(key)
+
+    def keys(self, partition=None):
+        return list(self._data.get(partition, {}))
+
+    def apply_local(self, partition, key, value):
+        if partition in self._data:
+            self._data[partition][key] = value
+
+    def forget(self, partitions):
+        for p in partitions:
+            self._data.pop(p, None)
+
+    async def put(self, sets, deletes=()):
+        for key, value in sets.items():
+            p = self.partition_of(key)
+            self.topic.records.setdefault(p, {})[key] = value
+            if p in self._data:
+                self._data[p][key] = value
+        for key in deletes:
+            p = self.partition_of(key)
+            self.topic.records.get(p, {}).pop(key, None)
+            self._data.get(p, {}).pop(key, None)
+
+
+TAIL_PARTITIONS = 3
+TAIL_POLICIES = parse_policies({"policies": [
+    {"name": "errors", "type": "status_code", "status_codes": ["Error"]},
+    {"name": "slow", "type": "latency", "threshold_ms": 1, "scope": "any"},
+    {"name": "baseline", "type": "probabilistic", "rate": 0.5},
+]})
+_TRACE = "5b8efff798038103d269b633813fc60c"
+
+
+def _tail_worker(parts: _Topic, written: list, dead: list, late_default: str) -> TailWorker:
+    async def run_blocking(fn, *args):
+        return fn(*args)
+
+    async def write(batch, token):
+        written.append((token, batch))
+        return []  # ClickHouse refused none of the rows
+
+    async def dead_letters(letters):
+        dead.extend(letters)
+
+    return TailWorker(
+        stages=Stages(lambda topic: "otlp_proto", 1 << 24, None),
+        policies=TAIL_POLICIES,
+        parts=_State(parts, part_partition(TAIL_PARTITIONS)),
+        state=_State(_Topic(), state_partition(TAIL_PARTITIONS)),
+        decision_wait_s=1, max_traces=100, max_spans_per_trace=1000, decision_cache_s=60, keep_log_severity=13,
+        late_default=late_default, run_blocking=run_blocking, write=write, dead_letters=dead_letters)
+
+
+def _check_tail_round(written: list, dead: list, parts: int) -> None:
+    _expect(len(dead) <= parts, f"{len(dead)} dead letters for {parts} parts")
+    for token, batch in written:
+        _expect(isinstance(token, str) and isinstance(batch, ColumnBatch), f"write({token!r}, {batch!r:.100})")
+        check_batch(batch.table, batch, parts, set(), added_columns=True)
+
+
+def _part(env: dict[str, Any] | None, first: bool) -> tuple[str, int, str]:
+    """(key, partition, late_default) of the routed record in one of two runs: traces and logs,
+    the envelope's own signal first."""
+    signals = ["logs", "traces"] if env is not None and env.get("signal") == "logs" else ["traces", "logs"]
+    key = part_key(_TRACE, signals[0 if first else 1], "fuzz", 0, 7)
+    return key, part_partition(TAIL_PARTITIONS)(key), "policies" if first else "keep"
+
+
+def tail_on_arrival(data: bytes, env: dict[str, Any] | None, first: bool, loop: asyncio.AbstractEventLoop) -> None:
+    """The record arrives on the routed topic; a round once it is due."""
+    key, partition, late_default = _part(env, first)
+    written: list = []
+    dead: list = []
+    worker = _tail_worker(_Topic(), written, dead, late_default)
+    loop.run_until_complete(worker.take([(partition, 1, key, data)], now_ms=0))
+    loop.run_until_complete(worker.tick(now_ms=10**9))
+    _check_tail_round(written, dead, 1)
+
+
+def tail_restored(data: bytes, env: dict[str, Any] | None, first: bool, loop: asyncio.AbstractEventLoop) -> None:
+    """The record is on the routed topic when a worker (re)starts: restored, then a round."""
+    key, partition, late_default = _part(env, first)
+    topic = _Topic()
+    topic.records[partition] = {key: data}
+    written: list = []
+    dead: list = []
+    worker = _tail_worker(topic, written, dead, late_default)
+    loop.run_until_complete(worker.tick(now_ms=10**9, owned={partition}))
+    loop.run_until_complete(worker.tick(now_ms=2 * 10**9))
+    _check_tail_round(written, dead, 1)
+
+
+def envelope_of(data: bytes) -> dict[str, Any] | None:
+    """decode_envelope's answer (None: BadMessage); any other exception propagates."""
+    try:
+        env = decode_envelope(data)
+    except BadMessage:
+        return None
+    _expect(isinstance(env, dict), f"envelope is {type(env).__name__}")
+    _expect(isinstance(env.get("payload"), bytes), "payload is not bytes")
+    return env
+
+
+def check_envelope(data: bytes) -> None:
+    """decode_envelope raises BadMessage only; the tail worker takes the record (on arrival, and
+    restored after a restart, envelope or not) through a round without raising."""
+    env = envelope_of(data)
+    loop = asyncio.new_event_loop()
+    try:
+        for first in (True, False):
+            tail_on_arrival(data, env, first, loop)
+            tail_restored(data, env, first, loop)
+    finally:
+        loop.close()
+
+
+# ---------------------------------------------------------------- the whole stage pipeline
+
+STAGE_POLICIES = (
+    None,  # labels off
+    parse_policy({}),  # the default policy
+    parse_policy({
+        "redaction": {"value_action": "hash", "block_keys": ["*secret*", "password"]},
+        "templating": {"span_names": True, "url_keys": ["url.path", "url.full", "http.target", "http.url", "str"]},
+        "cardinality": {"rules": [
+            {"type": "hash", "key": "user.*", "buckets": 3},
+            {"type": "template", "key": "http.route"},
+            {"type": "truncate_hash", "key": "*", "max_length": 8},
+            {"type": "top_k", "key": "host.*", "k": 1, "window_s": 1},
+            {"type": "top_k", "key": "pool", "k": 1, "window_s": 1, "signals": ["metrics"]},
+            {"type": "drop", "key": "drop.*"},
+        ]},
+        "naming": {"action": "reject", "unit_suffixes": ["_seconds", "_bytes"], "verbs": ["created", "failed"],
+                   "domains": ["orders", "http"]},
+        "budgets": {"default_limit": 1, "action": "bucketize", "buckets": 2, "window_s": 1,
+                    "metrics": [{"name": "requests*", "limit": 1, "action": "drop"}]},
+    }),
+    parse_policy({
+        "redaction": {"mode": "allow", "allow_keys": ["service.name", "http.*", "str", "int"], "value_action": "drop"},
+        "metrics": {"allowed_names": ["mem*", "latency*", "db.*"]},
+        "naming": {"action": "report", "separators": [".", "_"]},
+        "budgets": {"default_limit": 2, "action": "drop"},
+    }),
+)
+STAGE_CATALOG = {"checkout": CatalogEntry("checkout", team="payments", tier="1", owner="a@example.com",
+                                          availability=0.999, latency_ms=250, latency_target=0.99)}
+
+
+def build_stages(config: int, topic_encoding: str, max_message_bytes: int = 1 << 24) -> Stages:
+    """Fresh stages (their top_k and budget state empty) of one of four configurations."""
+    policy = STAGE_POLICIES[config]
+    if config == 0:
+        return Stages(lambda topic: topic_encoding, max_message_bytes, None)
+    head = HeadSampler(HeadRates(0.5, {"checkout": 0.25, "unknown_service": 1.0}), keep_log_severity=13)
+    return Stages(lambda topic: topic_encoding, max_message_bytes, LabelStage(policy),
+                  CatalogStage(STAGE_CATALOG if config != 3 else {}), head=head)
+
+
+def stages_input(selector: int, payload: bytes, good: bytes | None = None) -> tuple[str, int, str, list[RawMessage]]:
+    """What the first byte of a stages input selects: (signal, configuration, topic encoding, messages).
+
+    bits 0-1 signal (traces, logs, metrics, metrics); bit 2 the topic's encoding is otlp_json;
+    bits 3-4 the configuration; bit 5 the payload twice; bit 6 a content-type header naming the other
+    encoding than the topic's; bit 7 ``good`` (a valid request of the signal) first."""
+    signal = SIGNALS[min(selector & 3, 2)]
+    encoding = "otlp_json" if selector & 4 else "otlp_proto"
+    config = (selector >> 3) & 3
+    headers: tuple = ()
+    if selector & 64:
+        headers = (PROTO_HEADER,) if encoding == "otlp_json" else (JSON_HEADER,)
+    values = [payload, payload] if selector & 32 else [payload]
+    if selector & 128 and good is not None:
+        values.insert(0, good)
+    messages = [RawMessage("fuzz", 0, i, v, headers=headers if v is payload else (), timestamp_ms=1_700_000_000_000)
+                for i, v in enumerate(values)]
+    return signal, config, encoding, messages
+
+
+_GOOD: dict[str, bytes] = {}
+
+
+def good_request(signal: str) -> bytes:
+    """A valid protobuf request of the signal (tests/otlp_builders.py), built once."""
+    if signal not in _GOOD:
+        from tests import otlp_builders as b
+
+        build = {"traces": b.traces_request, "logs": b.logs_request, "metrics": b.metrics_request}[signal]
+        _GOOD[signal] = build().SerializeToString()
+    return _GOOD[signal]
+
+
+def check_stages(data: bytes) -> None:
+    if not data:
+        return
+    selector, payload = data[0], data[1:]
+    signal = SIGNALS[min(selector & 3, 2)]
+    signal, config, encoding, messages = stages_input(selector, payload, good_request(signal))
+    stages = build_stages(config, encoding)
+    stages.begin(signal)
+    result = stages.run(signal, messages)
+    _expect(isinstance(result, DecodeResult), f"result is {type(result).__name__}")
+    index_of = {id(m): i for i, m in enumerate(messages)}
+    refused: set[int] = set()
+    for letter in result.dead_letters:
+        i = index_of.get(id(letter.message))
+        _expect(i is not None, "dead letter for a message that was not given")
+        _expect(i not in refused, f"message {i} has two dead letters")
+        letter.headers()
+        refused.add(i)
+    _expect(result.decoded_messages + len(refused) == len(messages),
+            f"{result.decoded_messages} decoded + {len(refused)} refused != {len(messages)} messages")
+    for table, batch in result.batches.items():
+        check_batch(table, batch, len(messages), refused, added_columns=True)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    """A finding reported and not fixed yet. The gating targets step around it (so the fuzzers go on
+    finding other things); its inputs (tests/fuzz/regressions/known/<issue>/) are replayed through
+    ``check``, expected to fail until the fix lands, then they move to regressions/<target>/."""
+
+    target: str
+    summary: str
+    check: Callable[[bytes], None]
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "spans_proto": check_spans_proto,
+    "logs_proto": check_logs_proto,
+    "metrics_proto": check_metrics_proto,
+    "otlp_json": check_otlp_json,
+    "envelope": check_envelope,
+    "stages": check_stages,
+    "spans_differential": check_spans_differential,
+}
+# Targets run on their own (``--differential``): slower, and about agreement, not crash safety.
+DIFFERENTIAL = {"spans_differential"}
+CRASH_SAFETY = [name for name in TARGETS if name not in DIFFERENTIAL]
+
+# Reported findings not fixed yet (none today); a fixed one's inputs move to regressions/<target>/.
+KNOWN_ISSUES: dict[str, KnownIssue] = {}
