@@ -176,3 +176,17 @@ def test_a_recorded_range_past_the_partition_end_is_stale(chdb_client, ch_settin
     outcome = w.write(messages(0, 9))
     assert len(outcome.done) == 10 and outcome.held == 0
     assert count(chdb_client, ch_settings) == 20
+
+
+def test_held_messages_of_a_revoked_partition_are_released_unacked(chdb_client, ch_settings):
+    writer(chdb_client, ch_settings).write(messages(0, 9))  # recorded [0, 9]; the worker died
+    held: set = {("spans", 0)}
+    fresh = SignalWriter("traces", ClickHouseSink(chdb_client, ch_settings, "g"), lambda t: "otlp_proto", 1 << 20,
+                         owns=lambda topic, partition: (topic, partition) in held)
+    assert fresh.write(messages(0, 4)).held == 5
+    held.clear()  # a rebalance took partition 0 away
+    outcome = fresh.write([])
+    assert outcome.held == 0 and outcome.done == [] and fresh.held_count() == 0
+    late = fresh.write(messages(5, 9))  # fetched before the revoke, handed over after it
+    assert late.done == [] and late.held == 0
+    assert count(chdb_client, ch_settings) == 20  # nothing written for the partition it lost
