@@ -54,6 +54,21 @@ DEMO_QUESTIONS = [
 ]
 
 
+def warn_of_undersized_topics(settings) -> None:
+    """Name the topics otelpipe writes that exist with a smaller max.message.bytes than it needs."""
+    from streams.tools.kafka_admin import topic_max_message_bytes, undersized_topics
+
+    written = settings.routed_topics() + [settings.dlq_topic(t) for t in settings.source_topics()
+                                          + settings.routed_topics()]
+    try:
+        limits = asyncio.run(topic_max_message_bytes(settings.kafka.bootstrap_servers, written))
+    except Exception as exc:  # a broker that will not describe configs: nothing to warn about
+        print(f"could not read the topics' max.message.bytes ({type(exc).__name__})", file=sys.stderr)
+        return
+    for warning in undersized_topics(limits, settings.record_max_bytes()):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     from streams.stages.pipeline import Stages
@@ -73,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
                               configs=settings.topic_configs()))
+    warn_of_undersized_topics(settings)
     for topic in (settings.worker.policy_topic, settings.worker.catalog_topic, settings.sampling.control_topic):
         asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1,
                                   configs=settings.topic_configs(**{"cleanup.policy": "compact"})))

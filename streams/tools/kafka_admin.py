@@ -63,3 +63,38 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
         return sorted(p["partition"] for p in described["partitions"])
     finally:
         await admin.close()
+
+
+async def topic_max_message_bytes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """``max.message.bytes`` of each existing topic (its own setting, or the broker's default)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in dict.fromkeys(topics) if t in existing]
+        if not wanted:
+            return {}
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=["max.message.bytes"]) for t in wanted])
+        found: dict[str, int] = {}
+        for response in responses:
+            for resource in getattr(response, "resources", []):
+                name, entries = resource[3], resource[4]
+                for entry in entries:
+                    if entry[0] == "max.message.bytes" and entry[1] is not None:
+                        found[name] = int(entry[1])
+        return found
+    finally:
+        await admin.close()
+
+
+def undersized_topics(limits: dict[str, int], needed: int) -> list[str]:
+    """Warnings for topics that refuse records otelpipe may write (a routed part or a dead letter
+    of a message of ``worker.max_message_bytes``)."""
+    return [f"topic {topic} accepts records of at most {limit} bytes (max.message.bytes) but otelpipe writes up "
+            f"to {needed} with the current worker.max_message_bytes: larger dead letters are stored cut and "
+            f"larger routed parts dead-letter their source; raise it (kafka-configs --alter --entity-type topics "
+            f"--entity-name {topic} --add-config max.message.bytes={needed})"
+            for topic, limit in sorted(limits.items()) if limit < needed]

@@ -33,3 +33,10 @@ def test_letters_that_cannot_be_refed_are_left():
     cut = Letter(*[getattr(cut, f) for f in ("topic", "partition", "offset", "timestamp_ms", "key", "value")],
                  cut.headers + (("otelpipe.dlq.truncated_from", b"99999999"),))
     assert refeed(cut, "otlp_spans.dlq") is None
+
+
+def test_undersized_topics_are_named_with_the_fix():
+    from streams.tools.kafka_admin import undersized_topics
+
+    [warning] = undersized_topics({"a.dlq": 1048588, "b.dlq": 17_000_000}, 16_842_752)
+    assert "a.dlq" in warning and "max.message.bytes=16842752" in warning
