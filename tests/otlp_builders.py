@@ -163,3 +163,23 @@ def metrics_request() -> ExportMetricsServiceRequest:
     p.quantile_values.add(quantile=0.99, value=9.0)
     sm.metrics.add(name="no.data")  # a metric without points: no rows, no error
     return req
+
+
+# ---------------------------------------------------------------- protobuf wire, by hand
+# For requests protobuf's own builders will not make (too deep, overlong, invalid UTF-8).
+
+
+def varint(n: int) -> bytes:
+    """A base-128 varint of ``n`` taken as unsigned 64-bit."""
+    n &= 2**64 - 1
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest  # noqa: E402
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue  # noqa: E402
 
-from tests.otlp_builders import kv, logs_request, metrics_request, traces_request  # noqa: E402
+from tests.otlp_builders import field, kv, logs_request, metrics_request, traces_request, varint  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 T2262 = 2**63  # one past the last DateTime64(9) instant
@@ -32,21 +32,6 @@ U64 = 2**64 - 1
 
 
 # ---------------------------------------------------------------- wire helpers
-
-
-def varint(n: int) -> bytes:
-    n &= U64
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def varint_field(number: int, value: int) -> bytes:

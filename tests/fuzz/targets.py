@@ -39,6 +39,7 @@ from streams.stages.pipeline import Stages
 from streams.stages.sampling import HeadRates, HeadSampler
 from streams.stages.tail import part_key
 from streams.stages.tail_policies import parse_policies
+from tests.standins import StateStandIn, TopicStandIn
 
 ORIGIN = "_origin"  # streams.otlp.batch.ORIGIN: the index of the message a row came from
 MAX_NS = 2**63 - 1  # DateTime64(9)
@@ -286,48 +287,6 @@ def check_spans_differential(data: bytes) -> None:
 # ---------------------------------------------------------------- envelope and tail worker
 
 
-class _Topic:
-    def __init__(self) -> None:
-        self.records: dict[int, dict[str, bytes]] = {}
-
-
-class _State:
-    """ChangelogState's interface over an in-memory compacted topic."""
-
-    def __init__(self, topic: _Topic, partition_of: Callable[[str], int]):
-        self.topic, self.partition_of = topic, partition_of
-        self._data: dict[int, dict[str, bytes]] = {}
-        self.end_offsets: dict[int, int] = {}
-
-    async def restore(self, partitions):
-        for p in partitions:
-            self._data.setdefault(p, dict(self.topic.records.get(p, {})))
-            self.end_offsets[p] = 0
-
-    def get(self, key):
-        return self._data.get(self.partition_of(key), {}).get(key)
-
-    def keys(self, partition=None):
-        return list(self._data.get(partition, {}))
-
-    def apply_local(self, partition, key, value):
-        if partition in self._data:
-            self._data[partition][key] = value
-
-    def forget(self, partitions):
-        for p in partitions:
-            self._data.pop(p, None)
-
-    async def put(self, sets, deletes=()):
-        for key, value in sets.items():
-            p = self.partition_of(key)
-            self.topic.records.setdefault(p, {})[key] = value
-            if p in self._data:
-                self._data[p][key] = value
-        for key in deletes:
-            p = self.partition_of(key)
-            self.topic.records.get(p, {}).pop(key, None)
-            self._data.get(p, {}).pop(key, None)
 
 
 TAIL_PARTITIONS = 3
@@ -339,7 +298,7 @@ TAIL_POLICIES = parse_policies({"policies": [
 _TRACE = "5b8efff798038103d269b633813fc60c"
 
 
-def _tail_worker(parts: _Topic, written: list, dead: list, late_default: str) -> TailWorker:
+def _tail_worker(parts: TopicStandIn, written: list, dead: list, late_default: str) -> TailWorker:
     async def run_blocking(fn, *args):
         return fn(*args)
 
@@ -353,8 +312,8 @@ def _tail_worker(parts: _Topic, written: list, dead: list, late_default: str) ->
     return TailWorker(
         stages=Stages(lambda topic: "otlp_proto", 1 << 24, None),
         policies=TAIL_POLICIES,
-        parts=_State(parts, part_partition(TAIL_PARTITIONS)),
-        state=_State(_Topic(), state_partition(TAIL_PARTITIONS)),
+        parts=StateStandIn(parts, part_partition(TAIL_PARTITIONS)),
+        state=StateStandIn(TopicStandIn(), state_partition(TAIL_PARTITIONS)),
         decision_wait_s=1, max_traces=100, max_spans_per_trace=1000, decision_cache_s=60, keep_log_severity=13,
         late_default=late_default, run_blocking=run_blocking, write=write, dead_letters=dead_letters)
 
@@ -379,7 +338,7 @@ def tail_on_arrival(data: bytes, env: dict[str, Any] | None, first: bool, loop: 
     key, partition, late_default = _part(env, first)
     written: list = []
     dead: list = []
-    worker = _tail_worker(_Topic(), written, dead, late_default)
+    worker = _tail_worker(TopicStandIn(), written, dead, late_default)
     loop.run_until_complete(worker.take([(partition, 1, key, data)], now_ms=0))
     loop.run_until_complete(worker.tick(now_ms=10**9))
     _check_tail_round(written, dead, 1)
@@ -388,7 +347,7 @@ def tail_on_arrival(data: bytes, env: dict[str, Any] | None, first: bool, loop: 
 def tail_restored(data: bytes, env: dict[str, Any] | None, first: bool, loop: asyncio.AbstractEventLoop) -> None:
     """The record is on the routed topic when a worker (re)starts: restored, then a round."""
     key, partition, late_default = _part(env, first)
-    topic = _Topic()
+    topic = TopicStandIn()
     topic.records[partition] = {key: data}
     written: list = []
     dead: list = []

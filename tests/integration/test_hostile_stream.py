@@ -36,7 +36,7 @@ from streams.otlp.batch import RawMessage
 from streams.otlp.encode import encode_request
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
-from tests.otlp_builders import kv, logs_request, metrics_request, traces_request
+from tests.otlp_builders import field, kv, logs_request, metrics_request, traces_request, varint
 
 JSON = [("content-type", b"application/json")]
 PROTO = [("content-type", b"application/x-protobuf")]
@@ -44,19 +44,6 @@ BIG = 50 * 2**20
 METRIC_TABLES = ["otel_metrics_gauge", "otel_metrics_sum", "otel_metrics_histogram",
                  "otel_metrics_exponential_histogram", "otel_metrics_summary"]
 TABLES = {"traces": ["otel_traces"], "logs": ["otel_logs"], "metrics": METRIC_TABLES}
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes) -> bytes:
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def good_traces(i: int) -> bytes:

@@ -6,59 +6,14 @@ import asyncio
 
 import pytest
 
+from streams.agents.routing import encode_envelope, split_by_trace
+from streams.agents.tail_worker import TailWorker, part_partition, state_partition
 from streams.otlp.batch import RawMessage
 from streams.stages.pipeline import Stages
-from streams.agents.routing import encode_envelope, split_by_trace
 from streams.stages.tail import part_key
 from streams.stages.tail_policies import parse_policies
-from streams.agents.tail_worker import TailWorker, part_partition, state_partition
 from tests.otlp_builders import traces_request
-
-
-class TopicStandIn:
-    """One compacted topic: the latest value per key, per partition (what a restore reads)."""
-
-    def __init__(self):
-        self.records: dict[int, dict[str, bytes]] = {}
-
-
-class StateStandIn:
-    """ChangelogState's interface over a TopicStandIn."""
-
-    def __init__(self, topic: TopicStandIn, partition_of):
-        self.topic, self.partition_of = topic, partition_of
-        self._data: dict[int, dict[str, bytes]] = {}
-        self.end_offsets: dict[int, int] = {}
-
-    async def restore(self, partitions):
-        for p in partitions:
-            self._data.setdefault(p, dict(self.topic.records.get(p, {})))
-            self.end_offsets[p] = 0
-
-    def get(self, key):
-        return self._data.get(self.partition_of(key), {}).get(key)
-
-    def keys(self, partition=None):
-        return list(self._data.get(partition, {}))
-
-    def apply_local(self, partition, key, value):
-        if partition in self._data:
-            self._data[partition][key] = value
-
-    def forget(self, partitions):
-        for p in partitions:
-            self._data.pop(p, None)
-
-    async def put(self, sets, deletes=()):
-        for key, value in sets.items():
-            p = self.partition_of(key)
-            self.topic.records.setdefault(p, {})[key] = value
-            if p in self._data:
-                self._data[p][key] = value
-        for key in deletes:
-            p = self.partition_of(key)
-            self.topic.records.get(p, {}).pop(key, None)
-            self._data.get(p, {}).pop(key, None)
+from tests.standins import StateStandIn, TopicStandIn
 
 
 class Crash(Exception):

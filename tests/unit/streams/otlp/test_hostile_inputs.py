@@ -9,15 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
+from tests.otlp_builders import varint
 
 
 def _decode(signal, payload, encoding="otlp_proto", fast=True):
@@ -28,7 +20,7 @@ def _decode(signal, payload, encoding="otlp_proto", fast=True):
 @pytest.mark.parametrize("fast", [True, False])
 def test_nested_protobuf_groups_are_refused_not_a_crash(depth, fast):
     groups = b"\x0b" * depth  # start-group tags of field 1, never closed
-    inside_a_span = b"\x0a" + _varint(len(groups)) + groups
+    inside_a_span = b"\x0a" + varint(len(groups)) + groups
     for payload in (groups, inside_a_span, b"\x0b" * depth + b"\x0c" * depth):
         result = _decode("traces", payload, fast=fast)
         assert len(result.dead_letters) == 1 and not result.batches
@@ -62,11 +54,11 @@ def test_span_kind_is_read_as_int32_by_both_paths(kind):
     span.trace_id, span.span_id, span.start_time_unix_nano, span.end_time_unix_nano = b"\x01" * 16, b"\x02" * 8, 1, 2
     payload = bytearray(span.SerializeToString())
     # write the kind (field 6) by hand: a varint of any size, as a producer could
-    kind_field = b"\x30" + _varint(kind & (2**64 - 1))
+    kind_field = b"\x30" + varint(kind & (2**64 - 1))
     span_bytes = bytes(payload) + kind_field
-    scope = b"\x12" + _varint(len(span_bytes)) + span_bytes
-    resource = b"\x12" + _varint(len(scope)) + scope
-    wire = b"\x0a" + _varint(len(resource)) + resource
+    scope = b"\x12" + varint(len(span_bytes)) + span_bytes
+    resource = b"\x12" + varint(len(scope)) + scope
+    wire = b"\x0a" + varint(len(resource)) + resource
     fast, slow = _decode("traces", wire, fast=True), _decode("traces", wire, fast=False)
     assert [d.reason for d in fast.dead_letters] == [d.reason for d in slow.dead_letters]
     if not slow.dead_letters:
