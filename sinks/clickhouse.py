@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DataError, OperationalError, ProgrammingError
 
-from sinks.write_plan import RecordedRange
+from sinks.write_plan import LedgerConflict, RecordedRange
 from streams.otlp.batch import ColumnBatch, SourceRange
 from sinks.settings import ClickHouseSettings
 
@@ -168,6 +168,8 @@ def error_kind(exc: BaseException) -> str:
       messages become dead letters;
     - ``unknown``: anything else; retried a bounded number of times, then taken as ``refused``.
     """
+    if isinstance(exc, LedgerConflict):  # another writer's cut stands: plan again, at once
+        return RETRY
     if isinstance(exc, (DataError, ProgrammingError, struct.error, OverflowError, UnicodeError)):
         return REFUSED
     if isinstance(exc, (OperationalError, ConnectionError, TimeoutError, socket.timeout, OSError)):
@@ -373,7 +375,7 @@ class ClickHouseSink:
             conditions.append(condition + ")")
         result = self.client.query(
             "SELECT Topic, Partition, FirstOffset, LastOffset, max(FirstHash), max(LastHash), "
-            f"toUnixTimestamp64Milli(max(RecordedAt)) FROM {self.database}.{LEDGER_TABLE} "
+            f"toUnixTimestamp64Milli(min(RecordedAt)) FROM {self.database}.{LEDGER_TABLE} "
             "WHERE " + " OR ".join(conditions) + " "
             "GROUP BY Topic, Partition, FirstOffset, LastOffset ORDER BY FirstOffset",
             parameters=params,

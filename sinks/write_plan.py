@@ -52,6 +52,22 @@ def stale_ranges(ranges: Sequence[RecordedRange], messages: Mapping[int, object]
     return stale
 
 
+class LedgerConflict(RuntimeError):
+    """Another writer recorded ranges over the same messages first: plan again from the ledger."""
+
+
+def resolve_overlaps(ranges: Sequence[RecordedRange]) -> list[RecordedRange]:
+    """The ranges that stand when recorded ranges overlap: the first recorded wins (ClickHouse's
+    clock, ``recorded_at_ms``; ties by offsets), and a range overlapping one that stands is set
+    aside. Two writers that recorded different cuts of the same messages at the same moment thus
+    both read the same cut back, and only its writer inserts under it. Sorted by first offset."""
+    standing: list[RecordedRange] = []
+    for r in sorted(ranges, key=lambda r: (r.recorded_at_ms, r.first_offset, r.last_offset)):
+        if all(r.last_offset < s.first_offset or s.last_offset < r.first_offset for s in standing):
+            standing.append(r)
+    return sorted(standing, key=lambda r: r.first_offset)
+
+
 @dataclass(frozen=True)
 class Segment:
     first_offset: int  # token range: for a recorded segment, the recorded range itself

@@ -94,6 +94,7 @@ class WorkerProcess:
         self.env.update(overrides)
         self.settings = load_settings(env=self.env)
         self.proc: subprocess.Popen | None = None
+        self.registry: list["WorkerProcess"] | None = None  # the factory's: stopped after the test
 
     def reconfigure(self, **overrides: str) -> "WorkerProcess":
         """Change settings for the next start (same topics and consumer group)."""
@@ -109,6 +110,9 @@ class WorkerProcess:
         other.env = {**self.env, "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}",
                      "OTELPIPE_WORKER_WEB_PORT": str(free_port()),
                      "OTELPIPE_WORKER_DATA_DIR": str(tmp_path / "worker")}
+        if self.registry is not None:  # stopped with the others, however the test ends
+            other.registry = self.registry
+            self.registry.append(other)
         return other.reconfigure()
 
     def metrics(self) -> str:
@@ -209,6 +213,7 @@ def worker_factory(tmp_path: Path, kafka_bootstrap: str):
     def make(**overrides: str) -> WorkerProcess:
         worker = WorkerProcess(tmp_path, kafka_bootstrap, **overrides)
         worker.create_topics()
+        worker.registry = started
         started.append(worker)
         return worker
 

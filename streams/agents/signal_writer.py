@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import xxhash
 
 from sinks.clickhouse import ClickHouseSink, Refusal
-from sinks.write_plan import plan_segments, stale_ranges
+from sinks.write_plan import LedgerConflict, plan_segments, resolve_overlaps, stale_ranges
 from streams.agents import worker_metrics as m
 from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange
 from streams.stages.pipeline import Stages
@@ -134,6 +134,30 @@ class SignalWriter:
     def held_count(self) -> int:
         return sum(len(v) for v in self._held.values())
 
+    def _ranges(self, by_tp: dict[tuple[str, int], dict[int, RawMessage]], log_stale: bool = True
+                ) -> dict[tuple[str, int], list]:
+        """The ledger's ranges over these messages, stale ones left out and overlaps resolved."""
+        lo = {tp: min(msgs) for tp, msgs in by_tp.items()}
+        hi = {tp: max(msgs) for tp, msgs in by_tp.items()}
+        for _ in range(8):  # widen to every range overlapping one found: all that resolving needs
+            recorded = self.sink.recorded_ranges(lo, hi)
+            wider_lo = {tp: min([lo[tp]] + [r.first_offset for r in recorded.get(tp, [])]) for tp in lo}
+            wider_hi = {tp: max([hi[tp]] + [r.last_offset for r in recorded.get(tp, [])]) for tp in hi}
+            if wider_lo == lo and wider_hi == hi:
+                break
+            lo, hi = wider_lo, wider_hi
+        out = {}
+        for (topic, partition), ranges in recorded.items():
+            msgs = by_tp[(topic, partition)]
+            end = self.end_offset(topic, partition) if self.end_offset is not None else None
+            stale = stale_ranges(ranges, msgs, fingerprint, end)
+            if stale and log_stale:
+                m.STALE_RANGES.labels(self.signal).inc(len(stale))
+                log.warning("%s[%d]: ignoring %d recorded offset ranges that describe other messages "
+                            "(topic recreated or broker data wiped?)", topic, partition, len(stale))
+            out[(topic, partition)] = resolve_overlaps([r for r in ranges if r not in stale])
+        return out
+
     def _owned(self, topic: str, partition: int) -> bool:
         return self.owns is None or self.owns(topic, partition)
 
@@ -162,19 +186,11 @@ class SignalWriter:
 
         outcome = WriteOutcome()
         new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
-        recorded = self.sink.recorded_ranges({tp: min(msgs) for tp, msgs in by_tp.items()},
-                                             {tp: max(msgs) for tp, msgs in by_tp.items()})
+        recorded = self._ranges({tp: msgs for tp, msgs in by_tp.items()})
         decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
         for (topic, partition), msgs in by_tp.items():
             offsets = sorted(msgs)
             ranges = recorded.get((topic, partition), [])
-            end = self.end_offset(topic, partition) if self.end_offset is not None else None
-            stale = stale_ranges(ranges, msgs, fingerprint, end)
-            if stale:
-                m.STALE_RANGES.labels(self.signal).inc(len(stale))
-                log.warning("%s[%d]: ignoring %d recorded offset ranges that describe other messages "
-                            "(topic recreated or broker data wiped?)", topic, partition, len(stale))
-                ranges = [r for r in ranges if r not in stale]
             segments, ready = plan_segments(offsets, [(r.first_offset, r.last_offset) for r in ranges])
             by_bounds = {(r.first_offset, r.last_offset): r for r in ranges}
             for seg in segments:
@@ -197,6 +213,15 @@ class SignalWriter:
         # Every new range is in the ledger before any of its rows is inserted (one insert for all).
         new = [source for source, known, _, result in decoded if result.batches and not known]
         self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
+        if new:  # read back: if another writer recorded other cuts of these messages first, its cut stands
+            mine = {(s.topic, s.partition, s.first_offset, s.last_offset) for s in new}
+            standing = self._ranges({(s.topic, s.partition): by_tp[(s.topic, s.partition)] for s in new}, log_stale=False)
+            lost = [k for k in mine
+                    if (k[2], k[3]) not in {(r.first_offset, r.last_offset) for r in standing.get((k[0], k[1]), [])}]
+            if lost:
+                m.LEDGER_CONFLICTS.labels(self.signal).inc()
+                raise LedgerConflict(f"{len(lost)} ranges recorded by another writer first, e.g. "
+                                     f"{lost[0][0]}[{lost[0][1]}] {lost[0][2]}-{lost[0][3]}; planning again")
         for source, _, seg_msgs, result in decoded:
             if not self._owned(source.topic, source.partition):
                 m.REVOKED_SEGMENTS.labels(self.signal).inc()

@@ -132,3 +132,8 @@ REVOKED_SEGMENTS = Counter(
     "(their next owner writes them).",
     ["signal"], registry=REGISTRY,
 )
+LEDGER_CONFLICTS = Counter(
+    "otelpipe_ledger_conflicts_total",
+    "Writes planned again because another writer had recorded other cuts of the same messages first.",
+    ["signal"], registry=REGISTRY,
+)

@@ -190,3 +190,30 @@ def test_held_messages_of_a_revoked_partition_are_released_unacked(chdb_client, 
     late = fresh.write(messages(5, 9))  # fetched before the revoke, handed over after it
     assert late.done == [] and late.held == 0
     assert count(chdb_client, ch_settings) == 20  # nothing written for the partition it lost
+
+
+def test_two_writers_cutting_the_same_messages_at_the_same_moment_write_them_once(chdb_client, ch_settings):
+    """A revoke landing mid-write, or two consumer groups at once: writer A has read the ledger
+    but not yet recorded its cut when writer B reads, records and inserts another cut."""
+    import pytest
+
+    from sinks.write_plan import LedgerConflict
+
+    b = writer(chdb_client, ch_settings, group="other")
+    a = writer(chdb_client, ch_settings)
+    record = a.sink.record_ranges
+
+    def b_gets_there_first(ranges, hashes=None):
+        b.write(messages(0, 4))  # B's cut: [0, 4]
+        a.sink.record_ranges = record
+        record(ranges, hashes)  # then A's: [0, 9]
+
+    a.sink.record_ranges = b_gets_there_first
+    with pytest.raises(LedgerConflict):
+        a.write(messages(0, 9))
+    assert count(chdb_client, ch_settings) == 10  # only B's cut was inserted
+    outcome = a.write(messages(0, 9))  # the retry plans against B's cut, which stands
+    assert len(outcome.done) == 10
+    assert count(chdb_client, ch_settings) == 20
+    assert len(b.write(messages(5, 9)).done) == 5  # and B, going on, cuts as A did
+    assert count(chdb_client, ch_settings) == 20

@@ -83,3 +83,13 @@ def test_stale_ranges_are_found_by_fingerprint_or_offsets_never_by_clocks():
     assert check([beyond_end], end=3) == [beyond_end]
     unknown = RecordedRange(0, 9, 0, 0, 0)  # no fingerprints, end unknown: kept (and held until offset 9)
     assert check([unknown]) == []
+
+
+def test_overlapping_recorded_ranges_resolve_to_the_first_recorded():
+    from sinks.write_plan import RecordedRange, resolve_overlaps
+
+    first = RecordedRange(0, 9, recorded_at_ms=100)
+    later = [RecordedRange(0, 4, recorded_at_ms=101), RecordedRange(5, 12, recorded_at_ms=101)]
+    beyond = RecordedRange(13, 20, recorded_at_ms=102)
+    assert resolve_overlaps(later + [beyond, first]) == [first, beyond]
+    assert resolve_overlaps(later) == later
