@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 from streams.tools.producer import produce_workload
@@ -13,15 +15,14 @@ DISTINCT_SPANS = "SELECT uniqExact(TraceId, SpanId) FROM {db}.otel_traces"
 
 def throttle_inserts(chdb_path: str, database: str) -> None:
     """Make every insert into otel_traces fail with TOO_MANY_PARTS (retryable), as a ClickHouse
-    that is up but refusing writes would; the worker must be stopped (one process per chDB path)."""
-    import clickhouse_connect
-
-    client = clickhouse_connect.get_client(interface="chdb", path=chdb_path)
-    try:
-        client.command(f"ALTER TABLE {database}.otel_traces MODIFY SETTING parts_to_throw_insert = 1, "
-                       "parts_to_delay_insert = 1, max_delay_to_insert = 1")
-    finally:
-        client.close()
+    that is up but refusing writes would. In a process of its own: chDB opens one path per process
+    (this one may hold another already), and the worker must be stopped."""
+    code = ("import clickhouse_connect, sys\n"
+            "c = clickhouse_connect.get_client(interface='chdb', path=sys.argv[1])\n"
+            "c.command(f'ALTER TABLE {sys.argv[2]}.otel_traces MODIFY SETTING parts_to_throw_insert = 1, '\n"
+            "          'parts_to_delay_insert = 1, max_delay_to_insert = 1')\n"
+            "c.close()\n")
+    subprocess.run([sys.executable, "-c", code, chdb_path, database], check=True, timeout=120)
 
 
 def test_a_revoke_while_the_writer_is_blocked_mid_batch_does_not_wait_for_it(worker_factory, tmp_path):
