@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 import faust
 
 from streams.agents import worker_metrics as m
-from streams.agents.routing import PROTOBUF_HEADER, encode_envelope, split_by_trace, split_metrics
+from streams.agents.routing import (PIECE_HEADER, PROTOBUF_HEADER, encode_envelope, halve_metrics, split_by_trace,
+                                    split_metrics)
 from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
@@ -43,26 +44,45 @@ class Parts:
     """Routed parts in flight, by the index of the source event they came from."""
 
     def __init__(self) -> None:
-        self.futures: list[tuple[int, Any]] = []
+        # (event index, future, pieces: called when the topic refuses the part as too large, it
+        # returns the sends of smaller pieces, or None when the part cannot be cut)
+        self.futures: list[tuple[int, Any, Callable[[], list] | None]] = []
         self.refused: dict[int, str] = {}  # event index → why the topic refused one of its parts
+        self.pieces = 0
 
-    async def send(self, index: int, send: Callable[[], Awaitable[Any]]) -> None:
+    async def send(self, index: int, send: Callable[[], Awaitable[Any]],
+                   pieces: Callable[[], list] | None = None) -> None:
         if index in self.refused:
             return
         try:
-            self.futures.append((index, await send()))
+            self.futures.append((index, await send(), pieces))
         except TOO_LARGE as exc:
-            self.refused[index] = type(exc).__name__
+            if not await self._cut(index, pieces):
+                self.refused[index] = type(exc).__name__
+
+    async def _cut(self, index: int, pieces: Callable[[], list] | None) -> bool:
+        cut = pieces() if pieces is not None else None
+        if not cut:
+            return False
+        self.pieces += len(cut)
+        for send, smaller in cut:
+            await self.send(index, send, smaller)
+        return True
 
     async def delivered(self) -> int:
-        """Wait for every part; returns how many are on the broker."""
+        """Wait for every part (and the pieces of those refused as too large); returns how many
+        are on the broker."""
         sent = 0
-        for index, fut in self.futures:
+        i = 0
+        while i < len(self.futures):  # pieces are appended as they are sent
+            index, fut, pieces = self.futures[i]
+            i += 1
             try:
                 await fut
                 sent += 1
             except TOO_LARGE as exc:
-                self.refused.setdefault(index, type(exc).__name__)
+                if index not in self.refused and not await self._cut(index, pieces):
+                    self.refused[index] = type(exc).__name__
         return sent
 
     def letters(self, raws: list[RawMessage], topic: str) -> list[DeadLetter]:
@@ -70,6 +90,28 @@ class Parts:
                            f"a routed part was refused by {topic} ({why}); raise its max.message.bytes to "
                            "worker.max_message_bytes (otelpipe creates its topics so)") for i, why in
                 sorted(self.refused.items())]
+
+
+def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, payload: bytes, piece: str
+                  ) -> tuple[Callable[[], Awaitable[Any]], Callable[[], list]]:
+    """The send of a routed metrics part, and how to cut it in two pieces if its topic refuses it.
+    A piece carries ``otelpipe.piece`` (its path: ``0``, ``1``, ``0.1``, ...), which puts it in a
+    writer lane of its own; the cut depends only on the part, so a re-routed message makes the
+    same pieces."""
+    headers = [(PIECE_HEADER, piece.encode())] if piece else []
+
+    def send() -> Awaitable[Any]:
+        return routed_topic.send(key=raw.key, value=encode_envelope("metrics", raw, route, payload),
+                                 partition=route, headers=headers)
+
+    def pieces() -> list:
+        halves = halve_metrics(payload)
+        if halves is None:
+            return []
+        return [_metrics_part(routed_topic, raw, route, half, f"{piece}.{i}" if piece else str(i))
+                for i, half in enumerate(halves)]
+
+    return send, pieces
 
 
 async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) -> None:
@@ -85,10 +127,11 @@ async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) ->
                 dead.append(letter)
                 continue
             for route, payload in sorted(parts.items()):
-                await sending.send(index, lambda: routed_topic.send(
-                    key=raw.key, value=encode_envelope("metrics", raw, route, payload), partition=route))
+                await sending.send(index, *_metrics_part(routed_topic, raw, route, payload, ""))
         m.MESSAGES_CONSUMED.labels("metrics").inc(len(events))
         m.MESSAGES_ROUTED.labels("metrics").inc(await sending.delivered())  # on the broker before the ack
+        if sending.pieces:
+            m.ROUTED_PIECES.labels("metrics").inc(sending.pieces)
         dead.extend(sending.letters(raws, routed_topic.get_topic_name()))
         if dead:
             await rt.publish_dead_letters("metrics", dead)

@@ -15,6 +15,7 @@ so it is not written twice.
 from __future__ import annotations
 
 import io
+import itertools
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -90,6 +91,23 @@ def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -
     return {partition: part.SerializeToString() for partition, part in parts.items()}
 
 
+PIECE_HEADER = "otelpipe.piece"
+
+
+def halve_metrics(payload: bytes) -> list[bytes] | None:
+    """A routed metrics part cut in two requests of about half its metrics each (in order), or
+    None when it holds a single metric. For a part its topic refuses as too large."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    request = ExportMetricsServiceRequest.FromString(payload)
+    total = sum(len(sm.metrics) for rm in request.resource_metrics for sm in rm.scope_metrics)
+    if total < 2:
+        return None
+    half, position = total // 2, itertools.count()  # split_request visits the metrics in order
+    parts, _ = split_request("metrics", request, lambda metric: next(position) >= half)
+    return [parts[False].SerializeToString(), parts[True].SerializeToString()]
+
+
 def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
                     trace_id: str = "", records_end_ms: int = 0) -> bytes:
     buf = io.BytesIO()
@@ -142,8 +160,10 @@ def virtual_message(envelope: dict[str, Any], routed: RawMessage) -> RawMessage:
     The lane (``<source topic>@<routed topic>/<partition>``) keeps the ledger ranges of parts of
     one source partition that went to different routed partitions apart.
     """
+    piece = routed.header(PIECE_HEADER)  # a part cut in pieces because its topic refused it whole
+    suffix = f"#{piece.decode('ascii', 'replace')}" if piece else ""
     return RawMessage(
-        topic=f"{envelope['source_topic']}@{routed.topic}/{routed.partition}",
+        topic=f"{envelope['source_topic']}@{routed.topic}/{routed.partition}{suffix}",
         partition=envelope["source_partition"],
         offset=envelope["source_offset"],
         value=envelope["payload"],
@@ -161,6 +181,7 @@ def assigned_partition(topic: str, partition: int) -> tuple[str, int]:
         lane = topic.split("@", 1)[1]
         if "/" in lane:
             routed, routed_partition = lane.rsplit("/", 1)
+            routed_partition = routed_partition.split("#", 1)[0]  # a piece of a part: its partition
             if routed_partition.isdigit():
                 return routed, int(routed_partition)
         return topic.split("@", 1)[0], partition

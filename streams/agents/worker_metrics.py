@@ -137,3 +137,8 @@ LEDGER_CONFLICTS = Counter(
     "Writes planned again because another writer had recorded other cuts of the same messages first.",
     ["signal"], registry=REGISTRY,
 )
+ROUTED_PIECES = Counter(
+    "otelpipe_routed_pieces_total",
+    "Pieces sent in place of routed parts their topic refused as too large (max.message.bytes).",
+    ["signal"], registry=REGISTRY,
+)

@@ -328,3 +328,37 @@ def test_a_hostile_stream_on_every_topic_never_stops_the_worker(worker_factory):
                 "fault": f"hostile stream on 3 topics: {produced} messages, {len(dead)} dead-lettered ({by_reason}), "
                          f"{empty} empty", "unit": "rows", "produced": sum(want_rows[t] for t in stored),
                 "stored": sum(stored.values()), "lost": 0, "duplicated": 0, "seconds": round(seconds, 1)}) + "\n")
+
+
+def test_routed_parts_a_smaller_topic_refuses_are_cut_in_pieces_and_stored_once(worker_factory):
+    worker = worker_factory()
+    s = worker.settings
+    routed = s.routed_topic(s.kafka.metrics_topic)
+
+    async def shrink() -> None:  # a routed topic created elsewhere, with a smaller limit
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, routed,
+                                                      configs={"max.message.bytes": str(100_000)})])
+        finally:
+            await admin.close()
+
+    asyncio.run(shrink())
+    wide = metrics_request()
+    template = wide.resource_metrics[0].scope_metrics[0].metrics[0]
+    for i in range(3000):  # ~600 KB: every routed part over 100 KB
+        metric = wide.resource_metrics[0].scope_metrics[0].metrics.add()
+        metric.CopyFrom(template)
+        metric.name = f"wide.{i}"
+    sent = asyncio.run(produce(s.kafka.bootstrap_servers, s.kafka.metrics_topic, [(wide.SerializeToString(), [])]))
+    rows, _ = expected(Stages.from_settings(s), "metrics", sent[0], s.kafka.partitions)
+    worker.start()
+    for table in METRIC_TABLES:
+        worker.wait_for(f"SELECT count() FROM {{db}}.{table}", rows[table], timeout_s=120)
+    assert worker.metric('otelpipe_routed_pieces_total{signal="metrics"}') > 0
+    time.sleep(2)
+    for table in METRIC_TABLES:
+        assert worker.scalar(f"SELECT count() FROM {{db}}.{table}") == rows[table]
+    assert worker.scalar("SELECT uniqExact(MetricName) FROM {db}.otel_metrics_gauge WHERE MetricName LIKE 'wide.%'") \
+        == 3000  # every piece's metrics, once

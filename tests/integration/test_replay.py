@@ -166,3 +166,24 @@ def test_a_replay_samples_with_the_rates_the_workers_apply_now(topics, chdb_clie
     sink = ClickHouseSink(chdb_client, ch_settings, "replay-test")
     done = _replay(settings, sink, signals=["traces"])
     assert done.finished and 0 <= done.written < summary.spans / 5, (done.written, summary.spans)
+
+
+def test_two_replays_at_once_leave_one_copy(topics, chdb_client, ch_settings):
+    summary = _workload(topics, 20, seed=8)
+    settings = with_changes(topics, clickhouse=ch_settings)
+    now_ms = int(time.time() * 1000)
+
+    async def both() -> list[ReplaySummary]:
+        runs = [replay(settings, ClickHouseSink(chdb_client, ch_settings, "replay-test"), ["traces"],
+                       now_ms - hours * 3_600_000, now_ms + 60_000, out=io.StringIO(), batch_messages=3,
+                       range_text=(f"{hours}h", "now")) for hours in (1, 2)]
+        return list(await asyncio.gather(*runs))
+
+    first, second = asyncio.run(both())
+    assert first.finished and second.finished
+    assert first.written + second.written == summary.spans
+    assert _count(chdb_client, ch_settings.database, "otel_traces") == summary.spans
+    assert _count(chdb_client, ch_settings.database, "otel_traces", "TraceId, SpanId") == summary.spans
+    stages = chdb_client.query(f"SELECT count() FROM system.tables WHERE database = '{ch_settings.database}' "
+                               "AND name LIKE '_replay_stage_%'").result_rows[0][0]
+    assert stages == 0, "each replay dropped its own staging tables"

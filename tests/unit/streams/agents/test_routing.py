@@ -63,3 +63,33 @@ def test_envelope_round_trip_and_virtual_coordinates():
     assert virtual.topic == "otlp_metrics@otlp_metrics.routed/1"
     with pytest.raises(BadMessage):
         decode_envelope(b"\x01")
+
+
+def test_a_refused_metrics_part_is_cut_in_halves_that_keep_every_metric_once():
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from streams.agents.routing import halve_metrics
+    from tests.otlp_builders import metrics_request
+
+    request = metrics_request()
+    names = [m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+    halves = halve_metrics(request.SerializeToString())
+    got = [[m.name for rm in ExportMetricsServiceRequest.FromString(h).resource_metrics
+            for sm in rm.scope_metrics for m in sm.metrics] for h in halves]
+    assert got[0] + got[1] == names and len(got[0]) == len(names) // 2
+    single = ExportMetricsServiceRequest.FromString(halves[0])
+    while len([m for rm in single.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]) > 1:
+        single = ExportMetricsServiceRequest.FromString(halve_metrics(single.SerializeToString())[0])
+    assert halve_metrics(single.SerializeToString()) is None
+
+
+def test_a_piece_has_a_lane_of_its_own_in_its_routed_partition():
+    from streams.agents.routing import PIECE_HEADER, assigned_partition, encode_envelope, virtual_message
+
+    source = RawMessage("otlp_metrics", 1, 99, b"x")
+    env = decode_envelope(encode_envelope("metrics", source, 2, b"piece"))
+    whole = virtual_message(env, RawMessage("a.otlp_metrics.routed", 2, 7, b""))
+    piece = virtual_message(env, RawMessage("a.otlp_metrics.routed", 2, 8, b"", headers=((PIECE_HEADER, b"0.1"),)))
+    assert whole.topic != piece.topic and (piece.partition, piece.offset) == (1, 99)
+    assert assigned_partition(piece.topic, piece.partition) == ("a.otlp_metrics.routed", 2)
+    assert assigned_partition(whole.topic, whole.partition) == ("a.otlp_metrics.routed", 2)
