@@ -399,8 +399,11 @@ class ClickHouseSink:
             column_names=["Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash", "ConsumerGroup"],
         )
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True) -> Any:
-        settings = {"readonly": 1} if readonly else {}
+    def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True,
+              limits: dict[str, Any] | None = None) -> Any:
+        """``limits`` (max_execution_time, max_result_rows, ...) are set with ``readonly``, which
+        then keeps the SQL itself from raising them."""
+        settings = {**(limits or {}), **({"readonly": 1} if readonly else {})}
         return self.client.query(sql, parameters=parameters or {}, settings=settings)
 
     def close(self) -> None:

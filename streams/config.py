@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Mapping, Sequence
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
@@ -208,6 +208,16 @@ class WorkerSettings(Section):
                            "running worker within seconds (`otelpipe policy push FILE`).")
     web_port: Port = setting(6066, "Port of the worker's HTTP server: /metrics and the read-only /query.")
     web_host: str = setting("127.0.0.1", "Address the worker's HTTP server binds.")
+    query_token: SecretStr = setting(
+        "", "Bearer token /query requires (OTELPIPE_WORKER_QUERY_TOKEN). Empty: the worker makes one at start, "
+            "in <data_dir>/query.token (mode 0600), which the CLI of the same configuration reads.")
+    query_timeout_s: PositiveFloat = setting(
+        10.0, "Longest a /query may run (max_execution_time); it shares the ClickHouse thread with ingestion.", "s")
+    query_max_rows: Positive = setting(100_000, "Most rows a /query may return (max_result_rows).", "rows")
+    query_max_bytes: Positive = setting(
+        64 * 1024 * 1024, "Most bytes a /query result may hold (max_result_bytes).", "bytes")
+    query_max_memory_bytes: Positive = setting(
+        1024 * 1024 * 1024, "Most memory a /query may use (max_memory_usage).", "bytes")
     data_dir: str = setting(".otelpipe/worker",
                             "Local state: faust's, and the RocksDB copies of the tail sampling buffer.")
     state_store: Annotated[str, _one_of("memory", "rocksdict")] = setting(

@@ -39,9 +39,12 @@ def worker_url(settings: Settings) -> str:
 def query_worker(settings: Settings, sql: str, parameters: dict[str, Any] | None = None,
                  timeout_s: float = 60.0) -> tuple[list[str], list[list[Any]]] | None:
     """Ask a running worker's read-only /query; None when no worker answers."""
+    from streams.agents.query_access import query_token
+
     body = orjson.dumps({"sql": sql, "parameters": parameters or {}})
-    request = urllib.request.Request(worker_url(settings) + "/query", data=body,
-                                     headers={"content-type": "application/json"}, method="POST")
+    request = urllib.request.Request(worker_url(settings) + "/query", data=body, method="POST",
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {query_token(settings)}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             payload = orjson.loads(response.read())
