@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -183,3 +185,30 @@ def varint(n: int) -> bytes:
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field."""
     return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def mutate_bytes(rng: random.Random, source: bytes, donors: list[bytes]) -> bytes:
+    """One random damage to a payload: cut, flipped or inserted bytes, a deleted run, a splice with
+    one of ``donors``, or a run of bytes repeated (a field sent twice)."""
+    data = bytearray(source)
+    if not data:
+        return rng.randbytes(rng.randrange(1, 8))
+    action = rng.randrange(6)
+    if action == 0:
+        del data[rng.randrange(len(data)):]
+    elif action == 1:
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif action == 2:
+        pos = rng.randrange(len(data))
+        data[pos:pos] = rng.randbytes(rng.randrange(1, 6))
+    elif action == 3:
+        start = rng.randrange(len(data))
+        del data[start:start + rng.randrange(1, 20)]
+    elif action == 4:  # a splice: the head of one payload, the tail of another
+        other = rng.choice(donors)
+        data = data[:rng.randrange(len(data))] + other[rng.randrange(len(other)):]
+    else:  # a field duplicated: the same bytes twice
+        start = rng.randrange(len(data))
+        data[start:start] = data[start:start + rng.randrange(1, 40)]
+    return bytes(data)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -92,6 +93,7 @@ def split_metrics(message: RawMessage, default_encoding: str, partitions: int) -
 
 
 PIECE_HEADER = "otelpipe.piece"
+_PIECE = re.compile(rb"[0-9]+(\.[0-9]+){0,31}")
 
 
 def halve_metrics(payload: bytes) -> list[bytes] | None:
@@ -161,7 +163,9 @@ def virtual_message(envelope: dict[str, Any], routed: RawMessage) -> RawMessage:
     one source partition that went to different routed partitions apart.
     """
     piece = routed.header(PIECE_HEADER)  # a part cut in pieces because its topic refused it whole
-    suffix = f"#{piece.decode('ascii', 'replace')}" if piece else ""
+    if piece and not _PIECE.fullmatch(piece):  # anyone can produce to the topic: only paths like 0.1
+        raise BadMessage("undecodable", "otelpipe.piece is not a piece path (digits and dots, at most 32 levels)")
+    suffix = f"#{piece.decode('ascii')}" if piece else ""
     return RawMessage(
         topic=f"{envelope['source_topic']}@{routed.topic}/{routed.partition}{suffix}",
         partition=envelope["source_partition"],

@@ -92,7 +92,7 @@ def write_refusing(sink: ClickHouseSink, batches: dict[str, ColumnBatch], source
     same rows always make the same inserts, so retrying after a crash stores nothing twice.
     """
     written = Written()
-    done: list[tuple[str, set[int]]] = []  # tables written, with the messages that had rows in them
+    done: list[tuple[str, ColumnBatch]] = []  # tables written (looked into only when a message is refused)
     for table, batch in batches.items():
         batch = batch.without_origins(written.refused)
         if not len(batch):
@@ -104,10 +104,10 @@ def write_refusing(sink: ClickHouseSink, batches: dict[str, ColumnBatch], source
         m.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
         for r in refusals:
             written.refused.setdefault(r.origin, []).append(r)
-            written.stored[r.origin] = [t for t, origins in done if r.origin in origins]
+            written.stored[r.origin] = [t for t, b in done if r.origin in (b.origins() or ())]
         left = batch.without_origins(r.origin for r in refusals) if refusals else batch
         written.rows[table] = len(left)
-        done.append((table, set(left.origins() or ())))
+        done.append((table, left))
     return written
 
 

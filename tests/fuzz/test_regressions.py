@@ -37,15 +37,16 @@ def test_decoders_agree_on_past_disagreements(target, path):
     TARGETS[target](path.read_bytes())
 
 
-@pytest.mark.parametrize("issue, path", _inputs(REGRESSIONS / "known", KNOWN_ISSUES))
-def test_known_findings_still_fail(issue, path):
-    known = KNOWN_ISSUES[issue]
-    try:
-        known.check(path.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - the finding is any failure of the check
-        pytest.xfail(f"known issue {issue}: {known.summary} ({type(exc).__name__})")
-    pytest.fail(f"{issue} no longer fails on {path.name}: move its inputs to regressions/{known.target}/ "
-                "and take it out of KNOWN_ISSUES")
+if KNOWN_ISSUES:  # none today: no test that would only ever report an empty parameter set
+    @pytest.mark.parametrize("issue, path", _inputs(REGRESSIONS / "known", KNOWN_ISSUES))
+    def test_known_findings_still_fail(issue, path):
+        known = KNOWN_ISSUES[issue]
+        try:
+            known.check(path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - the finding is any failure of the check
+            pytest.xfail(f"known issue {issue}: {known.summary} ({type(exc).__name__})")
+        pytest.fail(f"{issue} no longer fails on {path.name}: move its inputs to regressions/{known.target}/ "
+                    "and take it out of KNOWN_ISSUES")
 
 
 def test_known_issue_folders_are_registered():

@@ -36,7 +36,7 @@ from streams.otlp.batch import RawMessage
 from streams.otlp.encode import encode_request
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
-from tests.otlp_builders import field, kv, logs_request, metrics_request, traces_request, varint
+from tests.otlp_builders import field, kv, logs_request, metrics_request, mutate_bytes, traces_request, varint
 
 JSON = [("content-type", b"application/json")]
 PROTO = [("content-type", b"application/x-protobuf")]
@@ -155,24 +155,13 @@ def hostile_metrics() -> list[tuple[bytes, list, bool]]:
 
 
 def mutations(valid: list[bytes], n: int, rng: random.Random) -> list[bytes]:
+    """``n`` valid requests each damaged one to four times (``mutate_bytes``)."""
     out = []
     for _ in range(n):
-        data = bytearray(rng.choice(valid))
+        data = rng.choice(valid)
         for _ in range(rng.randint(1, 4)):
-            op = rng.randrange(5)
-            pos = rng.randrange(len(data)) if data else 0
-            if op == 0 and data:
-                data[pos] ^= 1 << rng.randrange(8)
-            elif op == 1:
-                data[pos:pos] = bytes([rng.randrange(256)])
-            elif op == 2 and data:
-                del data[pos:pos + rng.randint(1, 8)]
-            elif op == 3 and data:
-                end = min(len(data), pos + rng.randint(1, 32))
-                data[pos:pos] = data[pos:end]  # a duplicated run of bytes: repeated fields
-            else:
-                data[pos:pos] = b"\xff" * rng.randint(1, 11)
-        out.append(bytes(data))
+            data = mutate_bytes(rng, data, valid)
+        out.append(data)
     return out
 
 

@@ -155,6 +155,24 @@ def test_a_100000_span_trace_is_decided_early_and_stays_bounded(worker_factory):
     assert rss_kib < 1_500_000, f"peak RSS {rss_kib} KiB"
 
 
+def stored_across(workers) -> Counter:
+    """Spans per trace id over every worker's database."""
+    out: Counter = Counter()
+    for w in workers:
+        for trace_id, spans in w.query("SELECT TraceId, count() FROM {db}.otel_traces GROUP BY TraceId") or []:
+            out[trace_id] += spans
+    return out
+
+
+def summaries_across(workers) -> Counter:
+    """Summary rows per trace id over every worker's database."""
+    out: Counter = Counter()
+    for w in workers:
+        for (trace_id,) in w.query("SELECT TraceId FROM {db}.otel_trace_summary") or []:
+            out[trace_id] += 1
+    return out
+
+
 def test_a_rebalance_to_a_second_worker_decides_each_trace_once(worker_factory, tmp_path):
     """A second worker joins while traces are buffered: the partitions it takes are restored from the
     routed topic, and across both workers' databases every kept trace is written once, whole."""
@@ -168,11 +186,7 @@ def test_a_rebalance_to_a_second_worker_decides_each_trace_once(worker_factory, 
         kept_spans = sum(produced.spans[t] for t in produced.kept)
 
         def stored() -> Counter:
-            out: Counter = Counter()
-            for w in (first, second):
-                for trace_id, spans in w.query("SELECT TraceId, count() FROM {db}.otel_traces GROUP BY TraceId") or []:
-                    out[trace_id] += spans
-            return out
+            return stored_across((first, second))
 
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and sum(stored().values()) < kept_spans:
@@ -181,10 +195,7 @@ def test_a_rebalance_to_a_second_worker_decides_each_trace_once(worker_factory, 
         spans = stored()
         assert set(spans) == produced.kept
         assert all(spans[t] == produced.spans[t] for t in spans), "a trace written twice or in part"
-        summaries = Counter()
-        for w in (first, second):
-            for (trace_id,) in w.query("SELECT TraceId FROM {db}.otel_trace_summary") or []:
-                summaries[trace_id] += 1
+        summaries = summaries_across((first, second))
         assert set(summaries) == produced.kept and set(summaries.values()) == {1}
         assert second.metric("otelpipe_tail_decisions_total{decision=\"keep\",reason=\"wait\"}") is not None, \
             "the second worker decided some traces"
@@ -244,11 +255,7 @@ def test_three_workers_through_rolling_restarts_and_a_kill_write_every_trace_onc
         kept_spans = sum(produced.spans[t] for t in produced.kept)
 
         def stored() -> Counter:
-            out: Counter = Counter()
-            for w in workers:
-                for trace_id, spans in w.query("SELECT TraceId, count() FROM {db}.otel_traces GROUP BY TraceId") or []:
-                    out[trace_id] += spans
-            return out
+            return stored_across(workers)
 
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and sum(stored().values()) < kept_spans:
@@ -257,10 +264,7 @@ def test_three_workers_through_rolling_restarts_and_a_kill_write_every_trace_onc
         spans = stored()
         assert set(spans) == produced.kept
         assert all(spans[t] == produced.spans[t] for t in spans), "a trace written twice or in part"
-        summaries: Counter = Counter()
-        for w in workers:
-            for (trace_id,) in w.query("SELECT TraceId FROM {db}.otel_trace_summary") or []:
-                summaries[trace_id] += 1
+        summaries = summaries_across(workers)
         assert set(summaries) == produced.kept and set(summaries.values()) == {1}
     finally:
         for w in workers:

@@ -93,3 +93,13 @@ def test_a_piece_has_a_lane_of_its_own_in_its_routed_partition():
     assert whole.topic != piece.topic and (piece.partition, piece.offset) == (1, 99)
     assert assigned_partition(piece.topic, piece.partition) == ("a.otlp_metrics.routed", 2)
     assert assigned_partition(whole.topic, whole.partition) == ("a.otlp_metrics.routed", 2)
+
+
+def test_a_piece_header_that_is_not_a_piece_path_is_refused():
+    from streams.agents.routing import PIECE_HEADER, encode_envelope, virtual_message
+
+    env = decode_envelope(encode_envelope("metrics", RawMessage("otlp_metrics", 1, 99, b"x"), 2, b"piece"))
+    for bad in (b"x" * 10_000, b"0/1", b"", b"1."):
+        headers = ((PIECE_HEADER, bad),) if bad else ((PIECE_HEADER, b"\xff"),)
+        with pytest.raises(BadMessage):
+            virtual_message(env, RawMessage("a.otlp_metrics.routed", 2, 8, b"", headers=headers))

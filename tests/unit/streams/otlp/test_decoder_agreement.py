@@ -24,9 +24,11 @@ from streams.otlp import decode as otlp_decode
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
 from streams.tools.workload import Workload
-from tests.otlp_builders import LINK_SPAN, LINK_TRACE, SPAN_ID, TRACE_ID, traces_request
+from tests.otlp_builders import LINK_SPAN, LINK_TRACE, SPAN_ID, TRACE_ID, mutate_bytes, traces_request
 
-pytestmark = pytest.mark.skipif(otlp_decode._fastotlp is None, reason="streams.otlp._fastotlp is not built")
+# The native decoder is the production path and is always built with the package: these tests fail
+# (rather than skip) when it is missing.
+assert otlp_decode._fastotlp is not None, "streams.otlp._fastotlp is not built (pip install -e .)"
 
 # ---------------------------------------------------------------- comparing the two paths
 
@@ -400,29 +402,6 @@ def copy_tree(value):
     if isinstance(value, list):
         return [[f, w, copy_tree(v)] if isinstance(v, list) else [f, w, v] for f, w, v in value]
     return value
-
-
-def mutate_bytes(rng: random.Random, source: bytes, donors: list[bytes]) -> bytes:
-    data = bytearray(source)
-    action = rng.randrange(6)
-    if action == 0:
-        del data[rng.randrange(len(data)):]
-    elif action == 1:
-        for _ in range(rng.randrange(1, 4)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-    elif action == 2:
-        pos = rng.randrange(len(data))
-        data[pos:pos] = rng.randbytes(rng.randrange(1, 6))
-    elif action == 3:
-        start = rng.randrange(len(data))
-        del data[start:start + rng.randrange(1, 20)]
-    elif action == 4:  # a splice: the head of one payload, the tail of another
-        other = rng.choice(donors)
-        data = data[:rng.randrange(len(data))] + other[rng.randrange(len(other)):]
-    else:  # a field duplicated: the same bytes twice
-        start = rng.randrange(len(data))
-        data[start:start] = data[start:start + rng.randrange(1, 40)]
-    return bytes(data)
 
 
 def seed_requests() -> list[bytes]:

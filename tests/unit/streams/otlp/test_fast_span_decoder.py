@@ -8,7 +8,7 @@ from streams.otlp import decode as otlp_decode
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
 from streams.tools.workload import Workload
-from tests.otlp_builders import traces_request
+from tests.otlp_builders import mutate_bytes, traces_request
 
 def both(payloads: list[bytes]):
     messages = [RawMessage("t", 0, i, p) for i, p in enumerate(payloads)]
@@ -57,20 +57,7 @@ def test_damaged_payloads_fail_or_pass_alike():
     damaged = [b"", b"\x00", b"\x0a\x00", b"\x0a\x05\x0a\x03\x0a\x01\x00"]
     for source in (base, workload):
         for _ in range(300):
-            data = bytearray(source)
-            action = rng.randrange(4)
-            if action == 0:
-                del data[rng.randrange(len(data)):]
-            elif action == 1:
-                for _ in range(rng.randrange(1, 4)):
-                    data[rng.randrange(len(data))] = rng.randrange(256)
-            elif action == 2:
-                pos = rng.randrange(len(data))
-                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 6)))
-            else:
-                start = rng.randrange(len(data))
-                del data[start:start + rng.randrange(1, 20)]
-            damaged.append(bytes(data))
+            damaged.append(mutate_bytes(rng, source, [base, workload]))
     fast, slow = both(damaged)
     assert_same(fast, slow)
     assert fast.dead_letters, "damage should break some messages"
