@@ -96,16 +96,40 @@ def chdb_path(dsn: str) -> Path:
 
 
 def connect(settings: ClickHouseSettings) -> Any:
-    """A clickhouse-connect client for the configured DSN (chDB embedded, or a server)."""
+    """A clickhouse-connect client for the configured DSN (chDB embedded, or a server) whose
+    session database is ``settings.database``, so unqualified table names resolve there.
+
+    clickhouse-connect refuses a session database that does not exist yet (``get_client(database=
+    ...)`` fails with UNKNOWN_DATABASE), and migrations create it: the embedded store creates it here
+    (what the first migration does anyway, no cluster there); on a server the database is taken once
+    it exists (``use_database``, again after migrating), and a database the DSN's path names stays.
+    """
     if settings.dsn.startswith("chdb://"):
         path = chdb_path(settings.dsn)
         path.mkdir(parents=True, exist_ok=True)
-        return clickhouse_connect.get_client(interface="chdb", path=str(path))
+        client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+        client.command(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
+        client.database = settings.database
+        return client
     password = settings.password.get_secret_value()
-    return clickhouse_connect.get_client(
+    client = clickhouse_connect.get_client(
         dsn=settings.dsn, send_receive_timeout=int(settings.insert_timeout_s), connect_timeout=10,
         **({"password": password} if password else {}),
     )
+    use_database(client, settings.database)
+    return client
+
+
+def use_database(client: Any, database: str) -> bool:
+    """Make ``database`` the client's session database if it has none (the DSN named none) and
+    the database exists; True when the client has a session database afterwards."""
+    if client.database:
+        return True
+    exists = client.query("SELECT count() FROM system.databases WHERE name = {db:String}",
+                          parameters={"db": database}).result_rows[0][0]
+    if exists:
+        client.database = database
+    return bool(exists)
 
 
 # Errors of the table or the connection's rights, not of the rows: writing waits until someone fixes

@@ -172,11 +172,13 @@ class Runtime:
 
         Until it succeeds this agent takes nothing from Kafka: its partitions wait, nothing is lost.
         """
+        from sinks.clickhouse import use_database
         from sinks.migrations import migrate
 
         def open_and_migrate() -> ClickHouseSink:
             sink = self.open_sink()
             migrate(sink.client, self.settings.clickhouse)
+            use_database(sink.client, self.settings.clickhouse.database)  # a server's, created just now
             return sink
 
         where = self.settings.clickhouse.dsn.split("@")[-1]
