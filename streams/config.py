@@ -16,15 +16,16 @@ Every field's description is its documentation (``otelpipe config`` prints them 
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Mapping, Sequence
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
-from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, InitSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
 from sinks.settings import (
@@ -128,7 +129,31 @@ def _service_rates(value: str) -> str:
     return value
 
 
+_HOST = re.compile(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+
+
+def _host_name(value: str) -> str:
+    if not _HOST.match(value):
+        raise ValueError(f"{value!r} is not a host name: a name or IPv4 address, or an IPv6 address in brackets, "
+                         "optionally with :port (no scheme, no path)")
+    return value
+
+
+def _comma_separated(value: Any) -> Any:
+    """A list setting given as one string (an environment variable): ``a,b`` or a JSON list."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list ({exc}): {value!r}") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 Port = Annotated[int, AfterValidator(_port)]
+HostList = Annotated[tuple[Annotated[str, AfterValidator(_host_name)], ...], NoDecode,
+                     BeforeValidator(_comma_separated)]
 Topic = Annotated[str, AfterValidator(_topic)]
 Encoding = Annotated[str, _one_of(*ENCODINGS)]
 
@@ -208,6 +233,14 @@ class WorkerSettings(Section):
                            "running worker within seconds (`otelpipe policy push FILE`).")
     web_port: Port = setting(6066, "Port of the worker's HTTP server: /metrics and the read-only /query.")
     web_host: str = setting("127.0.0.1", "Address the worker's HTTP server binds.")
+    query_hosts: HostList = setting(
+        (), "Host names /query answers to besides localhost, 127.0.0.1, [::1] and web_host (each also with "
+            ":web_port): a request naming another host in its Host header is refused, so a web page cannot "
+            "reach /query through a DNS name pointed at this machine. A TOML list; in "
+            "OTELPIPE_WORKER_QUERY_HOSTS, comma separated.")
+    query_remote: bool = setting(
+        False, "Whether /query answers peers that are not on loopback (127.0.0.0/8, ::1). Off: only "
+               "processes on this host (or in this container) can query; /metrics answers everyone.")
     query_token: SecretStr = setting(
         "", "Bearer token /query requires (OTELPIPE_WORKER_QUERY_TOKEN). Empty: the worker makes one at start, "
             "in <data_dir>/query.token (mode 0600), which the CLI of the same configuration reads.")

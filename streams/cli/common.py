@@ -32,28 +32,50 @@ class QueryFailed(RuntimeError):
     pass
 
 
+class WrongStore(QueryFailed):
+    """The worker answering on the configured port serves another store than the configuration names."""
+
+
+def worker_address(settings: Settings) -> str:
+    from streams.agents.query_access import reachable_host
+
+    return f"{reachable_host(settings)}:{settings.worker.web_port}"
+
+
 def worker_url(settings: Settings) -> str:
-    return f"http://{settings.worker.web_host}:{settings.worker.web_port}"
+    return f"http://{worker_address(settings)}"
+
+
+def wrong_store_message(address: str, served: str, wanted: str) -> str:
+    return (f"the worker on {address} serves {served}, not {wanted} that this configuration names; "
+            "stop it or set worker.web_port")
 
 
 def query_worker(settings: Settings, sql: str, parameters: dict[str, Any] | None = None,
                  timeout_s: float = 60.0) -> tuple[list[str], list[list[Any]]] | None:
-    """Ask a running worker's read-only /query; None when no worker answers."""
-    from streams.agents.query_access import query_token
+    """Ask a running worker's read-only /query; None when no worker answers. The request names
+    the store of ``settings`` (``X-Otelpipe-Store``): a worker serving another one refuses, and
+    this raises ``WrongStore`` rather than return that store's rows."""
+    from streams.agents.query_access import STORE_HEADER, query_token, store_header, store_identity
 
+    wanted = store_identity(settings)
     body = orjson.dumps({"sql": sql, "parameters": parameters or {}})
     request = urllib.request.Request(worker_url(settings) + "/query", data=body, method="POST",
                                      headers={"content-type": "application/json",
-                                              "authorization": f"Bearer {query_token(settings)}"})
+                                              "authorization": f"Bearer {query_token(settings)}",
+                                              STORE_HEADER: store_header(wanted)})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             payload = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
-            message = orjson.loads(exc.read()).get("error", str(exc))
+            answer = orjson.loads(exc.read())
         except Exception:
-            message = str(exc)
-        raise QueryFailed(message) from None
+            answer = None
+        answer = answer if isinstance(answer, dict) else {}
+        if exc.code == 409 and isinstance(answer.get("store"), str):
+            raise WrongStore(wrong_store_message(worker_address(settings), answer["store"], wanted)) from None
+        raise QueryFailed(str(answer.get("error", exc))) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
     return payload["columns"], payload["rows"]

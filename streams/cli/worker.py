@@ -17,6 +17,7 @@ import orjson
 from streams.cli.common import (
     METRIC_TABLES,
     QueryFailed,
+    WrongStore,
     all_topics,
     local_broker,
     query_worker,
@@ -167,6 +168,8 @@ def _wait_for_worker(settings: Settings, proc: subprocess.Popen, timeout_s: floa
         try:
             if query_worker(settings, "SELECT 1", timeout_s=2) is not None:
                 return
+        except WrongStore as exc:
+            raise SystemExit(str(exc)) from None
         except QueryFailed:
             pass
         time.sleep(0.5)
