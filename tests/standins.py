@@ -1,5 +1,12 @@
 """In-memory stand-ins of the tail worker's compacted topics (ChangelogState's interface), for
-unit tests and fuzz targets that run rounds without a broker."""
+unit tests and fuzz targets that run rounds without a broker; and control records as a consumer
+hands them over, signed the way the CLI signs them (``control_record``)."""
+
+from types import SimpleNamespace
+
+from streams.control_auth import sign
+
+CONTROL_KEY = b"test-control-key-0123456789abcdef"
 
 
 class TopicStandIn:
@@ -46,3 +53,10 @@ class StateStandIn:
             p = self.partition_of(key)
             self.topic.records.get(p, {}).pop(key, None)
             self._data.get(p, {}).pop(key, None)
+
+
+def control_record(topic, record_key, value, signed_at_ms=1, offset=0, key=CONTROL_KEY, signed=True):
+    """A record of a control topic, as aiokafka's consumer gives it (key, value, headers, offset),
+    with the headers ``sign`` makes (none when not ``signed``)."""
+    headers = sign(key, topic, record_key, value, signed_at_ms) if signed else []
+    return SimpleNamespace(key=record_key, value=value, headers=tuple(headers), offset=offset, topic=topic)
