@@ -3,7 +3,7 @@
 Sources, later ones winning:
 1. the defaults below,
 2. a TOML file (``--config FILE`` or ``OTELPIPE_CONFIG``), sections named after the models
-   (``[kafka]``, ``[clickhouse]``, ``[worker]``, ``[slo]``, ``[sampling]``),
+   (``[kafka]``, ``[clickhouse]``, ``[worker]``, ``[slo]``, ``[sampling]``, ``[control]``),
 3. environment variables ``OTELPIPE_<SECTION>_<FIELD>`` (``OTELPIPE_CLICKHOUSE_DSN=...``).
 
 ``load_settings`` validates everything at once and raises ``ConfigError`` listing every problem
@@ -379,6 +379,31 @@ class SamplingSettings(Section):
         return out
 
 
+class ControlSettings(Section):
+    key: SecretStr = setting(
+        "", "Shared key that signs and verifies control records (label policy, sampling and catalog topics), "
+            "OTELPIPE_CONTROL_KEY; at least 16 characters. Empty, with key_file empty too: "
+            "<worker.data_dir>/control.key, made on first use (mode 0600) by the worker or the CLI. Every "
+            "worker and every machine that runs `otelpipe policy push`, `sampling set` or `catalog push` "
+            "needs the same key.")
+    key_file: str = setting(
+        "", "File holding the control key (instead of key); surrounding whitespace is ignored.")
+    topic_policy_may_relax: bool = setting(
+        False, "Whether a label policy from the policy topic may redact less than the worker's own "
+               "(worker.label_policy or the defaults): fewer detectors, block keys or query secrets, allow "
+               "mode back to block. False: such a policy is refused (weaker_policy).")
+
+    @model_validator(mode="after")
+    def _related(self) -> ControlSettings:
+        problems = []
+        key = self.key.get_secret_value()
+        if key and self.key_file:
+            problems.append("key: set key or key_file, not both")
+        if key and len(key.strip()) < 16:
+            problems.append("key: must be at least 16 characters")
+        return _raise_related(self, problems)
+
+
 class _Related(ValueError):
     """Problems relating several settings of one section, each ``field: message`` or a sentence."""
 
@@ -420,6 +445,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="The worker process.")
     slo: SloSettings = Field(default_factory=SloSettings, description="SLOs and burn-rate alerts.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Head and tail sampling.")
+    control: ControlSettings = Field(default_factory=ControlSettings,
+                                     description="Signed control topics: the key and what a pushed policy may do.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any,

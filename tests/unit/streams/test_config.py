@@ -74,11 +74,23 @@ def test_secrets_are_never_printed():
     assert "s3cret" not in str(err.value) and "otel:****@ch" in str(err.value)
 
 
+def test_the_control_key_is_a_secret_checked_with_its_setting_named():
+    s = load_settings(env={"OTELPIPE_CONTROL_KEY": "a-shared-control-key-0123456789"})
+    assert s.control.key.get_secret_value() == "a-shared-control-key-0123456789"
+    assert "a-shared-control-key" not in "\n".join(" ".join(row) for row in describe(s)) + repr(s)
+    assert load_settings(env={"OTELPIPE_CONTROL_KEY_FILE": "/etc/otelpipe/control.key"}).control.key_file
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"OTELPIPE_CONTROL_KEY": "short", "OTELPIPE_CONTROL_KEY_FILE": "/k"})
+    assert "control.key: must be at least 16 characters" in err.value.problems
+    assert "control.key: set key or key_file, not both" in err.value.problems
+    assert "short" not in str(err.value)
+
+
 def test_schema_of_the_file_lists_every_section():
     from streams.config import config_json_schema
 
     schema = config_json_schema()
-    assert set(schema["properties"]) == {"kafka", "clickhouse", "worker", "slo", "sampling"}
+    assert set(schema["properties"]) == {"kafka", "clickhouse", "worker", "slo", "sampling", "control"}
     assert schema["$defs"]["WorkerSettings"]["additionalProperties"] is False
 
 
