@@ -56,7 +56,7 @@ DEFAULT_BLOCK_KEYS = (
 )
 DEFAULT_QUERY_SECRETS = ("token", "access_token", "refresh_token", "id_token", "password", "passwd", "pwd",
                          "secret", "client_secret", "api_key", "apikey", "key", "signature", "sig", "auth")
-DETECTORS = ("bearer", "card", "email")
+DETECTORS = ("bearer", "basic", "card", "email", "url_credentials", "assignment")
 RULE_TYPES = ("hash", "template", "truncate_hash", "top_k", "drop")
 BUDGET_ACTIONS = ("bucketize", "drop")
 SIGNALS = ("traces", "logs", "metrics")
@@ -223,7 +223,7 @@ class RedactionSection(_Section):
     """``[redaction]``: keys never stored, and secrets found in values."""
 
     mode: RedactionMode = Field(RedactionPolicy.mode, description="block: drop block_keys; allow: keep only "
-                                "allow_keys on record-level attributes (fail closed)")
+                                "allow_keys, in every attribute map and inside kvlist values (fail closed)")
     block_keys: Strings = Field(RedactionPolicy.block_keys, description="globs of keys never stored")
     allow_keys: Strings = Field(RedactionPolicy.allow_keys, validate_default=True,
                                 description="globs of the keys that survive in allow mode")

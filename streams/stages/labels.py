@@ -1,17 +1,28 @@
 """The label stage: redaction, templating and cardinality rules over one columnar batch.
 
-``LabelStage(policy).apply(batch) -> (batch, counts)`` returns a new batch (input untouched) in
-which, for every attribute map (span, log, metric point, event, link, resource and scope):
+``LabelStage(policy).apply(batch) -> (batch, counts)`` returns a new batch (input untouched).
+Redaction fails closed: it covers every string a row carries, found by the cells' types rather
+than by a list of column names, so a column added later is covered without a change here:
 
-- keys matching the block list are dropped (allow mode: keys not on the allow list are dropped);
-- values that look like bearer tokens, card numbers (Luhn-checked) or emails are masked, dropped
-  or hashed (stable, seeded), and secrets in URL query strings (``?token=...``) are masked, also in
-  span names and log bodies;
-- URL attributes and ``METHOD /path`` span names are templated (``http.route`` wins);
-- cardinality rules apply by key: ``hash`` → ``bucket_N`` of a seeded xxhash, ``template``,
-  ``truncate_hash`` (long values → ``hash:<16 hex>``), ``top_k`` (the K most frequent values of
-  the previous window stay, the rest become ``__other__``), ``drop``;
-- metric points whose name is not allowed are removed.
+- in every attribute map (span, log, metric point, event, link, exemplar, metric metadata,
+  resource, scope), keys matching the block list are dropped (allow mode: keys not on the allow
+  list are dropped, in every map), and so are keys the value detectors flag;
+- every value, and every other text column (span and event names, status messages, log bodies
+  and event names, trace states, scope names, schema URLs, metric names and descriptions...),
+  passes the value detectors: bearer and basic credentials (any case), card numbers
+  (Luhn-checked), emails, passwords in URLs (``scheme://user:pw@``), ``password=...``-style
+  assignments, and secrets in URL query strings (``?token=...``). A detected secret is masked,
+  dropped or hashed (stable, seeded);
+- values holding JSON (kvlist and array attributes and bodies are stored as JSON) are looked into:
+  nested keys meet the same key rules, nested strings the same detectors;
+- only validated identifiers (trace and span ids as hex) and the fixed enum names (span kind,
+  status code) are exempt (``EXEMPT_COLUMNS``).
+
+Beyond redaction: URL attributes and ``METHOD /path`` span names are templated (``http.route``
+wins); cardinality rules apply by key: ``hash`` → ``bucket_N`` of a seeded xxhash, ``template``,
+``truncate_hash`` (long values → ``hash:<16 hex>``), ``top_k`` (the K most frequent values of
+the previous window stay, the rest become ``__other__``), ``drop``; metric points whose name is
+not allowed are removed.
 
 ``counts`` maps (stage, reason) to how many values or rows were changed or dropped. Decisions per
 key and per value are memoised (bounded caches), so repeated keys and values cost a lookup.
@@ -24,20 +35,27 @@ so a metric's ``top_k`` counts are complete; for spans and logs they are those o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import fnmatch
 import re
 from collections import Counter
+from itertools import chain
 from typing import Any
 
+import orjson
 import re2
 import xxhash
 
-from streams.otlp.batch import ColumnBatch
+from streams.otlp.batch import ORIGIN, ColumnBatch
 from streams.stages.label_policy import CardinalityRule, LabelPolicy
 from streams.stages.templating import template_path, template_span_name
 
-MAP_COLUMNS = ("SpanAttributes", "LogAttributes", "Attributes", "ResourceAttributes", "ScopeAttributes")
-NESTED_MAP_COLUMNS = ("Events.Attributes", "Links.Attributes", "Exemplars.FilteredAttributes")
+# Columns no redaction applies to: ids the decoder writes as hex of validated bytes, and enum names
+# it takes from fixed lists. Every other column holding text is redacted (see the module's text).
+EXEMPT_COLUMNS = frozenset({"TraceId", "SpanId", "ParentSpanId", "Links.TraceId", "Links.SpanId",
+                            "Exemplars.TraceId", "Exemplars.SpanId", "SpanKind", "StatusCode", ORIGIN})
+SHARED_MAP_COLUMNS = ("ResourceAttributes", "ScopeAttributes")  # one map object shared by many rows
 SIGNAL_OF_TABLE = {"otel_traces": "traces", "otel_logs": "logs"}
 MASK = "****"
 OTHER = "__other__"
@@ -46,11 +64,18 @@ TIME_COLUMNS = ("Timestamp", "TimeUnix")
 _PLAIN = ("keep", False, ())  # a kept key with no URL templating and no rule: only the detectors apply
 
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
+_BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})")
+# RE2 as well: a backtracking engine retries the scheme at every letter of a long word.
+_URL_CREDENTIALS = re2.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#@]+)@")
+_ASSIGNMENT = re.compile(r"(?i)(?<![a-z0-9])((?:passw(?:or)?d|pwd|secret|client[_-]?secret|api[_-]?key|"
+                         r"access[_-]?token|auth[_-]?token|token)[\"']?\s*[=:]\s*[\"']?)([^\s\"'&;,{}\[\]]+)")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 # RE2 (linear time): Python's backtracking engine is quadratic on "a" * n + "@" with this pattern.
 _EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# anything a detector could match: '@' (email), 'earer' (bearer), 13 digits (card), '=' (query)
-_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer)|\d[\d -]{11,}\d|[?&][A-Za-z_-]+=")
+# anything a detector could match: '@' (email, URL credentials), 'bearer' or 'basic' (any case),
+# 13 digits (card), a query parameter, or the start of a secret assignment
+_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer|basic|passw|pwd|secret|api.?key|token)|\d[\d -]{11,}\d|[?&;][A-Za-z_-]+=")
+_MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walked
 
 
 def _luhn(digits: str) -> bool:
@@ -63,6 +88,35 @@ def _luhn(digits: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+def _is_basic_credential(token: str) -> bool:
+    """Whether a word after "Basic" is base64 of ``user:password`` (so "basic configuration" is not)."""
+    try:
+        decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return False
+    return ":" in decoded and decoded.isprintable()
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _cell_kind(values: list[Any]) -> str:
+    """What a column's cells hold: "text", "map", "texts" (arrays of text), "maps" or "other"."""
+    for value in values:
+        if isinstance(value, str):
+            return "text"
+        if isinstance(value, dict):
+            return "map"
+        if isinstance(value, (list, tuple)):
+            if not value:
+                continue
+            first = value[0]
+            return "texts" if isinstance(first, str) else "maps" if isinstance(first, dict) else "other"
+        return "other"
+    return "other"
 
 
 def stable_hash(seed: str, value: str) -> int:
@@ -124,9 +178,9 @@ class LabelStage:
                                  r")=)[^&#\s;\"']*", re.IGNORECASE) if self._secrets else None
         self._url_keys = set(policy.template_url_keys)
         self._value_cache: dict[str, tuple[str | None, str]] = {}
-        self._plans_by_scope: dict[tuple[str, bool], dict[str, tuple[Any, ...]]] = {}  # key plans, by scope
+        self._plans_by_signal: dict[str, dict[str, tuple[Any, ...]]] = {}  # key plans, by signal
         self._name_cache: dict[tuple[str, str], tuple[str, str, str]] = {}  # (span name, route) → result
-        self._plain_keys: dict[tuple[str, bool], set[str]] = {}  # keys whose plan is _PLAIN, by scope
+        self._plain_keys: dict[str, set[str]] = {}  # keys whose plan is _PLAIN, by signal
         self._clean_values: set[str] = set()  # values the detectors passed unchanged
         self._top_k: dict[tuple[int, str, str], TopK] = {}  # (rule index, signal, key)
         self._rule_index = {id(r): i for i, r in enumerate(policy.rules)}
@@ -134,20 +188,18 @@ class LabelStage:
 
     # ------------------------------------------------------------ decisions (memoised)
 
-    def _key_plan(self, signal: str, key: str, record_level: bool) -> tuple[Any, ...]:
+    def _key_plan(self, signal: str, key: str) -> tuple[Any, ...]:
         """('drop', reason) | ('keep', template_url: bool, rules: tuple[CardinalityRule, ...]).
 
-        The block list applies to every map; allow mode to record-level maps (span, log, point,
-        event, link attributes), not to resource and scope attributes that name the sender.
+        The block list and allow mode apply to every map alike (fail closed), and so do the value
+        detectors: a key that holds a secret itself (an email, a token) is dropped.
         """
         plan: tuple[Any, ...] | None = None
-        lowered = key.lower()
-        if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
-            plan = ("drop", "blocked_key")
-        elif record_level and self.policy.redaction.mode == "allow":
-            if not any(fnmatch.fnmatchcase(lowered, p) for p in self._allow):
-                plan = ("drop", "not_allowed")
-        if plan is None:
+        drop = self._key_drop(key)
+        if drop:
+            plan = ("drop", drop)
+        else:
+            lowered = key.lower()
             rules = tuple(r for r in self.policy.rules if signal in r.signals and fnmatch.fnmatchcase(lowered, r.key.lower()))
             if any(r.type == "drop" for r in rules):
                 plan = ("drop", "cardinality_drop")
@@ -157,32 +209,45 @@ class LabelStage:
                 plan = ("keep", key in self._url_keys, rules)
         return plan
 
-    def _plans(self, signal: str, record_level: bool) -> dict[str, tuple[Any, ...]]:
-        """The memoised plans of one scope (bounded: all scopes are forgotten past the limit)."""
-        plans = self._plans_by_scope.get((signal, record_level))
+    def _key_drop(self, key: str) -> str:
+        """Why a key (of a map, or inside a JSON value) is never stored, or "" when it may be."""
+        lowered = key.lower()
+        if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
+            return "blocked_key"
+        if self.policy.redaction.mode == "allow" and not any(fnmatch.fnmatchcase(lowered, p) for p in self._allow):
+            return "not_allowed"
+        if _MAYBE_SENSITIVE.search(key) and self._scrub_text(key)[1]:
+            return "sensitive_key"
+        return ""
+
+    def _plans(self, signal: str) -> dict[str, tuple[Any, ...]]:
+        """The memoised plans of one signal (bounded: all are forgotten past the limit)."""
+        plans = self._plans_by_signal.get(signal)
         if plans is None:
-            plans = self._plans_by_scope[(signal, record_level)] = {}
+            plans = self._plans_by_signal[signal] = {}
         return plans
 
-    def _remember_plan(self, plans: dict[str, tuple[Any, ...]], signal: str, key: str,
-                       record_level: bool) -> tuple[Any, ...]:
-        if sum(len(p) for p in self._plans_by_scope.values()) >= _CACHE_LIMIT:
-            for known in self._plans_by_scope.values():
+    def _remember_plan(self, plans: dict[str, tuple[Any, ...]], signal: str, key: str) -> tuple[Any, ...]:
+        if sum(len(p) for p in self._plans_by_signal.values()) >= _CACHE_LIMIT:
+            for known in self._plans_by_signal.values():
                 known.clear()
             self._plain_keys.clear()
-        plan = plans[key] = self._key_plan(signal, key, record_level)
+        plan = plans[key] = self._key_plan(signal, key)
         if plan is _PLAIN:
-            self._plain_keys.setdefault((signal, record_level), set()).add(key)
+            self._plain_keys.setdefault(signal, set()).add(key)
         return plan
 
     def scrub(self, value: str) -> tuple[str | None, str]:
-        """(new value or None to drop the attribute, reason or "") after the value detectors."""
+        """(new value or None to drop it, reason or "") after the value detectors; a value holding
+        a JSON object or array is looked into (keys and strings at every level)."""
         cached = self._value_cache.get(value)
         if cached is not None:
             return cached
-        result: tuple[str | None, str] = (value, "")
-        if _MAYBE_SENSITIVE.search(value):
-            result = self._scrub_slow(value)
+        result: tuple[str | None, str] | None = None
+        if value.lstrip()[:1] in ("{", "["):
+            result = self._scrub_json(value)
+        if result is None:
+            result = self._scrub_text(value)
         if len(self._value_cache) >= _CACHE_LIMIT:
             self._value_cache.clear()
             self._clean_values.clear()
@@ -197,12 +262,19 @@ class LabelStage:
             return f"hash:{stable_hash(self.policy.redaction.hash_seed, found):016x}"
         return MASK
 
-    def _scrub_slow(self, value: str) -> tuple[str | None, str]:
+    def _scrub_text(self, value: str) -> tuple[str | None, str]:
+        if not _MAYBE_SENSITIVE.search(value):
+            return value, ""
         detect = self.policy.redaction.detect
         reason = ""
         new = value
         if "bearer" in detect and _BEARER.search(new):
             new, reason = _BEARER.sub(lambda m: "Bearer " + self._replacement(m.group(0)), new), "bearer_token"
+        if "basic" in detect:
+            replaced = _BASIC.sub(lambda m: "Basic " + self._replacement(m.group(1)) if _is_basic_credential(m.group(1))
+                                  else m.group(0), new)
+            if replaced != new:
+                new, reason = replaced, reason or "basic_credentials"
         if "card" in detect:
             def card(m: re.Match[str]) -> str:
                 digits = re.sub(r"\D", "", m.group(0))
@@ -210,6 +282,10 @@ class LabelStage:
             replaced = _CARD.sub(card, new)
             if replaced != new:
                 new, reason = replaced, reason or "card_number"
+        if "url_credentials" in detect:
+            replaced = _URL_CREDENTIALS.sub(lambda m: m.group(1) + self._replacement(m.group(2)) + "@", new)
+            if replaced != new:
+                new, reason = replaced, reason or "url_credentials"
         if "email" in detect:
             replaced = _EMAIL.sub(lambda m: self._replacement(m.group(0)), new)
             if replaced != new:
@@ -218,9 +294,72 @@ class LabelStage:
             replaced = self._query.sub(lambda m: m.group(1) + MASK, new)
             if replaced != new:
                 new, reason = replaced, reason or "url_secret"
+        if "assignment" in detect:
+            replaced = _ASSIGNMENT.sub(lambda m: m.group(1) + (m.group(2) if m.group(2) == MASK
+                                                               else self._replacement(m.group(2))), new)
+            if replaced != new:
+                new, reason = replaced, reason or "secret_assignment"
         if reason and self.policy.redaction.value_action == "drop" and reason != "url_secret":
             return None, reason
         return new, reason
+
+    def _scrub_json(self, value: str) -> tuple[str | None, str] | None:
+        """A JSON object or array with the key rules and detectors applied inside; None when the
+        value is not JSON (the detectors then read it as text). Unchanged values keep their bytes."""
+        try:
+            data = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("depth limit"):  # JSON too deep to look into: nothing of it is kept
+                return MASK, "too_deep_to_read"
+            return None
+        if not isinstance(data, (dict, list)):
+            return None
+        reasons: list[str] = []
+        try:
+            cleaned = self._walk_json(data, 1, reasons)
+        except _TooDeep:
+            return MASK, "too_deep_to_read"
+        if not reasons:
+            return value, ""
+        return orjson.dumps(cleaned, option=orjson.OPT_SORT_KEYS).decode(), reasons[0]
+
+    def _walk_json(self, node: Any, depth: int, reasons: list[str]) -> Any:
+        if depth > _MAX_JSON_DEPTH:
+            raise _TooDeep
+        if isinstance(node, dict):
+            out = {}
+            for key, item in node.items():
+                drop = self._key_drop(key)
+                if drop:
+                    reasons.append(drop)
+                    continue
+                if isinstance(item, str):
+                    new, reason = self.scrub(item)
+                    if reason:
+                        reasons.append(reason)
+                    if new is not None:
+                        out[key] = new
+                elif isinstance(item, (dict, list)):
+                    out[key] = self._walk_json(item, depth + 1, reasons)
+                else:
+                    out[key] = item
+            return out
+        if isinstance(node, list):
+            items = []
+            for item in node:
+                if isinstance(item, str):
+                    new, reason = self.scrub(item)
+                    if reason:
+                        reasons.append(reason)
+                    if new is not None:
+                        items.append(new)
+                elif isinstance(item, (dict, list)):
+                    items.append(self._walk_json(item, depth + 1, reasons))
+                else:
+                    items.append(item)
+            return items
+        return node
+
 
     def _top_k_for(self, rule: CardinalityRule, signal: str, key: str) -> TopK:
         ident = (self._rule_index[id(rule)], signal, key)
@@ -254,22 +393,22 @@ class LabelStage:
 
     # ------------------------------------------------------------ maps and batches
 
-    def clean_map(self, signal: str, attrs: dict[str, str], counts: Counter, record_level: bool = True) -> dict[str, str]:
+    def clean_map(self, signal: str, attrs: dict[str, str], counts: Counter) -> dict[str, str]:
         """The map with the policy applied; the same object when nothing changed.
 
         The common case is a kept key with no URL templating and no rule, whose value the detectors
         have seen before and left alone: two dict lookups, no call. Everything else takes the full path.
         """
-        plain = self._plain_keys.get((signal, record_level))
+        plain = self._plain_keys.get(signal)
         if plain is not None and plain.issuperset(attrs) and self._clean_values.issuperset(attrs.values()):
             return attrs  # every key plain, every value passed before: set operations, no Python loop
-        plans = self._plans(signal, record_level)
+        plans = self._plans(signal)
         values = self._value_cache
         out: dict[str, str] | None = None
         for key, value in attrs.items():
             plan = plans.get(key)
             if plan is None:
-                plan = self._remember_plan(plans, signal, key, record_level)
+                plan = self._remember_plan(plans, signal, key)
             if plan is _PLAIN:
                 seen = values.get(value)
                 if seen is not None and not seen[1]:
@@ -300,6 +439,77 @@ class LabelStage:
                     out[key] = new
         return attrs if out is None else out
 
+    def clean_texts(self, values: list[str], counts: Counter) -> list[str]:
+        """A text column through the detectors (a value to drop becomes the mask: a column has a
+        value in every row); the same list when nothing changed."""
+        todo = set(values).difference(self._clean_values)
+        todo.discard("")
+        changes: dict[str, tuple[str, str]] = {}
+        for value in todo:
+            new, reason = self.scrub(value)
+            if reason:
+                changes[value] = (MASK if new is None else new, reason)
+        if not changes:
+            return values
+        out = []
+        for value in values:
+            change = changes.get(value)
+            if change is None:
+                out.append(value)
+            else:
+                out.append(change[0])
+                counts[("redaction", change[1])] += 1
+        return out
+
+    def _clean_text_cells(self, cells: list[Any], counts: Counter) -> list[Any]:
+        """An array-of-text column (event names, link trace states...) through the detectors."""
+        flat = list(chain.from_iterable(cells))
+        cleaned = self.clean_texts(flat, counts)
+        if cleaned is flat:
+            return cells
+        out, position = [], 0
+        for cell in cells:
+            size = len(cell)
+            out.append(cleaned[position:position + size] if size else cell)
+            position += size
+        return out
+
+    def _clean_column(self, signal: str, name: str, values: list[Any], counts: Counter,
+                      shared: dict[int, dict[str, str]]) -> list[Any]:
+        """One column with the policy applied, chosen by what its cells hold; the same list when
+        nothing changed. Cells that are not text, maps or arrays of them (numbers, times) pass."""
+        kind = _cell_kind(values)
+        if kind == "text":
+            return self.clean_texts(values, counts)
+        if kind == "texts":
+            return self._clean_text_cells(values, counts)
+        if kind == "map":
+            share = name in SHARED_MAP_COLUMNS
+            out, changed = [], False
+            for attrs in values:
+                if not attrs:
+                    out.append(attrs)
+                    continue
+                cleaned = shared.get(id(attrs)) if share else None
+                if cleaned is None:
+                    cleaned = self.clean_map(signal, attrs, counts)
+                    if share:
+                        shared[id(attrs)] = cleaned
+                changed = changed or cleaned is not attrs
+                out.append(cleaned)
+            return out if changed else values
+        if kind == "maps":
+            out, changed = [], False
+            for cell in values:
+                if cell:
+                    cleaned = [self.clean_map(signal, a, counts) for a in cell]
+                    if any(c is not a for c, a in zip(cleaned, cell)):
+                        changed = True
+                        cell = cleaned
+                out.append(cell)
+            return out if changed else values
+        return values
+
     def apply(self, batch: ColumnBatch, latest_ns: int | None = None) -> tuple[ColumnBatch, Counter]:
         """``latest_ns``: the latest record time to believe (the messages' time plus the clock
         skew, see ``Stages``); ``top_k`` windows never move past it, so one record stamped far in
@@ -327,45 +537,17 @@ class LabelStage:
                 columns = {name: [values[i] for i in keep_rows] for name, values in columns.items()}
 
         shared: dict[int, dict[str, str]] = {}  # resource and scope maps are shared by many rows
-        for name in MAP_COLUMNS:
-            if name not in columns:
+        # maps first: span names are templated with the (cleaned) http.route
+        names = sorted(columns, key=lambda n: n == "SpanName")
+        for name in names:
+            if name in EXEMPT_COLUMNS:
                 continue
-            values = columns[name]
-            new_values = []
-            changed = False
-            for attrs in values:
-                if not attrs:
-                    new_values.append(attrs)
-                    continue
-                ident = id(attrs)
-                cleaned = shared.get(ident)
-                if cleaned is None:
-                    record_level = name not in ("ResourceAttributes", "ScopeAttributes")
-                    cleaned = self.clean_map(signal, attrs, counts, record_level)
-                    if not record_level:
-                        shared[ident] = cleaned
-                changed = changed or cleaned is not attrs
-                new_values.append(cleaned)
-            if changed:
-                columns[name] = new_values
-        for name in NESTED_MAP_COLUMNS:
-            if name in columns:
-                values = columns[name]
-                new_values = [[self.clean_map(signal, a, counts) for a in cell] if cell else cell for cell in values]
-                columns[name] = new_values
-
-        if table == "otel_traces":
-            columns["SpanName"] = self._span_names(columns["SpanName"], columns["SpanAttributes"], counts)
-        elif table == "otel_logs":
-            bodies = columns["Body"]
-            new_bodies = []
-            for body in bodies:
-                new, reason = self.scrub(body) if body else (body, "")
-                if reason:
-                    counts[("redaction", reason)] += 1
-                new_bodies.append(MASK if new is None else new)
-            columns["Body"] = new_bodies
+            if name == "SpanName" and table == "otel_traces":
+                columns[name] = self._span_names(columns[name], columns["SpanAttributes"], counts)
+            else:
+                columns[name] = self._clean_column(signal, name, columns[name], counts, shared)
         return ColumnBatch(table, columns, batch.source), counts
+
 
     def _span_names(self, names: list[str], attrs: list[dict[str, str]], counts: Counter) -> list[str]:
         """Templated and scrubbed span names, memoised by (name, http.route): names repeat."""

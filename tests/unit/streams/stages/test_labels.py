@@ -40,7 +40,19 @@ def test_allow_mode_fails_closed_and_hash_action_is_stable():
     [clean] = out.columns["SpanAttributes"]
     assert set(clean) == {"http.route", "user.email"}
     assert clean["user.email"] == f"hash:{stable_hash('otelpipe', 'a@b.io'):016x}"
-    assert counts[("redaction", "not_allowed")] == 1
+    # allow mode covers the resource too: DATABASE_URL and service.name are not on the list
+    [resource] = out.columns["ResourceAttributes"]
+    assert resource == {}
+    assert counts[("redaction", "not_allowed")] == 2
+
+
+def test_allow_mode_covers_resource_and_scope_maps():
+    stage = LabelStage(parse_policy({"redaction": {"mode": "allow", "allow_keys": ["service.*"]}}))
+    batch = spans(["x"], [{}], resource={"service.name": "svc", "DATABASE_URL": "postgres://u:pw@db/x"})
+    batch = ColumnBatch(batch.table, {**batch.columns, "ScopeAttributes": [{"token.hint": "t", "service.x": "y"}]})
+    out, _ = stage.apply(batch)
+    assert out.columns["ResourceAttributes"] == [{"service.name": "svc"}]
+    assert out.columns["ScopeAttributes"] == [{"service.x": "y"}]
 
 
 def test_cardinality_rules():
@@ -129,8 +141,66 @@ def test_detectors_stay_linear_on_adversarial_values():
         "digits": "1 " * 200_000,
         "bearer": "BEARER " + "x" * 200_000,
         "note": "a" * 500_000 + " bob@example.com",
+        "scheme": "a" * 1_000_000 + "://",
+        "assignments": "password" * 200_000,
+        "basics": "basic " * 200_000,
+        "userinfo": "x:" * 300_000 + "@",
+        "deep_json": "[" * 100_000 + "]" * 100_000,
     }
     out, _ = stage.apply(spans(["GET /"], [hostile]))
     [clean] = out.columns["SpanAttributes"]
     assert clean["note"].endswith(" ****")
     assert clean["bearer"] == "Bearer ****"  # the prefilter and the detector agree on case
+
+
+def test_detectors_find_credentials_in_any_case_and_form():
+    stage = LabelStage(parse_policy({}))
+    cases = {
+        "Authorization: BEARER eyJhbGciOiJIUzI1NiJ9.x": "Authorization: Bearer ****",
+        "basic dXNlcjpwYXNz": "Basic ****",
+        "BASIC dXNlcjpwYXNz": "Basic ****",
+        "basic configuration of the host": "basic configuration of the host",  # not base64 of user:pass
+        "postgres://u:pw@db/x": "postgres://u:****@db/x",
+        "redis://:s3cr3t@cache:6379": "redis://:****@cache:6379",
+        "login with password=hunter2 failed": "login with password=**** failed",
+        'config {"secret": "abc"} loaded': 'config {"secret": "****"} loaded',
+        "token 5 of 9": "token 5 of 9",
+    }
+    for value, expected in cases.items():
+        assert stage.scrub(value)[0] == expected, value
+
+
+def test_json_values_are_looked_into_at_every_level():
+    stage = LabelStage(parse_policy({}))
+    attrs = {"payload": '{"user":{"password":"hunter2","name":"x"},"authorization":"Basic dXNlcjpwYXNz","n":1}',
+             "list": '["a@b.io",{"api_key":"k"},2]', "plain": '{"a":1}'}
+    out, counts = stage.apply(spans(["op"], [attrs]))
+    [clean] = out.columns["SpanAttributes"]
+    assert clean["payload"] == '{"n":1,"user":{"name":"x"}}'
+    assert clean["list"] == '["****",{},2]'
+    assert clean["plain"] == '{"a":1}'  # unchanged values keep their bytes
+    assert counts[("redaction", "blocked_key")] == 1  # one value changed, for the first reason found
+    deep = "[" * 2000 + "]" * 2000  # past what can be read: masked whole
+    assert stage.scrub(deep) == ("****", "too_deep_to_read")
+
+
+def test_keys_holding_a_secret_are_dropped():
+    stage = LabelStage(parse_policy({}))
+    out, counts = stage.apply(spans(["op"], [{"visits.jane@example.com": "3", "ok": "1"}]))
+    assert out.columns["SpanAttributes"] == [{"ok": "1"}]
+    assert counts[("redaction", "sensitive_key")] == 1
+
+
+def test_every_text_column_is_covered_whatever_its_name():
+    """A column the stage has never heard of is redacted by what its cells hold."""
+    stage = LabelStage(parse_policy({"redaction": {"value_action": "drop"}}))
+    batch = ColumnBatch("otel_metrics_gauge", {
+        "MetricName": ["m"], "MetricMetadata": [{"db.password": "x", "k": "a@b.io", "o": "ok"}],
+        "Attributes": [{}], "TimeUnix": [1], "SomeNewText": ["mail bob@example.com"],
+        "SomeNewTexts": [("ok", "bob@example.com")], "TraceId": ["ab"],
+    })
+    out, _ = stage.apply(batch)
+    assert out.columns["MetricMetadata"] == [{"o": "ok"}]
+    assert out.columns["SomeNewText"] == ["****"]  # a column keeps a value in every row: drop masks it
+    assert list(out.columns["SomeNewTexts"][0]) == ["ok", "****"]
+    assert out.columns["TraceId"] == ["ab"] and out.columns["TimeUnix"] == [1]

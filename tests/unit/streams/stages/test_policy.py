@@ -42,7 +42,7 @@ surprise = 1
     text = "\n".join(err.value.problems)
     for expected in [
         "redaction.value_action: must be mask, drop or hash",
-        "redaction.detect[1]: must be one of bearer, card, email",
+        "redaction.detect[1]: must be one of bearer, basic, card, email, url_credentials, assignment",
         "redaction.allow_keys: allow mode needs at least one key",
         "cardinality.rules[2].type: must be one of hash, template, truncate_hash, top_k, drop",
         "cardinality.rules[2].buckets: must be > 0",
