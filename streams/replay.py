@@ -122,13 +122,15 @@ async def plan_partitions(consumer: AIOKafkaConsumer, bootstrap: str, topic: str
 
 async def apply_live_sampling_rates(settings: Settings, stages: Stages) -> int:
     """Head-sampling rates as the workers apply them now: the configured ones with the overrides
-    on the sampling control topic (``otelpipe sampling set``). Returns the number of overrides."""
+    on the sampling control topic (``otelpipe sampling set``) that verify with the control key, as
+    the workers check them. Returns the number of overrides."""
+    from streams.agents.control_key import control_key
     from streams.agents.followers import ControlFollowers, read_compacted_topic
 
     records = await read_compacted_topic(settings.kafka.bootstrap_servers, settings.sampling.control_topic)
     if not records:
         return 0
-    control = ControlFollowers(settings, stages)
+    control = ControlFollowers(settings, stages, control_key(settings))
     control.apply_sampling_records(records)
     return len(control.sampling_overrides)
 

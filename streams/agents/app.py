@@ -22,6 +22,7 @@ from typing import Any
 import faust
 
 from streams.agents import worker_metrics as m
+from streams.agents.control_key import control_key
 from streams.agents.followers import ControlFollowers, follow_compacted_topic
 from streams.agents.routers import route_by_trace, route_metrics
 from streams.agents.routing import decode_envelope, virtual_message
@@ -73,7 +74,8 @@ class BuiltWorker:
 
 def create_app(settings: Settings) -> faust.App:
     """The worker's app with every topic, agent, timer, task and page. An invalid label policy or
-    tail policy file raises here, with every problem listed."""
+    tail policy file raises here, with every problem listed, and so does a control key file that
+    cannot be read (the default one is made here when there is none)."""
     return build_worker(settings).app
 
 
@@ -154,7 +156,7 @@ def build_worker(settings: Settings) -> BuiltWorker:
 
 def _add_followers(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
-    control = ControlFollowers(settings, rt.stages)
+    control = ControlFollowers(settings, rt.stages, control_key(settings))
     servers = settings.kafka.bootstrap_servers
 
     @app.timer(interval=2.0)

@@ -1,6 +1,12 @@
 """Control that changes a running worker: the label policy (file and topic), head-sampling rates
 and the service catalog (compacted topics every worker reads whole, with no consumer group).
 
+Every control record is verified before it is parsed (``streams.control_auth``): unsigned, badly
+signed, oversized and stale records (not newer than the one already applied for their key) are
+refused, logged with their reason only and counted in ``otelpipe_control_refused_total{topic,
+reason}``. A label policy from the topic must also redact at least as much as the worker's own
+(``streams.stages.policy_floor``) unless ``control.topic_policy_may_relax``.
+
 A new policy, rate set or catalog is validated first; an invalid one is refused, logged and
 counted, and the current one stays. A follower that loses the broker reconnects with capped
 backoff and reads the topic again from the start (``otelpipe_follower_up{topic}`` shows it).
@@ -18,9 +24,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streams.agents import worker_metrics as m
+from streams.control_auth import MAX_POLICY_BYTES, ControlAuthError, RecordGuard
 from streams.stages.catalog import CatalogError, CatalogStage, entry_from_record
 from streams.stages.label_policy import PolicyError, parse_policy
 from streams.stages.labels import LabelStage
+from streams.stages.policy_floor import relaxations
 from streams.stages.pipeline import Stages
 from streams.stages.sampling import HeadRates, HeadSampler, SamplingError, rate_from_record, rates_with_overrides
 from streams.config import Settings
@@ -47,6 +55,21 @@ def fold_keyed_records(records: list, current: dict, parse: Any, errors: type[Ex
             entries[key] = value
         counter.labels("applied").inc()
     return entries
+
+
+def admitted(guard: RecordGuard, records: list) -> list:
+    """The records of a batch that verify and are new (in topic order); the others are refused,
+    logged by offset and reason (never their content) and counted."""
+    out = []
+    for record in records:
+        try:
+            if guard.admit(record):
+                out.append(record)
+        except ControlAuthError as exc:
+            m.CONTROL_REFUSED.labels(guard.topic, exc.reason).inc()
+            log.error("control record at offset %s of %s refused: %s", getattr(record, "offset", "?"), guard.topic,
+                      exc)
+    return out
 
 
 async def follow_compacted_topic(bootstrap_servers: str, topic: str, on_records: Callable[[list], None], *,
@@ -120,18 +143,25 @@ def _file_mtime(path: str) -> int | None:
 
 
 class ControlFollowers:
-    """Applies control records to one worker's ``Stages`` by reference swaps."""
+    """Applies control records to one worker's ``Stages`` by reference swaps; ``key`` verifies them
+    (``streams.agents.control_key.control_key``)."""
 
-    def __init__(self, settings: Settings, stages: Stages):
+    def __init__(self, settings: Settings, stages: Stages, key: bytes):
         self.settings = settings
         self.stages = stages
         path = settings.worker.label_policy
         # The version of the file the stages were built from (read right after building them).
         self.policy_file_mtime = None if path in ("default", "off") else _file_mtime(path)
+        # What a topic policy may not redact less than: the file's policy, or the defaults.
+        self.base_policy = stages.labels.policy if stages.labels is not None else None
         self.sampling_overrides: dict[str, float] = {}
+        self.policy_guard = RecordGuard(key, settings.worker.policy_topic, MAX_POLICY_BYTES)
+        self.sampling_guard = RecordGuard(key, settings.sampling.control_topic)
+        self.catalog_guard = RecordGuard(key, settings.worker.catalog_topic)
 
     def apply_policy_text(self, text: str, source: str) -> bool:
-        """Validate and swap in a new label policy; an invalid one is refused and the old one stays."""
+        """Validate and swap in a new label policy; an invalid one (or, from the topic, one that
+        redacts less than the base policy) is refused and the old one stays."""
         if self.stages.labels is None:  # label_policy = off
             return False
         try:
@@ -140,6 +170,15 @@ class ControlFollowers:
             m.POLICY_RELOADS.labels(source, "rejected").inc()
             log.error("label policy from %s refused, the current one stays: %s", source, exc)
             return False
+        weaker = relaxations(self.base_policy, policy) if source == "topic" and self.base_policy else []
+        if weaker and not self.settings.control.topic_policy_may_relax:
+            m.POLICY_RELOADS.labels(source, "rejected").inc()
+            m.CONTROL_REFUSED.labels(self.settings.worker.policy_topic, "weaker_policy").inc()
+            log.error("label policy from %s refused, it redacts less than the worker's own (weaker_policy; "
+                      "control.topic_policy_may_relax allows it): %s", source, "; ".join(weaker))
+            return False
+        if source == "file":
+            self.base_policy = policy
         self.stages.labels = LabelStage(policy)  # one reference swap: the next batch uses it
         if self.stages.budget is not None:
             self.stages.budget.set_policy(policy.budgets)
@@ -157,15 +196,22 @@ class ControlFollowers:
             self.apply_policy_text(Path(path).read_text(), "file")
 
     def apply_policy_records(self, records: list) -> None:
-        if records[-1].value is not None:  # the newest policy wins
-            self.apply_policy_text(records[-1].value.decode("utf-8", "replace"), "topic")
+        verified = admitted(self.policy_guard, records)
+        if verified and verified[-1].value is not None:  # the newest policy that verifies wins
+            self.apply_policy_text(verified[-1].value.decode("utf-8", "replace"), "topic")
 
     def apply_catalog_records(self, records: list) -> None:
+        records = admitted(self.catalog_guard, records)
+        if not records:
+            return
         entries = fold_keyed_records(records, self.stages.catalog.entries, entry_from_record, CatalogError,
                                      m.CATALOG_UPDATES, "catalog")
         self.stages.catalog = CatalogStage(entries)  # one reference swap
 
     def apply_sampling_records(self, records: list) -> None:
+        records = admitted(self.sampling_guard, records)
+        if not records:
+            return
         s = self.settings.sampling
         self.sampling_overrides = fold_keyed_records(records, self.sampling_overrides,
                                                      functools.partial(rate_from_record, floor=s.min_rate),

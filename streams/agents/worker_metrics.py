@@ -116,6 +116,12 @@ FOLLOWER_RESTARTS = Counter(
     "otelpipe_follower_restarts_total", "Times a control-topic follower failed and reconnected.", ["topic"],
     registry=REGISTRY,
 )
+CONTROL_REFUSED = Counter(
+    "otelpipe_control_refused_total",
+    "Control records not applied, by topic and reason: unsigned, bad_signature, stale (not newer than the "
+    "record already applied for its key), too_large, weaker_policy (redacts less than the worker's policy).",
+    ["topic", "reason"], registry=REGISTRY,
+)
 DEAD_LETTERS_TRUNCATED = Counter(
     "otelpipe_dead_letters_truncated_total",
     "Dead letters stored cut to what their topic accepts (header otelpipe.dlq.truncated_from has the size).",
