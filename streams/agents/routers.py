@@ -3,7 +3,8 @@
 - ``route_metrics``: each metrics request by metric name onto ``<metrics topic>.routed``
   (streams.agents.routing), so every point of a metric meets one series-budget owner.
 - ``route_by_trace``: with tail sampling, spans and logs requests into one part per trace onto
-  the tail topic (the durable buffer); logs without a trace id are written directly.
+  the tail topic (the durable buffer), redacted by the label policy first
+  (``streams.stages.redact_otlp``); logs without a trace id are written directly.
 
 A source message is acked only once every part of it is on the broker (and its untraced part is
 written): a router crash re-routes it, and the copies carry the same source coordinates.
@@ -11,6 +12,7 @@ written): a router crash re-routes it, and the copies carry the same source coor
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Awaitable, Callable
 
 import faust
@@ -22,6 +24,7 @@ from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
+from streams.stages.redact_otlp import redact_request
 from streams.stages.tail import part_key
 
 
@@ -34,7 +37,7 @@ def _refusal(raw: RawMessage, max_bytes: int, split: Callable[[], Any]) -> tuple
     except BadMessage as exc:
         return None, DeadLetter(raw, exc.reason, exc.detail)
     except (ValueError, TypeError, OverflowError) as exc:
-        return None, DeadLetter(raw, "invalid_value", f"{type(exc).__name__}: {exc}")
+        return None, DeadLetter(raw, "invalid_value", f"{type(exc).__name__} while splitting")
     except Exception as exc:  # the class only: its text may quote the message
         return None, DeadLetter(raw, "internal", f"{type(exc).__name__} while splitting")
 
@@ -147,13 +150,15 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
     writer = None
     waiting: dict[tuple[str, int, int], tuple[Any, RawMessage]] = {}  # untraced part → (event, source)
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
+        labels = rt.stages.labels  # read once a batch: a policy swap applies to the next one
+        redact = None if labels is None else functools.partial(redact_request, labels)
         sending, dead, ack_now, raws = Parts(), [], [], []
         direct: dict[int, RawMessage] = {}  # event index → its untraced part
         for index, event in enumerate(events):
             raw = raw_message(event)
             raws.append(raw)
             parts, letter = _refusal(raw, w.max_message_bytes,
-                                     lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic)))
+                                     lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic), redact))
             if letter is not None:
                 dead.append(letter)
                 ack_now.append(event)

@@ -128,12 +128,16 @@ def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes
     return buf.getvalue()
 
 
-def split_by_trace(signal: str, message: RawMessage, default_encoding: str) -> dict[str, tuple[bytes, int, int]]:
+def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
+                   redact: Callable[[Any], Any] | None = None) -> dict[str, tuple[bytes, int, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
-    logs, how many, when the latest of them ended in Unix ms). Raises BadMessage."""
+    logs, how many, when the latest of them ended in Unix ms). ``redact`` changes the request in
+    place before it is cut (the label policy's redaction: parts are buffered). Raises BadMessage."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
     request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+    if redact is not None:
+        redact(request)
     ends: dict[str, int] = defaultdict(int)
 
     def key_of(record: Any) -> str:
@@ -153,7 +157,7 @@ def decode_envelope(value: bytes) -> dict[str, Any]:
     try:
         return fastavro.schemaless_reader(io.BytesIO(value), ROUTED_SCHEMA)
     except Exception as exc:  # truncated or foreign bytes
-        raise BadMessage("undecodable", f"not a routed record envelope: {type(exc).__name__}: {exc}") from None
+        raise BadMessage("undecodable", f"not a routed record envelope ({type(exc).__name__})") from None
 
 
 def virtual_message(envelope: dict[str, Any], routed: RawMessage) -> RawMessage:

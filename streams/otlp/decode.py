@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any, Callable, Sequence
 
 import orjson
@@ -122,7 +123,7 @@ def _hex_ids_to_base64(root: Any) -> Any:
                     try:
                         node[key] = base64.b64encode(bytes.fromhex(value)).decode()
                     except ValueError:
-                        raise BadMessage("invalid_id", f"{key} {value[:64]!r} is not hex") from None
+                        raise BadMessage("invalid_id", f"{key} is not hex ({len(value)} characters)") from None
                 elif isinstance(value, (dict, list)):
                     stack.append((value, depth + 1))
         else:
@@ -130,11 +131,27 @@ def _hex_ids_to_base64(root: Any) -> Any:
     return root
 
 
+def _json_position(exc: Exception) -> str:
+    """Where JSON parsing stopped, never what the text says there (dead letters' headers must not
+    carry the message's contents)."""
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    return f"at line {line} column {column}" if line is not None else type(exc).__name__
+
+
+_PARSE_ERROR_FIELD = re.compile(r"Failed to parse ([A-Za-z_][A-Za-z0-9_]{0,63}) field")
+
+
+def _parse_error_field(exc: Exception) -> str:
+    """The schema field protobuf's JSON parser stopped at (a known field's name, never a value)."""
+    found = _PARSE_ERROR_FIELD.search(str(exc))
+    return f" (field {found.group(1)})" if found else ""
+
+
 def _not_protobuf(signal: str, payload: bytes, detail: str) -> BadMessage:
     looks_json = payload.lstrip()[:1] in (b"{", b"[")
     reason = "wrong_encoding" if looks_json else "undecodable"
     hint = " (looks like JSON: is the topic's encoding otlp_json?)" if looks_json else ""
-    return BadMessage(reason, f"not an OTLP protobuf {signal} request: {detail}{hint}")
+    return BadMessage(reason, f"not an OTLP protobuf {signal} request ({detail}){hint}")
 
 
 def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
@@ -145,20 +162,20 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             if payload.lstrip()[:1] in (b"{", b"["):
-                raise BadMessage("undecodable", f"not valid JSON: {exc}") from None
-            raise BadMessage("wrong_encoding", f"not JSON (is the topic's encoding otlp_proto?): {exc}") from None
+                raise BadMessage("undecodable", f"not valid JSON ({_json_position(exc)})") from None
+            raise BadMessage("wrong_encoding", f"not JSON (is the topic's encoding otlp_proto?) ({_json_position(exc)})") from None
         if not isinstance(data, dict):
             raise BadMessage("wrong_shape", f"OTLP JSON must be an object, got {type(data).__name__}")
         keys = _TOP_LEVEL_JSON_KEYS[signal]
         if data and not any(k in data for k in keys):
             raise BadMessage(
-                "wrong_shape", f"OTLP JSON {signal} request needs {keys[0]!r}; found keys {sorted(data)[:5]}"
+                "wrong_shape", f"OTLP JSON {signal} request needs {keys[0]!r}; found {len(data)} other keys"
             )
         request = request_type()
         try:
             json_format.ParseDict(_hex_ids_to_base64(data), request, ignore_unknown_fields=True)
         except json_format.ParseError as exc:
-            raise BadMessage("wrong_shape", f"OTLP JSON does not match the {signal} schema: {exc}") from None
+            raise BadMessage("wrong_shape", f"OTLP JSON does not match the {signal} schema{_parse_error_field(exc)}") from None
         except RecursionError:
             raise BadMessage("too_deep", "OTLP JSON nested too deeply to parse") from None
         return request
@@ -167,7 +184,7 @@ def parse_request(signal: str, payload: bytes, encoding: str) -> Message:
     try:
         request.ParseFromString(payload)
     except DecodeError as exc:
-        raise _not_protobuf(signal, payload, str(exc)) from None
+        raise _not_protobuf(signal, payload, type(exc).__name__) from None
     except RecursionError:
         raise BadMessage("too_deep", f"OTLP protobuf {signal} request nested too deeply to parse") from None
     if payload and not request.ListFields():
@@ -427,7 +444,7 @@ def _any_value_from_bytes(raw: bytes) -> str:
     try:
         return any_value_str(AnyValue.FromString(raw))
     except DecodeError as exc:
-        raise ValueError("undecodable", f"attribute value: {exc}") from None
+        raise ValueError("undecodable", f"attribute value ({type(exc).__name__})") from None
 
 
 def _spans_proto_fast(payload: bytes, out: _Columns) -> None:
@@ -498,7 +515,8 @@ def decode_messages(
             if isinstance(exc, BadMessage):
                 result.dead_letters.append(DeadLetter(message, exc.reason, exc.detail))
             else:
-                result.dead_letters.append(DeadLetter(message, "invalid_value", f"{type(exc).__name__}: {exc}"))
+                # the class only: the text of a library's error may quote the message
+                result.dead_letters.append(DeadLetter(message, "invalid_value", f"{type(exc).__name__} while decoding"))
             continue
         except Exception as exc:  # one message never stops the others: whatever else failed is named
             for table, cols in outs.items():
