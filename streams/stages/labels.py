@@ -195,7 +195,7 @@ class LabelStage:
         detectors: a key that holds a secret itself (an email, a token) is dropped.
         """
         plan: tuple[Any, ...] | None = None
-        drop = self._key_drop(key)
+        drop = self.key_drop(key)
         if drop:
             plan = ("drop", drop)
         else:
@@ -209,7 +209,7 @@ class LabelStage:
                 plan = ("keep", key in self._url_keys, rules)
         return plan
 
-    def _key_drop(self, key: str) -> str:
+    def key_drop(self, key: str) -> str:
         """Why a key (of a map, or inside a JSON value) is never stored, or "" when it may be."""
         lowered = key.lower()
         if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
@@ -329,7 +329,7 @@ class LabelStage:
         if isinstance(node, dict):
             out = {}
             for key, item in node.items():
-                drop = self._key_drop(key)
+                drop = self.key_drop(key)
                 if drop:
                     reasons.append(drop)
                     continue

@@ -1,0 +1,91 @@
+"""The label policy's redaction over an OTLP request, before it is kept anywhere as OTLP.
+
+The tail sampler buffers parts of requests on a compacted topic until their trace is decided; the
+router redacts each request first (``redact_request``), so the buffer never holds what the tables
+may not. It applies the same decisions as the label stage (``LabelStage.key_drop`` and
+``LabelStage.scrub``, memoised there), walking the schema rather than a list of fields: every
+string field of every message is scrubbed, every attribute list (at any level, kvlist values
+included) loses the keys the policy drops, and every string value passes the detectors. Cardinality
+rules and templating are left to the label stage, which runs again on the decided rows (redaction
+is idempotent: what it wrote, it leaves alone). Mutates the request; returns how many values changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from streams.stages.labels import MASK, LabelStage
+
+_KEY_VALUE = "opentelemetry.proto.common.v1.KeyValue"
+_ANY_VALUE = "opentelemetry.proto.common.v1.AnyValue"
+
+
+def redact_request(labels: LabelStage, request: Any) -> int:
+    return _message(labels, request)
+
+
+def _message(labels: LabelStage, message: Any) -> int:
+    if message.DESCRIPTOR.full_name == _ANY_VALUE:
+        return _any_value(labels, message)
+    changed = 0
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                for i, text in enumerate(value):
+                    new, reason = labels.scrub(text)
+                    if reason:
+                        value[i] = MASK if new is None else new
+                        changed += 1
+            else:
+                new, reason = labels.scrub(value)
+                if reason:
+                    setattr(message, field.name, MASK if new is None else new)
+                    changed += 1
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.is_repeated and field.message_type.full_name == _KEY_VALUE:
+                changed += _key_values(labels, value)
+            elif field.is_repeated:
+                for item in value:
+                    changed += _message(labels, item)
+            else:
+                changed += _message(labels, value)
+    return changed
+
+
+def _key_values(labels: LabelStage, entries: Any) -> int:
+    """Drop the keys the policy never stores and the values the detectors drop; scrub the rest."""
+    changed = 0
+    for i in range(len(entries) - 1, -1, -1):
+        entry = entries[i]
+        if labels.key_drop(entry.key):
+            del entries[i]
+            changed += 1
+            continue
+        if entry.value.WhichOneof("value") == "string_value":
+            new, reason = labels.scrub(entry.value.string_value)
+            if reason:
+                changed += 1
+                if new is None:
+                    del entries[i]
+                else:
+                    entry.value.string_value = new
+        else:
+            changed += _any_value(labels, entry.value)
+    return changed
+
+
+def _any_value(labels: LabelStage, value: Any) -> int:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        new, reason = labels.scrub(value.string_value)
+        if reason:
+            value.string_value = MASK if new is None else new
+            return 1
+        return 0
+    if kind == "kvlist_value":
+        return _key_values(labels, value.kvlist_value.values)
+    if kind == "array_value":
+        return sum(_any_value(labels, item) for item in value.array_value.values)
+    return 0
