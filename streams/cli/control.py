@@ -1,16 +1,25 @@
-"""Control of running workers: config, policy, sampling and catalog (check files, push to topics)."""
+"""Control of running workers: config, policy, sampling and catalog (check files, push to topics).
+
+Everything written to a control topic is signed with the control key (``control.key``,
+``control.key_file`` or ``<worker.data_dir>/control.key``), with a signed_at after that of the
+newest record of the same key already there, so the workers apply it (``streams.control_auth``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+import time
+from collections import Counter
 
 import orjson
 
 from streams.cli.common import settings_from
 from streams.cli.render import FORMATS, format_table
 from streams.config import Settings, describe
+from streams.control_auth import (MAX_ENTRY_BYTES, MAX_POLICY_BYTES, ControlAuthError, RecordGuard, check_size,
+                                  next_signed_at, sign, signed_at, verify)
 
 
 def _print_schema(schema: dict) -> int:
@@ -28,49 +37,75 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _push_policy(settings: Settings, text: bytes) -> None:
+def newest_signed(key: bytes, topic: str, records: list) -> dict[bytes, int]:
+    """Per record key, the signed_at of the newest record on ``topic`` that verifies with ``key``."""
+    newest: dict[bytes, int] = {}
+    for record in records:
+        try:
+            verify(key, topic, record, max_value_bytes=MAX_POLICY_BYTES)
+        except ControlAuthError:
+            continue
+        at = signed_at(record)
+        newest[bytes(record.key)] = max(at, newest.get(bytes(record.key), at))
+    return newest
+
+
+def verified_latest(key: bytes, topic: str, records: list,
+                    max_value_bytes: int = MAX_ENTRY_BYTES) -> tuple[dict[str, bytes | None], Counter]:
+    """What the workers apply from a compacted topic's records: the latest value per key among the
+    records they accept, and how many they refuse, by reason."""
+    guard, latest, refused = RecordGuard(key, topic, max_value_bytes), {}, Counter()
+    for record in records:
+        try:
+            if guard.admit(record):
+                latest[bytes(record.key).decode("utf-8", "replace")] = record.value
+        except ControlAuthError as exc:
+            refused[exc.reason] += 1
+    return latest, refused
+
+
+async def send_signed(settings: Settings, topic: str, records: list[tuple[bytes, bytes | None]],
+                      max_value_bytes: int = MAX_ENTRY_BYTES) -> None:
+    """Sign ``records`` (key, value or None for a tombstone) and send them, in order, to the
+    one-partition compacted control ``topic`` (made when missing). Raises ControlAuthError
+    (``too_large``) before sending anything when a record is over the bounds workers accept."""
     from aiokafka import AIOKafkaProducer
 
+    from streams.agents.control_key import control_key
+    from streams.agents.followers import read_compacted_topic
     from streams.tools.kafka_admin import ensure_topics
 
-    await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.policy_topic], 1,
-                        configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    for record_key, value in records:
+        check_size(record_key, value, max_value_bytes)
+    key = control_key(settings)
+    bootstrap = settings.kafka.bootstrap_servers
+    await ensure_topics(bootstrap, [topic], 1, configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
+    newest = newest_signed(key, topic, await read_compacted_topic(bootstrap, topic))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(settings.worker.policy_topic, text, key=b"policy", partition=0)
+        for record_key, value in records:
+            at = next_signed_at(time.time_ns() // 1_000_000, newest.get(record_key))
+            newest[record_key] = at
+            await producer.send_and_wait(topic, value, key=record_key, partition=0,
+                                         headers=sign(key, topic, record_key, value, at))
     finally:
         await producer.stop()
 
 
-async def _read_compacted(bootstrap: str, topic: str) -> dict[str, bytes | None]:
-    """The latest value per key of a one-partition compacted topic (empty when it does not exist)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    latest: dict[str, bytes | None] = {}
+def _send_or_explain(settings: Settings, topic: str, records: list[tuple[bytes, bytes | None]],
+                     max_value_bytes: int = MAX_ENTRY_BYTES) -> bool:
     try:
-        if topic not in await consumer.topics():
-            return latest
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                latest[(record.key or b"").decode("utf-8", "replace")] = record.value
-    finally:
-        await consumer.stop()
-    return latest
+        asyncio.run(send_signed(settings, topic, records, max_value_bytes))
+    except ControlAuthError as exc:
+        print(f"not sent to {topic}, workers would refuse it: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def cmd_sampling(args: argparse.Namespace) -> int:
     """Head sampling rates at runtime: every worker follows the compacted control topic."""
-    from aiokafka import AIOKafkaProducer
-
     from streams.stages.sampling import SamplingError, probability_to_threshold, threshold_to_th
-    from streams.tools.kafka_admin import ensure_topics
 
     if args.action == "schema":
         from streams.stages.tail_policies import tail_policy_json_schema
@@ -91,15 +126,6 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     topic = settings.sampling.control_topic
     key = args.service or "*"
 
-    async def send(value: bytes | None) -> None:
-        await ensure_topics(settings.kafka.bootstrap_servers, [topic], 1, configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, value, key=key.encode(), partition=0)
-        finally:
-            await producer.stop()
-
     if args.action == "set":
         if args.rate is None:
             print("sampling set needs a rate, e.g. otelpipe sampling set 0.1", file=sys.stderr)
@@ -109,15 +135,24 @@ def cmd_sampling(args: argparse.Namespace) -> int:
         except SamplingError as exc:
             print(exc, file=sys.stderr)
             return 2
-        asyncio.run(send(repr(args.rate).encode()))
+        if not _send_or_explain(settings, topic, [(key.encode(), repr(args.rate).encode())]):
+            return 2
         print(f"head sampling rate of {'every service without a rate' if key == '*' else key}: {args.rate:g}")
         return 0
     if args.action == "clear":
-        asyncio.run(send(None))
+        if not _send_or_explain(settings, topic, [(key.encode(), None)]):
+            return 2
         print(f"runtime rate of {key} removed; the configured rate applies")
         return 0
-    overrides = {k: v for k, v in asyncio.run(_read_compacted(settings.kafka.bootstrap_servers, topic)).items()
-                 if v is not None}
+    from streams.agents.control_key import control_key
+    from streams.agents.followers import read_compacted_topic
+
+    latest, refused = verified_latest(control_key(settings), topic,
+                                      asyncio.run(read_compacted_topic(settings.kafka.bootstrap_servers, topic)))
+    overrides = {k: v for k, v in latest.items() if v is not None}
+    if refused:
+        print(f"{sum(refused.values())} records on {topic} are not applied by the workers and not shown ("
+              + ", ".join(f"{reason}: {n}" for reason, n in sorted(refused.items())) + ")", file=sys.stderr)
     rows = [["* (default)", f"{settings.sampling.head_rate:g}", overrides.get("*", b"").decode() or "-"]]
     configured = settings.sampling.rates()
     for name in sorted(set(configured) | {k for k in overrides if k != "*"}):
@@ -131,10 +166,7 @@ def cmd_sampling(args: argparse.Namespace) -> int:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    from aiokafka import AIOKafkaProducer
-
     from streams.stages.catalog import load_catalog
-    from streams.tools.kafka_admin import ensure_topics
 
     settings = settings_from(args)
     entries = load_catalog(args.file)  # CatalogError lists every problem
@@ -142,25 +174,39 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         print(f"{args.file}: valid — {len(entries)} services")
         return 0
 
-    async def push() -> None:
-        await ensure_topics(settings.kafka.bootstrap_servers, [settings.worker.catalog_topic], 1,
-                            configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
-        await producer.start()
-        try:
-            for name, entry in entries.items():
-                fields = (("team", entry.team), ("tier", entry.tier), ("owner", entry.owner),
-                          ("availability", entry.availability), ("latency_ms", entry.latency_ms),
-                          ("latency_target", entry.latency_target))
-                body = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in fields if v not in (None, ""))
-                await producer.send_and_wait(settings.worker.catalog_topic, body.encode(), key=name.encode(),
-                                             partition=0)
-        finally:
-            await producer.stop()
-
-    asyncio.run(push())
+    records = []
+    for name, entry in entries.items():
+        fields = (("team", entry.team), ("tier", entry.tier), ("owner", entry.owner),
+                  ("availability", entry.availability), ("latency_ms", entry.latency_ms),
+                  ("latency_target", entry.latency_target))
+        body = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in fields if v not in (None, ""))
+        records.append((name.encode(), body.encode()))
+    if not _send_or_explain(settings, settings.worker.catalog_topic, records):
+        return 2
     print(f"{len(entries)} services sent to {settings.worker.catalog_topic}; running workers apply them within seconds")
     return 0
+
+
+def _warn_if_weaker(settings: Settings, policy) -> None:
+    """Workers refuse a topic policy that redacts less than their own: say so when it does than
+    the one this configuration names (the workers' may differ, so the policy is sent anyway)."""
+    from streams.stages.label_policy import PolicyError, load_policy
+    from streams.stages.policy_floor import relaxations
+
+    choice = settings.worker.label_policy
+    if choice == "off" or settings.control.topic_policy_may_relax:
+        return
+    try:
+        base = load_policy(None if choice == "default" else choice)
+    except PolicyError:  # the workers report their own file; the pushed policy is what is checked here
+        print(f"warning: worker.label_policy ({choice}) is invalid here, so whether workers refuse this policy "
+              "as weaker than theirs is not checked", file=sys.stderr)
+        return
+    weaker = relaxations(base, policy)
+    if weaker:
+        print("warning: this policy redacts less than worker.label_policy "
+              f"({choice}), so workers configured like this refuse it (weaker_policy) unless "
+              "control.topic_policy_may_relax is true:\n  " + "\n  ".join(weaker), file=sys.stderr)
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -174,7 +220,11 @@ def cmd_policy(args: argparse.Namespace) -> int:
     policy = load_policy(args.file)  # PolicyError lists every problem
     if args.action == "push":
         settings = settings_from(args)
-        asyncio.run(_push_policy(settings, open(args.file, "rb").read()))
+        _warn_if_weaker(settings, policy)
+        with open(args.file, "rb") as f:
+            text = f.read()
+        if not _send_or_explain(settings, settings.worker.policy_topic, [(b"policy", text)], MAX_POLICY_BYTES):
+            return 2
         print(f"{args.file}: valid, sent to {settings.worker.policy_topic}; running workers apply it within seconds")
         return 0
     print(f"{args.file}: valid — {len(policy.rules)} cardinality rules, redaction mode {policy.redaction.mode}, "

@@ -148,21 +148,25 @@ def test_replay_into_another_database(topics, chdb_client, ch_settings):
 
 
 def test_a_replay_samples_with_the_rates_the_workers_apply_now(topics, chdb_client, ch_settings):
+    from streams.cli.control import send_signed
+
     summary = _workload(topics, 20, seed=6)
     control = f"r{uuid.uuid4().hex[:8]}.sampling"
-    asyncio.run(ensure_topics(topics.kafka.bootstrap_servers, [control], 1))
+    settings = with_changes(topics, clickhouse=ch_settings,
+                            sampling=with_changes(topics.sampling, control_topic=control),
+                            control=with_changes(topics.control, key="replay-test-control-key-0123"))
 
-    async def override() -> None:  # what `otelpipe sampling set '*' ...` publishes
+    async def override() -> None:  # what `otelpipe sampling set '*' ...` publishes, and one nobody signed
         producer = AIOKafkaProducer(bootstrap_servers=topics.kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(control, b"0.01", key=b"*")
+            await producer.send_and_wait(control, b"1", key=b"*")
         finally:
             await producer.stop()
 
-    asyncio.run(override())
-    settings = with_changes(topics, clickhouse=ch_settings,
-                            sampling=with_changes(topics.sampling, control_topic=control))
+    asyncio.run(ensure_topics(topics.kafka.bootstrap_servers, [control], 1))
+    asyncio.run(send_signed(settings, control, [(b"*", b"0.01")]))
+    asyncio.run(override())  # unsigned: the replay, like the workers, keeps 0.01
     sink = ClickHouseSink(chdb_client, ch_settings, "replay-test")
     done = _replay(settings, sink, signals=["traces"])
     assert done.finished and 0 <= done.written < summary.spans / 5, (done.written, summary.spans)
