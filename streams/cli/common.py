@@ -13,7 +13,29 @@ from streams.config import Settings, load_settings
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return load_settings(getattr(args, "config", None) or None)
+    """The configuration, and from then on every log line and uncaught error of this command has its
+    secrets masked (secret settings, the token and key files, URL passwords, credentials)."""
+    from streams import masking
+
+    settings = load_settings(getattr(args, "config", None) or None)
+    masking.install(settings, extra=_secret_files(settings))
+    return settings
+
+
+def _secret_files(settings: Settings) -> list[str]:
+    from streams.agents.control_key import default_key_path
+    from streams.agents.query_access import query_token
+    from streams.config import resolve_path
+
+    found = [query_token(settings)]
+    for path in (default_key_path(settings), resolve_path(settings.control.key_file) if settings.control.key_file
+                 else None):
+        try:
+            if path is not None and path.is_file():
+                found.append(path.read_text(errors="replace").strip())
+        except OSError:
+            pass
+    return found
 
 
 def local_broker(settings: Settings) -> Any:

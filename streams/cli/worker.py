@@ -86,7 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not is_retryable(exc):
             raise
         # ClickHouse is down: start anyway; the agents consume nothing until it answers.
-        print(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries", file=sys.stderr)
+        from streams import masking
+
+        print(masking.mask(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries",
+                           masking.secret_values(settings)), file=sys.stderr)
     asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
                               configs=settings.topic_configs()))
     warn_of_undersized_topics(settings)

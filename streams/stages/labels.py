@@ -200,7 +200,8 @@ class LabelStage:
             plan = ("drop", drop)
         else:
             lowered = key.lower()
-            rules = tuple(r for r in self.policy.rules if signal in r.signals and fnmatch.fnmatchcase(lowered, r.key.lower()))
+            rules = tuple(r for r in self.policy.rules
+                          if signal in r.signals and fnmatch.fnmatchcase(lowered, r.key.lower()))
             if any(r.type == "drop" for r in rules):
                 plan = ("drop", "cardinality_drop")
             elif key not in self._url_keys and not rules:

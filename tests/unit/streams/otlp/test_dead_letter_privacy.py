@@ -75,7 +75,8 @@ def test_json_with_a_marker_anywhere_never_puts_it_in_headers(signal):
 def test_damaged_protobuf_carrying_the_marker_never_puts_it_in_headers(signal):
     rng = random.Random(f"proto-{signal}")
     source = REQUESTS[signal].SerializeToString()
-    donors = [source, MARKER.encode() * 3, b"\x0a\x10" + MARKER.encode() + b"\x12\x05", b'{"' + MARKER.encode() + b'":1}']
+    marker = MARKER.encode()
+    donors = [source, marker * 3, b"\x0a\x10" + marker + b"\x12\x05", b'{"' + marker + b'":1}']
     refused = 0
     for _ in range(600):
         payload = source

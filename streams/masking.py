@@ -1,0 +1,80 @@
+"""Secrets kept out of logs and printouts: passwords in URLs, bearer and basic credentials, and the
+values of every secret setting (``SecretStr`` fields, whatever their section).
+
+``install(settings)`` makes every log record of the process masked when it is made (a record
+factory, so it holds whatever handlers faust or mode set up later), and masks the traceback of an
+exception nobody caught. ``mask(text, secrets)`` is the pure function behind both.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import Any, Iterable
+
+from pydantic import BaseModel, SecretStr
+
+from sinks.settings import mask_secrets
+
+MASK = "****"
+_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+_MIN_SECRET = 4  # shorter configured values would mask common words
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """The values of every ``SecretStr`` setting, at any depth, longest first."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+    walk(settings)
+    return sorted({v for v in found if len(v) >= _MIN_SECRET}, key=len, reverse=True)
+
+
+def mask(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    text = mask_secrets(text)
+    return _CREDENTIALS.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
+
+
+def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
+    """Mask every log record and uncaught traceback of this process from now on."""
+    secrets = sorted(set(secret_values(settings)) | {s for s in extra if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "otelpipe_masking", False):
+        previous = previous.wrapped  # installed again (tests, a second command): replace, never stack
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not fit its format: leave it to logging
+            return record
+        masked = mask(message, secrets)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = mask(logging.Formatter().formatException(record.exc_info), secrets)
+        return record
+
+    factory.otelpipe_masking = True  # type: ignore[attr-defined]
+    factory.wrapped = previous  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+    hook = sys.excepthook
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        import traceback
+
+        sys.stderr.write(mask("".join(traceback.format_exception(kind, value, tb)), secrets))
+
+    if not getattr(hook, "otelpipe_masking", False):
+        excepthook.otelpipe_masking = True  # type: ignore[attr-defined]
+        sys.excepthook = excepthook

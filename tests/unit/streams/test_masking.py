@@ -1,0 +1,53 @@
+"""Secrets never printed: log records and uncaught tracebacks are masked."""
+
+import logging
+import subprocess
+import sys
+
+from streams import masking
+from streams.config import load_settings
+from tests.conftest import ROOT
+
+
+def test_mask_covers_urls_credentials_and_configured_secrets():
+    text = ("dsn https://otel:s3cret@ch:8443/x header Authorization: BEARER abcdefgh12345 basic dXNlcjpwYXNz "
+            "and the token qq-configured-token-77")
+    masked = masking.mask(text, ["qq-configured-token-77"])
+    for secret in ("s3cret", "abcdefgh12345", "dXNlcjpwYXNz", "qq-configured-token-77"):
+        assert secret not in masked
+    assert "https://otel:****@ch:8443/x" in masked
+
+
+def test_every_secret_setting_is_found_whatever_its_section():
+    settings = load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                                  "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-from-env-1",
+                                  "OTELPIPE_WORKER_QUERY_TOKEN": "tok-from-env-22",
+                                  "OTELPIPE_CONTROL_KEY": "control-key-from-env-333"})
+    assert set(masking.secret_values(settings)) >= {"pw-from-env-1", "tok-from-env-22", "control-key-from-env-333"}
+
+
+def test_log_records_and_tracebacks_are_masked(caplog):
+    settings = load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                                  "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-in-a-log-9"})
+    masking.install(settings)
+    masking.install(settings)  # installed twice: one layer, not two
+    log = logging.getLogger("otelpipe.test")
+    with caplog.at_level(logging.INFO):
+        log.info("connecting to %s with %s", "https://u:hunter2@h/x", "pw-in-a-log-9")
+        try:
+            raise RuntimeError("refused: pw-in-a-log-9")
+        except RuntimeError:
+            log.exception("failed")
+    text = caplog.text + "".join(r.exc_text or "" for r in caplog.records)
+    assert "hunter2" not in text and "pw-in-a-log-9" not in text and "****" in text
+
+
+def test_an_uncaught_error_of_a_command_is_masked(tmp_path):
+    code = ("import argparse; from streams.cli.common import settings_from; settings_from(argparse.Namespace()); "
+            "raise RuntimeError('cannot reach https://u:zz-leak-1@h/x with pw-uncaught-55')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                               "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-uncaught-55",
+                               "OTELPIPE_WORKER_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 1 and "RuntimeError" in proc.stderr
+    assert "zz-leak-1" not in proc.stderr and "pw-uncaught-55" not in proc.stderr
