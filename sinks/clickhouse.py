@@ -111,13 +111,27 @@ def connect(settings: ClickHouseSettings) -> Any:
         client.command(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
         client.database = settings.database
         return client
-    password = settings.password.get_secret_value()
-    client = clickhouse_connect.get_client(
-        dsn=settings.dsn, send_receive_timeout=int(settings.insert_timeout_s), connect_timeout=10,
-        **({"password": password} if password else {}),
-    )
+    client = clickhouse_connect.get_client(**server_client_options(settings))
     use_database(client, settings.database)
     return client
+
+
+def server_client_options(settings: ClickHouseSettings) -> dict[str, Any]:
+    """clickhouse-connect's options for a server DSN: timeouts, the password, and TLS (a private
+    CA, a client certificate for mutual TLS, verification)."""
+    options: dict[str, Any] = {"dsn": settings.dsn, "send_receive_timeout": int(settings.insert_timeout_s),
+                               "connect_timeout": 10}
+    password = settings.password.get_secret_value()
+    if password:
+        options["password"] = password
+    if settings.ca_file:
+        options["ca_cert"] = str(Path(settings.ca_file).expanduser())
+    if settings.client_cert_file:
+        options["client_cert"] = str(Path(settings.client_cert_file).expanduser())
+        options["client_cert_key"] = str(Path(settings.client_key_file).expanduser())
+    if not settings.verify:
+        options["verify"] = False
+    return options
 
 
 def use_database(client: Any, database: str) -> bool:

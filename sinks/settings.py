@@ -7,6 +7,7 @@ The small checks here (each raises ValueError naming the problem) serve the othe
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -86,8 +87,26 @@ class ClickHouseSettings(BaseModel):
            "bad data: the batch is then cut in halves until the refused messages are found and dead-lettered. "
            "Known transient errors (server away, busy, too many parts) are retried forever.", "attempts")
 
+    ca_file: str = setting(
+        "", "Server only (https://): PEM file of the CAs that sign the server's certificate; empty: the "
+            "system's CAs.")
+    client_cert_file: str = setting("", "Server only (https://): PEM client certificate, for mutual TLS.")
+    client_key_file: str = setting("", "Server only (https://): PEM private key of client_cert_file.")
+    verify: bool = setting(
+        True, "Server only (https://): whether the server's certificate is verified (turn off only for testing).")
+
     @model_validator(mode="after")
     def _related(self) -> ClickHouseSettings:
+        tls = (self.ca_file, self.client_cert_file, self.client_key_file)
+        if any(tls) or not self.verify:
+            if not self.dsn.startswith("https://"):
+                raise ValueError("ca_file, client_cert_file, client_key_file and verify apply to an https:// DSN")
+            if bool(self.client_cert_file) != bool(self.client_key_file):
+                raise ValueError("client_cert_file, client_key_file: set both (a client certificate and its key)")
+            missing = [f"{name} {value}" for name, value in zip(("ca_file", "client_cert_file", "client_key_file"), tls)
+                       if value and not Path(value).expanduser().is_file()]
+            if missing:
+                raise ValueError("no such file: " + ", ".join(missing))
         if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
             raise ValueError("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
         if self.dsn.startswith("chdb://") and self.password.get_secret_value():

@@ -156,6 +156,8 @@ HostList = Annotated[tuple[Annotated[str, AfterValidator(_host_name)], ...], NoD
                      BeforeValidator(_comma_separated)]
 Topic = Annotated[str, AfterValidator(_topic)]
 Encoding = Annotated[str, _one_of(*ENCODINGS)]
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class Section(BaseModel):
@@ -180,9 +182,29 @@ class KafkaSettings(Section):
     routed_suffix: str = setting(
         ".routed", "Suffix of the internal topic a source's records are routed through by key "
                    "(metrics by metric name): otelpipe.otlp_metrics.routed.")
+    # Security: every client otelpipe makes (worker, routers, followers, CLI, replay, dlq, produce,
+    # exporters, topic admin) takes these (streams/tools/kafka_clients.py).
+    security_protocol: Annotated[str, _one_of(*SECURITY_PROTOCOLS)] = setting(
+        "PLAINTEXT", "How clients reach the brokers: PLAINTEXT, SSL (TLS; mTLS with ssl_cert_file), "
+                     "SASL_PLAINTEXT or SASL_SSL (SASL over TLS: what managed Kafka services want).")
+    sasl_mechanism: Annotated[str, _one_of(*SASL_MECHANISMS)] = setting(
+        "SCRAM-SHA-512", "SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str = setting("", "SASL user name (SASL_* protocols).")
+    sasl_password: SecretStr = setting(
+        "", "SASL password (OTELPIPE_KAFKA_SASL_PASSWORD); never printed. Or sasl_password_file.")
+    sasl_password_file: str = setting("", "File holding the SASL password (surrounding whitespace ignored).")
+    ssl_ca_file: str = setting(
+        "", "PEM file of the CAs that sign the brokers' certificates (SSL, SASL_SSL); empty: the system's CAs.")
+    ssl_cert_file: str = setting("", "PEM client certificate (chain), for brokers that want mutual TLS.")
+    ssl_key_file: str = setting("", "PEM private key of ssl_cert_file.")
+    ssl_key_password: SecretStr = setting("", "Password of an encrypted ssl_key_file; never printed.")
+    ssl_check_hostname: bool = setting(
+        True, "Whether a broker's certificate must name the host it is reached at (turn off only for testing).")
     # Local broker (otelpipe kafka up); ignored when bootstrap_servers points elsewhere.
     local_data_dir: str = setting(".otelpipe/kafka", "Data and log directory of the local broker.")
     local_controller_port: Port = setting(9093, "Controller listener port of the local KRaft broker.")
+    local_secure_port: Port = setting(9094, "SASL_SSL listener port of the local broker (kafka up --secure).")
+    local_mtls_port: Port = setting(9095, "Mutual-TLS (SSL) listener port of the local broker (kafka up --secure).")
     local_heap: str = setting("512m", "JVM heap of the local broker (-Xmx/-Xms).")
     jar_cache: str = setting("~/.cache/otelpipe/kafka-3.9.2",
                              "Where the broker's jars resolved from Maven Central are cached (outside the repo).")
@@ -199,7 +221,36 @@ class KafkaSettings(Section):
             problems.append("routed_suffix: must not be empty nor equal to dlq_suffix")
         if not re.match(r"^\d+[mMgG]$", self.local_heap):
             problems.append(f"local_heap: must look like 512m or 1g, got {self.local_heap!r}")
+        problems.extend(self._security_problems())
         return _raise_related(self, problems)
+
+    def _security_problems(self) -> list[str]:
+        problems = []
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        password = self.sasl_password.get_secret_value()
+        if sasl:
+            if not self.sasl_username:
+                problems.append(f"sasl_username: required with security_protocol = {self.security_protocol}")
+            if not password and not self.sasl_password_file:
+                problems.append(f"sasl_password: required (or sasl_password_file) with security_protocol = "
+                                f"{self.security_protocol}")
+        elif self.sasl_username or password or self.sasl_password_file:
+            problems.append(f"sasl_username, sasl_password: apply to SASL_PLAINTEXT or SASL_SSL, not "
+                            f"{self.security_protocol}")
+        if password and self.sasl_password_file:
+            problems.append("sasl_password: set sasl_password or sasl_password_file, not both")
+        names = ("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+        if not tls and any(getattr(self, n) for n in names):
+            problems.append(f"ssl_ca_file, ssl_cert_file, ssl_key_file: apply to SSL or SASL_SSL, not "
+                            f"{self.security_protocol}")
+        if bool(self.ssl_cert_file) != bool(self.ssl_key_file):
+            problems.append("ssl_cert_file, ssl_key_file: set both (a client certificate and its key) or neither")
+        for name in (*names, "sasl_password_file"):
+            value = getattr(self, name)
+            if value and not resolve_path(value).is_file():
+                problems.append(f"{name}: no file {value}")
+        return problems
 
     def encoding_for(self, topic: str) -> str:
         return {
