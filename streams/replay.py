@@ -27,11 +27,12 @@ from typing import Any, Callable, TextIO
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from sinks.clickhouse import PARTITION_TIME_COLUMN, ClickHouseSink
-from streams.otlp.batch import RawMessage
-from streams.config import Settings
-from streams.tools.kafka_admin import topic_partitions
-from streams.stages.pipeline import Stages
 from streams.agents.signal_writer import gc_paused
+from streams.config import Settings
+from streams.otlp.batch import RawMessage
+from streams.stages.pipeline import Stages
+from streams.tools.kafka_admin import topic_partitions
+from streams.tools.kafka_clients import Target, connect_args
 
 PROGRESS_TABLE = "otelpipe_replay_progress"
 SIGNAL_TOPIC = {"traces": "spans_topic", "logs": "logs_topic", "metrics": "metrics_topic"}
@@ -99,9 +100,9 @@ class ProgressBar:
         self.out.flush()
 
 
-async def plan_partitions(consumer: AIOKafkaConsumer, bootstrap: str, topic: str, partitions: list[int] | None,
+async def plan_partitions(consumer: AIOKafkaConsumer, kafka: Target, topic: str, partitions: list[int] | None,
                           from_ms: int, to_ms: int) -> list[PartitionPlan]:
-    available = await topic_partitions(bootstrap, topic)
+    available = await topic_partitions(kafka, topic)
     if not available:
         raise ValueError(f"topic {topic} does not exist or has no partitions")
     chosen = available if not partitions else [p for p in partitions if p in available]
@@ -127,7 +128,7 @@ async def apply_live_sampling_rates(settings: Settings, stages: Stages) -> int:
     from streams.agents.control_key import control_key
     from streams.agents.followers import ControlFollowers, read_compacted_topic
 
-    records = await read_compacted_topic(settings.kafka.bootstrap_servers, settings.sampling.control_topic)
+    records = await read_compacted_topic(settings.kafka, settings.sampling.control_topic)
     if not records:
         return 0
     control = ControlFollowers(settings, stages, control_key(settings))
@@ -152,10 +153,10 @@ async def start_from_live_budgets(settings: Settings, stages: Stages) -> int:
         return 0
     k = settings.kafka
     topic = settings.state_topic("series-budget")
-    available = await topic_partitions(k.bootstrap_servers, topic)
+    available = await topic_partitions(k, topic)
     if not available:
         return 0
-    live = ChangelogState(k.bootstrap_servers, topic, lambda key: route_partition(metric_of_key(key), k.partitions))
+    live = ChangelogState(k, topic, lambda key: route_partition(metric_of_key(key), k.partitions))
     await live.restore(set(available))
     budget = SeriesBudgetStage.in_memory(stages.labels.policy.budgets, settings.worker.max_clock_skew_s)
     for key in live.keys():
@@ -211,10 +212,10 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
         await start_from_live_budgets(settings, stages)
     await apply_live_sampling_rates(settings, stages)
     summary = summary if summary is not None else ReplaySummary()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None,
+    consumer = AIOKafkaConsumer(**connect_args(settings.kafka), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**connect_args(settings.kafka), acks="all",
                                 max_request_size=settings.record_max_bytes())  # dead letters of any message
     await consumer.start()
     await producer.start()
@@ -224,7 +225,7 @@ async def replay(settings: Settings, sink: ClickHouseSink, signals: list[str], f
         done_before = load_progress(sink, rid)
         for signal in signals:
             topic = getattr(settings.kafka, SIGNAL_TOPIC[signal])
-            plans = await plan_partitions(consumer, settings.kafka.bootstrap_servers, topic, partitions, from_ms, to_ms)
+            plans = await plan_partitions(consumer, settings.kafka, topic, partitions, from_ms, to_ms)
             for plan in plans:
                 plan.start = max(plan.start, done_before.get((plan.topic, plan.partition), plan.start))
             bar = ProgressBar(signal, sum(p.total for p in plans), out)

@@ -31,6 +31,7 @@ from streams.agents.slo_evaluator import SloEvaluator
 from streams.agents.web import add_pages
 from streams.agents.writers import commit_stage_state, consume_signal
 from streams.config import Settings, resolve_path
+from streams.tools.kafka_clients import faust_credentials
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -39,6 +40,7 @@ def faust_app(settings: Settings) -> faust.App:
     return faust.App(
         w.app_id,
         broker=[f"kafka://{server.strip()}" for server in k.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(k),  # kafka.security_protocol, SASL, TLS
         store="memory://",
         datadir=str(resolve_path(w.data_dir)),
         value_serializer="raw",
@@ -157,7 +159,7 @@ def build_worker(settings: Settings) -> BuiltWorker:
 def _add_followers(app: faust.App, rt: Runtime) -> None:
     settings = rt.settings
     control = ControlFollowers(settings, rt.stages, control_key(settings))
-    servers = settings.kafka.bootstrap_servers
+    servers = settings.kafka
 
     @app.timer(interval=2.0)
     async def follow_policy_file() -> None:
@@ -189,8 +191,8 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
     store_dir = resolve_path(w.data_dir) / "state" if w.state_store == "rocksdict" else None
     tail_worker = TailWorker(
         stages=rt.stages, policies=load_policies(s.tail_policy_file or None),
-        parts=ChangelogState(k.bootstrap_servers, settings.tail_topic(), partition_of_part, store_dir=store_dir),
-        state=ChangelogState(k.bootstrap_servers, settings.state_topic("tail-sampling"), state_partition(k.partitions)),
+        parts=ChangelogState(k, settings.tail_topic(), partition_of_part, store_dir=store_dir),
+        state=ChangelogState(k, settings.state_topic("tail-sampling"), state_partition(k.partitions)),
         decision_wait_s=s.decision_wait_s, max_traces=s.max_traces, max_spans_per_trace=s.max_spans_per_trace,
         decision_cache_s=s.decision_cache_s, keep_log_severity=s.keep_log_severity, late_default=s.late_default,
         run_blocking=rt.on_clickhouse_thread, write=rt.write_with_token_until_done,

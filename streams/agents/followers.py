@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streams.agents import worker_metrics as m
+from streams.config import Settings
 from streams.control_auth import MAX_POLICY_BYTES, ControlAuthError, RecordGuard
 from streams.stages.catalog import CatalogError, CatalogStage, entry_from_record
 from streams.stages.label_policy import PolicyError, parse_policy
 from streams.stages.labels import LabelStage
-from streams.stages.policy_floor import relaxations
 from streams.stages.pipeline import Stages
+from streams.stages.policy_floor import relaxations
 from streams.stages.sampling import HeadRates, HeadSampler, SamplingError, rate_from_record, rates_with_overrides
-from streams.config import Settings
+from streams.tools.kafka_clients import Target, connect_args
 
 log = logging.getLogger("otelpipe.worker")
 
@@ -72,7 +73,7 @@ def admitted(guard: RecordGuard, records: list) -> list:
     return out
 
 
-async def follow_compacted_topic(bootstrap_servers: str, topic: str, on_records: Callable[[list], None], *,
+async def follow_compacted_topic(kafka: Target, topic: str, on_records: Callable[[list], None], *,
                                  retry_initial_s: float = 0.5, retry_max_s: float = 30.0,
                                  consumer_factory: Callable[..., Any] | None = None) -> None:
     """Read a one-partition compacted topic whole, then follow it, handing each non-empty batch of
@@ -84,7 +85,7 @@ async def follow_compacted_topic(bootstrap_servers: str, topic: str, on_records:
     delay = retry_initial_s
     m.FOLLOWER_UP.labels(topic).set(0)
     while True:
-        consumer = make(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        consumer = make(**connect_args(kafka), group_id=None, enable_auto_commit=False)
         try:
             await consumer.start()
             tp = TopicPartition(topic, 0)
@@ -111,16 +112,16 @@ async def follow_compacted_topic(bootstrap_servers: str, topic: str, on_records:
         delay = min(delay * 2, retry_max_s)
 
 
-async def read_compacted_topic(bootstrap_servers: str, topic: str) -> list:
+async def read_compacted_topic(kafka: Target, topic: str) -> list:
     """A one-partition compacted topic's records, from the start to its current end (an absent or
     empty topic: none). For tools that need what the workers follow, once."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.tools.kafka_admin import topic_partitions
 
-    if not await topic_partitions(bootstrap_servers, topic):
+    if not await topic_partitions(kafka, topic):
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**connect_args(kafka), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)

@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.tools.kafka_clients import Target, connect_args
+
 log = logging.getLogger("otelpipe.state")
 
 STATE_MAX_BYTES = 16 * 1024 * 1024  # one value (a metric's series in one window)
@@ -83,8 +85,8 @@ class RocksPartition:
 
 
 class ChangelogState:
-    def __init__(self, bootstrap: str, topic: str, partition_of: Callable[[str], int], store_dir: Path | None = None):
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: Target, topic: str, partition_of: Callable[[str], int], store_dir: Path | None = None):
+        self.kafka = kafka
         self.topic = topic
         self.partition_of = partition_of
         self.store_dir = store_dir
@@ -125,7 +127,7 @@ class ChangelogState:
         if not missing:
             return
         async with self._lock:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**connect_args(self.kafka), group_id=None, enable_auto_commit=False,
                                         fetch_max_bytes=4 * STATE_MAX_BYTES, max_partition_fetch_bytes=STATE_MAX_BYTES)
             await consumer.start()
             try:
@@ -178,7 +180,7 @@ class ChangelogState:
         if not sets and not deletes:
             return
         if self._producer is None:
-            self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+            self._producer = AIOKafkaProducer(**connect_args(self.kafka), acks="all", enable_idempotence=True,
                                               max_request_size=STATE_MAX_BYTES, compression_type="lz4",
                                               linger_ms=0)
             await self._producer.start()

@@ -67,7 +67,7 @@ class Runtime:
         self.alerts_topic = self.topic(settings.slo.alerts_topic)
         # Series budget state: (metric, window) → the series seen (streams.stages.series_budget),
         # changelogged to a compacted topic whose partition is the metric's routed partition.
-        self.series_state = ChangelogState(k.bootstrap_servers, settings.state_topic("series-budget"),
+        self.series_state = ChangelogState(k, settings.state_topic("series-budget"),
                                            lambda key: route_partition(metric_of_key(key), k.partitions))
         # chDB and clickhouse-connect block: every call runs on this one thread (calls serialise anyway).
         self.clickhouse_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")

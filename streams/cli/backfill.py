@@ -57,7 +57,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from streams.tools.dead_letters import read_dead_letters, refeed_dead_letters
 
     settings = settings_from(args)
-    bootstrap = settings.kafka.bootstrap_servers
+    bootstrap = settings.kafka
     if args.action == "show":
         rows = []
         for topic in _dlq_topics(settings, args.signal):

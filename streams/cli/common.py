@@ -28,8 +28,8 @@ def _secret_files(settings: Settings) -> list[str]:
     from streams.config import resolve_path
 
     found = [query_token(settings)]
-    for path in (default_key_path(settings), resolve_path(settings.control.key_file) if settings.control.key_file
-                 else None):
+    named = [settings.control.key_file, settings.kafka.sasl_password_file]
+    for path in [default_key_path(settings)] + [resolve_path(p) for p in named if p]:
         try:
             if path is not None and path.is_file():
                 found.append(path.read_text(errors="replace").strip())

@@ -20,6 +20,7 @@ from streams.cli.render import FORMATS, format_table
 from streams.config import Settings, describe
 from streams.control_auth import (MAX_ENTRY_BYTES, MAX_POLICY_BYTES, ControlAuthError, RecordGuard, check_size,
                                   next_signed_at, sign, signed_at, verify)
+from streams.tools.kafka_clients import connect_args
 
 
 def _print_schema(schema: dict) -> int:
@@ -78,10 +79,10 @@ async def send_signed(settings: Settings, topic: str, records: list[tuple[bytes,
     for record_key, value in records:
         check_size(record_key, value, max_value_bytes)
     key = control_key(settings)
-    bootstrap = settings.kafka.bootstrap_servers
+    bootstrap = settings.kafka
     await ensure_topics(bootstrap, [topic], 1, configs=settings.topic_configs(**{"cleanup.policy": "compact"}))
     newest = newest_signed(key, topic, await read_compacted_topic(bootstrap, topic))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(**connect_args(bootstrap), acks="all")
     await producer.start()
     try:
         for record_key, value in records:
@@ -148,7 +149,7 @@ def cmd_sampling(args: argparse.Namespace) -> int:
     from streams.agents.followers import read_compacted_topic
 
     latest, refused = verified_latest(control_key(settings), topic,
-                                      asyncio.run(read_compacted_topic(settings.kafka.bootstrap_servers, topic)))
+                                      asyncio.run(read_compacted_topic(settings.kafka, topic)))
     overrides = {k: v for k, v in latest.items() if v is not None}
     if refused:
         print(f"{sum(refused.values())} records on {topic} are not applied by the workers and not shown ("

@@ -62,7 +62,7 @@ def warn_of_undersized_topics(settings) -> None:
     written = settings.routed_topics() + [settings.dlq_topic(t) for t in settings.source_topics()
                                           + settings.routed_topics()]
     try:
-        limits = asyncio.run(topic_max_message_bytes(settings.kafka.bootstrap_servers, written))
+        limits = asyncio.run(topic_max_message_bytes(settings.kafka, written))
     except Exception as exc:  # a broker that will not describe configs: nothing to warn about
         print(f"could not read the topics' max.message.bytes ({type(exc).__name__})", file=sys.stderr)
         return
@@ -90,21 +90,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(masking.mask(f"ClickHouse is not reachable yet ({exc}); the worker starts and retries",
                            masking.secret_values(settings)), file=sys.stderr)
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
+    asyncio.run(ensure_topics(settings.kafka, all_topics(settings), settings.kafka.partitions,
                               configs=settings.topic_configs()))
     warn_of_undersized_topics(settings)
     for topic in (settings.worker.policy_topic, settings.worker.catalog_topic, settings.sampling.control_topic):
-        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [topic], 1,
+        asyncio.run(ensure_topics(settings.kafka, [topic], 1,
                                   configs=settings.topic_configs(**{"cleanup.policy": "compact"})))
     from streams.agents.keyed_state import TOPIC_CONFIGS
 
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, [settings.state_topic("series-budget")],
+    asyncio.run(ensure_topics(settings.kafka, [settings.state_topic("series-budget")],
                               settings.kafka.partitions, configs=settings.topic_configs(**TOPIC_CONFIGS)))
     if settings.sampling.tail:
         from streams.stages.tail_policies import load_policies
 
         load_policies(settings.sampling.tail_policy_file or None)  # an invalid file stops here, every problem listed
-        asyncio.run(ensure_topics(settings.kafka.bootstrap_servers,
+        asyncio.run(ensure_topics(settings.kafka,
                                   [settings.tail_topic(), settings.state_topic("tail-sampling")],
                                   settings.kafka.partitions, configs=settings.topic_configs(**TOPIC_CONFIGS)))
 
@@ -129,7 +129,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from streams.tools.kafka_admin import ensure_topics
     from streams.tools.producer import FileProblem, produce_file, produce_workload
 
-    asyncio.run(ensure_topics(settings.kafka.bootstrap_servers, all_topics(settings), settings.kafka.partitions,
+    asyncio.run(ensure_topics(settings.kafka, all_topics(settings), settings.kafka.partitions,
                               configs=settings.topic_configs()))
     if args.file:
         try:

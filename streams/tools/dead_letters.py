@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope
 from streams.otlp.values import BadMessage
 from streams.tools.kafka_admin import topic_partitions
+from streams.tools.kafka_clients import Target, check_connection, connect_args
 
 DLQ_PREFIX = "otelpipe.dlq."
 
@@ -88,8 +89,9 @@ def _letter(record) -> Letter:
                   record.value or b"", tuple(record.headers or ()))
 
 
-async def read_dead_letters(bootstrap: str, topic: str, limit: int | None = None) -> list[Letter]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+async def read_dead_letters(bootstrap: Target, topic: str, limit: int | None = None) -> list[Letter]:
+    await check_connection(bootstrap)  # refused settings: a clear error, not a retry loop
+    consumer = AIOKafkaConsumer(**connect_args(bootstrap), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
@@ -116,13 +118,14 @@ async def read_dead_letters(bootstrap: str, topic: str, limit: int | None = None
         await consumer.stop()
 
 
-async def refeed_dead_letters(bootstrap: str, topic: str, group: str, routed_suffix: str = ".routed",
+async def refeed_dead_letters(bootstrap: Target, topic: str, group: str, routed_suffix: str = ".routed",
                               max_request_size: int = 16 * 1024 * 1024 + 64 * 1024) -> dict[str, int]:
     """Send each dead letter not re-fed before back to its source topic. Returns counts per source
     (letters that cannot be re-fed are counted under ``"(not re-fed)"``)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+    await check_connection(bootstrap)
+    consumer = AIOKafkaConsumer(topic, **connect_args(bootstrap), group_id=group, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**connect_args(bootstrap), acks="all", enable_idempotence=True,
                                 max_request_size=max_request_size)
     await consumer.start()
     await producer.start()

@@ -5,21 +5,30 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.tools.kafka_clients import Target, check_connection, connect_args
 
-async def list_topics(bootstrap: str, timeout_s: float = 10.0) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+
+async def _admin(kafka: Target, **options: object) -> AIOKafkaAdminClient:
+    """A started admin client; settings the brokers refuse (a wrong password, an untrusted
+    certificate) fail here, with the setting named, instead of in a retry loop."""
+    await check_connection(kafka)
+    admin = AIOKafkaAdminClient(**connect_args(kafka), **options)
     await admin.start()
+    return admin
+
+
+async def list_topics(kafka: Target, timeout_s: float = 10.0) -> list[str]:
+    admin = await _admin(kafka, request_timeout_ms=int(timeout_s * 1000))
     try:
         return list(await admin.list_topics())
     finally:
         await admin.close()
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int = 1,
+async def ensure_topics(kafka: Target, topics: list[str], partitions: int, replication: int = 1,
                         configs: dict[str, str] | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    await admin.start()
+    admin = await _admin(kafka, request_timeout_ms=30000)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
@@ -40,9 +49,8 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int, repl
         await admin.close()
 
 
-async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    await admin.start()
+async def delete_topics(kafka: Target, topics: list[str]) -> None:
+    admin = await _admin(kafka, request_timeout_ms=30000)
     try:
         existing = set(await admin.list_topics())
         doomed = [t for t in topics if t in existing]
@@ -52,10 +60,9 @@ async def delete_topics(bootstrap: str, topics: list[str]) -> None:
         await admin.close()
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+async def topic_partitions(kafka: Target, topic: str) -> list[int]:
     """The partition numbers of a topic; empty when it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    await admin.start()
+    admin = await _admin(kafka, request_timeout_ms=30000)
     try:
         [described] = await admin.describe_topics([topic])
         if described.get("error_code"):
@@ -65,12 +72,11 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
         await admin.close()
 
 
-async def topic_max_message_bytes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def topic_max_message_bytes(kafka: Target, topics: list[str]) -> dict[str, int]:
     """``max.message.bytes`` of each existing topic (its own setting, or the broker's default)."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    await admin.start()
+    admin = await _admin(kafka, request_timeout_ms=30000)
     try:
         existing = set(await admin.list_topics())
         wanted = [t for t in dict.fromkeys(topics) if t in existing]

@@ -32,13 +32,18 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from streams.tools.kafka_clients import Target, connect_args
+
 CONTENT_TYPE = [("content-type", b"application/x-protobuf")]
 
 
 class KafkaOtlpProducer:
-    """A started aiokafka producer on its own event-loop thread, usable from any thread."""
+    """A started aiokafka producer on its own event-loop thread, usable from any thread.
 
-    def __init__(self, bootstrap_servers: str, compression: str = "lz4", linger_ms: int = 5,
+    ``bootstrap_servers``: a bootstrap string (plaintext), or otelpipe's ``KafkaSettings``
+    (``load_settings().kafka``) for SASL and TLS as the rest of otelpipe connects."""
+
+    def __init__(self, bootstrap_servers: Target, compression: str = "lz4", linger_ms: int = 5,
                  max_request_size: int = 16 * 1024 * 1024, **producer_options: Any):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="otelpipe-kafka-exporter", daemon=True)
@@ -46,7 +51,7 @@ class KafkaOtlpProducer:
 
         async def start() -> AIOKafkaProducer:  # aiokafka binds to the loop it is created on
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers, compression_type=compression, linger_ms=linger_ms,
+                **connect_args(bootstrap_servers), compression_type=compression, linger_ms=linger_ms,
                 acks="all", enable_idempotence=True, max_request_size=max_request_size, **producer_options,
             )
             await producer.start()
@@ -84,7 +89,7 @@ def _trace_key(trace_id: int) -> bytes | None:
 
 
 class _KafkaExporterBase:
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "", timeout_s: float = 30.0,
+    def __init__(self, bootstrap_servers: Target | None = None, topic: str = "", timeout_s: float = 30.0,
                  producer: KafkaOtlpProducer | None = None):
         if producer is None and not bootstrap_servers:
             raise ValueError("give bootstrap_servers or a shared KafkaOtlpProducer")
@@ -111,7 +116,7 @@ class _KafkaExporterBase:
 
 
 class KafkaSpanExporter(_KafkaExporterBase, SpanExporter):
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "otlp_spans", **kwargs: Any):
+    def __init__(self, bootstrap_servers: Target | None = None, topic: str = "otlp_spans", **kwargs: Any):
         super().__init__(bootstrap_servers, topic, **kwargs)
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
@@ -124,7 +129,7 @@ class KafkaSpanExporter(_KafkaExporterBase, SpanExporter):
 
 
 class KafkaLogExporter(_KafkaExporterBase, LogRecordExporter):
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "otlp_logs", **kwargs: Any):
+    def __init__(self, bootstrap_servers: Target | None = None, topic: str = "otlp_logs", **kwargs: Any):
         super().__init__(bootstrap_servers, topic, **kwargs)
 
     def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
@@ -137,7 +142,7 @@ class KafkaLogExporter(_KafkaExporterBase, LogRecordExporter):
 
 
 class KafkaMetricExporter(_KafkaExporterBase, MetricExporter):
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "otlp_metrics",
+    def __init__(self, bootstrap_servers: Target | None = None, topic: str = "otlp_metrics",
                  preferred_temporality: dict | None = None, preferred_aggregation: dict | None = None,
                  **kwargs: Any):
         _KafkaExporterBase.__init__(self, bootstrap_servers, topic, **kwargs)

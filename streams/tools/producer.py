@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.config import Settings
 from streams.otlp.encode import CONTENT_TYPES, encode_request
+from streams.tools.kafka_clients import connect_args
 from streams.tools.workload import Workload, WorkloadSummary
 
 
@@ -35,7 +36,7 @@ async def produce_workload(
     workload = Workload(seed=seed, extra_attributes=extra_attributes,
                         start_ns=start_ns if start_ns is not None else time.time_ns() - 3_600_000_000_000)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        **connect_args(settings.kafka),
         acks="all",
         enable_idempotence=True,
         compression_type="lz4",
@@ -136,7 +137,7 @@ def read_otlp_file(path: str, signal: str | None = None) -> tuple[list[tuple[str
 async def produce_file(settings: Settings, path: str, signal: str | None = None) -> tuple[dict[str, int], list[str]]:
     items, problems = read_otlp_file(path, signal)
     limit = settings.record_max_bytes()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all",
+    producer = AIOKafkaProducer(**connect_args(settings.kafka), acks="all",
                                 enable_idempotence=True, compression_type="lz4", max_request_size=limit)
     await producer.start()
     sent: dict[str, int] = {}

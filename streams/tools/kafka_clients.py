@@ -1,0 +1,172 @@
+"""How every Kafka client otelpipe makes reaches the brokers: one place for the security settings.
+
+``connect_args(kafka)`` gives the keyword arguments of an aiokafka producer, consumer or admin
+client (bootstrap servers, security protocol, SASL mechanism and credentials, a TLS context);
+``faust_credentials(kafka)`` the same for the faust app; ``check_connection(kafka)`` connects once
+and turns a refusal into ``KafkaAccessError`` naming the setting at fault (a wrong password, an
+untrusted certificate, a TLS listener reached in plaintext), so a command fails fast and clearly
+instead of retrying. Call sites that only know a bootstrap string (tests, tools) may pass it: it
+means PLAINTEXT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from streams.config import ConfigError, KafkaSettings, resolve_path
+
+Target = KafkaSettings | str
+
+
+class KafkaAccessError(ConfigError):
+    """The brokers refused this client: the message names the setting to look at."""
+
+    what = "Kafka settings (the brokers refused them)"
+
+
+def sasl_password(kafka: KafkaSettings) -> str:
+    if kafka.sasl_password_file:
+        path = resolve_path(kafka.sasl_password_file)
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"kafka.sasl_password_file: cannot read {path}: {exc.strerror or exc}"]) from None
+    return kafka.sasl_password.get_secret_value()
+
+
+def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL (None otherwise): the configured CAs (else the
+    system's), the client certificate when set, host names checked unless turned off."""
+    if not kafka.security_protocol.endswith("SSL"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(resolve_path(kafka.ssl_ca_file)) if kafka.ssl_ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"kafka.ssl_ca_file: {kafka.ssl_ca_file} is not a PEM file of CA certificates "
+                           f"({type(exc).__name__})"]) from None
+    if kafka.ssl_cert_file:
+        try:
+            context.load_cert_chain(str(resolve_path(kafka.ssl_cert_file)), str(resolve_path(kafka.ssl_key_file)),
+                                    password=kafka.ssl_key_password.get_secret_value() or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([f"kafka.ssl_cert_file, kafka.ssl_key_file: cannot load the client certificate "
+                               f"and key ({type(exc).__name__}; is kafka.ssl_key_password right?)"]) from None
+    context.check_hostname = kafka.ssl_check_hostname
+    if not kafka.ssl_check_hostname:
+        context.verify_mode = ssl.CERT_REQUIRED  # the chain is still verified
+    return context
+
+
+def security_args(kafka: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's security keyword arguments for these settings."""
+    args: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    context = ssl_context(kafka)
+    if context is not None:
+        args["ssl_context"] = context
+    if kafka.security_protocol.startswith("SASL_"):
+        args.update(sasl_mechanism=kafka.sasl_mechanism, sasl_plain_username=kafka.sasl_username,
+                    sasl_plain_password=sasl_password(kafka))
+    return args
+
+
+def connect_args(target: Target) -> dict[str, Any]:
+    """``bootstrap_servers`` and the security arguments of an aiokafka client."""
+    if isinstance(target, str):
+        return {"bootstrap_servers": target}
+    return {"bootstrap_servers": target.bootstrap_servers, **security_args(target)}
+
+
+def bootstrap_of(target: Target) -> str:
+    return target if isinstance(target, str) else target.bootstrap_servers
+
+
+def faust_credentials(kafka: KafkaSettings) -> Any:
+    """The faust app's ``broker_credentials`` (None for PLAINTEXT)."""
+    import faust
+
+    context = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL_"):
+        credentials = faust.SASLCredentials(username=kafka.sasl_username, password=sasl_password(kafka),
+                                            ssl_context=context, mechanism=kafka.sasl_mechanism)
+        return credentials
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def describe_refusal(kafka: KafkaSettings, exc: BaseException) -> str | None:
+    """What a connection failure says about the settings, or None when it is not about them (a
+    broker that is down, a network that is away)."""
+    from aiokafka.errors import KafkaConnectionError, UnsupportedSaslMechanismError
+
+    name = type(exc).__name__
+    text = str(exc)
+    where = kafka.bootstrap_servers
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        if "hostname" in (exc.verify_message or "").lower() or "match" in (exc.verify_message or "").lower():
+            return (f"kafka.ssl_check_hostname: the certificate of {where} does not name the host it was reached at "
+                    f"({exc.verify_message})")
+        return (f"kafka.ssl_ca_file: the certificate of {where} is not signed by a trusted CA "
+                f"({exc.verify_message}); set kafka.ssl_ca_file to the CA that signs the brokers' certificates")
+    if isinstance(exc, ssl.SSLError):
+        if kafka.ssl_cert_file:
+            return f"kafka.ssl_cert_file: the TLS handshake with {where} failed ({exc.reason or name})"
+        return (f"kafka.security_protocol: the TLS handshake with {where} failed ({exc.reason or name}); does the "
+                f"listener want a client certificate (kafka.ssl_cert_file)?")
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return f"kafka.sasl_mechanism: {where} does not offer {kafka.sasl_mechanism} ({text})"
+    if name in ("SaslAuthenticationFailedError", "AuthenticationFailedError") or "authentication" in text.lower():
+        return (f"kafka.sasl_username, kafka.sasl_password: {where} refused the credentials of "
+                f"{kafka.sasl_username!r} ({kafka.sasl_mechanism})")
+    if isinstance(exc, KafkaConnectionError) and ("closed" in text.lower() or "illegal sasl state" in text.lower()):
+        return (f"kafka.security_protocol: {where} closed the connection during the {kafka.security_protocol} "
+                f"handshake: a listener of another protocol, or one that wants a client certificate "
+                f"(kafka.ssl_cert_file)")
+    return None
+
+
+async def check_connection(kafka: Target, timeout_s: float = 15.0) -> None:
+    """Connect to the first reachable bootstrap server as every client will; raise
+    ``KafkaAccessError`` naming the setting when the broker refuses these settings. A broker that
+    does not answer is not an error here: clients wait and retry for it, as they always have."""
+    if isinstance(kafka, str) or kafka.security_protocol == "PLAINTEXT":
+        return
+    from aiokafka.conn import create_conn
+
+    args = security_args(kafka)
+    last: BaseException | None = None
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(create_conn(
+                host.strip("[]"), int(port), ssl_context=args.get("ssl_context"),
+                security_protocol=kafka.security_protocol, sasl_mechanism=args.get("sasl_mechanism", "PLAIN"),
+                sasl_plain_username=args.get("sasl_plain_username"),
+                sasl_plain_password=args.get("sasl_plain_password"), request_timeout_ms=int(timeout_s * 1000)),
+                timeout_s)
+        except (asyncio.TimeoutError, OSError, Exception) as exc:
+            reason = describe_refusal(kafka, exc) if not isinstance(exc, asyncio.TimeoutError) else None
+            if reason is not None:
+                raise KafkaAccessError([reason]) from None
+            last = exc
+            continue
+        try:  # a request proves the session: a refused client certificate shows only now (TLS 1.3)
+            from aiokafka.protocol.metadata import MetadataRequest
+
+            await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+        except (asyncio.TimeoutError, Exception) as exc:
+            reason = describe_refusal(kafka, exc) if not isinstance(exc, asyncio.TimeoutError) else None
+            if reason is None:
+                reason = (f"kafka.security_protocol: {server.strip()} accepted a {kafka.security_protocol} connection "
+                          f"but did not answer a request ({type(exc).__name__}); does the listener want a client "
+                          f"certificate (kafka.ssl_cert_file), or another protocol?")
+            raise KafkaAccessError([reason]) from None
+        finally:
+            conn.close()
+        return
+    if isinstance(last, asyncio.TimeoutError):
+        raise KafkaAccessError([f"kafka.security_protocol: {kafka.bootstrap_servers} accepted a connection but did "
+                                f"not complete the {kafka.security_protocol} handshake within {timeout_s:.0f}s "
+                                f"(is it a {kafka.security_protocol} listener?)"])
