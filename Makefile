@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml streams/otlp/_fastotlp.c
 	touch $@
 
 kafka-up: install
-	$(BIN)/otelpipe kafka up
+	$(BIN)/otelpipe kafka up --secure
 
 kafka-down:
 	@if [ -x $(BIN)/otelpipe ]; then $(BIN)/otelpipe kafka down; fi

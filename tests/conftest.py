@@ -38,7 +38,7 @@ def kafka_bootstrap() -> str:
 
     settings = load_settings(env={})
     broker = LocalBroker.from_settings(settings)
-    broker.up([], timeout_s=180)
+    broker.up([], timeout_s=180, secure=True)  # with its SASL_SSL and mutual-TLS listeners
     return broker.bootstrap
 
 
@@ -202,7 +202,7 @@ class WorkerProcess:
         from streams.cli.common import all_topics as _all_topics
 
         topics = _all_topics(self.settings)
-        asyncio.run(ensure_topics(self.settings.kafka.bootstrap_servers, topics, self.settings.kafka.partitions,
+        asyncio.run(ensure_topics(self.settings.kafka, topics, self.settings.kafka.partitions,
                                   configs=self.settings.topic_configs()))
 
 

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("kafka", help="the local single-node Kafka broker")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--secure", action="store_true",
+                   help="up: add a SASL_SSL listener (SCRAM, PLAIN) and a mutual-TLS listener, with certificates "
+                        "made under kafka.local_data_dir")
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("query", help="read-only SQL against the configured ClickHouse")

@@ -5,6 +5,14 @@ into ``kafka.jar_cache``, outside the repository), render ``kafka/server.propert
 format KRaft storage on first use, start ``kafka.Kafka`` in the background, wait until it answers
 metadata requests, and create the source and dead-letter topics. ``down`` stops it (SIGTERM, then
 SIGKILL after a grace period); ``status`` reports it. Running ``up`` twice is harmless.
+
+``up(secure=True)`` adds, beside the plaintext listener, a SASL_SSL listener
+(``kafka.local_secure_port``: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for the user ``otelpipe``) and
+an SSL listener that wants a client certificate (``kafka.local_mtls_port``). Certificates (a CA,
+the broker's for 127.0.0.1 and localhost, a client's) are made with openssl under
+``<local_data_dir>/secure``, once, with the user's random password (mode 0600); the SCRAM
+credentials are created with Kafka's own ConfigCommand. ``secure_settings()`` gives the settings
+that reach each listener.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import socket
 import string
 import subprocess
 import time
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +58,8 @@ class LocalBroker:
     heap: str
     partitions: int
     topic_configs: tuple[tuple[str, str], ...] = ()  # configs of the topics it creates
+    secure_port: int = 9094
+    mtls_port: int = 9095
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalBroker":
@@ -67,6 +78,8 @@ class LocalBroker:
             heap=settings.kafka.local_heap,
             partitions=settings.kafka.partitions,
             topic_configs=tuple(settings.topic_configs().items()),
+            secure_port=settings.kafka.local_secure_port,
+            mtls_port=settings.kafka.local_mtls_port,
         )
 
     @property
@@ -112,18 +125,121 @@ class LocalBroker:
 
     # ------------------------------------------------------------------ storage
 
-    def render_properties(self) -> Path:
+    def render_properties(self, secure: bool = False) -> Path:
         template = string.Template((KAFKA_DIR / "server.properties.template").read_text())
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(
-            template.substitute(
-                port=self.port,
-                controller_port=self.controller_port,
-                data_dir=str(self.data_dir),
-                partitions=self.partitions,
-            )
+        text = template.substitute(
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=str(self.data_dir),
+            partitions=self.partitions,
         )
+        if secure:  # later keys win in a Java properties file: the listeners are replaced
+            text += self._secure_properties()
+        self.properties_file.write_text(text)
+        os.chmod(self.properties_file, 0o600)  # it holds the PLAIN user's password
         return self.properties_file
+
+    # ------------------------------------------------------------------ TLS and SASL
+
+    @property
+    def secure_dir(self) -> Path:
+        return self.data_dir / "secure"
+
+    def make_certificates(self) -> Path:
+        """A CA, the broker's certificate (127.0.0.1, localhost), a client's, and the SASL user's
+        password, made once under ``secure_dir``."""
+        out = self.secure_dir
+        if (out / ".complete").exists():
+            return out
+        openssl = shutil.which("openssl")
+        if not openssl:
+            raise BrokerError("openssl not found: it makes the local broker's TLS certificates (kafka up --secure)")
+        out.mkdir(parents=True, exist_ok=True)
+        os.chmod(out, 0o700)
+
+        def run(*args: str) -> None:
+            proc = subprocess.run([openssl, *args], cwd=out, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BrokerError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "3650",
+            "-subj", "/CN=otelpipe local CA")
+        for name, subject, ext in (
+            ("broker", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+            ("client", "/CN=otelpipe-client", "extendedKeyUsage=clientAuth"),
+        ):
+            (out / f"{name}.ext").write_text(ext + "\n")
+            run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+            run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "3650", "-extfile", f"{name}.ext")
+        # Kafka's PEM key store: the private key (PKCS#8) followed by its certificate chain
+        (out / "broker.keystore.pem").write_text((out / "broker.key").read_text() + (out / "broker.pem").read_text())
+        fd = os.open(out / "otelpipe.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18))
+        for key in out.glob("*.key"):
+            os.chmod(key, 0o600)
+        (out / ".complete").write_text("")
+        return out
+
+    @property
+    def sasl_password(self) -> str:
+        return (self.secure_dir / "otelpipe.password").read_text().strip()
+
+    def _secure_properties(self) -> str:
+        d = self.secure_dir
+        jaas_plain = (f'org.apache.kafka.common.security.plain.PlainLoginModule required '
+                      f'user_otelpipe="{self.sasl_password}";')
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return "\n".join([
+            "", "# kafka up --secure: SASL_SSL and mutual-TLS listeners beside the plaintext one",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+            f"SASL_SSL://127.0.0.1:{self.secure_port},SSL://127.0.0.1:{self.mtls_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port},"
+            f"SSL://127.0.0.1:{self.mtls_port}",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
+            "ssl.keystore.type=PEM", f"ssl.keystore.location={d / 'broker.keystore.pem'}",
+            "ssl.truststore.type=PEM", f"ssl.truststore.location={d / 'ca.pem'}",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            f"listener.name.sasl_ssl.plain.sasl.jaas.config={jaas_plain}",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            "listener.name.ssl.ssl.client.auth=required",
+            "",
+        ])
+
+    def add_scram_user(self) -> None:
+        """The user ``otelpipe`` with SCRAM-SHA-256 and -512 credentials (Kafka's ConfigCommand,
+        over the plaintext listener; the same password again is harmless)."""
+        password = self.sasl_password
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):  # one credential per request
+            proc = subprocess.run(self._java(
+                "kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap, "--alter", "--add-config",
+                f"{mechanism}=[password={password}]", "--entity-type", "users", "--entity-name", "otelpipe"),
+                capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise BrokerError(f"creating the SCRAM user ({mechanism}) failed: {proc.stderr.strip()[-2000:]}")
+
+    def secure_settings(self, listener: str = "sasl_ssl") -> dict[str, str]:
+        """``OTELPIPE_KAFKA_*`` settings that reach the secure listeners: ``sasl_ssl`` (SCRAM-SHA-512
+        over TLS) or ``mtls`` (TLS with the client certificate)."""
+        d = self.secure_dir
+        if listener == "mtls":
+            return {"OTELPIPE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.mtls_port}",
+                    "OTELPIPE_KAFKA_SECURITY_PROTOCOL": "SSL", "OTELPIPE_KAFKA_SSL_CA_FILE": str(d / "ca.pem"),
+                    "OTELPIPE_KAFKA_SSL_CERT_FILE": str(d / "client.pem"),
+                    "OTELPIPE_KAFKA_SSL_KEY_FILE": str(d / "client.key")}
+        return {"OTELPIPE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.secure_port}",
+                "OTELPIPE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "OTELPIPE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "OTELPIPE_KAFKA_SASL_USERNAME": "otelpipe",
+                "OTELPIPE_KAFKA_SASL_PASSWORD_FILE": str(d / "otelpipe.password"),
+                "OTELPIPE_KAFKA_SSL_CA_FILE": str(d / "ca.pem")}
+
+    def secure_port_open(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((self.host, self.secure_port)) == 0
 
     def format_storage(self) -> None:
         if (self.data_dir / "data" / "meta.properties").exists():
@@ -175,17 +291,22 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def up(self, topics: list[str], timeout_s: float = 120.0) -> str:
+    def up(self, topics: list[str], timeout_s: float = 120.0, secure: bool = False) -> str:
         if self.pid() is not None:
             self._wait_ready(timeout_s)
+            if secure and not self.secure_port_open():
+                raise BrokerError(f"the local broker (pid {self.pid()}) runs without its secure listeners: "
+                                  "otelpipe kafka down, then otelpipe kafka up --secure")
             asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions, configs=dict(self.topic_configs)))
-            return f"already running (pid {self.pid()}) on {self.bootstrap}"
+            return f"already running (pid {self.pid()}) on {self.bootstrap}" + (self._secure_note() if secure else "")
         if self.port_open():
             raise BrokerError(
                 f"{self.bootstrap} is taken by a process otelpipe did not start; stop it or change kafka.bootstrap_servers"
             )
         self.ensure_jars()
-        self.render_properties()
+        if secure:
+            self.make_certificates()
+        self.render_properties(secure)
         self.format_storage()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         out = open(self.data_dir / "broker.out", "ab")
@@ -202,8 +323,16 @@ class LocalBroker:
         except BrokerError:
             self.down()
             raise
+        if secure:
+            self.add_scram_user()
         asyncio.run(ensure_topics(self.bootstrap, topics, self.partitions, configs=dict(self.topic_configs)))
-        return f"started (pid {proc.pid}) on {self.bootstrap}, data in {self.data_dir}"
+        return f"started (pid {proc.pid}) on {self.bootstrap}, data in {self.data_dir}" + (
+            self._secure_note() if secure else "")
+
+    def _secure_note(self) -> str:
+        d = self.secure_dir
+        return (f"; SASL_SSL (SCRAM-SHA-256/512, PLAIN; user otelpipe, password in {d / 'otelpipe.password'}) "
+                f"on 127.0.0.1:{self.secure_port}, mutual TLS on 127.0.0.1:{self.mtls_port}; CA {d / 'ca.pem'}")
 
     def _wait_ready(self, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + timeout_s
