@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--secure", action="store_true",
                    help="up: add a SASL_SSL listener (SCRAM, PLAIN) and a mutual-TLS listener, with certificates "
-                        "made under kafka.local_data_dir")
+                        "made under kafka.local_data_dir; later restarts keep them")
     p.set_defaults(func=cmd_kafka)
 
     p = sub.add_parser("query", help="read-only SQL against the configured ClickHouse")

@@ -12,7 +12,7 @@ def cmd_kafka(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     broker = local_broker(settings)
     if args.action == "up":
-        print("kafka:", broker.up(all_topics(settings), secure=args.secure))
+        print("kafka:", broker.up(all_topics(settings), secure=True if args.secure else None))
     elif args.action == "down":
         print("kafka:", broker.down())
     else:

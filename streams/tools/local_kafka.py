@@ -146,6 +146,10 @@ class LocalBroker:
     def secure_dir(self) -> Path:
         return self.data_dir / "secure"
 
+    @property
+    def secure_marker(self) -> Path:
+        return self.data_dir / "secure.enabled"  # started with the secure listeners last time
+
     def make_certificates(self) -> Path:
         """A CA, the broker's certificate (127.0.0.1, localhost), a client's, and the SASL user's
         password, made once under ``secure_dir``."""
@@ -291,7 +295,11 @@ class LocalBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def up(self, topics: list[str], timeout_s: float = 120.0, secure: bool = False) -> str:
+    def up(self, topics: list[str], timeout_s: float = 120.0, secure: bool | None = None) -> str:
+        """``secure``: with the SASL_SSL and mutual-TLS listeners; None: as the broker was last
+        started (a restart keeps them)."""
+        if secure is None:
+            secure = self.secure_marker.exists()
         if self.pid() is not None:
             self._wait_ready(timeout_s)
             if secure and not self.secure_port_open():
@@ -306,6 +314,9 @@ class LocalBroker:
         self.ensure_jars()
         if secure:
             self.make_certificates()
+            self.secure_marker.write_text("")
+        else:
+            self.secure_marker.unlink(missing_ok=True)
         self.render_properties(secure)
         self.format_storage()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)

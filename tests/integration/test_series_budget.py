@@ -134,7 +134,8 @@ def test_a_replay_of_a_range_the_budgets_bucketized_live_writes_no_second_copy(w
                       f'[[budgets.metrics]]\nname = "{METRIC}"\nlimit = 20\naction = "bucketize"\n')
     worker = worker_factory(OTELPIPE_WORKER_LABEL_POLICY=str(policy)).start()
     now = time.time_ns()
-    values = [gauge_request(METRIC, f"u{i}", now - (60 - i) * 10**9) for i in range(60)]
+    start = max(now - 60 * 10**9, now // HOUR_NS * HOUR_NS)  # the last minute, inside this hour's window
+    values = [gauge_request(METRIC, f"u{i}", start + i * 10**9) for i in range(60)]
     asyncio.run(_send(worker.settings.kafka.bootstrap_servers, worker.settings.kafka.metrics_topic, values))
     query = f"SELECT count() FROM {{db}}.otel_metrics_gauge WHERE MetricName = '{METRIC}'"
     worker.wait_for(query, 60)
