@@ -60,7 +60,7 @@ def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
             return record
         masked = mask(message, secrets)
         if masked != message:
-            record.msg, record.args = masked, None
+            record.msg, record.args = masked, ()  # () not None: mode's formatter turns None into (None,)
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = mask(logging.Formatter().formatException(record.exc_info), secrets)
         return record

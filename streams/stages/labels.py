@@ -246,7 +246,10 @@ class LabelStage:
             return cached
         result: tuple[str | None, str] | None = None
         if value.lstrip()[:1] in ("{", "["):
-            result = self._scrub_json(value)
+            try:
+                result = self._scrub_json(value)
+            except RecursionError:  # JSON strings nested in JSON strings, past what can be read
+                result = (MASK, "too_deep_to_read")
         if result is None:
             result = self._scrub_text(value)
         if len(self._value_cache) >= _CACHE_LIMIT:

@@ -51,3 +51,13 @@ def test_an_uncaught_error_of_a_command_is_masked(tmp_path):
                                "OTELPIPE_WORKER_DATA_DIR": str(tmp_path)})
     assert proc.returncode == 1 and "RuntimeError" in proc.stderr
     assert "zz-leak-1" not in proc.stderr and "pw-uncaught-55" not in proc.stderr
+
+
+def test_a_masked_record_formats_with_a_percent_formatter():
+    """mode's formatter (the worker's) reads args again: a masked record must still format."""
+    settings = load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                                  "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-format-7"})
+    masking.install(settings)
+    record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "pw is %s", ("pw-format-7",), None)
+    assert record.args == () and record.getMessage() == "pw is ****"
+    assert "****" in logging.Formatter("%(message)s").format(record)

@@ -204,3 +204,12 @@ def test_every_text_column_is_covered_whatever_its_name():
     assert out.columns["SomeNewText"] == ["****"]  # a column keeps a value in every row: drop masks it
     assert list(out.columns["SomeNewTexts"][0]) == ["ok", "****"]
     assert out.columns["TraceId"] == ["ab"] and out.columns["TimeUnix"] == [1]
+
+
+def test_json_strings_nested_in_json_strings_never_raise():
+    import json
+
+    value = "x"
+    for _ in range(12):
+        value = "[" * 120 + json.dumps(value) + "]" * 120
+    assert LabelStage(parse_policy({})).scrub(value)[1] in ("too_deep_to_read", "")
