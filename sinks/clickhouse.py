@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import struct
 from collections import OrderedDict
@@ -46,6 +47,39 @@ PARTITION_TIME_COLUMN = {
     "otel_trace_summary": "Start",
 }
 MAX_PARTITIONS_PER_INSERT = 90
+# Columns the batches carry as nanoseconds since the epoch. A table may hold some of them with less
+# precision (a database the Collector's exporter made keeps metric times as DateTime, seconds):
+# the sink scales them to what the table holds.
+NANOSECOND_COLUMNS = {"Timestamp", "ObservedTimestamp", "StartTimeUnix", "TimeUnix", "Events.Timestamp",
+                      "Exemplars.TimeUnix", "Start"}
+_DATETIME_TYPE = re.compile(r"^(?:Array\()?(?:LowCardinality\()?DateTime(?:64\((\d)(?:,[^)]*)?\))?(?:\([^)]*\))?")
+
+
+def nanosecond_divisor(column_type: str) -> int:
+    """How much a nanosecond value is divided by to fit a column of this type (1: it fits)."""
+    m = _DATETIME_TYPE.match(column_type)
+    if not m:
+        return 1
+    precision = int(m.group(1)) if m.group(1) is not None else 0
+    return 10 ** (9 - precision) if precision < 9 else 1
+
+
+def scaled(values: list[Any], divisor: int) -> list[Any]:
+    if divisor == 1:
+        return values
+    return [[v // divisor for v in x] if isinstance(x, list) else x // divisor for x in values]
+
+
+def insert_settings(settings: ClickHouseSettings, token: str) -> dict[str, Any]:
+    """The settings of every insert: its deduplication token; the same token for the blocks it makes
+    in materialized views (without it a retry after a failed view insert loses the view's rows, or
+    counts them twice); with Distributed tables, a synchronous insert, so that success means every
+    shard has its rows and a retry meets the same shards' deduplication."""
+    out: dict[str, Any] = {"insert_deduplication_token": token, "insert_deduplicate": 1,
+                           "deduplicate_blocks_in_dependent_materialized_views": 1}
+    if settings.sharded:
+        out["distributed_foreground_insert"] = 1
+    return out
 
 
 def blocks_within_partition_limit(batch: ColumnBatch, limit: int = MAX_PARTITIONS_PER_INSERT) -> list[ColumnBatch]:
@@ -257,6 +291,7 @@ class ClickHouseSink:
         self.database = settings.database
         self.consumer_group = consumer_group
         self._unknown_failures: OrderedDict[str, int] = OrderedDict()  # token → failures of unknown kind
+        self._time_divisors: dict[str, dict[str, int]] = {}
 
     @classmethod
     def open(cls, settings: ClickHouseSettings, consumer_group: str) -> "ClickHouseSink":
@@ -348,10 +383,28 @@ class ClickHouseSink:
             raise ValueError(f"batch for {batch.table} has no source range to derive its token from")
         return batch.source.token(batch.table)
 
+    def _divisors(self, table: str) -> dict[str, int]:
+        """Column → divisor for this table's nanosecond columns held with less precision (cached)."""
+        if not table.startswith("otel_"):  # otelpipe's own tables take the values as they are
+            return {}
+        if table not in self._time_divisors:
+            rows = self.client.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                parameters={"db": self.database, "t": table}).result_rows
+            self._time_divisors[table] = {name: d for name, typ in rows if name in NANOSECOND_COLUMNS
+                                          and (d := nanosecond_divisor(typ)) != 1}
+        return self._time_divisors[table]
+
+    def _columns(self, batch: ColumnBatch) -> list[list[Any]]:
+        divisors = self._divisors(batch.table)
+        if not divisors:
+            return batch.insert_columns()
+        return [scaled(values, divisors.get(name, 1)) for name, values in zip(batch.column_names, batch.insert_columns())]
+
     def _insert(self, batch: ColumnBatch, token: str) -> None:
         self.client.insert(
-            f"{self.database}.{batch.table}", batch.insert_columns(), column_names=batch.column_names,
-            column_oriented=True, settings={"insert_deduplication_token": token, "insert_deduplicate": 1},
+            f"{self.database}.{batch.table}", self._columns(batch), column_names=batch.column_names,
+            column_oriented=True, settings=insert_settings(self.settings, token),
         )
 
     def write_missing(self, batch: ColumnBatch, token: str, stage_name: str = "") -> tuple[int, int]:
@@ -372,7 +425,7 @@ class ClickHouseSink:
         for i, piece in enumerate(blocks_within_partition_limit(batch)):
             self.client.command(f"CREATE TABLE IF NOT EXISTS {stage} AS {db}.{table} ENGINE = Memory")
             self.client.command(f"TRUNCATE TABLE {stage}")
-            self.client.insert(stage, piece.insert_columns(), column_names=piece.column_names,
+            self.client.insert(stage, self._columns(piece), column_names=piece.column_names,
                                column_oriented=True)
             times = piece.columns[column]
             lo, hi = min(times), max(times)
@@ -385,7 +438,7 @@ class ClickHouseSink:
             self.client.command(
                 f"INSERT INTO {db}.{table} ({cols}) SELECT {cols} FROM {stage} WHERE RecordId NOT IN ({present})",
                 parameters=params,
-                settings={"insert_deduplication_token": f"{token}#{i}", "insert_deduplicate": 1},
+                settings=insert_settings(self.settings, f"{token}#{i}"),
             )
             skipped += int(dupes)
             inserted += len(piece) - int(dupes)

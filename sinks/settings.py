@@ -78,9 +78,20 @@ class ClickHouseSettings(BaseModel):
         "", "Server only: render DDL ON CLUSTER this cluster with Replicated engines.")
     ttl_days: Annotated[int, AfterValidator(non_negative)] = setting(
         0, "Server only: drop parts older than this many days (0 keeps data forever).", "days")
+    sharded: bool = setting(
+        False, "Server only, with cluster: each table is created on every shard as <table>_local (Replicated) and "
+               "<table> becomes a Distributed table over them that queries read and the writer inserts into "
+               "(synchronously, sharded by a key of the rows, so a retried insert reaches the same shard).")
     dedup_window: Positive = setting(
-        10000, "non_replicated_deduplication_window of every table: how many recent insert blocks remember "
-               "their deduplication token.", "blocks")
+        10000, "How many recent insert blocks of each table remember their deduplication token "
+               "(non_replicated_deduplication_window, or replicated_deduplication_window on a cluster). It must "
+               "cover every insert made into a table between a batch's first attempt and its last retry: about "
+               "(writers x batches per second) x the retry horizon (session timeout + restart and state restore). "
+               "Changing it reaches existing tables at the next migrate.", "blocks")
+    dedup_window_seconds: Positive = setting(
+        604800, "Cluster only: replicated_deduplication_window_seconds, how long Keeper keeps a block's token. A retry "
+                "later than this after its first attempt (a ClickHouse outage longer than this) could store rows twice.",
+        "s")
     insert_timeout_s: PositiveFloat = setting(60.0, "Timeout of one insert.", "s")
     unknown_error_retries: Positive = setting(
         5, "How often an insert failing with an error otelpipe does not know is tried before it is taken for "
@@ -107,6 +118,8 @@ class ClickHouseSettings(BaseModel):
                        if value and not Path(value).expanduser().is_file()]
             if missing:
                 raise ValueError("no such file: " + ", ".join(missing))
+        if self.sharded and not self.cluster:
+            raise ValueError("sharded needs cluster: the Distributed tables span the cluster's shards")
         if self.dsn.startswith("chdb://") and (self.cluster or self.ttl_days):
             raise ValueError("cluster and ttl_days apply to a ClickHouse server, not the embedded chdb:// store")
         if self.dsn.startswith("chdb://") and self.password.get_secret_value():

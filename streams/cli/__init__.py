@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema (idempotent)")
+    p = sub.add_parser("migrate", help="create or upgrade the ClickHouse schema in place (idempotent; adopts "
+                                       "a database the Collector's ClickHouse exporter made)")
+    p.add_argument("--plan", action="store_true", help="print what migrate would do and change nothing")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("kafka", help="the local single-node Kafka broker")

@@ -80,8 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streams.tools.kafka_admin import ensure_topics
 
     try:
-        for mig in migrate(connect(settings.clickhouse), settings.clickhouse):
-            print(f"applied {mig.version:04d}_{mig.name}")
+        for step in migrate(connect(settings.clickhouse), settings.clickhouse):
+            print(f"{step.table}: {step.what}")
     except Exception as exc:
         if not is_retryable(exc):
             raise
@@ -251,10 +251,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from sinks.migrations import migrate
 
     client = connect(settings.clickhouse)
+    if getattr(args, "plan", False):
+        from sinks.migrations import plan
+
+        todo = plan(client, settings.clickhouse)
+        lines = todo.lines()
+        print("\n".join(lines) if todo.steps else "\n".join(["schema is up to date"] + lines))
+        if todo.steps:
+            print(f"{len(todo.steps)} step(s); `otelpipe migrate` takes them (metadata only: no table is rewritten)")
+        return 0
     applied = migrate(client, settings.clickhouse)
     if applied:
-        for mig in applied:
-            print(f"applied {mig.version:04d}_{mig.name}")
+        for step in applied:
+            print(f"{step.table}: {step.what}")
+        print(f"schema is up to date ({len(applied)} step(s) taken)")
     else:
         print("schema is up to date")
     return 0

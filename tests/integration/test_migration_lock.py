@@ -1,4 +1,4 @@
-"""Migrations take turns, replace views in place, and accept rewritten texts of applied ones (chDB)."""
+"""Migrations take turns, replace views in place, and record nothing when a step fails (chDB)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import threading
 import time
 import uuid
 
-from sinks.migrations import LOCK_TABLE, MIGRATIONS_TABLE, SUPERSEDED_CHECKSUMS, migrate
+import pytest
+
+from sinks.migrations import LOCK_TABLE, MIGRATIONS_TABLE, SCHEMA_VERSION, MigrationError, migrate, plan
 from sinks.settings import ClickHouseSettings
 
 
@@ -45,15 +47,54 @@ def test_a_lock_left_by_a_crashed_worker_is_taken_after_the_timeout(chdb_client)
     assert applied and len(slept) <= 10
 
 
-def test_the_rollup_view_is_replaced_in_place_and_an_earlier_text_of_0018_is_accepted(chdb_client):
+def test_a_view_with_an_older_query_is_replaced_in_place(chdb_client):
     settings = fresh()
     migrate(chdb_client, settings)
     db = settings.database
+    # the rollup's view as an earlier release made it (no sampling-weighted columns)
+    chdb_client.command(f"ALTER TABLE {db}.otel_traces_rollup_1m_mv MODIFY QUERY SELECT toStartOfMinute(Timestamp) "
+                        "AS Minute, ServiceName, SpanName, SpanKind, count() AS Spans, countIf(StatusCode = 'Error') "
+                        f"AS Errors, sum(Duration) AS DurationSum FROM {db}.otel_traces "
+                        "GROUP BY Minute, ServiceName, SpanName, SpanKind")
+    chdb_client.command(f"TRUNCATE TABLE {db}.{MIGRATIONS_TABLE}")
+    steps = plan(chdb_client, settings).steps
+    assert [(s.table, s.what) for s in steps] == [("otel_traces_rollup_1m_mv", "replace the view's query in place")]
+    assert "MODIFY QUERY" in steps[0].sql
+    migrate(chdb_client, settings)
     query = chdb_client.query(f"SELECT as_select FROM system.tables WHERE database = '{db}' "
                               "AND name = 'otel_traces_rollup_1m_mv'").result_rows[0][0]
     assert "EstimatedSpans" in query
-    # a database migrated with 0018's earlier text (drop and create the view) is up to date
-    old = next(iter(SUPERSEDED_CHECKSUMS[18]))
-    chdb_client.command(f"INSERT INTO {db}.{MIGRATIONS_TABLE} (Version, Name, Checksum) "
-                        f"VALUES (18, 'weighted_rollup', '{old}')")
-    assert migrate(chdb_client, settings) == []
+    assert plan(chdb_client, settings).steps == []
+
+
+class FailingAt:
+    """A client whose n-th DDL statement fails (as a server refusing it would)."""
+
+    def __init__(self, client, n: int):
+        self.client, self.left = client, n
+
+    def command(self, sql, *args, **kwargs):
+        if sql.startswith(("CREATE TABLE IF NOT EXISTS", "ALTER")) and "otelpipe_probe" not in sql:
+            self.left -= 1
+            if self.left == 0:
+                raise RuntimeError("Code: 999. refused")
+        return self.client.command(sql, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_failed_migration_records_nothing_and_a_second_run_continues(chdb_client):
+    settings = fresh()
+    with pytest.raises(MigrationError, match="nothing was recorded"):
+        migrate(FailingAt(chdb_client, 5), settings)
+    db = settings.database
+    assert chdb_client.query(f"SELECT count() FROM {db}.{MIGRATIONS_TABLE}").result_rows == [(0,)]
+    made = chdb_client.query(f"SELECT count() FROM system.tables WHERE database = '{db}' "
+                             "AND name LIKE 'otel%' AND name != 'otelpipe_schema_migrations'").result_rows[0][0]
+    assert 0 < made < len(plan(chdb_client, fresh()).steps)
+    assert chdb_client.query(f"SELECT count() FROM system.tables WHERE database = '{db}' "
+                             f"AND name = '{LOCK_TABLE}'").result_rows == [(0,)], "the lock is released"
+    assert migrate(chdb_client, settings)
+    assert chdb_client.query(f"SELECT Version FROM {db}.{MIGRATIONS_TABLE}").result_rows == [(SCHEMA_VERSION,)]
+    assert plan(chdb_client, settings).steps == [] and migrate(chdb_client, settings) == []

@@ -1,5 +1,6 @@
 -- Metric names that break the naming conventions of the label policy: one row per service, metric
 -- and rule (ReplacingMergeTree: repeats collapse; query with FINAL), with the first point's time.
+-- sharding_key: cityHash64(Service, MetricName)
 CREATE TABLE IF NOT EXISTS ${database}.otelpipe_violations ${on_cluster} (
     FirstSeen DateTime64(3),
     Service LowCardinality(String),
@@ -9,4 +10,4 @@ CREATE TABLE IF NOT EXISTS ${database}.otelpipe_violations ${on_cluster} (
     Action LowCardinality(String)
 ) ENGINE = ${engine:ReplacingMergeTree}
 ORDER BY (Service, MetricName, Rule)
-SETTINGS non_replicated_deduplication_window = ${dedup_window};
+SETTINGS index_granularity = 8192, ${dedup};
