@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit install kafka-up kafka-down bench bench-tail faults fuzz clean
+.PHONY: demo test unit install kafka-up kafka-down otelcol bench bench-tail faults fuzz clean
 
 demo: install
 	$(BIN)/otelpipe demo
@@ -27,6 +27,11 @@ kafka-up: install
 
 kafka-down:
 	@if [ -x $(BIN)/otelpipe ]; then $(BIN)/otelpipe kafka down; fi
+
+# The OpenTelemetry Collector docs/collector.yaml is checked with (needs Go; built once, cached
+# outside the tree in ~/.cache/otelpipe/otelcol or $OTELPIPE_OTELCOL_CACHE): prints its path.
+otelcol: install
+	$(BIN)/python -m streams.tools.collector_build
 
 bench: install kafka-up
 	$(BIN)/python bench/throughput.py

@@ -267,8 +267,8 @@ class _Build:
         listed = self._run("the built Collector", [str(built), "components"], cwd=self.work, check=False)
         missing = [c.gomod for c in self.manifest.components if f"module: {c.gomod}\n" not in listed.output]
         if listed.returncode != 0 or missing:
-            raise CollectorBuildError(f"the built Collector {built} does not list {', '.join(missing) or 'its components'}"
-                                      f":\n{listed.tail}")
+            what = ", ".join(missing) or "its components"
+            raise CollectorBuildError(f"the built Collector {built} does not list {what}:\n{listed.tail}")
         final = binary_path(self.manifest, self.root)
         os.replace(built, final)  # the cache holds only complete binaries
         shutil.rmtree(self.work, ignore_errors=True)

@@ -37,7 +37,8 @@ def test_core_and_contrib_module_paths():
         "go.opentelemetry.io/collector/receiver/otlpreceiver v0.165.0"
     assert contrib("exporters", "kafkaexporter", "v0.165.1").gomod == \
         "github.com/open-telemetry/opentelemetry-collector-contrib/exporter/kafkaexporter v0.165.1"
-    assert core("providers", "envprovider", "v1.71.0").module == "go.opentelemetry.io/collector/confmap/provider/envprovider"
+    assert core("providers", "envprovider", "v1.71.0").module == \
+        "go.opentelemetry.io/collector/confmap/provider/envprovider"
 
 
 def test_manifest_renders_each_kind_sorted_with_the_machine_fields_only_when_given():
