@@ -466,29 +466,38 @@ class ClickHouseSink:
             conditions.append(condition + ")")
         result = self.client.query(
             "SELECT Topic, Partition, FirstOffset, LastOffset, max(FirstHash), max(LastHash), "
-            f"toUnixTimestamp64Milli(min(RecordedAt)) FROM {self.database}.{LEDGER_TABLE} "
+            "toUnixTimestamp64Milli(min(RecordedAt)), argMin(InsertId, RecordedAt), argMin(InsertRanges, RecordedAt) "
+            f"FROM {self.database}.{LEDGER_TABLE} "
             "WHERE " + " OR ".join(conditions) + " "
             "GROUP BY Topic, Partition, FirstOffset, LastOffset ORDER BY FirstOffset",
             parameters=params,
         )
         found: dict[tuple[str, int], list[RecordedRange]] = {}
-        for topic, partition, first, last, first_hash, last_hash, at in result.result_rows:
+        for topic, partition, first, last, first_hash, last_hash, at, insert_id, insert_ranges in result.result_rows:
             found.setdefault((topic, int(partition)), []).append(
-                RecordedRange(int(first), int(last), int(first_hash), int(last_hash), int(at)))
+                RecordedRange(int(first), int(last), int(first_hash), int(last_hash), int(at), str(insert_id),
+                              int(insert_ranges)))
         return found
 
-    def record_ranges(self, ranges: Sequence[SourceRange], hashes: Sequence[tuple[int, int]] | None = None) -> None:
+    def record_ranges(self, ranges: Sequence[SourceRange], hashes: Sequence[tuple[int, int]] | None = None,
+                      insert_id: str = "") -> None:
         """Remember ranges (with fingerprints of their first and last message) before their rows are
-        inserted; a duplicate record is harmless."""
+        inserted, all under one insert when ``insert_id`` is given; a duplicate record is harmless."""
         if not ranges:
             return
         hashes = hashes or [(0, 0)] * len(ranges)
+        count = len(ranges) if insert_id else 0
         self.client.insert(
             f"{self.database}.{LEDGER_TABLE}",
-            [[r.topic, r.partition, r.first_offset, r.last_offset, h[0], h[1], self.consumer_group]
+            [[r.topic, r.partition, r.first_offset, r.last_offset, h[0], h[1], self.consumer_group, insert_id, count]
              for r, h in zip(ranges, hashes)],
-            column_names=["Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash", "ConsumerGroup"],
+            column_names=["Topic", "Partition", "FirstOffset", "LastOffset", "FirstHash", "LastHash", "ConsumerGroup",
+                          "InsertId", "InsertRanges"],
         )
+
+    def now_ms(self) -> int:
+        """ClickHouse's clock (the one ledger times are written with)."""
+        return int(self.client.query("SELECT toUnixTimestamp64Milli(now64(3))").result_rows[0][0])
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None, readonly: bool = True,
               limits: dict[str, Any] | None = None) -> Any:

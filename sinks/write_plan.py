@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import xxhash
+
 @dataclass(frozen=True)
 class RecordedRange:
     first_offset: int
@@ -26,6 +28,8 @@ class RecordedRange:
     first_hash: int = 0  # 0: unknown (recorded before fingerprints existed)
     last_hash: int = 0
     recorded_at_ms: int = 0
+    insert_id: str = ""  # the insert (of one batch, across partitions) the range was recorded for
+    insert_ranges: int = 0  # how many ranges that insert holds; 0: recorded alone
 
 
 def stale_ranges(ranges: Sequence[RecordedRange], messages: Mapping[int, object],
@@ -110,3 +114,40 @@ def plan_segments(offsets: Sequence[int], recorded: Sequence[tuple[int, int]]) -
     if i < n:
         segments.append(Segment(offsets[i], offsets[n - 1], i, n, False))
     return segments, n
+
+
+def insert_id(keys: Sequence[tuple[str, int, int, int, str]]) -> str:
+    """The id of one insert holding these ranges ((topic, partition, first, last, fingerprint)):
+    the same ranges always make the same id, whatever their order."""
+    text = "\n".join(f"{t}:{p}:{a}-{b}:{f}" for t, p, a, b, f in sorted(keys))
+    return xxhash.xxh3_64_hexdigest(text.encode())
+
+
+COMPLETE, HOLD, MISSING = "complete", "hold", "missing"
+
+
+def recorded_inserts(present: Mapping[str, Sequence[tuple[str, int, RecordedRange]]], now_ms: int | None,
+                     grace_ms: int) -> dict[str, str]:
+    """What to do with the recorded inserts some of whose ranges are here (insert id → (topic,
+    partition, range) of each range here):
+
+    - ``complete``: every range of the insert is here: insert them together again under its token,
+      and ClickHouse drops whatever had landed;
+    - ``hold``: some ranges are elsewhere (not fetched yet, or their partition now belongs to another
+      worker) and the insert was recorded less than ``grace_ms`` ago: its writer may still be
+      inserting, so wait;
+    - ``missing``: the rest is elsewhere for good: insert only the rows the tables lack (by RecordId),
+      which is exact whether or not the first attempt landed, and whoever has the other ranges does
+      the same with theirs.
+    ``now_ms`` is ClickHouse's clock (None when every insert here is complete).
+    """
+    out = {}
+    for key, here in present.items():
+        expected = max(r.insert_ranges for _, _, r in here)
+        if len({(t, p, r.first_offset, r.last_offset) for t, p, r in here}) >= expected:
+            out[key] = COMPLETE
+        elif now_ms is not None and now_ms - min(r.recorded_at_ms for _, _, r in here) >= grace_ms:
+            out[key] = MISSING
+        else:
+            out[key] = HOLD
+    return out

@@ -25,10 +25,11 @@ from typing import Callable, Iterator, Sequence
 
 import xxhash
 
-from sinks.clickhouse import ClickHouseSink, Refusal
-from sinks.write_plan import LedgerConflict, plan_segments, resolve_overlaps, stale_ranges
+from sinks.clickhouse import PARTITION_TIME_COLUMN, RETRY, ClickHouseSink, Refusal, error_kind
+from sinks.write_plan import (COMPLETE, HOLD, MISSING, LedgerConflict, RecordedRange, insert_id, plan_segments,
+                              recorded_inserts, resolve_overlaps, stale_ranges)
 from streams.agents import worker_metrics as m
-from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange
+from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange, concat
 from streams.stages.pipeline import Stages
 
 log = logging.getLogger("otelpipe.writer")
@@ -128,6 +129,9 @@ class SignalWriter:
         self.sink = sink
         self.owns = owns
         self.end_offset = end_offset  # (topic, partition) → the broker's end offset, None: unknown
+        # How long an insert of several ranges, met again with some ranges elsewhere, is waited for:
+        # its first writer's insert has timed out by then (twice the insert timeout).
+        self.grace_ms = int(2 * sink.settings.insert_timeout_s * 1000)
         self.stages = stages if stages is not None else Stages(encoding_for, max_message_bytes, None)
         self._held: dict[tuple[str, int], dict[int, RawMessage]] = {}
 
@@ -187,7 +191,7 @@ class SignalWriter:
         outcome = WriteOutcome()
         new_held: dict[tuple[str, int], dict[int, RawMessage]] = {}
         recorded = self._ranges({tp: msgs for tp, msgs in by_tp.items()})
-        decoded: list[tuple[SourceRange, bool, list[RawMessage], DecodeResult]] = []
+        planned: list[tuple[SourceRange, RecordedRange | None, list[RawMessage]]] = []
         for (topic, partition), msgs in by_tp.items():
             offsets = sorted(msgs)
             ranges = recorded.get((topic, partition), [])
@@ -195,24 +199,51 @@ class SignalWriter:
             by_bounds = {(r.first_offset, r.last_offset): r for r in ranges}
             for seg in segments:
                 seg_msgs = [msgs[o] for o in offsets[seg.start:seg.stop]]
-                if seg.recorded:  # the token the range was first written with
-                    r = by_bounds[(seg.first_offset, seg.last_offset)]
-                    hashes = (r.first_hash, r.last_hash)
-                else:
-                    hashes = (fingerprint(seg_msgs[0]), fingerprint(seg_msgs[-1]))
+                known = by_bounds[(seg.first_offset, seg.last_offset)] if seg.recorded else None
+                hashes = ((known.first_hash, known.last_hash) if known is not None
+                          else (fingerprint(seg_msgs[0]), fingerprint(seg_msgs[-1])))
                 source = SourceRange(topic, partition, seg.first_offset, seg.last_offset,
                                      f"{hashes[0]:x}.{hashes[1]:x}" if hashes[0] else "")
-                result = self.stages.run(self.signal, seg_msgs)
-                decoded.append((source, seg.recorded, seg_msgs, result))
+                planned.append((source, known, seg_msgs))
             if ready < len(offsets):
                 new_held[(topic, partition)] = {o: msgs[o] for o in offsets[ready:]}
 
+        # Ranges recorded under an insert of several ranges (a batch across partitions): all of them
+        # here, the insert is made again under its token; some elsewhere, held for a grace period
+        # (their writer may still be inserting), then only the rows the tables lack are inserted.
+        groups: dict[str, list[tuple[str, int, RecordedRange]]] = defaultdict(list)
+        for source, known, _ in planned:
+            if known is not None and known.insert_id:
+                groups[known.insert_id].append((source.topic, source.partition, known))
+        decisions = recorded_inserts(groups, None, 0)
+        if any(d != COMPLETE for d in decisions.values()):
+            decisions = recorded_inserts(groups, self.sink.now_ms(), self.grace_ms)
+        held_from: dict[tuple[str, int], int] = {}
+        for source, known, _ in planned:
+            if known is not None and decisions.get(known.insert_id) == HOLD:
+                tp = (source.topic, source.partition)
+                held_from[tp] = min(held_from.get(tp, source.first_offset), source.first_offset)
+        if held_from:
+            m.HELD_INSERTS.labels(self.signal).inc(len({k for k, d in decisions.items() if d == HOLD}))
+        kept = []
+        for source, known, seg_msgs in planned:
+            tp = (source.topic, source.partition)
+            if tp in held_from and source.first_offset >= held_from[tp]:
+                new_held.setdefault(tp, {}).update({x.offset: x for x in seg_msgs})
+            else:
+                kept.append((source, known, seg_msgs))
+
+        decoded = [Part(source, known, seg_msgs, self.stages.run(self.signal, seg_msgs))
+                   for source, known, seg_msgs in kept]
         # A partition revoked while this batch was decoded is left to its next owner: nothing of it
-        # is recorded or inserted from here on (its messages are neither acked nor held).
-        decoded = [d for d in decoded if self._owned(d[0].topic, d[0].partition)]
-        # Every new range is in the ledger before any of its rows is inserted (one insert for all).
-        new = [source for source, known, _, result in decoded if result.batches and not known]
-        self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new])
+        # is recorded from here on (its messages are neither acked nor held).
+        decoded = [d for d in decoded if self._owned(d.source.topic, d.source.partition)]
+        # Every new range is in the ledger, under this batch's one insert, before any row is inserted.
+        fresh = [d for d in decoded if d.known is None and d.result.batches]
+        new = [d.source for d in fresh]
+        batch_id = insert_id([(s.topic, s.partition, s.first_offset, s.last_offset, s.fingerprint) for s in new])
+        self.sink.record_ranges(new, [tuple(int(h, 16) for h in s.fingerprint.split(".")) for s in new],
+                                insert_id=batch_id)
         if new:  # read back: if another writer recorded other cuts of these messages first, its cut stands
             mine = {(s.topic, s.partition, s.first_offset, s.last_offset) for s in new}
             standing = self._ranges({(s.topic, s.partition): by_tp[(s.topic, s.partition)] for s in new}, log_stale=False)
@@ -222,21 +253,101 @@ class SignalWriter:
                 m.LEDGER_CONFLICTS.labels(self.signal).inc()
                 raise LedgerConflict(f"{len(lost)} ranges recorded by another writer first, e.g. "
                                      f"{lost[0][0]}[{lost[0][1]}] {lost[0][2]}-{lost[0][3]}; planning again")
-        for source, _, seg_msgs, result in decoded:
-            if not self._owned(source.topic, source.partition):
-                m.REVOKED_SEGMENTS.labels(self.signal).inc()
-                continue
-            written = write_refusing(self.sink, result.batches, source)
-            for table, n in written.rows.items():
-                m.ROWS_WRITTEN.labels(table).inc(n)
-                outcome.rows[table] = outcome.rows.get(table, 0) + n
-            m.MESSAGES_DECODED.labels(self.signal).inc(result.decoded_messages)
-            outcome.dead_letters.extend(result.dead_letters)
-            outcome.dead_letters.extend(written.letters(seg_msgs))
-            outcome.alerts.extend(result.alerts)
-            outcome.done.extend(seg_msgs)
+
+        inserts: list[tuple[str, list[Part]]] = [(batch_id, fresh)] if fresh else []
+        by_insert: dict[str, list[Part]] = defaultdict(list)
+        for d in decoded:
+            if d.known is not None and d.known.insert_id and decisions.get(d.known.insert_id) == COMPLETE:
+                by_insert[d.known.insert_id].append(d)
+        inserts += sorted(by_insert.items())
+        for key, parts in inserts:
+            parts = sorted(parts, key=lambda d: (d.source.topic, d.source.partition, d.source.first_offset))
+            revoked = [d for d in parts if not self._owned(d.source.topic, d.source.partition)]
+            if revoked:  # its rows go in with the rest (the token covers them); its next owner finds them
+                m.REVOKED_SEGMENTS.labels(self.signal).inc(len(revoked))
+            run, batches = merge_parts([(d.messages, d.result) for d in parts])
+            self._account(outcome, write_refusing(self.sink, batches, None, token=lambda t, k=key: f"{t}:{k}"), run)
+        for d in decoded:
+            if d.known is None or not d.known.insert_id:
+                if d.known is not None:  # recorded alone (by an earlier release): its own token
+                    self._account(outcome, write_refusing(self.sink, d.result.batches, d.source), d.messages)
+            elif decisions.get(d.known.insert_id) == MISSING:
+                self._account(outcome, self._write_missing(d), d.messages)
+        for d in decoded:
+            m.MESSAGES_DECODED.labels(self.signal).inc(d.result.decoded_messages)
+            outcome.dead_letters.extend(d.result.dead_letters)
+            outcome.alerts.extend(d.result.alerts)
+            if self._owned(d.source.topic, d.source.partition):
+                outcome.done.extend(d.messages)
         # Only now, with every segment written, does the held state move forward.
         self._held = {tp: held for tp, held in new_held.items() if self._owned(*tp)}
         outcome.held = self.held_count()
         m.HELD_MESSAGES.labels(self.signal).set(outcome.held)
         return outcome
+
+    def _account(self, outcome: WriteOutcome, written: Written, run: Sequence[RawMessage]) -> None:
+        for table, n in written.rows.items():
+            m.ROWS_WRITTEN.labels(table).inc(n)
+            outcome.rows[table] = outcome.rows.get(table, 0) + n
+        outcome.dead_letters.extend(written.letters(run))
+
+    def _write_missing(self, part: "Part") -> Written:
+        """One range of an insert whose other ranges are gone elsewhere: only the rows its tables lack.
+
+        Tables without record ids (otelpipe's own) get the range's own token. A refusal falls back
+        to writing the range alone, setting the refused messages aside.
+        """
+        written = Written()
+        key = part.known.insert_id if part.known is not None else ""
+        token = f"{key}/{part.source.topic}:{part.source.partition}:{part.source.first_offset}-{part.source.last_offset}"
+        m.PARTIAL_INSERTS.labels(self.signal).inc()
+        for table, batch in part.result.batches.items():
+            if not len(batch):
+                continue
+            try:
+                if table in PARTITION_TIME_COLUMN:
+                    inserted, _ = self.sink.write_missing(batch, f"{table}:{token}", stage_name=f"w{self.signal}")
+                    written.rows[table] = inserted
+                else:
+                    self.sink.write(batch, f"{table}:{token}")
+                    written.rows[table] = len(batch)
+            except Exception as exc:
+                if error_kind(exc) == RETRY:
+                    raise
+                alone = write_refusing(self.sink, {table: batch}, None, token=lambda t: f"{t}:{token}")
+                written.rows[table] = alone.rows.get(table, 0)
+                written.refused.update(alone.refused)
+        return written
+
+
+@dataclass
+class Part:
+    """A cut of one partition's messages: its range, the ledger's record of it (None: new), the
+    messages, and what the stages made of them."""
+
+    source: SourceRange
+    known: RecordedRange | None
+    messages: list[RawMessage]
+    result: DecodeResult
+
+
+def merge_parts(parts: Sequence[tuple[Sequence[RawMessage], DecodeResult]]
+                ) -> tuple[list[RawMessage], dict[str, ColumnBatch]]:
+    """The messages of several cuts as one run, and their table batches as one batch per table
+    (message indices shifted to the run's). Batches of one table with other columns (stages that
+    add columns for some rows only) stay apart, in a stable order."""
+    run: list[RawMessage] = []
+    pieces: dict[tuple[str, tuple[str, ...]], list[ColumnBatch]] = {}
+    for messages, result in parts:
+        base = len(run)
+        run.extend(messages)
+        for table, batch in result.batches.items():
+            if not len(batch):
+                continue
+            if base and ORIGIN in batch.columns:
+                batch = ColumnBatch(batch.table, {**batch.columns, ORIGIN: [o + base for o in batch.columns[ORIGIN]]})
+            pieces.setdefault((table, tuple(batch.columns)), []).append(batch)
+    merged: dict[str, ColumnBatch] = {}
+    for i, ((table, _), batches) in enumerate(pieces.items()):
+        merged[table if table not in merged else f"{table}#{i}"] = concat(batches)
+    return run, merged

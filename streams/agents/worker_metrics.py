@@ -134,8 +134,20 @@ REFUSED_MESSAGES = Counter(
 )
 REVOKED_SEGMENTS = Counter(
     "otelpipe_revoked_segments_total",
-    "Segments not inserted because a rebalance took their partition away while they were being written "
-    "(their next owner writes them).",
+    "Segments whose partition a rebalance took away while they were being written: their rows go in with "
+    "the rest of their insert, their messages are left unacked to the next owner (which finds the rows stored).",
+    ["signal"], registry=REGISTRY,
+)
+HELD_INSERTS = Counter(
+    "otelpipe_held_inserts_total",
+    "Recorded inserts of several ranges met again with some ranges elsewhere, held for a grace period "
+    "(their first writer may still be inserting).",
+    ["signal"], registry=REGISTRY,
+)
+PARTIAL_INSERTS = Counter(
+    "otelpipe_partial_inserts_total",
+    "Ranges of a recorded insert whose other ranges went to another worker, written by inserting only the "
+    "rows the tables lack (by RecordId).",
     ["signal"], registry=REGISTRY,
 )
 LEDGER_CONFLICTS = Counter(

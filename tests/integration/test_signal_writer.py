@@ -14,9 +14,23 @@ def messages(first: int, last: int, partition: int = 0) -> list[RawMessage]:
             for o in range(first, last + 1)]
 
 
-def writer(chdb_client, ch_settings, group="g") -> SignalWriter:
+def distinct_messages(first: int, last: int, partition: int = 0) -> list[RawMessage]:
+    """Messages whose spans are each their own (trace id from the partition and offset), as traffic is."""
+    out = []
+    for o in range(first, last + 1):
+        request = traces_request(2)
+        for span in request.resource_spans[0].scope_spans[0].spans:
+            span.trace_id = bytes([partition]) + o.to_bytes(15, "big")
+        out.append(RawMessage("spans", partition, o, encode_request(request, "otlp_proto")))
+    return out
+
+
+def writer(chdb_client, ch_settings, group="g", grace_ms=None) -> SignalWriter:
     sink = ClickHouseSink(chdb_client, ch_settings, group)
-    return SignalWriter("traces", sink, lambda topic: "otlp_proto", 1 << 20)
+    w = SignalWriter("traces", sink, lambda topic: "otlp_proto", 1 << 20)
+    if grace_ms is not None:
+        w.grace_ms = grace_ms
+    return w
 
 
 def count(chdb_client, ch_settings) -> int:
@@ -82,12 +96,58 @@ def test_partitions_are_independent_and_tokens_name_the_data_not_the_group(chdb_
     w = writer(chdb_client, ch_settings)
     w.write(messages(0, 4, partition=0) + messages(0, 4, partition=1))
     assert count(chdb_client, ch_settings) == 20
-    # Another consumer group re-reading the same range of the same partition makes the same tokens:
-    # the same messages are stored once, whoever reads them.
+    # Another consumer group re-reading the same messages cuts them at the same recorded ranges and
+    # makes the same insert: the same messages are stored once, whoever reads them.
     other_group = writer(chdb_client, ch_settings, group="replay")
-    outcome = other_group.write(messages(0, 4, partition=0))
-    assert len(outcome.done) == 5
+    outcome = other_group.write(messages(0, 4, partition=1) + messages(0, 4, partition=0))
+    assert len(outcome.done) == 10
     assert count(chdb_client, ch_settings) == 20
+    # Only one of the partitions: held while the first writer could still be inserting, then only the
+    # rows the table lacks (none) are inserted.
+    alone = writer(chdb_client, ch_settings, group="alone")
+    held = alone.write(messages(0, 4, partition=0))
+    assert held.done == [] and held.held == 5
+    alone.grace_ms = 0
+    outcome = alone.write([])
+    assert len(outcome.done) == 5 and count(chdb_client, ch_settings) == 20
+
+
+def inserts(chdb_client, ch_settings) -> list[tuple[str, int]]:
+    """(table, rows) of every insert block that reached the tables, from the parts' names."""
+    return chdb_client.query(
+        "SELECT table, sum(rows) FROM system.parts WHERE database = {db:String} AND table = 'otel_traces' "
+        "GROUP BY table, min_block_number ORDER BY min_block_number", parameters={"db": ch_settings.database}
+    ).result_rows
+
+
+def test_one_insert_per_table_for_a_batch_across_partitions(chdb_client, ch_settings):
+    w = writer(chdb_client, ch_settings)
+    w.write(messages(0, 2, partition=0) + messages(0, 2, partition=1) + messages(0, 2, partition=2))
+    assert inserts(chdb_client, ch_settings) == [("otel_traces", 18)]
+    ledger = chdb_client.query(f"SELECT Partition, InsertRanges, uniqExact(InsertId) OVER () FROM "
+                               f"{ch_settings.database}.otelpipe_sink_ledger ORDER BY Partition").result_rows
+    assert ledger == [(0, 3, 1), (1, 3, 1), (2, 3, 1)]
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_an_insert_split_by_a_rebalance_is_written_once(chdb_client, ch_settings, landed):
+    """A batch of two partitions was recorded (and its insert landed, or not) when the worker died;
+    the partitions then went to two workers, each writing only the rows the table lacks."""
+    first = writer(chdb_client, ch_settings)
+    if not landed:
+        first.sink.write_isolating = lambda batch, token=None: (_ for _ in ()).throw(ConnectionError("died"))
+    try:
+        first.write(distinct_messages(0, 3, partition=0) + distinct_messages(0, 3, partition=1))
+    except ConnectionError:
+        pass
+    assert count(chdb_client, ch_settings) == (16 if landed else 0)
+    a, b = writer(chdb_client, ch_settings, grace_ms=0), writer(chdb_client, ch_settings, grace_ms=0)
+    out_a = a.write(distinct_messages(0, 5, partition=0))
+    out_b = b.write(distinct_messages(0, 3, partition=1))
+    assert len(out_a.done) == 6 and len(out_b.done) == 4
+    assert count(chdb_client, ch_settings) == 20
+    assert chdb_client.query(f"SELECT count() - uniqExact(RecordId) FROM {ch_settings.database}.otel_traces"
+                             ).result_rows == [(0,)]
 
 
 def test_dead_letters_are_returned_and_acked(chdb_client, ch_settings):
@@ -203,10 +263,10 @@ def test_two_writers_cutting_the_same_messages_at_the_same_moment_write_them_onc
     a = writer(chdb_client, ch_settings)
     record = a.sink.record_ranges
 
-    def b_gets_there_first(ranges, hashes=None):
+    def b_gets_there_first(ranges, hashes=None, **kwargs):
         b.write(messages(0, 4))  # B's cut: [0, 4]
         a.sink.record_ranges = record
-        record(ranges, hashes)  # then A's: [0, 9]
+        record(ranges, hashes, **kwargs)  # then A's: [0, 9]
 
     a.sink.record_ranges = b_gets_there_first
     with pytest.raises(LedgerConflict):

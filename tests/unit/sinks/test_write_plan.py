@@ -93,3 +93,26 @@ def test_overlapping_recorded_ranges_resolve_to_the_first_recorded():
     beyond = RecordedRange(13, 20, recorded_at_ms=102)
     assert resolve_overlaps(later + [beyond, first]) == [first, beyond]
     assert resolve_overlaps(later) == later
+
+
+def test_an_insert_id_names_its_ranges_in_any_order():
+    from sinks.write_plan import insert_id
+
+    a = [("spans", 0, 0, 9, "a.b"), ("spans", 1, 5, 7, "c.d")]
+    assert insert_id(a) == insert_id(list(reversed(a)))
+    assert insert_id(a) != insert_id(a[:1]) != insert_id([("spans", 0, 0, 9, "a.x")])
+
+
+def test_recorded_inserts_complete_held_then_written_missing():
+    from sinks.write_plan import COMPLETE, HOLD, MISSING, RecordedRange, recorded_inserts
+
+    r0 = RecordedRange(0, 9, recorded_at_ms=1_000, insert_id="x", insert_ranges=2)
+    r1 = RecordedRange(0, 9, recorded_at_ms=1_000, insert_id="x", insert_ranges=2)  # same offsets, other partition
+    both = {"x": [("spans", 0, r0), ("spans", 1, r1)]}
+    assert recorded_inserts(both, None, 60_000) == {"x": COMPLETE}
+    one = {"x": [("spans", 0, r0)]}
+    assert recorded_inserts(one, None, 60_000) == {"x": HOLD}  # no clock: never given up on
+    assert recorded_inserts(one, 60_999, 60_000) == {"x": HOLD}  # its writer may still be inserting
+    assert recorded_inserts(one, 61_000, 60_000) == {"x": MISSING}
+    twice = {"x": [("spans", 0, r0), ("spans", 0, r0)]}  # one range seen twice is still one range
+    assert recorded_inserts(twice, 0, 60_000) == {"x": HOLD}
