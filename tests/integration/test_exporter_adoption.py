@@ -174,3 +174,11 @@ def test_otelpipe_writes_into_an_adopted_database(chdb_client):
                                "ORDER BY TimeUnix LIMIT 1").result_rows[0][0]
     assert stored == min(gauge.columns["TimeUnix"]) // 10**9
     assert chdb_client.query(f"SELECT count() FROM {database}.otel_traces").result_rows[0][0] == 3
+
+
+@pytest.mark.parametrize("version", versions())
+def test_the_exporters_inserts_work_on_otelpipes_own_tables(chdb_client, ch_settings, version):
+    """A Collector pointed at a database otelpipe made (its exporter with create_schema off) writes."""
+    for table, columns in insert_columns(version).items():
+        exporter_insert(chdb_client, ch_settings.database, table, columns, rows=3)
+    assert set(counts(chdb_client, ch_settings.database).values()) == {3}
