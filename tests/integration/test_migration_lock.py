@@ -98,3 +98,45 @@ def test_a_failed_migration_records_nothing_and_a_second_run_continues(chdb_clie
     assert migrate(chdb_client, settings)
     assert chdb_client.query(f"SELECT Version FROM {db}.{MIGRATIONS_TABLE}").result_rows == [(SCHEMA_VERSION,)]
     assert plan(chdb_client, settings).steps == [] and migrate(chdb_client, settings) == []
+
+
+def test_the_plan_for_a_sharded_cluster(chdb_client):
+    """The plan migrate would carry out on a sharded cluster, computed against the real engine (the
+    scratch copy it compares with is plain, so chDB can make it; the ON CLUSTER steps are not run)."""
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    sharded = ClickHouseSettings(dsn="http://ch:8123", database=name, cluster="two", sharded=True)
+    empty = plan(chdb_client, sharded)
+    sql = [s.sql for s in empty.steps]
+    assert sql[0] == f"CREATE DATABASE IF NOT EXISTS {name} ON CLUSTER two"
+    local = sql.index(next(s for s in sql if s.startswith(f"CREATE TABLE IF NOT EXISTS {name}.otel_traces_local ")))
+    dist = sql.index(f"CREATE TABLE IF NOT EXISTS {name}.otel_traces ON CLUSTER two AS {name}.otel_traces_local "
+                     f"ENGINE = Distributed(two, {name}, otel_traces_local, cityHash64(TraceId))")
+    assert local < dist
+    assert "ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in sql[local]
+    view = next(s for s in sql if s.startswith(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}.otel_traces_trace_id_ts_mv"))
+    assert f"TO {name}.otel_traces_trace_id_ts_local" in view and f"FROM {name}.otel_traces_local" in view
+    distributed = [s for s in sql if "ENGINE = Distributed(" in s]
+    tables = [s for s in sql if s.startswith("CREATE TABLE") and "_local ON CLUSTER two" in s]
+    assert len(distributed) == len(tables) >= 12
+
+    # a sharded database made by an earlier release: local tables lacking a column, Distributed too
+    chdb_client.command(f"CREATE DATABASE {name}")
+    chdb_client.command(f"CREATE TABLE {name}.otelpipe_sink_ledger_local (Topic LowCardinality(String), "
+                        "Partition UInt32, FirstOffset UInt64, LastOffset UInt64, FirstHash UInt64 DEFAULT 0, "
+                        "LastHash UInt64 DEFAULT 0, ConsumerGroup LowCardinality(String) DEFAULT '', "
+                        "RecordedAt DateTime64(3) DEFAULT now64(3)) ENGINE = MergeTree "
+                        "ORDER BY (Topic, Partition, LastOffset, FirstOffset)")
+    chdb_client.command(f"CREATE TABLE {name}.otelpipe_sink_ledger AS {name}.otelpipe_sink_ledger_local "
+                        "ENGINE = Memory")  # stands in for the Distributed table
+    steps = [s for s in plan(chdb_client, sharded).steps if s.table == "otelpipe_sink_ledger"]
+    assert [s.sql.split(" ADD ")[0].split(" MODIFY ")[0] for s in steps] == [
+        f"ALTER TABLE {name}.otelpipe_sink_ledger_local ON CLUSTER two",
+        f"ALTER TABLE {name}.otelpipe_sink_ledger ON CLUSTER two",
+        f"ALTER TABLE {name}.otelpipe_sink_ledger_local ON CLUSTER two",
+        f"ALTER TABLE {name}.otelpipe_sink_ledger_local ON CLUSTER two",
+    ]
+    assert "`InsertId` String DEFAULT ''" in steps[1].sql and "CODEC" not in steps[1].sql
+    # the window follows the engine the table has (this stand-in is not Replicated), which is reported
+    assert steps[3].sql.endswith("MODIFY SETTING non_replicated_deduplication_window = 10000")
+    kept = [k for k in plan(chdb_client, sharded).kept if k.table == "otelpipe_sink_ledger"]
+    assert [(k.aspect, k.found, k.target) for k in kept] == [("engine", "MergeTree", "ReplicatedMergeTree")]
