@@ -3,15 +3,17 @@
 ``connect_args(kafka)`` gives the keyword arguments of an aiokafka producer, consumer or admin
 client (bootstrap servers, security protocol, SASL mechanism and credentials, a TLS context);
 ``faust_credentials(kafka)`` the same for the faust app; ``check_connection(kafka)`` connects once
-and turns a refusal into ``KafkaAccessError`` naming the setting at fault (a wrong password, an
-untrusted certificate, a TLS listener reached in plaintext), so a command fails fast and clearly
-instead of retrying. Call sites that only know a bootstrap string (tests, tools) may pass it: it
-means PLAINTEXT.
+and turns a failure into ``KafkaAccessError`` naming the setting at fault (a server that cannot be
+reached, one that accepts and never answers, a wrong password, an untrusted certificate, a TLS
+listener reached in plaintext), so a command fails fast and clearly instead of retrying. Call
+sites that only know a bootstrap string (tests, tools) may pass it: it means PLAINTEXT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 from typing import Any
 
@@ -21,9 +23,9 @@ Target = KafkaSettings | str
 
 
 class KafkaAccessError(ConfigError):
-    """The brokers refused this client: the message names the setting to look at."""
+    """No bootstrap server could serve this client: the message names the setting to look at."""
 
-    what = "Kafka settings (the brokers refused them)"
+    what = "Kafka settings (no bootstrap server accepted them)"
 
 
 def sasl_password(kafka: KafkaSettings) -> str:
@@ -96,14 +98,14 @@ def faust_credentials(kafka: KafkaSettings) -> Any:
     return None
 
 
-def describe_refusal(kafka: KafkaSettings, exc: BaseException) -> str | None:
+def describe_refusal(kafka: KafkaSettings, exc: BaseException, where: str | None = None) -> str | None:
     """What a connection failure says about the settings, or None when it is not about them (a
-    broker that is down, a network that is away)."""
+    broker that is down, a network that is away). ``where``: the server reached (default: all)."""
     from aiokafka.errors import KafkaConnectionError, UnsupportedSaslMechanismError
 
     name = type(exc).__name__
     text = str(exc)
-    where = kafka.bootstrap_servers
+    where = where or kafka.bootstrap_servers
     if isinstance(exc, ssl.SSLCertVerificationError):
         if "hostname" in (exc.verify_message or "").lower() or "match" in (exc.verify_message or "").lower():
             return (f"kafka.ssl_check_hostname: the certificate of {where} does not name the host it was reached at "
@@ -127,46 +129,75 @@ def describe_refusal(kafka: KafkaSettings, exc: BaseException) -> str | None:
     return None
 
 
-async def check_connection(kafka: Target, timeout_s: float = 15.0) -> None:
-    """Connect to the first reachable bootstrap server as every client will; raise
-    ``KafkaAccessError`` naming the setting when the broker refuses these settings. A broker that
-    does not answer is not an error here: clients wait and retry for it, as they always have."""
-    if isinstance(kafka, str) or kafka.security_protocol == "PLAINTEXT":
-        return
+def _host_port(server: str) -> tuple[str, int] | None:
+    host, _, port = server.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror) or not exc.errno:  # a name not resolved; several addresses failing
+        return exc.strerror or str(exc) or type(exc).__name__
+    return os.strerror(exc.errno)  # asyncio's own text repeats the address
+
+
+async def server_problem(kafka: KafkaSettings, server: str, timeout_s: float) -> str | None:
+    """Why ``server`` cannot serve a client of these settings, or None when it answers as a Kafka
+    broker of ``kafka.security_protocol`` (the handshake and one request). TCP comes first, so a
+    server that cannot be reached, one that accepts and says nothing, and one that answers in
+    another protocol are told apart."""
+    address = _host_port(server)
+    if address is None:
+        return f"kafka.bootstrap_servers: {server!r} is not host:port"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout_s)
+    except asyncio.TimeoutError:
+        return f"kafka.bootstrap_servers: cannot connect to {server} (no answer within {timeout_s:g} s)"
+    except OSError as exc:
+        return f"kafka.bootstrap_servers: cannot connect to {server} ({_os_reason(exc)})"
+    writer.close()
     from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
 
+    protocol = kafka.security_protocol
     args = security_args(kafka)
-    last: BaseException | None = None
-    for server in kafka.bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            conn = await asyncio.wait_for(create_conn(
-                host.strip("[]"), int(port), ssl_context=args.get("ssl_context"),
-                security_protocol=kafka.security_protocol, sasl_mechanism=args.get("sasl_mechanism", "PLAIN"),
-                sasl_plain_username=args.get("sasl_plain_username"),
-                sasl_plain_password=args.get("sasl_plain_password"), request_timeout_ms=int(timeout_s * 1000)),
-                timeout_s)
-        except (asyncio.TimeoutError, OSError, Exception) as exc:
-            reason = describe_refusal(kafka, exc) if not isinstance(exc, asyncio.TimeoutError) else None
-            if reason is not None:
-                raise KafkaAccessError([reason]) from None
-            last = exc
-            continue
-        try:  # a request proves the session: a refused client certificate shows only now (TLS 1.3)
-            from aiokafka.protocol.metadata import MetadataRequest
+    try:
+        conn = await asyncio.wait_for(create_conn(
+            *address, ssl_context=args.get("ssl_context"), security_protocol=protocol,
+            sasl_mechanism=args.get("sasl_mechanism", "PLAIN"), sasl_plain_username=args.get("sasl_plain_username"),
+            sasl_plain_password=args.get("sasl_plain_password"), request_timeout_ms=int(timeout_s * 1000)),
+            timeout_s)
+    except asyncio.TimeoutError:
+        return (f"kafka.security_protocol: connected to {server} but no Kafka answer within {timeout_s:g} s "
+                f"(is kafka.security_protocol = {protocol} right?)")
+    except Exception as exc:
+        return describe_refusal(kafka, exc, server) or (
+            f"kafka.security_protocol: {server} does not answer as a Kafka {protocol} listener "
+            f"({type(exc).__name__}: {exc})")
+    try:  # a request proves the session: a refused client certificate shows only now (TLS 1.3)
+        await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
+    except (asyncio.TimeoutError, Exception) as exc:
+        return describe_refusal(kafka, exc, server) or (
+            f"kafka.security_protocol: {server} accepted a {protocol} connection but did not answer a request "
+            f"({type(exc).__name__}); does the listener want a client certificate (kafka.ssl_cert_file), or "
+            f"another protocol?")
+    finally:
+        conn.close()
+    return None
 
-            await asyncio.wait_for(conn.send(MetadataRequest([])), timeout_s)
-        except (asyncio.TimeoutError, Exception) as exc:
-            reason = describe_refusal(kafka, exc) if not isinstance(exc, asyncio.TimeoutError) else None
-            if reason is None:
-                reason = (f"kafka.security_protocol: {server.strip()} accepted a {kafka.security_protocol} connection "
-                          f"but did not answer a request ({type(exc).__name__}); does the listener want a client "
-                          f"certificate (kafka.ssl_cert_file), or another protocol?")
-            raise KafkaAccessError([reason]) from None
-        finally:
-            conn.close()
-        return
-    if isinstance(last, asyncio.TimeoutError):
-        raise KafkaAccessError([f"kafka.security_protocol: {kafka.bootstrap_servers} accepted a connection but did "
-                                f"not complete the {kafka.security_protocol} handshake within {timeout_s:.0f}s "
-                                f"(is it a {kafka.security_protocol} listener?)"])
+
+async def check_connection(kafka: Target, timeout_s: float = 15.0) -> None:
+    """Reach the bootstrap servers as every client will, before one starts; raise
+    ``KafkaAccessError`` naming the setting when no server can serve these settings (a bootstrap
+    string means PLAINTEXT). Servers that cannot be reached are passed over; the first one reached
+    decides."""
+    if isinstance(kafka, str):
+        kafka = KafkaSettings(bootstrap_servers=kafka)
+    problems = []
+    for server in filter(None, (s.strip() for s in kafka.bootstrap_servers.split(","))):
+        problem = await server_problem(kafka, server, timeout_s)
+        if problem is None:
+            return
+        problems.append(problem)
+        if not problem.startswith("kafka.bootstrap_servers:"):
+            break
+    raise KafkaAccessError(problems)
