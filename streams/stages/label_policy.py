@@ -3,9 +3,9 @@ TOML file validated as a whole.
 
 ``load_policy(path)`` reports every problem at once with its path
 (``cardinality.rules[2].buckets: must be > 0``). Without a file the defaults apply: never store
-Authorization, Cookie, Set-Cookie, Proxy-Authorization, passwords, tokens or API keys (by key
-pattern); mask bearer tokens, card numbers and emails in values and secrets in URL query strings;
-template span names. Example::
+Authorization, Cookie, Set-Cookie, Proxy-Authorization, passwords, tokens, API keys, private keys or
+session ids (by key pattern); mask bearer tokens, card numbers and emails in values and secrets in URL
+query strings; template span names. Example::
 
     [redaction]
     mode = "block"                       # or "allow": only allow_keys survive (fail closed)
@@ -53,6 +53,11 @@ DEFAULT_BLOCK_KEYS = (
     "authorization", "*.authorization", "http.request.header.authorization",
     "cookie", "*.cookie", "set-cookie", "*.set-cookie", "proxy-authorization", "*.proxy-authorization",
     "*password*", "*passwd*", "*secret*", "*token*", "*api_key*", "*api-key*", "*apikey*", "*private_key*",
+    # ``pwd`` also names a working directory (the shell's PWD): dropped all the same, as it fails closed.
+    "*pwd*", "*passphrase*", "*private-key*", "*privatekey*", "*authorization*", "*cookie*",
+    # session identifiers are bearer credentials; OpenTelemetry's ``session.id`` (a client-made
+    # correlation id) is not one of them and stays
+    "session", "*.session", "*_session", "*-session", "*sessionid*", "*session_id*", "*session-id*", "*sessid*",
 )
 DEFAULT_QUERY_SECRETS = ("token", "access_token", "refresh_token", "id_token", "password", "passwd", "pwd",
                          "secret", "client_secret", "api_key", "apikey", "key", "signature", "sig", "auth")
