@@ -140,9 +140,11 @@ def _os_reason(exc: OSError) -> str:
     return os.strerror(exc.errno)  # asyncio's own text repeats the address
 
 
-async def server_problem(kafka: KafkaSettings, server: str, timeout_s: float) -> str | None:
-    """Why ``server`` cannot serve a client of these settings, or None when it answers as a Kafka
-    broker of ``kafka.security_protocol`` (the handshake and one request). TCP comes first, so a
+async def server_problem(kafka: KafkaSettings, server: str, timeout_s: float,
+                         args: dict[str, Any] | None = None) -> str | None:
+    """Why ``server`` cannot serve a client of these settings (``args``: their ``security_args``),
+    or None when it answers as a Kafka broker of ``kafka.security_protocol`` (the handshake and
+    one request). TCP comes first, so a
     server that cannot be reached, one that accepts and says nothing, and one that answers in
     another protocol are told apart."""
     address = _host_port(server)
@@ -159,7 +161,7 @@ async def server_problem(kafka: KafkaSettings, server: str, timeout_s: float) ->
     from aiokafka.protocol.metadata import MetadataRequest
 
     protocol = kafka.security_protocol
-    args = security_args(kafka)
+    args = security_args(kafka) if args is None else args
     try:
         conn = await asyncio.wait_for(create_conn(
             *address, ssl_context=args.get("ssl_context"), security_protocol=protocol,
@@ -186,18 +188,23 @@ async def server_problem(kafka: KafkaSettings, server: str, timeout_s: float) ->
 
 
 async def check_connection(kafka: Target, timeout_s: float = 15.0) -> None:
-    """Reach the bootstrap servers as every client will, before one starts; raise
-    ``KafkaAccessError`` naming the setting when no server can serve these settings (a bootstrap
-    string means PLAINTEXT). Servers that cannot be reached are passed over; the first one reached
-    decides."""
+    """Reach the bootstrap servers as every client will, before one starts: all of them at once,
+    each as ``server_problem`` does. Return as soon as one answers (clients find the others through
+    it); raise ``KafkaAccessError`` naming each server with its reason when none does. A bootstrap
+    string means PLAINTEXT."""
     if isinstance(kafka, str):
         kafka = KafkaSettings(bootstrap_servers=kafka)
-    problems = []
-    for server in filter(None, (s.strip() for s in kafka.bootstrap_servers.split(","))):
-        problem = await server_problem(kafka, server, timeout_s)
-        if problem is None:
-            return
-        problems.append(problem)
-        if not problem.startswith("kafka.bootstrap_servers:"):
-            break
-    raise KafkaAccessError(problems)
+    servers = list(dict.fromkeys(filter(None, (s.strip() for s in kafka.bootstrap_servers.split(",")))))
+    if not servers:
+        raise KafkaAccessError([f"kafka.bootstrap_servers: {kafka.bootstrap_servers!r} names no server"])
+    args = security_args(kafka)  # a setting that cannot be used at all (an unreadable file) is named first
+    tries = [asyncio.ensure_future(server_problem(kafka, server, timeout_s, args)) for server in servers]
+    try:
+        for done in asyncio.as_completed(tries):
+            if await done is None:
+                return
+    finally:
+        for pending in tries:
+            pending.cancel()
+        await asyncio.gather(*tries, return_exceptions=True)
+    raise KafkaAccessError([problem.result() for problem in tries])

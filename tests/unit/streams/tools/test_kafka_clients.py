@@ -191,3 +191,18 @@ def test_a_server_that_answers_in_another_protocol_is_a_protocol_mismatch():
     problems, [address] = check(["not_kafka"], security_protocol="PLAINTEXT")
     assert len(problems) == 1 and problems[0].startswith(
         f"kafka.security_protocol: {address} closed the connection during the PLAINTEXT handshake")
+
+
+@pytest.mark.parametrize("first", ["closing", "silent", "not_kafka", "refused"])
+def test_one_server_that_answers_is_enough_whatever_the_others_do(first):
+    started = time.monotonic()
+    assert check([first, "kafka", "closing"], timeout_s=3, security_protocol="PLAINTEXT")[0] == []
+    assert time.monotonic() - started < 2  # the servers are tried together: no wait for the silent one
+
+
+def test_when_no_server_answers_each_one_is_named_with_its_reason():
+    problems, addresses = check(["refused", "closing", "silent"], security_protocol="PLAINTEXT")
+    assert len(problems) == 3
+    for problem, address, reason in zip(problems, addresses, ["cannot connect", "closed the connection",
+                                                              "no Kafka answer within 0.5 s"]):
+        assert address in problem and reason in problem, problem
