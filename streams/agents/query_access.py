@@ -20,7 +20,7 @@ import urllib.parse
 from typing import Any
 
 from sinks.clickhouse import chdb_path
-from streams.config import Settings, resolve_path
+from streams.config import ConfigError, Settings, resolve_path
 
 TOKEN_FILE = "query.token"
 STORE_HEADER = "X-Otelpipe-Store"
@@ -133,20 +133,31 @@ def reachable_host(settings: Settings) -> str:
 
 def query_token(settings: Settings, create: bool = False) -> str:
     """The /query token: configured, else the one in ``<data_dir>/query.token`` (made with
-    ``create``, readable by this user only). Empty when there is none yet."""
+    ``create``, readable by this user only). Empty when there is none yet. A file that cannot be
+    read or made is ``ConfigError`` naming the settings and the path."""
     configured = settings.worker.query_token.get_secret_value()
     if configured:
         return configured
     path = resolve_path(settings.worker.data_dir) / TOKEN_FILE
-    if path.exists():
+    where = f"the query token file (worker.query_token unset, worker.data_dir = {settings.worker.data_dir})"
+    try:
         return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{where}: {path} is not a token (not UTF-8 text)"]) from None
     if not create:
         return ""
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot write {path}: {exc.strerror or exc}"]) from None
     return token
 
 

@@ -14,7 +14,9 @@ from streams.config import Settings, load_settings
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The configuration, and from then on every log line and uncaught error of this command has its
-    secrets masked (secret settings, the token and key files, URL passwords, credentials)."""
+    secrets masked (secret settings, the token and key files, URL passwords, credentials). Invalid
+    settings and a /query token file that cannot be read are both ``ConfigError``: the command
+    prints the problem and exits 2."""
     from streams import masking
 
     settings = load_settings(getattr(args, "config", None) or None)
