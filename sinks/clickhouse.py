@@ -67,7 +67,7 @@ def nanosecond_divisor(column_type: str) -> int:
 def scaled(values: list[Any], divisor: int) -> list[Any]:
     if divisor == 1:
         return values
-    return [[v // divisor for v in x] if isinstance(x, list) else x // divisor for x in values]
+    return [[v // divisor for v in x] if isinstance(x, (list, tuple)) else x // divisor for x in values]
 
 
 def insert_settings(settings: ClickHouseSettings, token: str) -> dict[str, Any]:

@@ -164,7 +164,11 @@ def test_otelpipe_writes_into_an_adopted_database(chdb_client):
     migrate(chdb_client, settings)
     sink = ClickHouseSink(chdb_client, settings, "adopt")
     spans = decode_messages("traces", [RawMessage("t", 0, 0, traces_request(spans=3).SerializeToString())]).batches
-    metrics = decode_messages("metrics", [RawMessage("m", 0, 0, metrics_request().SerializeToString())]).batches
+    request = metrics_request()
+    bare = request.resource_metrics[0].scope_metrics[0].metrics.add()  # a point without exemplars
+    bare.name = "bare.gauge"
+    bare.gauge.data_points.add(time_unix_nano=1_767_000_000_123_456_789, as_double=2.0)
+    metrics = decode_messages("metrics", [RawMessage("m", 0, 0, request.SerializeToString())]).batches
     for i, batch in enumerate([*spans.values(), *metrics.values()]):
         if len(batch):
             sink.write(batch, token=f"adopt-{i}")
@@ -173,6 +177,8 @@ def test_otelpipe_writes_into_an_adopted_database(chdb_client):
     stored = chdb_client.query(f"SELECT toUnixTimestamp(TimeUnix) FROM {database}.otel_metrics_gauge "
                                "ORDER BY TimeUnix LIMIT 1").result_rows[0][0]
     assert stored == min(gauge.columns["TimeUnix"]) // 10**9
+    assert chdb_client.query(f"SELECT count() FROM {database}.otel_metrics_gauge WHERE MetricName = 'bare.gauge' "
+                             "AND empty(Exemplars.TimeUnix)").result_rows == [(1,)]
     assert chdb_client.query(f"SELECT count() FROM {database}.otel_traces").result_rows[0][0] == 3
 
 
