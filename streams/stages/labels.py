@@ -14,7 +14,10 @@ than by a list of column names, so a column added later is covered without a cha
   assignments, and secrets in URL query strings (``?token=...``). A detected secret is masked,
   dropped or hashed (stable, seeded);
 - values holding JSON (kvlist and array attributes and bodies are stored as JSON) are looked into:
-  nested keys meet the same key rules, nested strings the same detectors;
+  nested keys meet the same key rules, nested strings and numbers the same detectors, whatever
+  the JSON's form (a duplicated key is checked each time; numbers keep their text when it is
+  rewritten); text that opens like JSON but that no JSON reader takes (cut short, a Python dict's
+  repr) has the values after its dropped keys masked, then passes the detectors as text;
 - only validated identifiers (trace and span ids as hex) and the fixed enum names (span kind,
   status code) are exempt (``EXEMPT_COLUMNS``).
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
+import json
 import re
 from collections import Counter
 from itertools import chain
@@ -76,6 +80,11 @@ _EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Z
 # 13 digits (card), a query parameter, or the start of a secret assignment
 _MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer|basic|passw|pwd|secret|api.?key|token)|\d[\d -]{11,}\d|[?&;][A-Za-z_-]+=")
 _MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walked
+# A member of JSON (or of a Python dict's repr) in text no JSON reader accepts: its quoted key, then
+# its value: a quoted string (unclosed: to the end), a scalar, or nothing when an object or array opens.
+_JSON_MEMBER = re2.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*:\s*"""
+                           r"""("(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^\s,:\]}\[{"']*)""")
+_CARD_DIGITS = 13  # a number this long (as written) may be a card number
 
 
 def _luhn(digits: str) -> bool:
@@ -101,6 +110,61 @@ def _is_basic_credential(token: str) -> bool:
 
 class _TooDeep(Exception):
     pass
+
+
+class _Members(list):
+    """A JSON object as read by ``json``: its (key, value) pairs, duplicates included."""
+
+
+class _Number:
+    """A JSON number (or NaN, Infinity) as written, so that rewriting the JSON keeps its text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _read_json_exactly(value: str) -> Any:
+    """JSON as ``json`` reads it, every member and number kept as written; None if it is not JSON."""
+    try:
+        return json.loads(value, object_pairs_hook=_Members, parse_int=_Number, parse_float=_Number,
+                          parse_constant=_Number)
+    except ValueError:
+        return None
+
+
+def _json_string(text: str) -> str:
+    try:
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate (read from an escape): written as one
+        return json.dumps(text)
+
+
+def _dump_exactly(node: Any) -> str:
+    """JSON read by ``_read_json_exactly`` (and cleaned) as compact text with sorted keys, like
+    orjson writes it; a duplicated key keeps its last value, as JSON readers do."""
+    if isinstance(node, _Members):
+        last = dict(node)
+        return "{" + ",".join(_json_string(k) + ":" + _dump_exactly(last[k]) for k in sorted(last)) + "}"
+    if isinstance(node, list):
+        return "[" + ",".join(_dump_exactly(item) for item in node) + "]"
+    if isinstance(node, _Number):
+        return node.text
+    if isinstance(node, str):
+        return _json_string(node)
+    return orjson.dumps(node).decode()
+
+
+def _unquote(key: str) -> str:
+    """A quoted key as read from text: without its quotes, escapes decoded where they can be."""
+    inner = key[1:-1]
+    if "\\" in inner and key[0] == '"':
+        try:
+            return json.loads(key)
+        except ValueError:
+            pass
+    return inner
 
 
 def _cell_kind(values: list[Any]) -> str:
@@ -165,6 +229,13 @@ class TopK:
             self.kept.add(value)
             return value
         return OTHER
+
+
+_DROPPED = object()  # a JSON item the detectors dropped
+
+
+def _orjson_sorted(node: Any) -> str:
+    return orjson.dumps(node, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class LabelStage:
@@ -250,6 +321,8 @@ class LabelStage:
                 result = self._scrub_json(value)
             except RecursionError:  # JSON strings nested in JSON strings, past what can be read
                 result = (MASK, "too_deep_to_read")
+            if result is None:  # no JSON reader takes it (cut short, a dict's repr): its members as text
+                result = self._scrub_json_text(value)
         if result is None:
             result = self._scrub_text(value)
         if len(self._value_cache) >= _CACHE_LIMIT:
@@ -309,13 +382,24 @@ class LabelStage:
 
     def _scrub_json(self, value: str) -> tuple[str | None, str] | None:
         """A JSON object or array with the key rules and detectors applied inside; None when the
-        value is not JSON (the detectors then read it as text). Unchanged values keep their bytes."""
+        value is not JSON. Unchanged values keep their bytes.
+
+        orjson reads the JSON it writes itself (the decoder's kvlist and array values) back to the
+        same bytes; anything else (duplicate keys, which orjson reads as the last one; numbers a
+        double cannot hold; NaN; lone surrogate escapes; other spacing) is read by ``json`` with every
+        member and number as written, so each duplicate is checked and a rewrite keeps the numbers'
+        text."""
         try:
             data = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             if str(exc).startswith("depth limit"):  # JSON too deep to look into: nothing of it is kept
                 return MASK, "too_deep_to_read"
-            return None
+            data = None
+        if data is not None and orjson.dumps(data) == value.encode():
+            dump = _orjson_sorted
+        else:
+            data = _read_json_exactly(value)
+            dump = _dump_exactly
         if not isinstance(data, (dict, list)):
             return None
         reasons: list[str] = []
@@ -325,45 +409,74 @@ class LabelStage:
             return MASK, "too_deep_to_read"
         if not reasons:
             return value, ""
-        return orjson.dumps(cleaned, option=orjson.OPT_SORT_KEYS).decode(), reasons[0]
+        return dump(cleaned), reasons[0]
 
     def _walk_json(self, node: Any, depth: int, reasons: list[str]) -> Any:
         if depth > _MAX_JSON_DEPTH:
             raise _TooDeep
-        if isinstance(node, dict):
-            out = {}
-            for key, item in node.items():
+        if isinstance(node, (dict, _Members)):
+            members = node.items() if isinstance(node, dict) else node
+            kept = []
+            for key, item in members:
                 drop = self.key_drop(key)
                 if drop:
                     reasons.append(drop)
                     continue
-                if isinstance(item, str):
-                    new, reason = self.scrub(item)
-                    if reason:
-                        reasons.append(reason)
-                    if new is not None:
-                        out[key] = new
-                elif isinstance(item, (dict, list)):
-                    out[key] = self._walk_json(item, depth + 1, reasons)
-                else:
-                    out[key] = item
-            return out
-        if isinstance(node, list):
-            items = []
-            for item in node:
-                if isinstance(item, str):
-                    new, reason = self.scrub(item)
-                    if reason:
-                        reasons.append(reason)
-                    if new is not None:
-                        items.append(new)
-                elif isinstance(item, (dict, list)):
-                    items.append(self._walk_json(item, depth + 1, reasons))
-                else:
-                    items.append(item)
-            return items
-        return node
+                item = self._json_item(item, depth, reasons)
+                if item is not _DROPPED:
+                    kept.append((key, item))
+            return dict(kept) if isinstance(node, dict) else _Members(kept)
+        items = []
+        for item in node:
+            item = self._json_item(item, depth, reasons)
+            if item is not _DROPPED:
+                items.append(item)
+        return items
 
+    def _json_item(self, item: Any, depth: int, reasons: list[str]) -> Any:
+        """One value inside JSON, cleaned; ``_DROPPED`` when the detectors drop it. Numbers meet
+        the detectors as written (a card number may be sent as a number)."""
+        if isinstance(item, (dict, list)):
+            return self._walk_json(item, depth + 1, reasons)
+        if isinstance(item, str):
+            text = item
+        else:
+            if isinstance(item, _Number):
+                text = item.text
+            elif isinstance(item, (int, float)) and not isinstance(item, bool):
+                text = repr(item)
+            else:  # true, false, null
+                return item
+            if len(text) < _CARD_DIGITS:
+                return item
+        new, reason = self.scrub(text)
+        if not reason:
+            return item
+        reasons.append(reason)
+        return _DROPPED if new is None else new
+
+    def _scrub_json_text(self, value: str) -> tuple[str | None, str]:
+        """Text that looks like JSON but that no JSON reader takes: the key rules on each quoted key
+        followed by a colon (the value after a dropped key is masked; an object or array there, to
+        the end of the text), then the detectors on the whole."""
+        pieces, last, key_reason = [], 0, ""
+        for m in _JSON_MEMBER.finditer(value):
+            drop = self.key_drop(_unquote(m.group(1)))
+            if not drop:
+                continue
+            start, end, found = m.start(2), m.end(2), m.group(2)
+            quote = found[:1] if found[:1] in ("'", '"') else '"'
+            if not found and value[start:start + 1] in ("{", "["):
+                end = len(value)
+            elif found.strip("'\"") == MASK:
+                continue  # masked before
+            pieces += (value[last:start], quote, MASK, quote)
+            last, key_reason = end, key_reason or drop
+            if end == len(value):
+                break
+        masked = "".join(pieces) + value[last:] if pieces else value
+        new, reason = self._scrub_text(masked)
+        return new, key_reason or reason
 
     def _top_k_for(self, rule: CardinalityRule, signal: str, key: str) -> TopK:
         ident = (self._rule_index[id(rule)], signal, key)
