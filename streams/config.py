@@ -21,7 +21,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Callable, Mapping, Sequence
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -554,11 +554,53 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 _EXPECTED = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
+_SECRET_WORDS = {"password", "token", "key", "secret", "dsn"}
+_SECRET_FIELDS = {name for cls in SECTIONS.values() for name, info in cls.model_fields.items()
+                  if info.annotation is SecretStr}
+_SHAPES = {dict: "a table", list: "an array", tuple: "an array", bool: "a boolean", int: "an integer",
+           float: "a float", str: "a string", type(None): "nothing"}
+HIDDEN = "****"
+
+
+def secret_setting(name: str) -> bool:
+    """Whether a setting's value is never shown in a problem: ``SecretStr`` settings and every one
+    whose name has the word password, token, key or secret, and the DSN (it may hold a password)."""
+    return name in _SECRET_FIELDS or bool(_SECRET_WORDS & set(name.lower().split("_")))
+
+
+def _leaves(value: Any) -> list[str]:
+    """Every scalar inside an input value, as text."""
+    if isinstance(value, Mapping):
+        return [leaf for v in value.values() for leaf in _leaves(v)]
+    if isinstance(value, (list, tuple, set)):
+        return [leaf for v in value for leaf in _leaves(v)]
+    return [] if value is None or isinstance(value, bool) else [str(value)]
+
+
+def _secret_inputs(value: Any, secret: Callable[[str], bool]) -> list[str]:
+    """The scalars of the secret settings inside an input table (a section a check of several
+    settings refused), at any depth."""
+    if not isinstance(value, Mapping):
+        return []
+    found = []
+    for name, v in value.items():
+        found += _leaves(v) if isinstance(name, str) and secret(name) else _secret_inputs(v, secret)
+    return found
+
+
+def _hide(problem: str, values: Sequence[str]) -> str:
+    for text in sorted({v for v in values if v}, key=len, reverse=True):
+        problem = re.sub(rf"(?<!\w){re.escape(text)}(?!\w)", HIDDEN, problem)
+    return problem
+
+
+def _never_secret(name: str) -> bool:
+    return False
 
 
 def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | None = None,
                 required: Mapping[str, str] | None = None, tags: Sequence[str] = (),
-                tagged: str = "policy") -> list[str]:
+                tagged: str = "policy", secret: Callable[[str], bool] = _never_secret) -> list[str]:
     """pydantic's errors as ``path: problem`` lines (``cardinality.rules[2].buckets: must be > 0``),
     in the same words for every file otelpipe reads (configuration, label policy, catalog, tail
     policies).
@@ -567,10 +609,14 @@ def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | 
     one is named with them); ``required`` gives the problem of a missing setting, by name; ``tags``
     are the ``type`` values of a discriminated union (``[[policies]]``), whose tag pydantic puts in
     the location: it is left out of the path and named in the problem (``for a latency policy``).
+    ``secret`` tells, by name, the settings whose input is never shown (pydantic keeps it in every
+    error): their problems name the setting and what is wrong, the type of a wrong value at most.
     """
     out = []
     for err in exc.errors(include_url=False):
         loc, kind, ctx, value = list(err["loc"]), err["type"], err.get("ctx") or {}, err.get("input")
+        name = next((str(part) for part in reversed(loc) if isinstance(part, str)), "")
+        hidden = _leaves(value) if name and secret(name) else _secret_inputs(value, secret)
         path, tag = root, ""
         for i, part in enumerate(loc):
             if isinstance(part, int):
@@ -584,6 +630,7 @@ def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | 
         if isinstance(cause, _Related):
             for problem in cause.problems:
                 head, sep, _ = problem.partition(": ")
+                problem = _hide(problem, hidden)
                 out.append(f"{path}.{problem}" if sep and " " not in head else f"{path}: {problem}")
             continue
         if kind in ("union_tag_invalid", "union_tag_not_found") and isinstance(value, dict):
@@ -604,10 +651,12 @@ def problems_of(exc: ValidationError, root: str = "", sections: Sequence[str] | 
         elif kind == "literal_error":
             problem = f"must be {str(ctx.get('expected', '')).replace(chr(39), '')}"
         elif kind.split("_")[0] in _EXPECTED and kind.endswith(("_parsing", "_type", "_from_float")):
-            problem = f"expected {_EXPECTED[kind.split('_')[0]]}, got {value!r}"
+            shown = _SHAPES.get(type(value), "another type") if name and secret(name) else repr(value)
+            problem = f"expected {_EXPECTED[kind.split('_')[0]]}, got {shown}"
         else:
             problem = err["msg"]
-        out.append(f"{path}: {mask_secrets(problem)}" if path else mask_secrets(problem))
+        problem = _hide(mask_secrets(problem), hidden)
+        out.append(f"{path}: {problem}" if path else problem)
     return out
 
 
@@ -637,7 +686,7 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = problems_of(exc, sections=list(SECTIONS))
+        problems = problems_of(exc, sections=list(SECTIONS), secret=secret_setting)
         failed = {tuple(err["loc"][:2]) for err in exc.errors() if len(err["loc"]) >= 2}
     # A section with an invalid setting skipped its checks that relate settings: run them on the
     # settings that are valid (defaults standing in for the others), so every problem is listed.
@@ -648,7 +697,7 @@ def load_settings(
         try:
             cls.model_validate({name: v for name, v in raw.items() if (section, name) not in failed})
         except ValidationError as again:
-            problems += [p for p in problems_of(again, section) if p not in problems]
+            problems += [p for p in problems_of(again, section, secret=secret_setting) if p not in problems]
     raise ConfigError(problems)
 
 
@@ -660,7 +709,7 @@ def with_changes(model: Any, **changes: Any) -> Any:
         return type(model).model_validate({**values, **changes})
     except ValidationError as exc:
         root = next((name for name, cls in SECTIONS.items() if isinstance(model, cls)), "")
-        raise ConfigError(problems_of(exc, root)) from None
+        raise ConfigError(problems_of(exc, root, secret=secret_setting)) from None
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from streams.config import ConfigError, describe, load_settings
@@ -109,3 +111,64 @@ def test_the_worker_producer_carries_the_largest_record():
 
     s = load_settings(env={"OTELPIPE_WORKER_MAX_MESSAGE_BYTES": str(20 * 1024 * 1024)})
     assert create_app(s).conf.producer_max_request_size == s.record_max_bytes()
+
+
+MARKER = "zz-planted-4711"
+PLANTED = {  # TOML values, each with the marker: a wrong type or shape, or a value a field may refuse
+    "array": f'["{MARKER}"]',
+    "table": f'{{ x = "{MARKER}" }}',
+    "nested": f'[["{MARKER}"], {{ y = "{MARKER}" }}]',
+    "boolean in an array": f'[true, "{MARKER}"]',
+    "integer": "4711471147",
+    "short": '"zz4711x"',
+    "url": f'"u:{MARKER}@h:8123/db"',
+    "path": f'"/nowhere/{MARKER}.pem"',
+}
+WRONG_TYPES = ("array", "table", "nested", "boolean in an array")
+
+
+def _secret_fields():
+    from pydantic import SecretStr
+
+    from streams.config import SECTIONS
+
+    for section, cls in SECTIONS.items():
+        for name, info in cls.model_fields.items():
+            if info.annotation is SecretStr or set(name.split("_")) & {"password", "token", "key"} or name == "dsn":
+                yield section, name
+
+
+SECRET_FIELDS = list(_secret_fields())
+
+
+def test_the_secret_fields_are_the_ones_expected():
+    assert {"kafka.sasl_password", "kafka.ssl_key_password", "clickhouse.dsn", "clickhouse.password",
+            "worker.query_token", "control.key", "control.key_file"} <= {f"{s}.{n}" for s, n in SECRET_FIELDS}
+
+
+@pytest.mark.parametrize("section, name", SECRET_FIELDS, ids=[f"{s}.{n}" for s, n in SECRET_FIELDS])
+@pytest.mark.parametrize("shape", list(PLANTED))
+def test_a_problem_of_a_secret_setting_never_shows_its_value(tmp_path, monkeypatch, capsys, section, name, shape):
+    path = tmp_path / "otelpipe.toml"
+    path.write_text(f"[{section}]\n{name} = {PLANTED[shape]}\n")
+    try:
+        load_settings(path, env={})
+    except ConfigError as err:
+        problems = err.problems
+    else:
+        assert shape not in WRONG_TYPES, "a wrong type was taken"
+        return  # a value the field takes: `otelpipe config` shows settings, not problems
+    shown = "\n".join(problems)
+    assert MARKER not in shown and "4711471147" not in shown and "zz4711x" not in shown, shown
+    assert all(p.startswith(f"{section}") for p in problems), shown
+    if shape in WRONG_TYPES:
+        assert f"{section}.{name}: expected str, got " in shown
+    for variable in [v for v in os.environ if v.upper().startswith("OTELPIPE_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("OTELPIPE_WORKER_DATA_DIR", str(tmp_path))
+    from streams.cli import main
+
+    assert main(["--config", str(path), "config"]) == 2
+    printed = capsys.readouterr()
+    assert MARKER not in printed.out + printed.err and "zz4711x" not in printed.out + printed.err
+    assert "4711471147" not in printed.out + printed.err
