@@ -39,6 +39,11 @@ bench: install kafka-up
 bench-tail: install kafka-up
 	$(BIN)/python bench/tail_sampling.py
 
+# otelpipe beside the OpenTelemetry Collector (built with ocb from the Go module proxy, cached outside the
+# tree) on the same topic: spans per CPU-second of each and the ratio; skipped where Go is missing.
+bench-peer: install kafka-up
+	$(BIN)/python bench/peer.py
+
 faults: install kafka-up
 	$(BIN)/python bench/fault_report.py
 
