@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 
-.PHONY: demo test unit install kafka-up kafka-down otelcol bench bench-tail faults fuzz clean
+.PHONY: demo test unit install kafka-up kafka-down otelcol bench bench-tail bench-peer faults fuzz clean
 
 demo: install
 	$(BIN)/otelpipe demo
