@@ -301,6 +301,13 @@ class SignalWriter:
         key = part.known.insert_id if part.known is not None else ""
         token = f"{key}/{part.source.topic}:{part.source.partition}:{part.source.first_offset}-{part.source.last_offset}"
         m.PARTIAL_INSERTS.labels(self.signal).inc()
+        try:
+            self._write_missing_tables(part, token, written)
+        finally:
+            self.sink.drop_stages(f"w{self.signal}")
+        return written
+
+    def _write_missing_tables(self, part: "Part", token: str, written: Written) -> None:
         for table, batch in part.result.batches.items():
             if not len(batch):
                 continue
@@ -317,7 +324,6 @@ class SignalWriter:
                 alone = write_refusing(self.sink, {table: batch}, None, token=lambda t: f"{t}:{token}")
                 written.rows[table] = alone.rows.get(table, 0)
                 written.refused.update(alone.refused)
-        return written
 
 
 @dataclass
