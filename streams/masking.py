@@ -3,7 +3,8 @@ values of every secret setting (``SecretStr`` fields, whatever their section).
 
 ``install(settings)`` makes every log record of the process masked when it is made (a record
 factory, so it holds whatever handlers faust or mode set up later), and masks the traceback of an
-exception nobody caught. ``mask(text, secrets)`` is the pure function behind both.
+exception nobody caught; installed again, it replaces its hooks and their secrets. ``add_secret``
+adds a secret learnt later. ``mask(text, secrets)`` is the pure function behind both.
 """
 
 from __future__ import annotations
@@ -45,9 +46,34 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
     return _CREDENTIALS.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
 
 
+# The secrets the installed hooks mask, longest first: set by ``install``, grown by ``add_secret``;
+# replaced whole, never changed in place, so a hook in another thread reads one consistent set.
+_masked: tuple[str, ...] = ()
+
+
+def _secret_set(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({v for v in values if len(v) >= _MIN_SECRET}, key=len, reverse=True))
+
+
+def add_secret(value: str) -> None:
+    """Mask ``value`` too from now on: a secret learnt after ``install``."""
+    global _masked
+    if value not in _masked:
+        _masked = _secret_set([*_masked, value])
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    import traceback
+
+    sys.stderr.write(mask("".join(traceback.format_exception(kind, value, tb)), _masked))
+
+
 def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
-    """Mask every log record and uncaught traceback of this process from now on."""
-    secrets = sorted(set(secret_values(settings)) | {s for s in extra if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+    """Mask every log record and uncaught traceback of this process from now on, with the secrets
+    of ``settings`` and ``extra``. Installed again, the hooks are the same ones (never stacked) and
+    the new secrets replace the old."""
+    global _masked
+    _masked = _secret_set([*secret_values(settings), *extra])
     previous = logging.getLogRecordFactory()
     if getattr(previous, "otelpipe_masking", False):
         previous = previous.wrapped  # installed again (tests, a second command): replace, never stack
@@ -58,23 +84,14 @@ def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
             message = record.getMessage()
         except Exception:  # a record whose arguments do not fit its format: leave it to logging
             return record
-        masked = mask(message, secrets)
+        masked = mask(message, _masked)
         if masked != message:
             record.msg, record.args = masked, ()  # () not None: mode's formatter turns None into (None,)
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = mask(logging.Formatter().formatException(record.exc_info), secrets)
+            record.exc_text = mask(logging.Formatter().formatException(record.exc_info), _masked)
         return record
 
     factory.otelpipe_masking = True  # type: ignore[attr-defined]
     factory.wrapped = previous  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
-    hook = sys.excepthook
-
-    def excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        import traceback
-
-        sys.stderr.write(mask("".join(traceback.format_exception(kind, value, tb)), secrets))
-
-    if not getattr(hook, "otelpipe_masking", False):
-        excepthook.otelpipe_masking = True  # type: ignore[attr-defined]
-        sys.excepthook = excepthook
+    sys.excepthook = _excepthook  # one hook, whatever was installed before: never a stale secret set

@@ -3,10 +3,36 @@
 import logging
 import subprocess
 import sys
+import threading
+
+import pytest
 
 from streams import masking
 from streams.config import load_settings
 from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def hooks_restored():
+    """Each test installs masking in this process: put the hooks back as they were."""
+    saved = sys.excepthook, threading.excepthook, logging.getLogRecordFactory()
+    yield
+    sys.excepthook, threading.excepthook = saved[:2]
+    logging.setLogRecordFactory(saved[2])
+
+
+def server_settings(**env):
+    return load_settings(env={"OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                              **{f"OTELPIPE_{k.upper()}": v for k, v in env.items()}})
+
+
+def uncaught(text: str, capsys) -> str:
+    """What the process prints for an exception nobody caught whose message is ``text``."""
+    try:
+        raise RuntimeError(text)
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    return capsys.readouterr().err
 
 
 def test_mask_covers_urls_credentials_and_configured_secrets():
@@ -61,3 +87,17 @@ def test_a_masked_record_formats_with_a_percent_formatter():
     record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "pw is %s", ("pw-format-7",), None)
     assert record.args == () and record.getMessage() == "pw is ****"
     assert "****" in logging.Formatter("%(message)s").format(record)
+
+
+def test_installing_again_replaces_the_hooks_and_the_new_secrets_apply(capsys):
+    masking.install(server_settings(clickhouse_password="pw-first-1111"))
+    hook, factory = sys.excepthook, logging.getLogRecordFactory()
+    masking.install(server_settings(clickhouse_password="pw-second-2222"))
+    masking.install(server_settings(clickhouse_password="pw-second-2222"))
+    assert sys.excepthook is hook  # replaced, not wrapped
+    assert logging.getLogRecordFactory().wrapped is factory.wrapped  # one layer over logging's own
+    shown = uncaught("refused: pw-second-2222", capsys)
+    assert "RuntimeError" in shown and "pw-second-2222" not in shown and "****" in shown
+    record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "pw %s", ("pw-second-2222",),
+                                                          None)
+    assert record.getMessage() == "pw ****"
