@@ -11,7 +11,7 @@ than by a list of column names, so a column added later is covered without a cha
   and event names, trace states, scope names, schema URLs, metric names and descriptions...),
   passes the value detectors: bearer and basic credentials (any case), card numbers
   (Luhn-checked), emails, passwords in URLs (``scheme://user:pw@``), ``password=...``-style
-  assignments, and secrets in URL query strings (``?token=...``). A detected secret is masked,
+  assignments (also ``oldPassword=``, ``X-Api-Key:``; a quoted value masked whole), and secrets in URL query strings (``?token=...``). A detected secret is masked,
   dropped or hashed (stable, seeded);
 - values holding JSON (kvlist and array attributes and bodies are stored as JSON) are looked into:
   nested keys meet the same key rules, nested strings and numbers the same detectors, whatever
@@ -71,14 +71,19 @@ _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
 _BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})")
 # RE2 as well: a backtracking engine retries the scheme at every letter of a long word.
 _URL_CREDENTIALS = re2.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#@]+)@")
-_ASSIGNMENT = re.compile(r"(?i)(?<![a-z0-9])((?:passw(?:or)?d|pwd|secret|client[_-]?secret|api[_-]?key|"
-                         r"access[_-]?token|auth[_-]?token|token)[\"']?\s*[=:]\s*[\"']?)([^\s\"'&;,{}\[\]]+)")
+# ``name=value``, ``name: "two words"``: a credential name, also inside a longer one (oldPassword,
+# refreshToken, db_password, X-Api-Key), then a quoted value (masked whole) or a word. RE2: a
+# backtracking engine retries the quoted value at every opening quote.
+_ASSIGNMENT = re2.compile(r"(?i)((?:passw(?:or)?d|pwd|passphrase|secret|api[_-]?key|token|private[_-]?key)"
+                          r"[\"']?\s*[=:]\s*)"
+                          r"(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|[\"']?[^\s\"'&;,{}\[\]]+)")
 _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 # RE2 (linear time): Python's backtracking engine is quadratic on "a" * n + "@" with this pattern.
 _EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # anything a detector could match: '@' (email, URL credentials), 'bearer' or 'basic' (any case),
 # 13 digits (card), a query parameter, or the start of a secret assignment
-_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer|basic|passw|pwd|secret|api.?key|token)|\d[\d -]{11,}\d|[?&;][A-Za-z_-]+=")
+_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer|basic|passw|pwd|passphrase|secret|api.?key|token|private.?key)|"
+                              r"\d[\d -]{11,}\d|[?&;][A-Za-z_-]+=")
 _MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walked
 # A member of JSON (or of a Python dict's repr) in text no JSON reader accepts: its quoted key, then
 # its value: a quoted string (unclosed: to the end), a scalar, or nothing when an object or array opens.
@@ -372,13 +377,22 @@ class LabelStage:
             if replaced != new:
                 new, reason = replaced, reason or "url_secret"
         if "assignment" in detect:
-            replaced = _ASSIGNMENT.sub(lambda m: m.group(1) + (m.group(2) if m.group(2) == MASK
-                                                               else self._replacement(m.group(2))), new)
+            replaced = _ASSIGNMENT.sub(lambda m: m.group(1) + self._assigned(m.group(2)), new)
             if replaced != new:
                 new, reason = replaced, reason or "secret_assignment"
         if reason and self.policy.redaction.value_action == "drop" and reason != "url_secret":
             return None, reason
         return new, reason
+
+    def _assigned(self, value: str) -> str:
+        """An assigned value replaced; a quoted one whole, inside its quotes."""
+        quote = value[0]
+        if quote in "\"'" and len(value) > 1 and value[-1] == quote:
+            inner = value[1:-1]
+            return value if inner == MASK else quote + self._replacement(inner) + quote
+        if quote in "\"'":  # an opening quote that is not closed: the word after it
+            return value if value[1:] == MASK else quote + self._replacement(value[1:])
+        return value if value == MASK else self._replacement(value)
 
     def _scrub_json(self, value: str) -> tuple[str | None, str] | None:
         """A JSON object or array with the key rules and detectors applied inside; None when the
