@@ -11,6 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
+from streams import masking
 from streams.config import ConfigError, Settings, resolve_path
 
 KEY_FILE = "control.key"
@@ -41,6 +42,7 @@ def _read_key(path: Path, setting: str) -> bytes:
         raise ConfigError([f"{setting}: cannot read {path}: {exc.strerror or exc}"]) from None
     if len(key) < 16:
         raise ConfigError([f"{setting}: {path} must hold a key of at least 16 characters"])
+    masking.add_secret(key.decode("utf-8", "replace"))  # the file may be newer than this process's masking
     return key
 
 

@@ -8,7 +8,7 @@ A request is answered only when, in this order:
    the one this worker serves: 409, so a CLI never reads another configuration's store;
 4. it carries the bearer token (``query_token``): 401.
 Every function here is pure over the settings and the request's fields, except ``query_token``,
-which reads (or makes) the token file.
+which reads (or makes) the token file and has its value masked (``streams.masking``) from then on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import urllib.parse
 from typing import Any
 
 from sinks.clickhouse import chdb_path
+from streams import masking
 from streams.config import ConfigError, Settings, resolve_path
 
 TOKEN_FILE = "query.token"
@@ -141,7 +142,9 @@ def query_token(settings: Settings, create: bool = False) -> str:
     path = resolve_path(settings.worker.data_dir) / TOKEN_FILE
     where = f"the query token file (worker.query_token unset, worker.data_dir = {settings.worker.data_dir})"
     try:
-        return path.read_text().strip()
+        token = path.read_text().strip()
+        masking.add_secret(token)  # the file may be newer than this process's masking
+        return token
     except FileNotFoundError:
         pass
     except OSError as exc:
@@ -151,6 +154,7 @@ def query_token(settings: Settings, create: bool = False) -> str:
     if not create:
         return ""
     token = secrets.token_urlsafe(32)
+    masking.add_secret(token)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

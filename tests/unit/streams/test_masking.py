@@ -101,3 +101,31 @@ def test_installing_again_replaces_the_hooks_and_the_new_secrets_apply(capsys):
     record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "pw %s", ("pw-second-2222",),
                                                           None)
     assert record.getMessage() == "pw ****"
+
+
+def test_a_query_token_made_or_read_after_install_is_masked(tmp_path, capsys):
+    from streams.agents.query_access import TOKEN_FILE, query_token
+
+    settings = server_settings(worker_data_dir=str(tmp_path / "worker"))
+    masking.install(settings)
+    made = query_token(settings, create=True)  # the worker makes its token at start, after install
+    shown = uncaught(f"cannot serve with {made}", capsys)
+    assert "RuntimeError" in shown and made not in shown
+    # A token file another process writes later (a CLI started before the worker reads it then).
+    cli = server_settings(worker_data_dir=str(tmp_path / "cli"))
+    masking.install(cli)
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / TOKEN_FILE).write_text("tok-written-later-5555\n")
+    assert query_token(cli) == "tok-written-later-5555"
+    record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "Bearer-less %s",
+                                                          ("tok-written-later-5555",), None)
+    assert record.getMessage() == "Bearer-less ****"
+
+
+def test_a_control_key_made_after_install_is_masked(tmp_path, capsys):
+    from streams.agents.control_key import control_key
+
+    settings = server_settings(worker_data_dir=str(tmp_path))
+    masking.install(settings)
+    key = control_key(settings).decode()  # made on first use
+    assert key not in uncaught(f"signing with {key}", capsys)
