@@ -1,0 +1,381 @@
+//! The columnar buffers of one batch of spans.
+//!
+//! One row per span. Values shared by many rows are stored once: resources and scopes in tables
+//! of their own (a row holds their index), attribute keys and values in per-batch dictionaries,
+//! each distinct (key, value) pair once; an attribute map is a run of pair indexes. Events and
+//! links are arrays per row, stored flat with cumulative offsets (as ClickHouse's Native format
+//! wants them). Every buffer only grows while a batch is decoded, so a message that fails half-way
+//! is taken back by truncating to a `Mark`.
+
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// Strings one after the other, with their end offsets.
+#[derive(Default)]
+pub struct StrCol {
+    pub data: Vec<u8>,
+    pub ends: Vec<usize>,
+}
+
+impl StrCol {
+    #[inline]
+    pub fn push(&mut self, s: &[u8]) {
+        self.data.extend_from_slice(s);
+        self.ends.push(self.data.len());
+    }
+
+    /// Push the lowercase hex of `raw`.
+    #[inline]
+    pub fn push_hex(&mut self, raw: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.data.reserve(raw.len() * 2);
+        for &b in raw {
+            self.data.push(HEX[(b >> 4) as usize]);
+            self.data.push(HEX[(b & 15) as usize]);
+        }
+        self.ends.push(self.data.len());
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data[start..self.ends[i]]
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        self.ends.truncate(n);
+        self.data.truncate(self.ends.last().copied().unwrap_or(0));
+    }
+}
+
+type Hasher = hashbrown::DefaultHashBuilder;
+
+/// Distinct strings, each stored once, numbered in the order first seen.
+#[derive(Default)]
+pub struct Interner {
+    strings: StrCol,
+    table: HashTable<u32>,
+    hasher: Hasher,
+}
+
+impl Interner {
+    #[inline]
+    pub fn intern(&mut self, s: &[u8]) -> u32 {
+        let hash = self.hasher.hash_one(s);
+        let strings = &self.strings;
+        if let Some(&id) = self.table.find(hash, |&id| strings.get(id as usize) == s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s);
+        let (strings, hasher) = (&self.strings, &self.hasher);
+        self.table.insert_unique(hash, id, |&id| hasher.hash_one(strings.get(id as usize)));
+        id
+    }
+
+    pub fn find(&self, s: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(s);
+        self.table.find(hash, |&id| self.strings.get(id as usize) == s).copied()
+    }
+
+    #[inline]
+    pub fn get(&self, id: u32) -> &[u8] {
+        self.strings.get(id as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Forget the strings numbered `n` and after.
+    pub fn truncate(&mut self, n: usize) {
+        for id in n..self.strings.len() {
+            let s = self.strings.get(id);
+            let hash = self.hasher.hash_one(s);
+            if let Ok(entry) = self.table.find_entry(hash, |&found| found as usize == id) {
+                entry.remove();
+            }
+        }
+        self.strings.truncate(n);
+    }
+}
+
+/// Distinct (key, value) pairs of interned strings.
+#[derive(Default)]
+pub struct Pairs {
+    pub pairs: Vec<(u32, u32)>,
+    table: HashTable<u32>,
+    hasher: Hasher,
+}
+
+impl Pairs {
+    #[inline]
+    pub fn intern(&mut self, pair: (u32, u32)) -> u32 {
+        let hash = self.hasher.hash_one(pair);
+        let pairs = &self.pairs;
+        if let Some(&id) = self.table.find(hash, |&id| pairs[id as usize] == pair) {
+            return id;
+        }
+        let id = self.pairs.len() as u32;
+        self.pairs.push(pair);
+        let (pairs, hasher) = (&self.pairs, &self.hasher);
+        self.table.insert_unique(hash, id, |&id| hasher.hash_one(pairs[id as usize]));
+        id
+    }
+
+    pub fn find(&self, pair: (u32, u32)) -> Option<u32> {
+        let hash = self.hasher.hash_one(pair);
+        self.table.find(hash, |&id| self.pairs[id as usize] == pair).copied()
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        for id in n..self.pairs.len() {
+            let hash = self.hasher.hash_one(self.pairs[id]);
+            if let Ok(entry) = self.table.find_entry(hash, |&found| found as usize == id) {
+                entry.remove();
+            }
+        }
+        self.pairs.truncate(n);
+    }
+}
+
+/// Attribute maps: map `i` is the pairs `pairs[offsets[i]..offsets[i + 1]]`.
+pub struct Maps {
+    pub offsets: Vec<usize>,
+    pub pairs: Vec<u32>,
+}
+
+impl Default for Maps {
+    fn default() -> Self {
+        Maps { offsets: vec![0], pairs: Vec::new() }
+    }
+}
+
+impl Maps {
+    #[inline]
+    pub fn get(&self, map: u32) -> &[u32] {
+        let m = map as usize;
+        &self.pairs[self.offsets[m]..self.offsets[m + 1]]
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        self.offsets.truncate(n + 1);
+        self.pairs.truncate(self.offsets[n]);
+    }
+}
+
+/// Per resource (one ResourceSpans).
+#[derive(Default)]
+pub struct Resources {
+    pub service: StrCol,
+    pub schema_url: StrCol,
+    pub dropped: Vec<u32>,
+    pub attrs: Vec<u32>,
+}
+
+/// Per scope (one ScopeSpans).
+#[derive(Default)]
+pub struct Scopes {
+    pub name: StrCol,
+    pub version: StrCol,
+    pub schema_url: StrCol,
+    pub dropped: Vec<u32>,
+    pub attrs: Vec<u32>,
+}
+
+#[derive(Default)]
+pub struct Events {
+    pub time: Vec<i64>,
+    pub name: StrCol,
+    pub attrs: Vec<u32>,
+    pub dropped: Vec<u32>,
+}
+
+#[derive(Default)]
+pub struct Links {
+    pub trace_id: StrCol,
+    pub span_id: StrCol,
+    pub trace_state: StrCol,
+    pub attrs: Vec<u32>,
+    pub flags: Vec<u32>,
+    pub dropped: Vec<u32>,
+}
+
+/// One batch: the rows and everything they point to.
+#[derive(Default)]
+pub struct Block {
+    pub keys: Interner,
+    pub values: Interner,
+    pub pairs: Pairs,
+    pub maps: Maps,
+    pub resources: Resources,
+    pub scopes: Scopes,
+    pub events: Events,
+    pub links: Links,
+
+    // one value per row
+    pub origin: Vec<u32>,
+    pub resource: Vec<u32>,
+    pub scope: Vec<u32>,
+    pub timestamp: Vec<i64>,
+    pub trace_id: StrCol,
+    pub span_id: StrCol,
+    pub parent_span_id: StrCol,
+    pub trace_state: StrCol,
+    pub name: StrCol,
+    pub kind: Vec<u8>,
+    pub attrs: Vec<u32>,
+    pub duration: Vec<u64>,
+    pub status_code: Vec<u8>,
+    pub status_message: StrCol,
+    /// Cumulative: the events of row `i` are `events_end[i - 1]..events_end[i]`.
+    pub events_end: Vec<u64>,
+    pub links_end: Vec<u64>,
+    pub flags: Vec<u32>,
+    pub dropped_attrs: Vec<u32>,
+    pub dropped_events: Vec<u32>,
+    pub dropped_links: Vec<u32>,
+}
+
+/// The lengths of every buffer at one moment.
+pub struct Mark {
+    keys: usize,
+    values: usize,
+    pairs: usize,
+    maps: usize,
+    resources: usize,
+    scopes: usize,
+    events: usize,
+    links: usize,
+    rows: usize,
+}
+
+impl Block {
+    pub fn rows(&self) -> usize {
+        self.timestamp.len()
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark {
+            keys: self.keys.len(),
+            values: self.values.len(),
+            pairs: self.pairs.pairs.len(),
+            maps: self.maps.len(),
+            resources: self.resources.dropped.len(),
+            scopes: self.scopes.dropped.len(),
+            events: self.events.time.len(),
+            links: self.links.flags.len(),
+            rows: self.rows(),
+        }
+    }
+
+    /// Take back everything added since `mark`.
+    pub fn truncate(&mut self, mark: &Mark) {
+        self.keys.truncate(mark.keys);
+        self.values.truncate(mark.values);
+        self.pairs.truncate(mark.pairs);
+        self.maps.truncate(mark.maps);
+        let r = &mut self.resources;
+        r.service.truncate(mark.resources);
+        r.schema_url.truncate(mark.resources);
+        r.dropped.truncate(mark.resources);
+        r.attrs.truncate(mark.resources);
+        let s = &mut self.scopes;
+        s.name.truncate(mark.scopes);
+        s.version.truncate(mark.scopes);
+        s.schema_url.truncate(mark.scopes);
+        s.dropped.truncate(mark.scopes);
+        s.attrs.truncate(mark.scopes);
+        let e = &mut self.events;
+        e.time.truncate(mark.events);
+        e.name.truncate(mark.events);
+        e.attrs.truncate(mark.events);
+        e.dropped.truncate(mark.events);
+        let l = &mut self.links;
+        l.trace_id.truncate(mark.links);
+        l.span_id.truncate(mark.links);
+        l.trace_state.truncate(mark.links);
+        l.attrs.truncate(mark.links);
+        l.flags.truncate(mark.links);
+        l.dropped.truncate(mark.links);
+        let n = mark.rows;
+        self.origin.truncate(n);
+        self.resource.truncate(n);
+        self.scope.truncate(n);
+        self.timestamp.truncate(n);
+        self.trace_id.truncate(n);
+        self.span_id.truncate(n);
+        self.parent_span_id.truncate(n);
+        self.trace_state.truncate(n);
+        self.name.truncate(n);
+        self.kind.truncate(n);
+        self.attrs.truncate(n);
+        self.duration.truncate(n);
+        self.status_code.truncate(n);
+        self.status_message.truncate(n);
+        self.events_end.truncate(n);
+        self.links_end.truncate(n);
+        self.flags.truncate(n);
+        self.dropped_attrs.truncate(n);
+        self.dropped_events.truncate(n);
+        self.dropped_links.truncate(n);
+    }
+
+    /// The (key, value) pair `id` as strings.
+    pub fn pair(&self, id: u32) -> (&[u8], &[u8]) {
+        let (k, v) = self.pairs.pairs[id as usize];
+        (self.keys.get(k), self.values.get(v))
+    }
+
+    /// Apply a decision per pair (`Some(value)`: the new value, `None`: the pair dropped) to every
+    /// map; pairs without a decision stay. The pair dictionary is rebuilt from the maps, so it
+    /// lists exactly the pairs some map holds afterwards. Returns how many map entries changed.
+    pub fn remap(&mut self, decisions: &[(u32, Option<Vec<u8>>)]) -> usize {
+        const KEEP: u32 = u32::MAX;
+        const DROP: u32 = u32::MAX - 1;
+        let mut new_value = vec![KEEP; self.pairs.pairs.len()];
+        for (pair, decision) in decisions {
+            new_value[*pair as usize] = match decision {
+                Some(value) => self.values.intern(value),
+                None => DROP,
+            };
+        }
+        let mut rebuilt = Pairs::default();
+        let mut translated = vec![KEEP; self.pairs.pairs.len()];
+        let mut offsets = Vec::with_capacity(self.maps.offsets.len());
+        let mut pairs = Vec::with_capacity(self.maps.pairs.len());
+        let mut changed = 0;
+        offsets.push(0);
+        for m in 0..self.maps.len() {
+            for &p in self.maps.get(m as u32) {
+                let (key, value) = self.pairs.pairs[p as usize];
+                let target = new_value[p as usize];
+                if target == DROP {
+                    changed += 1;
+                    continue;
+                }
+                if target != KEEP && target != value {
+                    changed += 1;
+                }
+                if translated[p as usize] == KEEP {
+                    let value = if target == KEEP { value } else { target };
+                    translated[p as usize] = rebuilt.intern((key, value));
+                }
+                pairs.push(translated[p as usize]);
+            }
+            offsets.push(pairs.len());
+        }
+        self.pairs = rebuilt;
+        self.maps = Maps { offsets, pairs };
+        changed
+    }
+}

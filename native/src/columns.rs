@@ -1,0 +1,295 @@
+//! The columns of `otel_traces` (streams.otlp.columns.TRACE_COLUMNS, in that order) and the
+//! ClickHouse Native-format block of any of them.
+//!
+//! A Native block (HTTP `FORMAT Native`): varint column count, varint row count, then per
+//! column its name, its type (each a varint length and the bytes) and its data. Types are sent
+//! as the server converts them on insert: `String` for String and LowCardinality(String),
+//! `Map(String, String)` for Map(LowCardinality(String), String), `DateTime64(9)` as Int64
+//! nanoseconds, Array(T) as UInt64 cumulative offsets and then the elements, a Map as an array
+//! of (key, value) (offsets, then every key, then every value), integers little-endian.
+
+use crate::block::{Block, StrCol};
+use crate::traces::{SPAN_KINDS, STATUS_CODES};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Col {
+    Timestamp,
+    TraceId,
+    SpanId,
+    ParentSpanId,
+    TraceState,
+    SpanName,
+    SpanKind,
+    ServiceName,
+    ResourceAttributes,
+    ScopeName,
+    ScopeVersion,
+    SpanAttributes,
+    Duration,
+    StatusCode,
+    StatusMessage,
+    EventsTimestamp,
+    EventsName,
+    EventsAttributes,
+    LinksTraceId,
+    LinksSpanId,
+    LinksTraceState,
+    LinksAttributes,
+    ResourceSchemaUrl,
+    ResourceDroppedAttrCount,
+    ScopeAttributes,
+    ScopeDroppedAttrCount,
+    ScopeSchemaUrl,
+    SpanFlags,
+    DroppedAttributesCount,
+    DroppedEventsCount,
+    DroppedLinksCount,
+    EventsDroppedAttributesCount,
+    LinksFlags,
+    LinksDroppedAttributesCount,
+}
+
+/// (column, name, Native type as sent), in TRACE_COLUMNS order.
+pub const COLUMNS: [(Col, &str, &str); 34] = [
+    (Col::Timestamp, "Timestamp", "DateTime64(9)"),
+    (Col::TraceId, "TraceId", "String"),
+    (Col::SpanId, "SpanId", "String"),
+    (Col::ParentSpanId, "ParentSpanId", "String"),
+    (Col::TraceState, "TraceState", "String"),
+    (Col::SpanName, "SpanName", "String"),
+    (Col::SpanKind, "SpanKind", "String"),
+    (Col::ServiceName, "ServiceName", "String"),
+    (Col::ResourceAttributes, "ResourceAttributes", "Map(String, String)"),
+    (Col::ScopeName, "ScopeName", "String"),
+    (Col::ScopeVersion, "ScopeVersion", "String"),
+    (Col::SpanAttributes, "SpanAttributes", "Map(String, String)"),
+    (Col::Duration, "Duration", "UInt64"),
+    (Col::StatusCode, "StatusCode", "String"),
+    (Col::StatusMessage, "StatusMessage", "String"),
+    (Col::EventsTimestamp, "Events.Timestamp", "Array(DateTime64(9))"),
+    (Col::EventsName, "Events.Name", "Array(String)"),
+    (Col::EventsAttributes, "Events.Attributes", "Array(Map(String, String))"),
+    (Col::LinksTraceId, "Links.TraceId", "Array(String)"),
+    (Col::LinksSpanId, "Links.SpanId", "Array(String)"),
+    (Col::LinksTraceState, "Links.TraceState", "Array(String)"),
+    (Col::LinksAttributes, "Links.Attributes", "Array(Map(String, String))"),
+    (Col::ResourceSchemaUrl, "ResourceSchemaUrl", "String"),
+    (Col::ResourceDroppedAttrCount, "ResourceDroppedAttrCount", "UInt32"),
+    (Col::ScopeAttributes, "ScopeAttributes", "Map(String, String)"),
+    (Col::ScopeDroppedAttrCount, "ScopeDroppedAttrCount", "UInt32"),
+    (Col::ScopeSchemaUrl, "ScopeSchemaUrl", "String"),
+    (Col::SpanFlags, "SpanFlags", "UInt32"),
+    (Col::DroppedAttributesCount, "DroppedAttributesCount", "UInt32"),
+    (Col::DroppedEventsCount, "DroppedEventsCount", "UInt32"),
+    (Col::DroppedLinksCount, "DroppedLinksCount", "UInt32"),
+    (Col::EventsDroppedAttributesCount, "Events.DroppedAttributesCount", "Array(UInt32)"),
+    (Col::LinksFlags, "Links.Flags", "Array(UInt32)"),
+    (Col::LinksDroppedAttributesCount, "Links.DroppedAttributesCount", "Array(UInt32)"),
+];
+
+/// Where a column's values come from: one per row, or one per event or link of each row.
+pub enum Source<'b> {
+    Strings(&'b StrCol, Per),
+    Fixed(&'static [&'static str], &'b [u8]),
+    I64(&'b [i64], Per),
+    U64(&'b [u64]),
+    U32(&'b [u32], Per),
+    Maps(&'b [u32], Per),
+}
+
+/// How a column's values are indexed: by row, through the row's resource or scope, or as the
+/// row's events or links.
+#[derive(Clone, Copy)]
+pub enum Per {
+    Row,
+    Resource,
+    Scope,
+    Event,
+    Link,
+}
+
+impl Block {
+    pub fn source(&self, col: Col) -> Source<'_> {
+        use Col::*;
+        use Per::*;
+        let (r, s, e, l) = (&self.resources, &self.scopes, &self.events, &self.links);
+        match col {
+            Timestamp => Source::I64(&self.timestamp, Row),
+            TraceId => Source::Strings(&self.trace_id, Row),
+            SpanId => Source::Strings(&self.span_id, Row),
+            ParentSpanId => Source::Strings(&self.parent_span_id, Row),
+            TraceState => Source::Strings(&self.trace_state, Row),
+            SpanName => Source::Strings(&self.name, Row),
+            SpanKind => Source::Fixed(&SPAN_KINDS, &self.kind),
+            ServiceName => Source::Strings(&r.service, Resource),
+            ResourceAttributes => Source::Maps(&r.attrs, Resource),
+            ScopeName => Source::Strings(&s.name, Scope),
+            ScopeVersion => Source::Strings(&s.version, Scope),
+            SpanAttributes => Source::Maps(&self.attrs, Row),
+            Duration => Source::U64(&self.duration),
+            StatusCode => Source::Fixed(&STATUS_CODES, &self.status_code),
+            StatusMessage => Source::Strings(&self.status_message, Row),
+            EventsTimestamp => Source::I64(&e.time, Event),
+            EventsName => Source::Strings(&e.name, Event),
+            EventsAttributes => Source::Maps(&e.attrs, Event),
+            LinksTraceId => Source::Strings(&l.trace_id, Link),
+            LinksSpanId => Source::Strings(&l.span_id, Link),
+            LinksTraceState => Source::Strings(&l.trace_state, Link),
+            LinksAttributes => Source::Maps(&l.attrs, Link),
+            ResourceSchemaUrl => Source::Strings(&r.schema_url, Resource),
+            ResourceDroppedAttrCount => Source::U32(&r.dropped, Resource),
+            ScopeAttributes => Source::Maps(&s.attrs, Scope),
+            ScopeDroppedAttrCount => Source::U32(&s.dropped, Scope),
+            ScopeSchemaUrl => Source::Strings(&s.schema_url, Scope),
+            SpanFlags => Source::U32(&self.flags, Row),
+            DroppedAttributesCount => Source::U32(&self.dropped_attrs, Row),
+            DroppedEventsCount => Source::U32(&self.dropped_events, Row),
+            DroppedLinksCount => Source::U32(&self.dropped_links, Row),
+            EventsDroppedAttributesCount => Source::U32(&e.dropped, Event),
+            LinksFlags => Source::U32(&l.flags, Link),
+            LinksDroppedAttributesCount => Source::U32(&l.dropped, Link),
+        }
+    }
+
+    /// The value index of each element a column has, in order: rows for a per-row column (through
+    /// the row's resource or scope), all events or links for an array column.
+    pub fn indexes(&self, per: Per) -> Indexes<'_> {
+        match per {
+            Per::Row => Indexes::Range(0..self.rows()),
+            Per::Resource => Indexes::Table(self.resource.iter()),
+            Per::Scope => Indexes::Table(self.scope.iter()),
+            Per::Event => Indexes::Range(0..self.events.time.len()),
+            Per::Link => Indexes::Range(0..self.links.flags.len()),
+        }
+    }
+
+    /// The cumulative offsets of an array column (None: not an array column).
+    pub fn offsets(&self, per: Per) -> Option<&[u64]> {
+        match per {
+            Per::Event => Some(&self.events_end),
+            Per::Link => Some(&self.links_end),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum Indexes<'b> {
+    Range(std::ops::Range<usize>),
+    Table(std::slice::Iter<'b, u32>),
+}
+
+impl Iterator for Indexes<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Indexes::Range(r) => r.next(),
+            Indexes::Table(t) => t.next().map(|&i| i as usize),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Native encoding
+
+#[inline]
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+#[inline]
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    varint(out, s.len() as u64);
+    out.extend_from_slice(s);
+}
+
+fn offsets(out: &mut Vec<u8>, offsets: &[u64]) {
+    out.reserve(offsets.len() * 8);
+    for &o in offsets {
+        out.extend_from_slice(&o.to_le_bytes());
+    }
+}
+
+impl Block {
+    /// Native data of the maps `maps` (in order): offsets, keys, values.
+    fn write_maps(&self, out: &mut Vec<u8>, maps: impl Iterator<Item = u32> + Clone) {
+        let mut total = 0u64;
+        for m in maps.clone() {
+            total += self.maps.get(m).len() as u64;
+            out.extend_from_slice(&total.to_le_bytes());
+        }
+        for m in maps.clone() {
+            for &p in self.maps.get(m) {
+                string(out, self.keys.get(self.pairs.pairs[p as usize].0));
+            }
+        }
+        for m in maps {
+            for &p in self.maps.get(m) {
+                string(out, self.values.get(self.pairs.pairs[p as usize].1));
+            }
+        }
+    }
+
+    fn write_column(&self, out: &mut Vec<u8>, col: Col) {
+        let source = self.source(col);
+        let per = match source {
+            Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
+            Source::Fixed(..) | Source::U64(_) => Per::Row,
+        };
+        if let Some(ends) = self.offsets(per) {
+            offsets(out, ends);
+        }
+        match source {
+            Source::Strings(values, per) => {
+                for i in self.indexes(per) {
+                    string(out, values.get(i));
+                }
+            }
+            Source::Fixed(names, codes) => {
+                for &c in codes {
+                    string(out, names[c as usize].as_bytes());
+                }
+            }
+            Source::I64(values, per) => {
+                out.reserve(values.len() * 8);
+                for i in self.indexes(per) {
+                    out.extend_from_slice(&values[i].to_le_bytes());
+                }
+            }
+            Source::U64(values) => {
+                out.reserve(values.len() * 8);
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Source::U32(values, per) => {
+                out.reserve(values.len() * 4);
+                for i in self.indexes(per) {
+                    out.extend_from_slice(&values[i].to_le_bytes());
+                }
+            }
+            Source::Maps(maps, per) => {
+                let ids = self.indexes(per).map(|i| maps[i]);
+                self.write_maps(out, ids);
+            }
+        }
+    }
+
+    /// One Native block of these columns, in this order.
+    pub fn to_native(&self, cols: &[(Col, &str, &str)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.rows() * 64 * cols.len().max(1) / 4);
+        varint(&mut out, cols.len() as u64);
+        varint(&mut out, self.rows() as u64);
+        for &(col, name, native_type) in cols {
+            string(&mut out, name.as_bytes());
+            string(&mut out, native_type.as_bytes());
+            self.write_column(&mut out, col);
+        }
+        out
+    }
+}

@@ -1,0 +1,334 @@
+//! streams.otlp._native: OTLP protobuf spans straight to columnar buffers and ClickHouse Native
+//! blocks, with the rows and refusals of the Python decoder (streams/otlp/decode.py).
+
+mod anyvalue;
+mod block;
+mod columns;
+mod traces;
+mod validate;
+mod wire;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use block::Block;
+use columns::{Col, Per, Source, COLUMNS};
+use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
+use validate::{Kind, MESSAGES};
+
+/// The Python decoder's default limit (decode_messages' max_message_bytes).
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+type Refused = (u32, &'static str, String);
+
+fn decode_all(payloads: &[&[u8]], max_message_bytes: usize) -> (Block, Vec<Refused>) {
+    let mut block = Block::default();
+    let mut errors = Vec::new();
+    let mut decoder = Decoder::default();
+    for (i, payload) in payloads.iter().enumerate() {
+        let index = i as u32;
+        if payload.len() > max_message_bytes {
+            let detail = format!("{} bytes is over the limit of {}", payload.len(), max_message_bytes);
+            errors.push((index, "too_large", detail));
+            continue;
+        }
+        let mark = block.mark();
+        // A panic would be a bug; it refuses this message only, as the Python decoder names an
+        // unforeseen exception ("internal"), and the buffers are taken back to the mark.
+        match catch_unwind(AssertUnwindSafe(|| decoder.message(&mut block, payload, index))) {
+            Ok(Ok(())) => {}
+            Ok(Err(refused)) => {
+                block.truncate(&mark);
+                errors.push((index, refused.reason, refused.detail));
+            }
+            Err(_) => {
+                block.truncate(&mark);
+                decoder = Decoder::default();
+                errors.push((index, "internal", "PanicException while decoding".to_string()));
+            }
+        }
+    }
+    (block, errors)
+}
+
+/// Spans of a batch of ExportTraceServiceRequest messages, as columns (see the module's text).
+#[pyclass(module = "streams.otlp._native", name = "TracesBlock")]
+struct TracesBlock {
+    block: Block,
+    errors: Vec<Refused>,
+    messages: usize,
+}
+
+fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
+    let s = std::str::from_utf8(bytes).map_err(|_| PyValueError::new_err("stored string is not UTF-8"))?;
+    Ok(PyString::new(py, s))
+}
+
+fn selected(names: Option<Vec<String>>) -> PyResult<Vec<(Col, &'static str, &'static str)>> {
+    match names {
+        None => Ok(COLUMNS.to_vec()),
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                COLUMNS
+                    .iter()
+                    .find(|c| c.1 == name)
+                    .copied()
+                    .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in otel_traces")))
+            })
+            .collect(),
+    }
+}
+
+impl TracesBlock {
+    fn map_dict<'py>(&self, py: Python<'py>, map: u32) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for &p in self.block.maps.get(map) {
+            let (k, v) = self.block.pair(p);
+            dict.set_item(text(py, k)?, text(py, v)?)?;
+        }
+        Ok(dict)
+    }
+
+    /// Python values of one element index of a source (a row, an event or a link).
+    fn value<'py>(&self, py: Python<'py>, source: &Source<'_>, i: usize, cache: &mut Vec<Option<Bound<'py, PyDict>>>)
+        -> PyResult<Bound<'py, PyAny>> {
+        Ok(match source {
+            Source::Strings(values, _) => text(py, values.get(i))?.into_any(),
+            Source::Fixed(names, codes) => PyString::new(py, names[codes[i] as usize]).into_any(),
+            Source::I64(values, _) => values[i].into_pyobject(py)?.into_any(),
+            Source::U64(values) => values[i].into_pyobject(py)?.into_any(),
+            Source::U32(values, _) => values[i].into_pyobject(py)?.into_any(),
+            Source::Maps(maps, _) => {
+                // one dict per map: rows of one resource or scope share it, as in the Python decoder
+                let m = maps[i] as usize;
+                if cache.len() <= m {
+                    cache.resize(m + 1, None);
+                }
+                if cache[m].is_none() {
+                    cache[m] = Some(self.map_dict(py, m as u32)?);
+                }
+                cache[m].as_ref().map(|d| d.clone().into_any()).unwrap_or_else(|| py.None().into_bound(py))
+            }
+        })
+    }
+
+    fn column<'py>(&self, py: Python<'py>, col: Col, cache: &mut Vec<Option<Bound<'py, PyDict>>>)
+        -> PyResult<Bound<'py, PyList>> {
+        let source = self.block.source(col);
+        let per = match source {
+            Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
+            Source::Fixed(..) | Source::U64(_) => Per::Row,
+        };
+        let out = PyList::empty(py);
+        match self.block.offsets(per) {
+            None => {
+                for i in self.block.indexes(per) {
+                    out.append(self.value(py, &source, i, cache)?)?;
+                }
+            }
+            Some(ends) => {
+                let empty = PyTuple::empty(py); // the Python decoder's NONE: a row without events
+                let mut start = 0usize;
+                for &end in ends {
+                    let end = end as usize;
+                    if end == start {
+                        out.append(&empty)?;
+                        continue;
+                    }
+                    let cell = PyList::empty(py);
+                    for i in start..end {
+                        cell.append(self.value(py, &source, i, cache)?)?;
+                    }
+                    out.append(cell)?;
+                    start = end;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[pymethods]
+impl TracesBlock {
+    /// Rows (spans) in the block.
+    #[getter]
+    fn rows(&self) -> usize {
+        self.block.rows()
+    }
+
+    /// Messages given to decode_traces.
+    #[getter]
+    fn messages(&self) -> usize {
+        self.messages
+    }
+
+    /// Messages refused: [(message index, reason, detail)], in message order.
+    #[getter]
+    fn errors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (index, reason, detail) in &self.errors {
+            out.append((*index, *reason, detail.as_str()))?;
+        }
+        Ok(out)
+    }
+
+    fn __len__(&self) -> usize {
+        self.block.rows()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<TracesBlock {} rows of {} messages, {} refused>", self.block.rows(), self.messages, self.errors.len())
+    }
+
+    /// The index of the message each row came from.
+    fn origins(&self) -> Vec<u32> {
+        self.block.origin.clone()
+    }
+
+    /// {column: list of values} with the values and types of the Python decoder's ColumnBatch
+    /// (ints for times, dicts for maps, lists for arrays and () for an empty one). For tests.
+    #[pyo3(signature = (names=None))]
+    fn to_columns<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        let mut cache = Vec::new();
+        for (col, name, _) in selected(names)? {
+            out.set_item(name, self.column(py, col, &mut cache)?)?;
+        }
+        Ok(out)
+    }
+
+    /// One ClickHouse Native block of these columns (default: every column), in this order, for
+    /// `client.raw_insert(table, names, insert_block=..., fmt="Native")`.
+    #[pyo3(signature = (names=None))]
+    fn to_native<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyBytes>> {
+        let cols = selected(names)?;
+        let block = &self.block;
+        let data = py.allow_threads(|| block.to_native(&cols));
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Every distinct (key, value) attribute pair the block's maps hold (resource, scope, span,
+    /// event and link attributes), in the order first seen.
+    fn distinct_attribute_values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for id in 0..self.block.pairs.pairs.len() {
+            let (k, v) = self.block.pair(id as u32);
+            out.append((text(py, k)?, text(py, v)?))?;
+        }
+        Ok(out)
+    }
+
+    /// Apply {(key, value): new value, or None to drop the pair} to every attribute map; pairs the
+    /// mapping does not name stay. Returns how many map entries changed.
+    fn remap_attribute_values(&mut self, mapping: &Bound<'_, PyDict>) -> PyResult<usize> {
+        let mut decisions: Vec<(u32, Option<Vec<u8>>)> = Vec::with_capacity(mapping.len());
+        for (pair, new_value) in mapping.iter() {
+            let (key, value): (String, String) = pair
+                .extract()
+                .map_err(|_| PyTypeError::new_err("mapping keys must be (key, value) string pairs"))?;
+            let new_value: Option<String> = new_value
+                .extract()
+                .map_err(|_| PyTypeError::new_err("mapping values must be str or None"))?;
+            let b = &self.block;
+            let found = b.keys.find(key.as_bytes()).zip(b.values.find(value.as_bytes())).and_then(|kv| b.pairs.find(kv));
+            if let Some(id) = found {
+                decisions.push((id, new_value.map(String::into_bytes)));
+            }
+        }
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.block.remap(&decisions))
+    }
+}
+
+/// Decode a batch of OTLP ExportTraceServiceRequest protobuf payloads (one per Kafka message)
+/// into one TracesBlock. Never raises for a payload's contents: a message that cannot become
+/// rows is in `errors` with the reason and detail the Python decoder gives it, and none of its
+/// rows are kept. The GIL is released while decoding.
+#[pyfunction]
+#[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
+fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<TracesBlock> {
+    let mut held: Vec<Bound<'_, PyBytes>> = Vec::new();
+    for item in payloads.try_iter()? {
+        let item = item?;
+        let bytes = item.downcast_into::<PyBytes>().map_err(|_| PyTypeError::new_err("payloads must be bytes"))?;
+        held.push(bytes);
+    }
+    let slices: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
+    let (block, errors) = py.allow_threads(|| decode_all(&slices, max_message_bytes));
+    Ok(TracesBlock { block, errors, messages: slices.len() })
+}
+
+/// {column: the Native type its data is sent as}, for every otel_traces column.
+#[pyfunction]
+fn column_types(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for (_, name, native_type) in COLUMNS {
+        out.set_item(name, native_type)?;
+    }
+    Ok(out)
+}
+
+/// {message: {field number: (kind, message or None)}}: the messages and fields the validator
+/// checks, for the test that compares them with the installed descriptors.
+#[pyfunction]
+fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for msg in MESSAGES {
+        let fields = PyDict::new(py);
+        for (number, kind) in msg.declared() {
+            let (name, sub) = match kind {
+                Kind::Varint => ("varint", None),
+                Kind::Fixed64 => ("fixed64", None),
+                Kind::Fixed32 => ("fixed32", None),
+                Kind::Bytes => ("bytes", None),
+                Kind::Str => ("string", None),
+                Kind::Message(m) => ("message", Some(m.full_name())),
+                Kind::None => continue,
+            };
+            fields.set_item(number, (name, sub))?;
+        }
+        out.set_item(msg.full_name(), fields)?;
+    }
+    Ok(out)
+}
+
+/// OTLP ExportTraceServiceRequest protobuf → the rows of otel_traces, natively.
+///
+/// decode_traces(payloads: list[bytes], max_message_bytes=16 MiB) -> TracesBlock
+///     One call per batch of messages. Each message gives all of its rows or none: a refused one
+///     is in TracesBlock.errors as (message index, reason, detail), with the Python decoder's
+///     reasons ("undecodable", "wrong_encoding", "invalid_id", "invalid_value", "too_large").
+///     Every input is safe: protobuf's own limits (nesting 100 deep from the request, tags and
+///     lengths of 5 bytes, varints of 10, lengths within the message, UTF-8 strings) are checked
+///     before a row is built, and nothing is allocated from a declared length.
+///
+/// TracesBlock
+///     .rows, .messages, .errors, .origins() (message index per row),
+///     .to_columns(names=None) -> {name: list} (the Python ColumnBatch's values; for tests),
+///     .to_native(names=None) -> bytes: one ClickHouse Native block of those columns in that order
+///         (String for String and LowCardinality(String), Map(String, String), DateTime64(9) as
+///         Int64 ns, arrays as UInt64 offsets then values; the server converts on insert),
+///     .distinct_attribute_values() -> [(key, value)]: attribute keys and values are stored once
+///         per batch and maps hold indexes into them; these are the distinct pairs,
+///     .remap_attribute_values({(key, value): new value or None}) -> entries changed: a policy
+///         decided once per distinct pair, applied to every map (None drops the pair).
+///
+/// COLUMNS (otel_traces' columns in order), column_types() {name: Native type}, schema().
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(column_types, m)?)?;
+    m.add_function(wrap_pyfunction!(schema, m)?)?;
+    m.add_class::<TracesBlock>()?;
+    m.add("COLUMNS", PyTuple::new(m.py(), COLUMNS.iter().map(|c| c.1))?)?;
+    m.add("SPAN_KINDS", PyTuple::new(m.py(), SPAN_KINDS)?)?;
+    m.add("STATUS_CODES", PyTuple::new(m.py(), STATUS_CODES)?)?;
+    m.add("MAX_DEPTH", wire::MAX_DEPTH)?;
+    Ok(())
+}
