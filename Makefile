@@ -16,7 +16,7 @@ unit: install
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml streams/otlp/_fastotlp.c
+$(VENV)/.installed: pyproject.toml streams/otlp/_fastotlp.c native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
