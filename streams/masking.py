@@ -3,8 +3,10 @@ values of every secret setting (``SecretStr`` fields, whatever their section).
 
 ``install(settings)`` makes every log record of the process masked when it is made (a record
 factory, so it holds whatever handlers faust or mode set up later), and masks the traceback of an
-exception nobody caught; installed again, it replaces its hooks and their secrets. ``add_secret``
-adds a secret learnt later. ``mask(text, secrets)`` is the pure function behind both.
+exception nobody caught, in the main thread or another (``sys.excepthook``,
+``threading.excepthook``); installed again, it replaces its hooks and their secrets.
+``add_secret`` adds a secret learnt later. ``mask(text, secrets)`` is the pure function behind
+them all.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from typing import Any, Iterable
 
 from pydantic import BaseModel, SecretStr
@@ -68,6 +71,18 @@ def _excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> Non
     sys.stderr.write(mask("".join(traceback.format_exception(kind, value, tb)), _masked))
 
 
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook`` as Python's own (silent for SystemExit), masked."""
+    if args.exc_type is SystemExit or sys.stderr is None:
+        return
+    import traceback
+
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(mask(f"Exception in thread {name}:\n{text}", _masked))
+    sys.stderr.flush()
+
+
 def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
     """Mask every log record and uncaught traceback of this process from now on, with the secrets
     of ``settings`` and ``extra``. Installed again, the hooks are the same ones (never stacked) and
@@ -95,3 +110,4 @@ def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
     factory.wrapped = previous  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
     sys.excepthook = _excepthook  # one hook, whatever was installed before: never a stale secret set
+    threading.excepthook = _thread_excepthook

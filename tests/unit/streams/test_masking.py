@@ -129,3 +129,42 @@ def test_a_control_key_made_after_install_is_masked(tmp_path, capsys):
     masking.install(settings)
     key = control_key(settings).decode()  # made on first use
     assert key not in uncaught(f"signing with {key}", capsys)
+
+
+def test_an_uncaught_error_in_a_thread_is_masked(capsys):
+    masking.install(server_settings(clickhouse_password="pw-in-a-thread-66"))
+    masking.install(server_settings(clickhouse_password="pw-in-a-thread-66"))
+
+    def fail():
+        raise RuntimeError("cannot reach https://u:zz-thread-leak@h/x with pw-in-a-thread-66")
+    thread = threading.Thread(target=fail, name="flusher")
+    thread.start()
+    thread.join()
+    shown = capsys.readouterr().err
+    assert "Exception in thread flusher" in shown and "RuntimeError" in shown
+    assert "pw-in-a-thread-66" not in shown and "zz-thread-leak" not in shown
+
+
+def test_a_thread_that_exits_says_nothing(capsys):
+    masking.install(server_settings())
+    thread = threading.Thread(target=sys.exit)
+    thread.start()
+    thread.join()
+    assert capsys.readouterr().err == ""
+
+
+def test_an_uncaught_error_in_a_thread_of_a_command_is_masked(tmp_path):
+    code = ("import argparse, threading\n"
+            "from streams.cli.common import settings_from\n"
+            "settings_from(argparse.Namespace())\n"
+            "def fail():\n"
+            "    raise RuntimeError('cannot reach https://u:zz-leak-2@h/x with pw-thread-77')\n"
+            "t = threading.Thread(target=fail)\n"
+            "t.start()\n"
+            "t.join()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OTELPIPE_CLICKHOUSE_DSN": "https://ch:8443",
+                               "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-thread-77",
+                               "OTELPIPE_WORKER_DATA_DIR": str(tmp_path)})
+    assert proc.returncode == 0 and "Exception in thread" in proc.stderr and "RuntimeError" in proc.stderr
+    assert "zz-leak-2" not in proc.stderr and "pw-thread-77" not in proc.stderr
