@@ -101,18 +101,31 @@ pub fn value_text<'a>(segments: &[&'a [u8]], depth: usize, out: &mut Vec<u8>) ->
 
 // ---------------------------------------------------------------- doubles
 
-/// The shortest round-trip digits of a finite double and its decimal point position `kk`
-/// (value = 0.DIGITS × 10^kk), plus whether it is negative.
+/// The shortest round-trip digits of a finite double (the closest of them, ties to even: what
+/// Python's repr and orjson both write) and its decimal point position `kk` (value =
+/// 0.DIGITS × 10^kk), plus whether it is negative. Zero is ("0", 1).
 fn shortest(value: f64) -> (bool, Vec<u8>, i32) {
-    let text = format!("{:e}", value); // shortest round-trip digits, as d.ddde±x
-    let (mantissa, exponent) = text.split_once('e').unwrap_or((&text, "0"));
-    let (negative, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, mantissa),
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(value).as_bytes();
+    let (negative, text) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
     };
-    let digits: Vec<u8> = mantissa.bytes().filter(|b| b.is_ascii_digit()).collect();
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    (negative, digits, exponent + 1)
+    let (mantissa, exponent) = match text.iter().position(|&b| b == b'e') {
+        Some(e) => (&text[..e], std::str::from_utf8(&text[e + 1..]).ok().and_then(|s| s.parse().ok()).unwrap_or(0)),
+        None => (text, 0i32),
+    };
+    let integer_len = mantissa.iter().position(|&b| b == b'.').unwrap_or(mantissa.len()) as i32;
+    let all: Vec<u8> = mantissa.iter().copied().filter(u8::is_ascii_digit).collect();
+    let leading = all.iter().take_while(|&&b| b == b'0').count();
+    let mut digits = all[leading..].to_vec();
+    while digits.last() == Some(&b'0') {
+        digits.pop();
+    }
+    if digits.is_empty() {
+        return (negative, vec![b'0'], 1);
+    }
+    (negative, digits, integer_len + exponent - leading as i32)
 }
 
 fn zeros(out: &mut Vec<u8>, n: i32) {

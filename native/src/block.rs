@@ -338,33 +338,35 @@ impl Block {
 
     /// Apply a decision per pair (`Some(value)`: the new value, `None`: the pair dropped) to every
     /// map; pairs without a decision stay. The pair dictionary is rebuilt from the maps, so it
-    /// lists exactly the pairs some map holds afterwards. Returns how many map entries changed.
+    /// lists exactly the pairs some map holds afterwards. Returns how many distinct pairs were
+    /// changed or dropped.
     pub fn remap(&mut self, decisions: &[(u32, Option<Vec<u8>>)]) -> usize {
         const KEEP: u32 = u32::MAX;
         const DROP: u32 = u32::MAX - 1;
         let mut new_value = vec![KEEP; self.pairs.pairs.len()];
+        let mut changed = 0;
         for (pair, decision) in decisions {
-            new_value[*pair as usize] = match decision {
+            let target = match decision {
                 Some(value) => self.values.intern(value),
                 None => DROP,
             };
+            let slot = &mut new_value[*pair as usize];
+            if *slot == KEEP && target != self.pairs.pairs[*pair as usize].1 {
+                changed += 1;
+            }
+            *slot = target;
         }
         let mut rebuilt = Pairs::default();
         let mut translated = vec![KEEP; self.pairs.pairs.len()];
         let mut offsets = Vec::with_capacity(self.maps.offsets.len());
         let mut pairs = Vec::with_capacity(self.maps.pairs.len());
-        let mut changed = 0;
         offsets.push(0);
         for m in 0..self.maps.len() {
             for &p in self.maps.get(m as u32) {
                 let (key, value) = self.pairs.pairs[p as usize];
                 let target = new_value[p as usize];
                 if target == DROP {
-                    changed += 1;
                     continue;
-                }
-                if target != KEEP && target != value {
-                    changed += 1;
                 }
                 if translated[p as usize] == KEEP {
                     let value = if target == KEEP { value } else { target };

@@ -193,56 +193,132 @@ impl Iterator for Indexes<'_> {
 
 // ---------------------------------------------------------------- Native encoding
 
+/// Where encoded bytes go: a growable vector, or a buffer of the exact size computed first.
+pub trait Put {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A fixed buffer; writing past its end sets `overflow` instead (the caller then falls back to a
+/// vector), so a wrong size computation can never corrupt memory or panic.
+pub struct SliceOut<'b> {
+    pub buf: &'b mut [u8],
+    pub pos: usize,
+    pub overflow: bool,
+}
+
+impl Put for SliceOut<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        match self.buf.get_mut(self.pos..self.pos + bytes.len()) {
+            Some(dst) if !self.overflow => {
+                dst.copy_from_slice(bytes);
+                self.pos += bytes.len();
+            }
+            _ => self.overflow = true,
+        }
+    }
+}
+
 #[inline]
-fn varint(out: &mut Vec<u8>, mut n: u64) {
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[inline]
+fn varint(out: &mut impl Put, mut n: u64) {
+    let mut bytes = [0u8; 10];
+    let mut i = 0;
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        bytes[i] = (n as u8) | 0x80;
         n >>= 7;
+        i += 1;
     }
-    out.push(n as u8);
+    bytes[i] = n as u8;
+    out.put(&bytes[..=i]);
 }
 
 #[inline]
-fn string(out: &mut Vec<u8>, s: &[u8]) {
+fn string(out: &mut impl Put, s: &[u8]) {
     varint(out, s.len() as u64);
-    out.extend_from_slice(s);
+    out.put(s);
 }
 
-fn offsets(out: &mut Vec<u8>, offsets: &[u64]) {
-    out.reserve(offsets.len() * 8);
-    for &o in offsets {
-        out.extend_from_slice(&o.to_le_bytes());
-    }
+#[inline]
+fn string_len(s: &[u8]) -> usize {
+    varint_len(s.len() as u64) + s.len()
+}
+
+/// The Native data of one attribute map's keys and of its values, each as String elements.
+struct MapBytes {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    pairs: u64,
 }
 
 impl Block {
-    /// Native data of the maps `maps` (in order): offsets, keys, values.
-    fn write_maps(&self, out: &mut Vec<u8>, maps: impl Iterator<Item = u32> + Clone) {
-        let mut total = 0u64;
-        for m in maps.clone() {
-            total += self.maps.get(m).len() as u64;
-            out.extend_from_slice(&total.to_le_bytes());
+    fn map_len(&self, map: u32) -> usize {
+        self.maps.get(map).iter().map(|&p| {
+            let (k, v) = self.pair(p);
+            string_len(k) + string_len(v)
+        }).sum()
+    }
+
+    fn map_bytes(&self, map: u32) -> MapBytes {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for &p in self.maps.get(map) {
+            let (k, v) = self.pair(p);
+            string(&mut keys, k);
+            string(&mut values, v);
         }
-        for m in maps.clone() {
-            for &p in self.maps.get(m) {
-                string(out, self.keys.get(self.pairs.pairs[p as usize].0));
-            }
-        }
-        for m in maps {
-            for &p in self.maps.get(m) {
-                string(out, self.values.get(self.pairs.pairs[p as usize].1));
-            }
+        MapBytes { keys, values, pairs: self.maps.get(map).len() as u64 }
+    }
+
+    fn per(source: &Source<'_>) -> Per {
+        match *source {
+            Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
+            Source::Fixed(..) | Source::U64(_) => Per::Row,
         }
     }
 
-    fn write_column(&self, out: &mut Vec<u8>, col: Col) {
+    /// The size of a column's Native data.
+    fn column_len(&self, col: Col) -> usize {
         let source = self.source(col);
-        let per = match source {
-            Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
-            Source::Fixed(..) | Source::U64(_) => Per::Row,
-        };
+        let per = Self::per(&source);
+        let offsets = self.offsets(per).map_or(0, |o| o.len() * 8);
+        offsets + match source {
+            Source::Strings(values, Per::Resource | Per::Scope) => {
+                let sizes: Vec<usize> = (0..values.len()).map(|i| string_len(values.get(i))).collect();
+                self.indexes(per).map(|i| sizes[i]).sum()
+            }
+            Source::Strings(values, _) => {
+                let n = values.len();
+                values.data.len() + (0..n).map(|i| varint_len(values.get(i).len() as u64)).sum::<usize>()
+            }
+            Source::Fixed(names, codes) => codes.iter().map(|&c| string_len(names[c as usize].as_bytes())).sum(),
+            Source::I64(..) | Source::U64(_) => self.indexes(per).count() * 8,
+            Source::U32(..) => self.indexes(per).count() * 4,
+            Source::Maps(maps, Per::Resource | Per::Scope) => {
+                let sizes: Vec<usize> = maps.iter().map(|&m| self.map_len(m)).collect();
+                self.indexes(per).map(|i| 8 + sizes[i]).sum()
+            }
+            Source::Maps(maps, _) => self.indexes(per).map(|i| 8 + self.map_len(maps[i])).sum(),
+        }
+    }
+
+    fn write_column(&self, out: &mut impl Put, col: Col) {
+        let source = self.source(col);
+        let per = Self::per(&source);
         if let Some(ends) = self.offsets(per) {
-            offsets(out, ends);
+            for &o in ends {
+                out.put(&o.to_le_bytes());
+            }
         }
         match source {
             Source::Strings(values, per) => {
@@ -256,40 +332,72 @@ impl Block {
                 }
             }
             Source::I64(values, per) => {
-                out.reserve(values.len() * 8);
                 for i in self.indexes(per) {
-                    out.extend_from_slice(&values[i].to_le_bytes());
+                    out.put(&values[i].to_le_bytes());
                 }
             }
             Source::U64(values) => {
-                out.reserve(values.len() * 8);
                 for v in values {
-                    out.extend_from_slice(&v.to_le_bytes());
+                    out.put(&v.to_le_bytes());
                 }
             }
             Source::U32(values, per) => {
-                out.reserve(values.len() * 4);
                 for i in self.indexes(per) {
-                    out.extend_from_slice(&values[i].to_le_bytes());
+                    out.put(&values[i].to_le_bytes());
+                }
+            }
+            Source::Maps(maps, per @ (Per::Resource | Per::Scope)) => {
+                // one map per resource or scope, repeated on each of its rows: encoded once
+                let encoded: Vec<MapBytes> = maps.iter().map(|&m| self.map_bytes(m)).collect();
+                let mut total = 0u64;
+                for i in self.indexes(per) {
+                    total += encoded[i].pairs;
+                    out.put(&total.to_le_bytes());
+                }
+                for i in self.indexes(per) {
+                    out.put(&encoded[i].keys);
+                }
+                for i in self.indexes(per) {
+                    out.put(&encoded[i].values);
                 }
             }
             Source::Maps(maps, per) => {
-                let ids = self.indexes(per).map(|i| maps[i]);
-                self.write_maps(out, ids);
+                let mut total = 0u64;
+                for i in self.indexes(per) {
+                    total += self.maps.get(maps[i]).len() as u64;
+                    out.put(&total.to_le_bytes());
+                }
+                for i in self.indexes(per) {
+                    for &p in self.maps.get(maps[i]) {
+                        string(out, self.pair(p).0);
+                    }
+                }
+                for i in self.indexes(per) {
+                    for &p in self.maps.get(maps[i]) {
+                        string(out, self.pair(p).1);
+                    }
+                }
             }
         }
     }
 
-    /// One Native block of these columns, in this order.
-    pub fn to_native(&self, cols: &[(Col, &str, &str)]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.rows() * 64 * cols.len().max(1) / 4);
-        varint(&mut out, cols.len() as u64);
-        varint(&mut out, self.rows() as u64);
+    /// The size of the Native block of these columns.
+    pub fn native_len(&self, cols: &[(Col, &str, &str)]) -> usize {
+        let mut len = varint_len(cols.len() as u64) + varint_len(self.rows() as u64);
         for &(col, name, native_type) in cols {
-            string(&mut out, name.as_bytes());
-            string(&mut out, native_type.as_bytes());
-            self.write_column(&mut out, col);
+            len += string_len(name.as_bytes()) + string_len(native_type.as_bytes()) + self.column_len(col);
         }
-        out
+        len
+    }
+
+    /// One Native block of these columns, in this order.
+    pub fn write_native(&self, out: &mut impl Put, cols: &[(Col, &str, &str)]) {
+        varint(out, cols.len() as u64);
+        varint(out, self.rows() as u64);
+        for &(col, name, native_type) in cols {
+            string(out, name.as_bytes());
+            string(out, native_type.as_bytes());
+            self.write_column(out, col);
+        }
     }
 }

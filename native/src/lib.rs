@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use block::Block;
-use columns::{Col, Per, Source, COLUMNS};
+use columns::{Col, Per, SliceOut, Source, COLUMNS};
 use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
 use validate::{Kind, MESSAGES};
 
@@ -207,7 +207,23 @@ impl TracesBlock {
     fn to_native<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyBytes>> {
         let cols = selected(names)?;
         let block = &self.block;
-        let data = py.allow_threads(|| block.to_native(&cols));
+        // Written straight into the bytes object, its size computed first (without the GIL).
+        let len = py.allow_threads(|| block.native_len(&cols));
+        let mut exact = true;
+        let bytes = PyBytes::new_with(py, len, |buf| {
+            py.allow_threads(|| {
+                let mut out = SliceOut { buf, pos: 0, overflow: false };
+                block.write_native(&mut out, &cols);
+                exact = !out.overflow && out.pos == len;
+            });
+            Ok(())
+        })?;
+        if exact {
+            return Ok(bytes);
+        }
+        // the size was computed wrong (a bug): encode into a vector instead
+        let mut data = Vec::new();
+        py.allow_threads(|| block.write_native(&mut data, &cols));
         Ok(PyBytes::new(py, &data))
     }
 
@@ -223,7 +239,7 @@ impl TracesBlock {
     }
 
     /// Apply {(key, value): new value, or None to drop the pair} to every attribute map; pairs the
-    /// mapping does not name stay. Returns how many map entries changed.
+    /// mapping does not name stay. Returns how many distinct pairs it changed or dropped.
     fn remap_attribute_values(&mut self, mapping: &Bound<'_, PyDict>) -> PyResult<usize> {
         let mut decisions: Vec<(u32, Option<Vec<u8>>)> = Vec::with_capacity(mapping.len());
         for (pair, new_value) in mapping.iter() {
@@ -316,7 +332,7 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 ///         Int64 ns, arrays as UInt64 offsets then values; the server converts on insert),
 ///     .distinct_attribute_values() -> [(key, value)]: attribute keys and values are stored once
 ///         per batch and maps hold indexes into them; these are the distinct pairs,
-///     .remap_attribute_values({(key, value): new value or None}) -> entries changed: a policy
+///     .remap_attribute_values({(key, value): new value or None}) -> pairs changed: a policy
 ///         decided once per distinct pair, applied to every map (None drops the pair).
 ///
 /// COLUMNS (otel_traces' columns in order), column_types() {name: Native type}, schema().

@@ -3,9 +3,9 @@
 //! Limits, every one checked before a byte is used: tags and lengths of at most 5 bytes, tags of
 //! at most 32 bits (so field numbers below 2^29), lengths of at most 31 bits and never past the
 //! end of the enclosing message; varints of at most 10 bytes (bits past 64 dropped, as protobuf
-//! drops them); fixed32/fixed64 fields whole; field number 0 refused; groups (deprecated, only
-//! ever unknown data here) skipped up to their matching end tag with an explicit stack, nested at
-//! most `MAX_DEPTH` deep. Nothing is allocated from a declared length: a length only ever makes a
+//! drops them); fixed32/fixed64 fields whole; field number 0 refused (but skipped inside an
+//! unknown group, as upb before version 37 does); groups (deprecated, only ever unknown data here)
+//! skipped up to their matching end tag with an explicit stack, nested at most `MAX_DEPTH` deep. Nothing is allocated from a declared length: a length only ever makes a
 //! sub-slice of input that is already there.
 
 /// Messages and groups nested at most this deep, counted from the request (upb's default limit,
@@ -120,11 +120,13 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// One tag and its value. Field number 0 is refused in a message; inside an unknown group
+    /// (`in_group`) the installed upb (protobuf 7.36, upb before 37) skips it like any field.
     #[inline]
-    fn tagged(&mut self) -> Result<Tagged<'a>> {
+    fn tagged(&mut self, in_group: bool) -> Result<Tagged<'a>> {
         let key = self.varint32(u64::from(u32::MAX))?;
         let number = (key >> 3) as u32;
-        if number == 0 {
+        if number == 0 && !in_group {
             return Err(WireError::FieldZero);
         }
         let value = match key & 7 {
@@ -160,7 +162,7 @@ impl<'a> Reader<'a> {
             if self.at_end() {
                 return Err(WireError::UnterminatedGroup);
             }
-            match self.tagged()? {
+            match self.tagged(true)? {
                 Tagged::Field(_) => {}
                 Tagged::StartGroup(inner) => {
                     if open.len() >= room {
@@ -194,7 +196,7 @@ impl<'a> Reader<'a> {
                 }
             }
         }
-        match self.tagged()? {
+        match self.tagged(false)? {
             Tagged::Field(f) => Ok(f),
             Tagged::StartGroup(number) => {
                 self.skip_group(number, MAX_DEPTH.saturating_sub(depth))?;
