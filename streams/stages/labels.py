@@ -11,13 +11,17 @@ than by a list of column names, so a column added later is covered without a cha
   and event names, trace states, scope names, schema URLs, metric names and descriptions...),
   passes the value detectors: bearer and basic credentials (any case), card numbers
   (Luhn-checked), emails, passwords in URLs (``scheme://user:pw@``), ``password=...``-style
-  assignments (also ``oldPassword=``, ``X-Api-Key:``; a quoted value masked whole), and secrets in URL query strings (``?token=...``). A detected secret is masked,
-  dropped or hashed (stable, seeded);
+  assignments (also ``oldPassword=``, ``X-Api-Key:``; a quoted value masked whole), and secrets
+  in URL query strings (``?token=...``). A detected secret is masked, dropped or hashed (stable,
+  seeded);
 - values holding JSON (kvlist and array attributes and bodies are stored as JSON) are looked into:
   nested keys meet the same key rules, nested strings and numbers the same detectors, whatever
   the JSON's form (a duplicated key is checked each time; numbers keep their text when it is
   rewritten); text that opens like JSON but that no JSON reader takes (cut short, a Python dict's
   repr) has the values after its dropped keys masked, then passes the detectors as text;
+- redaction is idempotent: what it writes (the mask, ``hash:<16 hex>``) the detectors leave
+  alone, and they run again over what they wrote until they find nothing more, so a value
+  redacted twice (by the router before the tail buffer, then here) is stored as if redacted once;
 - only validated identifiers (trace and span ids as hex) and the fixed enum names (span kind,
   status code) are exempt (``EXEMPT_COLUMNS``).
 
@@ -90,6 +94,9 @@ _MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walk
 _JSON_MEMBER = re2.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*:\s*"""
                            r"""("(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^\s,:\]}\[{"']*)""")
 _CARD_DIGITS = 13  # a number this long (as written) may be a card number
+# What redaction writes: the detectors leave it alone, so redacting twice is redacting once.
+_REDACTED = re.compile(r"(\*\*\*\*|hash:[0-9a-f]{16})")
+_ROUNDS = 4
 
 
 def _luhn(digits: str) -> bool:
@@ -345,44 +352,86 @@ class LabelStage:
         return MASK
 
     def _scrub_text(self, value: str) -> tuple[str | None, str]:
+        """The detectors over text, again over what they wrote until they find nothing more (a
+        masked secret can uncover another: ``4111...1111BEARER x`` has a word boundary once the
+        digits are masked), so that scrubbing scrubbed text changes nothing. Past ``_ROUNDS``
+        rounds nothing of the text is kept."""
         if not _MAYBE_SENSITIVE.search(value):
             return value, ""
+        new, reasons = value, []
+        for rounds in range(_ROUNDS):
+            if rounds and not _MAYBE_SENSITIVE.search(new):
+                break
+            found: list[str] = []
+            scrubbed = self._detect(new, found)
+            if not found:
+                break
+            new = scrubbed
+            reasons += found
+        else:
+            new = MASK
+        if not reasons:
+            return value, ""
+        if self.policy.redaction.value_action == "drop" and any(r != "url_secret" for r in reasons):
+            return None, reasons[0]
+        return new, reasons[0]
+
+    def _detect(self, text: str, found: list[str]) -> str:
+        """One round of the detectors; what they wrote before (the mask, ``hash:<16 hex>``) is left
+        out of it, so a hash is never hashed again and its digits are never a card number."""
+        if MASK not in text and "hash:" not in text:
+            return self._detect_in(text, found)
+        parts = _REDACTED.split(text)  # text, redacted, text, ..., text
+        for i in range(0, len(parts), 2):
+            if parts[i] and _MAYBE_SENSITIVE.search(parts[i]):
+                parts[i] = self._detect_in(parts[i], found)
+        return "".join(parts)
+
+    def _detect_in(self, text: str, found: list[str]) -> str:
+        """Each detector of the policy once over ``text``; the reason of each that changed it is
+        appended to ``found``."""
         detect = self.policy.redaction.detect
-        reason = ""
-        new = value
-        if "bearer" in detect and _BEARER.search(new):
-            new, reason = _BEARER.sub(lambda m: "Bearer " + self._replacement(m.group(0)), new), "bearer_token"
+        new = text
+        if "bearer" in detect:
+            replaced = _BEARER.sub(lambda m: "Bearer " + self._replacement(m.group(0)), new)
+            if replaced != new:
+                new = replaced
+                found.append("bearer_token")
         if "basic" in detect:
             replaced = _BASIC.sub(lambda m: "Basic " + self._replacement(m.group(1)) if _is_basic_credential(m.group(1))
                                   else m.group(0), new)
             if replaced != new:
-                new, reason = replaced, reason or "basic_credentials"
+                new = replaced
+                found.append("basic_credentials")
         if "card" in detect:
             def card(m: re.Match[str]) -> str:
                 digits = re.sub(r"\D", "", m.group(0))
                 return self._replacement(m.group(0)) if 13 <= len(digits) <= 19 and _luhn(digits) else m.group(0)
             replaced = _CARD.sub(card, new)
             if replaced != new:
-                new, reason = replaced, reason or "card_number"
+                new = replaced
+                found.append("card_number")
         if "url_credentials" in detect:
             replaced = _URL_CREDENTIALS.sub(lambda m: m.group(1) + self._replacement(m.group(2)) + "@", new)
             if replaced != new:
-                new, reason = replaced, reason or "url_credentials"
+                new = replaced
+                found.append("url_credentials")
         if "email" in detect:
             replaced = _EMAIL.sub(lambda m: self._replacement(m.group(0)), new)
             if replaced != new:
-                new, reason = replaced, reason or "email"
-        if self._query is not None:
-            replaced = self._query.sub(lambda m: m.group(1) + MASK, new)
+                new = replaced
+                found.append("email")
+        if self._query is not None:  # an empty value has nothing to mask
+            replaced = self._query.sub(lambda m: m.group(1) + MASK if m.end() > m.end(1) else m.group(0), new)
             if replaced != new:
-                new, reason = replaced, reason or "url_secret"
+                new = replaced
+                found.append("url_secret")
         if "assignment" in detect:
             replaced = _ASSIGNMENT.sub(lambda m: m.group(1) + self._assigned(m.group(2)), new)
             if replaced != new:
-                new, reason = replaced, reason or "secret_assignment"
-        if reason and self.policy.redaction.value_action == "drop" and reason != "url_secret":
-            return None, reason
-        return new, reason
+                new = replaced
+                found.append("secret_assignment")
+        return new
 
     def _assigned(self, value: str) -> str:
         """An assigned value replaced; a quoted one whole, inside its quotes."""

@@ -87,5 +87,24 @@ def _any_value(labels: LabelStage, value: Any) -> int:
     if kind == "kvlist_value":
         return _key_values(labels, value.kvlist_value.values)
     if kind == "array_value":
-        return sum(_any_value(labels, item) for item in value.array_value.values)
+        return _array_items(labels, value.array_value.values)
     return 0
+
+
+def _array_items(labels: LabelStage, items: Any) -> int:
+    """Scrub an array's items; a string the detectors drop leaves the array, as the label stage
+    drops it from the array's JSON."""
+    changed = 0
+    for i in range(len(items) - 1, -1, -1):
+        item = items[i]
+        if item.WhichOneof("value") == "string_value":
+            new, reason = labels.scrub(item.string_value)
+            if reason:
+                changed += 1
+                if new is None:
+                    del items[i]
+                else:
+                    item.string_value = new
+        else:
+            changed += _any_value(labels, item)
+    return changed
