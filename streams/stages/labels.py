@@ -250,12 +250,21 @@ def _orjson_sorted(node: Any) -> str:
     return orjson.dumps(node, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex matching what any of the globs matches (as ``fnmatchcase``), lowercased."""
+    return re.compile("|".join(fnmatch.translate(p.lower()) for p in patterns)) if patterns else None
+
+
 class LabelStage:
+    """The label stage of one policy. It keeps the policy it was built with (``policy`` is read
+    only), as its decisions are memoised: a new policy is a new stage (followers swap it)."""
+
     def __init__(self, policy: LabelPolicy):
-        self.policy = policy
+        self._policy = policy
         red = policy.redaction
-        self._block = [p.lower() for p in red.block_keys]
-        self._allow = [p.lower() for p in red.allow_keys]
+        self._block = _globs(red.block_keys)
+        self._allow = _globs(red.allow_keys)
+        self._key_drops: dict[str, str] = {}  # key → key_drop(key)
         self._secrets = {s.lower() for s in red.query_secrets}
         self._query = re.compile(r"([?&;](?:" + "|".join(re.escape(s) for s in sorted(self._secrets)) +
                                  r")=)[^&#\s;\"']*", re.IGNORECASE) if self._secrets else None
@@ -268,6 +277,10 @@ class LabelStage:
         self._top_k: dict[tuple[int, str, str], TopK] = {}  # (rule index, signal, key)
         self._rule_index = {id(r): i for i, r in enumerate(policy.rules)}
         self._now_s = 0
+
+    @property
+    def policy(self) -> LabelPolicy:
+        return self._policy
 
     # ------------------------------------------------------------ decisions (memoised)
 
@@ -294,13 +307,22 @@ class LabelStage:
         return plan
 
     def key_drop(self, key: str) -> str:
-        """Why a key (of a map, or inside a JSON value) is never stored, or "" when it may be."""
+        """Why a key (of a map, or inside a JSON value) is never stored, or "" when it may be.
+        Memoised (bounded: all are forgotten past the limit), as keys repeat in every map."""
+        known = self._key_drops.get(key)
+        if known is None:
+            if len(self._key_drops) >= _CACHE_LIMIT:
+                self._key_drops.clear()
+            known = self._key_drops[key] = self._key_verdict(key)
+        return known
+
+    def _key_verdict(self, key: str) -> str:
         lowered = key.lower()
-        if any(fnmatch.fnmatchcase(lowered, p) for p in self._block):
+        if self._block is not None and self._block.match(lowered):
             return "blocked_key"
-        if self.policy.redaction.mode == "allow" and not any(fnmatch.fnmatchcase(lowered, p) for p in self._allow):
+        if self.policy.redaction.mode == "allow" and (self._allow is None or not self._allow.match(lowered)):
             return "not_allowed"
-        if _MAYBE_SENSITIVE.search(key) and self._scrub_text(key)[1]:
+        if self._scrub_text(key)[1]:
             return "sensitive_key"
         return ""
 
