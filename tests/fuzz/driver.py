@@ -74,6 +74,8 @@ def disagreement_class(message: str) -> str:
         text = f"{side} only refuses {reason} {detail}"
     elif ": C vs Python" in text:
         text = text.split(": C vs Python", 1)[0]
+    elif ": native vs Python" in text:
+        text = text.split(": native vs Python", 1)[0]
     text = re.sub(r"'[^']*'|\"[^\"]*\"|(?<![\w-])\d+", "", text)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "other"
 

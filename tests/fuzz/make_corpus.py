@@ -279,6 +279,7 @@ def corpus() -> dict[str, dict[str, bytes]]:
     return {
         "spans_proto": traces,
         "spans_differential": traces,
+        "native_differential": traces,
         "logs_proto": logs_seeds(),
         "metrics_proto": metrics_seeds(),
         "otlp_json": json_seeds(),

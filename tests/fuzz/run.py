@@ -7,8 +7,8 @@ exception, a broken contract, an AddressSanitizer or UBSan report, a timeout, ru
 memory) is saved under build/fuzz/crashes/<target>/ and makes the exit status nonzero; the log of
 each run is build/fuzz/logs/<target>.log.
 
-``--all`` runs the crash-safety targets (everything but spans_differential, the slower
-agreement check); ``--differential`` adds spans_differential, and ``--collect`` makes it go on
+``--all`` runs the crash-safety targets (everything but the slower agreement checks
+spans_differential and native_differential); ``--differential`` adds those, and ``--collect`` makes them go on
 past a disagreement, keeping the smallest input of each class in build/fuzz/disagreements/<target>/. ``--asan`` runs against the
 sanitized build of streams.otlp._fastotlp (tests/fuzz/asan.py); ``--asan auto`` uses it where gcc
 has libasan. ``--jobs`` runs that many targets at once.
@@ -40,7 +40,7 @@ SEEDS = HERE / "corpus"
 REGRESSIONS = HERE / "regressions"
 # kept in step with tests.fuzz.targets (not imported here: the runner does not need the project's deps)
 CRASH_SAFETY = ["spans_proto", "logs_proto", "metrics_proto", "otlp_json", "envelope", "stages"]
-DIFFERENTIAL = ["spans_differential"]
+DIFFERENTIAL = ["spans_differential", "native_differential"]
 TARGETS = CRASH_SAFETY + DIFFERENTIAL
 ARTIFACT_KINDS = ("crash-", "timeout-", "oom-", "leak-")
 COLLECT_ENV = "OTELPIPE_FUZZ_COLLECT"  # tests/fuzz/driver.py
@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", choices=TARGETS, help="a target (repeatable)")
     parser.add_argument("--all", action="store_true", help="every crash-safety target")
-    parser.add_argument("--differential", action="store_true", help="also spans_differential")
+    parser.add_argument("--differential", action="store_true",
+                        help="also the agreement checks (spans_differential, native_differential)")
     parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
     parser.add_argument("--asan", nargs="?", const="yes", default="no", choices=["yes", "no", "auto"],
                         help="run against the sanitized build of streams.otlp._fastotlp")
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = list(args.target or [])
     if args.all:
         targets += [t for t in CRASH_SAFETY if t not in targets]
-    if args.differential and "spans_differential" not in targets:
-        targets.append("spans_differential")
+    if args.differential:
+        targets += [t for t in DIFFERENTIAL if t not in targets]
     if not targets:
         parser.error("name a --target, or --all")
     use_asan = args.asan == "yes" or (args.asan == "auto" and asan.available())

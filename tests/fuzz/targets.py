@@ -9,7 +9,9 @@ Each check drives one entry point with one input and asserts its contract:
   (an envelope or not) through its rounds without raising;
 - ``Stages.run`` never raises, with every stage configured (sampling, redaction, cardinality rules,
   naming, series budgets, catalog);
-- ``spans_differential``: the C span decoder's rows equal the pure-Python decoder's, or both refuse.
+- ``spans_differential``: the C span decoder's rows equal the pure-Python decoder's, or both refuse;
+- ``native_differential``: the native span decoder (streams.otlp._native) refuses the messages the
+  Python decoder refuses, with the same reason and detail, and stores the same rows otherwise.
 
 An uncaught exception is a finding with its own traceback; ``ContractViolation`` is a finding the
 check detected. The checks are pure (fresh stateful stages per input, no I/O, no globals changed),
@@ -284,6 +286,47 @@ def check_spans_differential(data: bytes) -> None:
     _expect(problem is None, f"fast and pure-Python span decoders disagree: {problem}")
 
 
+def native_disagreement(data: bytes) -> str | None:
+    """How the native span decoder and the Python one (C fast path on) disagree (None: they agree).
+    The input is decoded alone and between two valid requests, so a refusal half-way must leave
+    none of its rows behind; the Native block of the result is built too."""
+    from streams.otlp import native
+
+    _expect(native.available(), "streams.otlp._native is not built")
+    good = good_request("traces")
+    for payloads in ([data], [good, data, good]):
+        messages = [RawMessage("fuzz", 0, i, p) for i, p in enumerate(payloads)]
+        python = decode_messages("traces", messages, "otlp_proto")
+        check_decode("traces", messages, python)
+        block = native.decode_traces(payloads)
+        letters = [(d.message.offset, d.reason, d.detail) for d in python.dead_letters]
+        if block.errors != letters:
+            if {e[0] for e in block.errors} == {d[0] for d in letters}:
+                return f"refusals differ: native {block.errors!r:.300} vs Python {letters!r:.300}"
+            native_refuses = {e[0] for e in block.errors} - {d[0] for d in letters}
+            side, refused = ("native", block.errors) if native_refuses else ("Python", letters)
+            detail = f"{refused[0][1]}: {refused[0][2][:200]}" if refused else "no refusal"
+            return f"only the {side} decoder refuses ({detail}); the other stores {block.rows} native rows"
+        columns = block.to_columns()
+        batch = python.batches.get("otel_traces")
+        if batch is None:
+            if block.rows:
+                return f"the native decoder stores {block.rows} rows, the Python decoder none"
+            continue
+        for name in TRACE_COLUMNS:
+            if not same(columns[name], batch.columns[name]):
+                return f"otel_traces.{name}: native vs Python: {first_difference(columns[name], batch.columns[name])}"
+        if block.origins() != batch.columns[ORIGIN]:
+            return f"origins {block.origins()!r:.100} vs {batch.columns[ORIGIN]!r:.100}"
+        _expect(len(block.to_native()) > 0, "empty Native block")
+    return None
+
+
+def check_native_differential(data: bytes) -> None:
+    problem = native_disagreement(data)
+    _expect(problem is None, f"native and Python span decoders disagree: {problem}")
+
+
 # ---------------------------------------------------------------- envelope and tail worker
 
 
@@ -502,9 +545,10 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": check_envelope,
     "stages": check_stages,
     "spans_differential": check_spans_differential,
+    "native_differential": check_native_differential,
 }
 # Targets run on their own (``--differential``): slower, and about agreement, not crash safety.
-DIFFERENTIAL = {"spans_differential"}
+DIFFERENTIAL = {"spans_differential", "native_differential"}
 CRASH_SAFETY = [name for name in TARGETS if name not in DIFFERENTIAL]
 
 # Reported findings not fixed yet (none today); a fixed one's inputs move to regressions/<target>/.
