@@ -85,9 +85,9 @@ _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
 # RE2 (linear time): Python's backtracking engine is quadratic on "a" * n + "@" with this pattern.
 _EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # anything a detector could match: '@' (email, URL credentials), 'bearer' or 'basic' (any case),
-# 13 digits (card), a query parameter, or the start of a secret assignment
-_MAYBE_SENSITIVE = re.compile(r"@|(?i:bearer|basic|passw|pwd|passphrase|secret|api.?key|token|private.?key)|"
-                              r"\d[\d -]{11,}\d|[?&;][A-Za-z_-]+=")
+# 13 digits (card), or the start of a secret assignment; each stage adds its policy's query
+# parameters (``LabelStage._maybe_sensitive``). A test checks it passes whatever a detector changes.
+_MAYBE_SENSITIVE = r"@|(?i:bearer|basic|passw|pwd|passphrase|secret|api.?key|token|private.?key)|\d[\d -]{11,}\d"
 _MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walked
 # A member of JSON (or of a Python dict's repr) in text no JSON reader accepts: its quoted key, then
 # its value: a quoted string (unclosed: to the end), a scalar, or nothing when an object or array opens.
@@ -266,8 +266,10 @@ class LabelStage:
         self._allow = _globs(red.allow_keys)
         self._key_drops: dict[str, str] = {}  # key → key_drop(key)
         self._secrets = {s.lower() for s in red.query_secrets}
-        self._query = re.compile(r"([?&;](?:" + "|".join(re.escape(s) for s in sorted(self._secrets)) +
-                                 r")=)[^&#\s;\"']*", re.IGNORECASE) if self._secrets else None
+        names = "|".join(re.escape(s) for s in sorted(self._secrets))
+        self._query = re.compile(r"([?&;](?:" + names + r")=)[^&#\s;\"']*", re.IGNORECASE) if names else None
+        # whether a text may hold anything the detectors find: the query names exactly as they are matched
+        self._maybe_sensitive = re.compile(_MAYBE_SENSITIVE + (r"|(?i:[?&;](?:" + names + r")=)" if names else ""))
         self._url_keys = set(policy.template_url_keys)
         self._value_cache: dict[str, tuple[str | None, str]] = {}
         self._plans_by_signal: dict[str, dict[str, tuple[Any, ...]]] = {}  # key plans, by signal
@@ -378,11 +380,11 @@ class LabelStage:
         masked secret can uncover another: ``4111...1111BEARER x`` has a word boundary once the
         digits are masked), so that scrubbing scrubbed text changes nothing. Past ``_ROUNDS``
         rounds nothing of the text is kept."""
-        if not _MAYBE_SENSITIVE.search(value):
+        if not self._maybe_sensitive.search(value):
             return value, ""
         new, reasons = value, []
         for rounds in range(_ROUNDS):
-            if rounds and not _MAYBE_SENSITIVE.search(new):
+            if rounds and not self._maybe_sensitive.search(new):
                 break
             found: list[str] = []
             scrubbed = self._detect(new, found)
@@ -405,7 +407,7 @@ class LabelStage:
             return self._detect_in(text, found)
         parts = _REDACTED.split(text)  # text, redacted, text, ..., text
         for i in range(0, len(parts), 2):
-            if parts[i] and _MAYBE_SENSITIVE.search(parts[i]):
+            if parts[i] and self._maybe_sensitive.search(parts[i]):
                 parts[i] = self._detect_in(parts[i], found)
         return "".join(parts)
 

@@ -1,6 +1,7 @@
 """The label stage's value detectors over generated text: every form a secret is written in is
 masked, and what only looks like one is left alone."""
 
+import base64
 import random
 
 import pytest
@@ -75,3 +76,54 @@ def test_assignments_stay_linear_on_repeated_openings():
     for hostile in ('password="' * 100_000, "password=" * 100_000, "x-api-key: '" * 50_000):
         out, reason = stage.scrub(hostile)
         assert reason == "secret_assignment" and len(out) < len(hostile) * 2
+
+
+QUERY_NAMES = ("token", "access_token", "sig", "token2", "auth.key", "x-sig", "sig_v4", "Key")
+FOLDING = ("ſ", "\u212a", "İ", "ß", "é")  # letters that case-fold to ASCII ones, or not
+
+
+def _fragment(rng: random.Random) -> str:
+    """A piece of text one of the detectors may find, or noise."""
+    word = "".join(rng.choice("abcXYZ0189._-~+/=:") for _ in range(rng.randrange(1, 12)))
+    kind = rng.randrange(9)
+    if kind == 0:
+        return rng.choice(("bearer", "Bearer", "BEARER", "beaRer")) + rng.choice((" ", "\t", "  ")) + word * 3
+    if kind == 1:
+        return rng.choice(("basic", "BASIC", "Basic")) + " " + base64.b64encode(word.encode() + b":\xff").decode()
+    if kind == 2:
+        return rng.choice(("", "-", " ")).join(["4111", "1111", "1111", "1111"])
+    if kind == 3:
+        return f"{word}@{rng.choice(('example.com', 'a.io', 'x-y.org'))}"
+    if kind == 4:
+        return f"{rng.choice(('postgres', 'a+b', 'redis'))}://{word}:{word}@host"
+    if kind == 5:
+        return rng.choice(ASSIGNED_NAMES).upper() + rng.choice(("=", ":", '"=', " : ")) + word
+    if kind == 6:
+        name = rng.choice(QUERY_NAMES)
+        name = rng.choice((name, name.upper(), name.title()))
+        return rng.choice("?&;") + name + "=" + word
+    if kind == 7:
+        return rng.choice(FOLDING) + word
+    return word
+
+
+def test_the_prefilter_passes_every_text_a_detector_changes():
+    """The cheap prefilter decides whether a text meets the detectors at all: whatever the
+    detectors would change, it must let through (the policy's own query names included)."""
+    stage = LabelStage(parse_policy({"redaction": {"query_secrets": list(QUERY_NAMES)}}))
+    rng = random.Random(41)
+    detected = 0
+    for _ in range(20000):
+        text = "x " + "".join(_fragment(rng) + rng.choice(("", " ", "/", "&", "?", "\n")) for _ in range(3))
+        found: list[str] = []
+        stage._detect(text, found)
+        if found:
+            detected += 1
+            assert stage.scrub(text)[1], (text, found)
+    assert detected > 5000
+
+
+@pytest.mark.parametrize("name", ["token2", "auth.key", "x-sig", "sig_v4"])
+def test_query_secrets_with_digits_dots_and_dashes_are_masked(name):
+    stage = LabelStage(parse_policy({"redaction": {"query_secrets": [name]}}))
+    assert stage.scrub(f"/cb?{name}=qz81 sent") == (f"/cb?{name}=**** sent", "url_secret")
