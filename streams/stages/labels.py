@@ -72,7 +72,7 @@ TIME_COLUMNS = ("Timestamp", "TimeUnix")
 _PLAIN = ("keep", False, ())  # a kept key with no URL templating and no rule: only the detectors apply
 
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")
-_BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})")
+_BASIC = re.compile(r"(?i)\bbasic\s+([A-Za-z0-9+/]{3,}={0,2})")  # 3: base64 of ":" and one byte
 # RE2 as well: a backtracking engine retries the scheme at every letter of a long word.
 _URL_CREDENTIALS = re2.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/?#@:]*:)([^\s/?#@]+)@")
 # ``name=value``, ``name: "two words"``: a credential name, also inside a longer one (oldPassword,
@@ -112,12 +112,13 @@ def _luhn(digits: str) -> bool:
 
 
 def _is_basic_credential(token: str) -> bool:
-    """Whether a word after "Basic" is base64 of ``user:password`` (so "basic configuration" is not)."""
+    """Whether a word after "Basic" is base64 of ``user:password`` (so "basic configuration" is
+    not), whatever bytes the user and password are (UTF-8 or not, printable or not)."""
     try:
-        decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True).decode("utf-8")
+        decoded = base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
     except (binascii.Error, ValueError):
         return False
-    return ":" in decoded and decoded.isprintable()
+    return b":" in decoded
 
 
 class _TooDeep(Exception):

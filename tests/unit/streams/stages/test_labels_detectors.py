@@ -127,3 +127,27 @@ def test_the_prefilter_passes_every_text_a_detector_changes():
 def test_query_secrets_with_digits_dots_and_dashes_are_masked(name):
     stage = LabelStage(parse_policy({"redaction": {"query_secrets": [name]}}))
     assert stage.scrub(f"/cb?{name}=qz81 sent") == (f"/cb?{name}=**** sent", "url_secret")
+
+
+def test_basic_credentials_are_masked_whatever_bytes_they_decode_to():
+    """``Basic base64(user:password)`` is masked whatever the user and password are: any bytes,
+    UTF-8 or not, printable or not."""
+    stage = LabelStage(parse_policy({}))
+    rng = random.Random(13)
+    for _ in range(2000):
+        user = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 12))).replace(b":", b"")
+        password = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+        token = base64.b64encode(user + b":" + password).decode()
+        if rng.random() < 0.3:
+            token = token.rstrip("=")
+        text = rng.choice(("Authorization: ", "hdr ", "")) + rng.choice(("Basic", "basic", "BASIC")) + " " + token
+        out, reason = stage.scrub(text)
+        assert token not in out and reason == "basic_credentials", (text, out)
+
+
+def test_basic_followed_by_words_is_left_alone():
+    stage = LabelStage(parse_policy({}))
+    plain = [f"basic {w} of the host" for w in ("configuration", "settings", "authentication", "information",
+                                                 "mode", "plan", "tier", "auth", "flow", "example", "version")]
+    assert [t for t in plain if stage.scrub(t) != (t, "")] == []
+    assert stage.scrub("Basic dXNlcjr//g==")[0] == "Basic ****"  # user:\xff\xfe
