@@ -105,7 +105,8 @@ impl Interner {
     }
 }
 
-/// Distinct (key, value) pairs of interned strings.
+/// Distinct (key, value) pairs of interned strings, hashed by the key's number and the value's
+/// bytes: an attribute seen before is found with one lookup, without interning its value first.
 #[derive(Default)]
 pub struct Pairs {
     pub pairs: Vec<(u32, u32)>,
@@ -115,27 +116,56 @@ pub struct Pairs {
 
 impl Pairs {
     #[inline]
-    pub fn intern(&mut self, pair: (u32, u32)) -> u32 {
-        let hash = self.hasher.hash_one(pair);
+    fn hash(hasher: &Hasher, key: u32, value: &[u8]) -> u64 {
+        hasher.hash_one((key, value))
+    }
+
+    /// The pair of key `key` and value `value`, interning the value if the pair is new.
+    #[inline]
+    pub fn intern(&mut self, key: u32, value: &[u8], values: &mut Interner) -> u32 {
+        let hash = Self::hash(&self.hasher, key, value);
         let pairs = &self.pairs;
-        if let Some(&id) = self.table.find(hash, |&id| pairs[id as usize] == pair) {
+        if let Some(&id) = self.table.find(hash, |&id| {
+            let (k, v) = pairs[id as usize];
+            k == key && values.get(v) == value
+        }) {
             return id;
         }
+        let v = values.intern(value);
+        self.insert(hash, (key, v), values)
+    }
+
+    /// The pair of two interned ids.
+    pub fn intern_ids(&mut self, key: u32, value: u32, values: &Interner) -> u32 {
+        let hash = Self::hash(&self.hasher, key, values.get(value));
+        let pairs = &self.pairs;
+        if let Some(&id) = self.table.find(hash, |&id| pairs[id as usize] == (key, value)) {
+            return id;
+        }
+        self.insert(hash, (key, value), values)
+    }
+
+    fn insert(&mut self, hash: u64, pair: (u32, u32), values: &Interner) -> u32 {
         let id = self.pairs.len() as u32;
         self.pairs.push(pair);
         let (pairs, hasher) = (&self.pairs, &self.hasher);
-        self.table.insert_unique(hash, id, |&id| hasher.hash_one(pairs[id as usize]));
+        self.table.insert_unique(hash, id, |&id| {
+            let (k, v) = pairs[id as usize];
+            Self::hash(hasher, k, values.get(v))
+        });
         id
     }
 
-    pub fn find(&self, pair: (u32, u32)) -> Option<u32> {
-        let hash = self.hasher.hash_one(pair);
-        self.table.find(hash, |&id| self.pairs[id as usize] == pair).copied()
+    pub fn find(&self, key: u32, value: u32, values: &Interner) -> Option<u32> {
+        let hash = Self::hash(&self.hasher, key, values.get(value));
+        self.table.find(hash, |&id| self.pairs[id as usize] == (key, value)).copied()
     }
 
-    pub fn truncate(&mut self, n: usize) {
+    /// Forget the pairs numbered `n` and after (before their values are forgotten).
+    pub fn truncate(&mut self, n: usize, values: &Interner) {
         for id in n..self.pairs.len() {
-            let hash = self.hasher.hash_one(self.pairs[id]);
+            let (k, v) = self.pairs[id];
+            let hash = Self::hash(&self.hasher, k, values.get(v));
             if let Ok(entry) = self.table.find_entry(hash, |&found| found as usize == id) {
                 entry.remove();
             }
@@ -280,9 +310,9 @@ impl Block {
 
     /// Take back everything added since `mark`.
     pub fn truncate(&mut self, mark: &Mark) {
+        self.pairs.truncate(mark.pairs, &self.values);
         self.keys.truncate(mark.keys);
         self.values.truncate(mark.values);
-        self.pairs.truncate(mark.pairs);
         self.maps.truncate(mark.maps);
         let r = &mut self.resources;
         r.service.truncate(mark.resources);
@@ -370,7 +400,7 @@ impl Block {
                 }
                 if translated[p as usize] == KEEP {
                     let value = if target == KEEP { value } else { target };
-                    translated[p as usize] = rebuilt.intern((key, value));
+                    translated[p as usize] = rebuilt.intern_ids(key, value, &self.values);
                 }
                 pairs.push(translated[p as usize]);
             }

@@ -196,6 +196,13 @@ impl Iterator for Indexes<'_> {
 /// Where encoded bytes go: a growable vector, or a buffer of the exact size computed first.
 pub trait Put {
     fn put(&mut self, bytes: &[u8]);
+
+    /// A String element: its length as a varint, then its bytes.
+    #[inline]
+    fn put_string(&mut self, s: &[u8]) {
+        varint(self, s.len() as u64);
+        self.put(s);
+    }
 }
 
 impl Put for Vec<u8> {
@@ -224,6 +231,21 @@ impl Put for SliceOut<'_> {
             _ => self.overflow = true,
         }
     }
+
+    #[inline]
+    fn put_string(&mut self, s: &[u8]) {
+        // short strings (nearly all): a one-byte length and the bytes, one bounds check
+        if s.len() < 0x80 {
+            if let Some(dst) = self.buf.get_mut(self.pos..self.pos + 1 + s.len()) {
+                dst[0] = s.len() as u8;
+                dst[1..].copy_from_slice(s);
+                self.pos += 1 + s.len();
+                return;
+            }
+        }
+        varint(self, s.len() as u64);
+        self.put(s);
+    }
 }
 
 #[inline]
@@ -232,7 +254,7 @@ fn varint_len(n: u64) -> usize {
 }
 
 #[inline]
-fn varint(out: &mut impl Put, mut n: u64) {
+fn varint<P: Put + ?Sized>(out: &mut P, mut n: u64) {
     let mut bytes = [0u8; 10];
     let mut i = 0;
     while n >= 0x80 {
@@ -246,8 +268,7 @@ fn varint(out: &mut impl Put, mut n: u64) {
 
 #[inline]
 fn string(out: &mut impl Put, s: &[u8]) {
-    varint(out, s.len() as u64);
-    out.put(s);
+    out.put_string(s);
 }
 
 #[inline]

@@ -250,7 +250,8 @@ impl TracesBlock {
                 .extract()
                 .map_err(|_| PyTypeError::new_err("mapping values must be str or None"))?;
             let b = &self.block;
-            let found = b.keys.find(key.as_bytes()).zip(b.values.find(value.as_bytes())).and_then(|kv| b.pairs.find(kv));
+            let found = b.keys.find(key.as_bytes()).zip(b.values.find(value.as_bytes()))
+                .and_then(|(k, v)| b.pairs.find(k, v, &b.values));
             if let Some(id) = found {
                 decisions.push((id, new_value.map(String::into_bytes)));
             }

@@ -61,7 +61,8 @@ fn check_id(raw: &[u8], size: usize, what: &str) -> Result<(), Refusal> {
     }
 }
 
-/// One attribute map being built: keys in first-seen order, each with its last value.
+/// One attribute map being built: (key, pair) in the keys' first-seen order, each key with the
+/// pair of its last value.
 #[derive(Default)]
 struct MapBuilder {
     entries: Vec<(u32, u32)>,
@@ -73,12 +74,12 @@ const LINEAR_MAP: usize = 16;
 
 impl MapBuilder {
     #[inline]
-    fn add(&mut self, key: u32, value: u32) {
+    fn add(&mut self, key: u32, pair: u32) {
         if self.entries.len() < LINEAR_MAP {
             if let Some(entry) = self.entries.iter_mut().find(|e| e.0 == key) {
-                entry.1 = value;
+                entry.1 = pair;
             } else {
-                self.entries.push((key, value));
+                self.entries.push((key, pair));
             }
             return;
         }
@@ -86,24 +87,22 @@ impl MapBuilder {
             self.index.extend(self.entries.iter().enumerate().map(|(i, e)| (e.0, i)));
         }
         match self.index.get(&key) {
-            Some(&i) => self.entries[i].1 = value,
+            Some(&i) => self.entries[i].1 = pair,
             None => {
                 self.index.insert(key, self.entries.len());
-                self.entries.push((key, value));
+                self.entries.push((key, pair));
             }
         }
     }
 
-    fn value_of(&self, key: u32) -> Option<u32> {
+    /// The pair of `key`, if the map has it.
+    fn pair_of(&self, key: u32) -> Option<u32> {
         self.entries.iter().find(|e| e.0 == key).map(|e| e.1)
     }
 
     /// Store the map in the block; returns its index.
     fn finish(&mut self, block: &mut Block) -> u32 {
-        for &pair in &self.entries {
-            let id = block.pairs.intern(pair);
-            block.maps.pairs.push(id);
-        }
+        block.maps.pairs.extend(self.entries.iter().map(|e| e.1));
         block.maps.offsets.push(block.maps.pairs.len());
         self.entries.clear();
         self.index.clear();
@@ -158,10 +157,11 @@ impl<'a> Decoder<'a> {
         let key = key_value(kv, depth, &mut self.values)?;
         let key = block.keys.intern(key);
         let value = match value_text(&self.values, depth + 1, &mut self.text)? {
-            Text::Borrowed(s) => block.values.intern(s),
-            Text::Written => block.values.intern(&self.text),
+            Text::Borrowed(s) => s,
+            Text::Written => &self.text,
         };
-        self.map.add(key, value);
+        let pair = block.pairs.intern(key, value, &mut block.values);
+        self.map.add(key, pair);
         Ok(())
     }
 
@@ -186,14 +186,14 @@ impl<'a> Decoder<'a> {
             }
         }
         // ServiceName: service.name, else unknown_service[:process.executable.name]
-        let lookup = |map: &MapBuilder, key: &[u8]| -> Option<u32> {
-            let value = map.value_of(block.keys.find(key)?)?;
-            (!block.values.get(value).is_empty()).then_some(value)
+        let lookup = |map: &MapBuilder, key: &[u8]| -> Option<&[u8]> {
+            let value = block.pair(map.pair_of(block.keys.find(key)?)?).1;
+            (!value.is_empty()).then_some(value)
         };
         let service = match lookup(&self.map, b"service.name") {
-            Some(v) => block.values.get(v).to_vec(),
+            Some(v) => v.to_vec(),
             None => match lookup(&self.map, b"process.executable.name") {
-                Some(v) => [b"unknown_service:".as_slice(), block.values.get(v)].concat(),
+                Some(v) => [b"unknown_service:".as_slice(), v].concat(),
                 None => b"unknown_service".to_vec(),
             },
         };

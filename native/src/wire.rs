@@ -183,19 +183,48 @@ impl<'a> Reader<'a> {
 
     /// The next field of a message nested `depth` levels below the request (groups are skipped
     /// whole and returned as `Value::Group`; an end-group tag here is malformed input).
-    #[inline]
+    #[inline(always)]
     pub fn field(&mut self, depth: usize) -> Result<Field<'a>> {
-        // Nearly every tag is one byte and nearly every length too: read those inline.
-        if let (Some(&key), Some(&len)) = (self.buf.get(self.pos), self.buf.get(self.pos + 1)) {
-            if key < 0x80 && key & 7 == 2 && key >= 8 && len < 0x80 {
-                let start = self.pos + 2;
-                let end = start + len as usize;
-                if end <= self.buf.len() {
-                    self.pos = end;
-                    return Ok(Field { number: u32::from(key >> 3), value: Value::Len(&self.buf[start..end]) });
+        // Nearly every tag is one byte, and nearly every length and small varint too: read those
+        // inline (the general path below reads the same bytes the same way).
+        let (buf, pos) = (self.buf, self.pos);
+        if let (Some(&key), Some(&next)) = (buf.get(pos), buf.get(pos + 1)) {
+            if (8..0x80).contains(&key) {
+                let number = u32::from(key >> 3);
+                match key & 7 {
+                    2 if next < 0x80 => {
+                        let (start, end) = (pos + 2, pos + 2 + next as usize);
+                        if let Some(bytes) = buf.get(start..end) {
+                            self.pos = end;
+                            return Ok(Field { number, value: Value::Len(bytes) });
+                        }
+                    }
+                    0 if next < 0x80 => {
+                        self.pos = pos + 2;
+                        return Ok(Field { number, value: Value::Varint(u64::from(next)) });
+                    }
+                    1 => {
+                        if let Some(b) = buf.get(pos + 1..pos + 9) {
+                            self.pos = pos + 9;
+                            let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+                            return Ok(Field { number, value: Value::Fixed64(v) });
+                        }
+                    }
+                    5 => {
+                        if let Some(b) = buf.get(pos + 1..pos + 5) {
+                            self.pos = pos + 5;
+                            return Ok(Field { number, value: Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]])) });
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
+        self.field_slow(depth)
+    }
+
+    #[inline(never)]
+    fn field_slow(&mut self, depth: usize) -> Result<Field<'a>> {
         match self.tagged(false)? {
             Tagged::Field(f) => Ok(f),
             Tagged::StartGroup(number) => {
