@@ -94,8 +94,10 @@ _MAX_JSON_DEPTH = 128  # deeper JSON in a value is masked whole rather than walk
 _JSON_MEMBER = re2.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\s*:\s*"""
                            r"""("(?:[^"\\]|\\.)*"?|'(?:[^'\\]|\\.)*'?|[^\s,:\]}\[{"']*)""")
 _CARD_DIGITS = 13  # a number this long (as written) may be a card number
-# What redaction writes: the detectors leave it alone, so redacting twice is redacting once.
-_REDACTED = re.compile(r"(\*\*\*\*|hash:[0-9a-f]{16})")
+# What redaction writes: the detectors leave it alone, so redacting twice is redacting once. Lone
+# surrogates (only JSON escapes make them) are left out too: RE2 reads UTF-8, which cannot hold them.
+_REDACTED = re.compile("(\\*\\*\\*\\*|hash:[0-9a-f]{16}|[\ud800-\udfff]+)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ROUNDS = 4
 
 
@@ -404,8 +406,15 @@ class LabelStage:
     def _detect(self, text: str, found: list[str]) -> str:
         """One round of the detectors; what they wrote before (the mask, ``hash:<16 hex>``) is left
         out of it, so a hash is never hashed again and its digits are never a card number."""
-        if MASK not in text and "hash:" not in text:
-            return self._detect_in(text, found)
+        if MASK not in text and "hash:" not in text:  # the common case: nothing to leave out
+            local: list[str] = []
+            try:
+                new = self._detect_in(text, local)
+            except UnicodeEncodeError:  # a lone surrogate
+                pass
+            else:
+                found += local
+                return new
         parts = _REDACTED.split(text)  # text, redacted, text, ..., text
         for i in range(0, len(parts), 2):
             if parts[i] and self._maybe_sensitive.search(parts[i]):
@@ -548,7 +557,9 @@ class LabelStage:
         followed by a colon (the value after a dropped key is masked; an object or array there, to
         the end of the text), then the detectors on the whole."""
         pieces, last, key_reason = [], 0, ""
-        for m in _JSON_MEMBER.finditer(value):
+        # RE2 reads UTF-8: a lone surrogate is read as U+FFFD (one character for one: same offsets)
+        readable = _SURROGATE.sub("\ufffd", value) if not value.isascii() else value
+        for m in _JSON_MEMBER.finditer(readable):
             drop = self.key_drop(_unquote(m.group(1)))
             if not drop:
                 continue

@@ -210,3 +210,11 @@ def test_truncated_json_and_python_reprs_lose_the_values_of_blocked_keys():
     assert stage.scrub('{"ok": 1, "session_id": {"a": [1, 2], "b": "x"}, "more": 2')[0] == \
         '{"ok": 1, "session_id": "****"'
     assert stage.scrub('[INFO] started')[0] == "[INFO] started"
+
+
+def test_strings_with_lone_surrogate_escapes_meet_the_detectors():
+    stage = LabelStage(parse_policy({}))
+    value = '{"a":"\\ud800 bob@example.com password=x \\udfff","b":"{\\"cookie\\": \\"c\\ud800\\""}'
+    out, reason = stage.scrub(value)
+    assert reason == "email" and "bob@example.com" not in out
+    assert json.loads(out) == {"a": "\ud800 **** password=**** \udfff", "b": '{"cookie": "****"'}
