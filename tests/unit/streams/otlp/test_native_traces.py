@@ -164,6 +164,21 @@ def test_payloads_must_be_bytes():
     assert native.decode_traces([]).rows == 0
 
 
+def test_without_the_extension_the_wrapper_says_so(monkeypatch):
+    monkeypatch.setattr(native, "_native", None)
+    assert not native.available()
+    with pytest.raises(RuntimeError, match="decode_messages"):
+        native.decode_traces([b""])
+
+
+def test_refusals_become_dead_letters_of_their_messages():
+    messages = [RawMessage("spans", 3, 10 + i, p) for i, p in enumerate([b"\x07", traces_request(1).SerializeToString()])]
+    block = native.decode_traces([m.value for m in messages])
+    [letter] = native.dead_letters(messages, block)
+    assert (letter.message.offset, letter.reason) == (10, "undecodable")
+    assert dict(letter.headers())["otelpipe.dlq.reason"] == b"undecodable"
+
+
 # ---------------------------------------------------------------- (a) differential: valid requests
 
 
