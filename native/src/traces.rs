@@ -253,9 +253,9 @@ impl<'a> Decoder<'a> {
     }
 
     fn span(&mut self, block: &mut Block, span: &'a [u8], resource: u32, scope: u32, index: u32) -> Step {
-        let (mut trace_id, mut span_id, mut parent, mut state, mut name): (&[u8], &[u8], &[u8], &[u8], &[u8]) =
-            (b"", b"", b"", b"", b"");
-        let mut status_message: &[u8] = b"";
+        const EMPTY: &[u8] = b"";
+        let (mut trace_id, mut span_id, mut parent, mut state, mut name) = (EMPTY, EMPTY, EMPTY, EMPTY, EMPTY);
+        let mut status_message = EMPTY;
         let (mut kind, mut status_code, mut start, mut end) = (0u64, 0u64, 0u64, 0u64);
         let (mut dropped_attrs, mut dropped_events, mut dropped_links, mut flags) = (0u32, 0u32, 0u32, 0u32);
         self.events.clear();

@@ -158,11 +158,7 @@ pub fn validate(payload: &[u8]) -> Result<(), WireError> {
         let field = reader.field(depth)?;
         if let Value::Len(bytes) = field.value {
             match msg.field(field.number) {
-                Kind::Str => {
-                    if std::str::from_utf8(bytes).is_err() {
-                        return Err(WireError::InvalidUtf8);
-                    }
-                }
+                Kind::Str if std::str::from_utf8(bytes).is_err() => return Err(WireError::InvalidUtf8),
                 Kind::Message(sub) => {
                     if depth >= MAX_DEPTH {
                         return Err(WireError::TooDeep);
