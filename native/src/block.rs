@@ -274,6 +274,12 @@ pub struct Block {
     pub dropped_attrs: Vec<u32>,
     pub dropped_events: Vec<u32>,
     pub dropped_links: Vec<u32>,
+
+    // set by the stages after decoding (streams/stages/native_traces.py)
+    /// SampleWeight per row, once head sampling ran.
+    pub sample_weight: Option<Vec<f64>>,
+    /// ServiceTeam, ServiceTier, ServiceOwner per resource, once the catalog ran.
+    pub catalog: Option<[StrCol; 3]>,
 }
 
 /// The lengths of every buffer at one moment.

@@ -47,6 +47,11 @@ pub enum Col {
     EventsDroppedAttributesCount,
     LinksFlags,
     LinksDroppedAttributesCount,
+    // set by the stages: in a block only once they ran (Block::has)
+    SampleWeight,
+    ServiceTeam,
+    ServiceTier,
+    ServiceOwner,
 }
 
 /// (column, name, Native type as sent), in TRACE_COLUMNS order.
@@ -87,12 +92,23 @@ pub const COLUMNS: [(Col, &str, &str); 34] = [
     (Col::LinksDroppedAttributesCount, "Links.DroppedAttributesCount", "Array(UInt32)"),
 ];
 
+/// Columns the stages add after decoding, in the order they follow COLUMNS.
+pub const EXTRA_COLUMNS: [(Col, &str, &str); 4] = [
+    (Col::SampleWeight, "SampleWeight", "Float64"),
+    (Col::ServiceTeam, "ServiceTeam", "String"),
+    (Col::ServiceTier, "ServiceTier", "String"),
+    (Col::ServiceOwner, "ServiceOwner", "String"),
+];
+
+static EMPTY_STRINGS: StrCol = StrCol { data: Vec::new(), ends: Vec::new() };
+
 /// Where a column's values come from: one per row, or one per event or link of each row.
 pub enum Source<'b> {
     Strings(&'b StrCol, Per),
     Fixed(&'static [&'static str], &'b [u8]),
     I64(&'b [i64], Per),
     U64(&'b [u64]),
+    F64(&'b [f64]),
     U32(&'b [u32], Per),
     Maps(&'b [u32], Per),
 }
@@ -148,6 +164,20 @@ impl Block {
             EventsDroppedAttributesCount => Source::U32(&e.dropped, Event),
             LinksFlags => Source::U32(&l.flags, Link),
             LinksDroppedAttributesCount => Source::U32(&l.dropped, Link),
+            SampleWeight => Source::F64(self.sample_weight.as_deref().unwrap_or(&[])),
+            ServiceTeam | ServiceTier | ServiceOwner => {
+                let c = col as usize - ServiceTeam as usize;
+                Source::Strings(self.catalog.as_ref().map_or(&EMPTY_STRINGS, |cols| &cols[c]), Resource)
+            }
+        }
+    }
+
+    /// Whether the block holds this column (the stages' columns only once they ran).
+    pub fn has(&self, col: Col) -> bool {
+        match col {
+            Col::SampleWeight => self.sample_weight.is_some(),
+            Col::ServiceTeam | Col::ServiceTier | Col::ServiceOwner => self.catalog.is_some(),
+            _ => true,
         }
     }
 
@@ -304,7 +334,7 @@ impl Block {
     fn per(source: &Source<'_>) -> Per {
         match *source {
             Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
-            Source::Fixed(..) | Source::U64(_) => Per::Row,
+            Source::Fixed(..) | Source::U64(_) | Source::F64(_) => Per::Row,
         }
     }
 
@@ -323,7 +353,7 @@ impl Block {
                 values.data.len() + (0..n).map(|i| varint_len(values.get(i).len() as u64)).sum::<usize>()
             }
             Source::Fixed(names, codes) => codes.iter().map(|&c| string_len(names[c as usize].as_bytes())).sum(),
-            Source::I64(..) | Source::U64(_) => self.indexes(per).count() * 8,
+            Source::I64(..) | Source::U64(_) | Source::F64(_) => self.indexes(per).count() * 8,
             Source::U32(..) => self.indexes(per).count() * 4,
             Source::Maps(maps, Per::Resource | Per::Scope) => {
                 let sizes: Vec<usize> = maps.iter().map(|&m| self.map_len(m)).collect();
@@ -358,6 +388,11 @@ impl Block {
                 }
             }
             Source::U64(values) => {
+                for v in values {
+                    out.put(&v.to_le_bytes());
+                }
+            }
+            Source::F64(values) => {
                 for v in values {
                     out.put(&v.to_le_bytes());
                 }

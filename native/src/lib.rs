@@ -4,6 +4,7 @@
 mod anyvalue;
 mod block;
 mod columns;
+mod stages;
 mod traces;
 mod validate;
 mod wire;
@@ -13,9 +14,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::collections::HashMap;
 
 use block::Block;
-use columns::{Col, Per, SliceOut, Source, COLUMNS};
+use columns::{Col, Per, SliceOut, Source, COLUMNS, EXTRA_COLUMNS};
+use stages::Head;
 use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
 use validate::{Kind, MESSAGES};
 
@@ -67,20 +70,34 @@ fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
     Ok(PyString::new(py, s))
 }
 
-fn selected(names: Option<Vec<String>>) -> PyResult<Vec<(Col, &'static str, &'static str)>> {
+/// The columns a block holds: otel_traces' own, then those the stages added.
+fn present(block: &Block) -> impl Iterator<Item = (Col, &'static str, &'static str)> + '_ {
+    COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().filter(|c| block.has(c.0))
+}
+
+fn selected(block: &Block, names: Option<Vec<String>>) -> PyResult<Vec<(Col, &'static str, &'static str)>> {
     match names {
-        None => Ok(COLUMNS.to_vec()),
+        None => Ok(present(block).collect()),
         Some(names) => names
             .iter()
             .map(|name| {
-                COLUMNS
-                    .iter()
+                present(block)
                     .find(|c| c.1 == name)
-                    .copied()
-                    .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in otel_traces")))
+                    .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in this block of otel_traces")))
             })
             .collect(),
     }
+}
+
+/// A column the stages may rewrite, by name.
+fn text_col(name: &str) -> PyResult<Col> {
+    COLUMNS.iter().find(|c| c.1 == name).map(|c| c.0)
+        .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in otel_traces")))
+}
+
+fn utf8(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
+    let s: String = value.extract().map_err(|_| PyTypeError::new_err(format!("{what} must be str")))?;
+    Ok(s.into_bytes())
 }
 
 impl TracesBlock {
@@ -101,6 +118,7 @@ impl TracesBlock {
             Source::Fixed(names, codes) => PyString::new(py, names[codes[i] as usize]).into_any(),
             Source::I64(values, _) => values[i].into_pyobject(py)?.into_any(),
             Source::U64(values) => values[i].into_pyobject(py)?.into_any(),
+            Source::F64(values) => values[i].into_pyobject(py)?.into_any(),
             Source::U32(values, _) => values[i].into_pyobject(py)?.into_any(),
             Source::Maps(maps, _) => {
                 // one dict per map: rows of one resource or scope share it, as in the Python decoder
@@ -121,7 +139,7 @@ impl TracesBlock {
         let source = self.block.source(col);
         let per = match source {
             Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
-            Source::Fixed(..) | Source::U64(_) => Per::Row,
+            Source::Fixed(..) | Source::U64(_) | Source::F64(_) => Per::Row,
         };
         let out = PyList::empty(py);
         match self.block.offsets(per) {
@@ -195,7 +213,7 @@ impl TracesBlock {
     fn to_columns<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         let mut cache = Vec::new();
-        for (col, name, _) in selected(names)? {
+        for (col, name, _) in selected(&self.block, names)? {
             out.set_item(name, self.column(py, col, &mut cache)?)?;
         }
         Ok(out)
@@ -205,7 +223,7 @@ impl TracesBlock {
     /// `client.raw_insert(table, names, insert_block=..., fmt="Native")`.
     #[pyo3(signature = (names=None))]
     fn to_native<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyBytes>> {
-        let cols = selected(names)?;
+        let cols = selected(&self.block, names)?;
         let block = &self.block;
         // Written straight into the bytes object, its size computed first (without the GIL).
         let len = py.allow_threads(|| block.native_len(&cols));
@@ -260,6 +278,122 @@ impl TracesBlock {
             return Ok(0);
         }
         Ok(self.block.remap(&decisions))
+    }
+
+    /// The names of the columns the block holds, in order: otel_traces' own, then those the
+    /// stages added (SampleWeight after head sampling; ServiceTeam, ServiceTier, ServiceOwner
+    /// after the catalog).
+    fn column_names(&self) -> Vec<&'static str> {
+        present(&self.block).map(|c| c.1).collect()
+    }
+
+    /// [(key, value, maps holding the pair)] for every attribute pair, in the order of
+    /// distinct_attribute_values (each resource's and scope's map counts once).
+    fn attribute_pairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (id, count) in self.block.pair_counts().into_iter().enumerate() {
+            let (k, v) = self.block.pair(id as u32);
+            out.append((text(py, k)?, text(py, v)?, count))?;
+        }
+        Ok(out)
+    }
+
+    /// [(value, rows holding it)] of a text column (per event or link for Events.Name and
+    /// Links.TraceState), in the order first seen. KeyError for a column that is not text.
+    fn distinct_strings<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyList>> {
+        let values = self.block.distinct_strings(text_col(name)?)
+            .ok_or_else(|| PyKeyError::new_err(format!("{name:?} is not a text column")))?;
+        let out = PyList::empty(py);
+        for (value, count) in values {
+            out.append((text(py, value)?, count))?;
+        }
+        Ok(out)
+    }
+
+    /// Rewrite a text column: {value: new value}; values the mapping does not name stay.
+    fn remap_strings(&mut self, name: &str, mapping: &Bound<'_, PyDict>) -> PyResult<()> {
+        let col = text_col(name)?;
+        let mut decided = HashMap::with_capacity(mapping.len());
+        for (old, new) in mapping.iter() {
+            decided.insert(utf8(&old, "mapping keys")?, utf8(&new, "mapping values")?);
+        }
+        if self.block.remap_strings(col, &decided) {
+            Ok(())
+        } else {
+            Err(PyKeyError::new_err(format!("{name:?} is not a text column")))
+        }
+    }
+
+    /// [(span name, value of span attribute `key` or "", rows)], distinct, in the order first seen.
+    fn span_name_routes<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for ((name, route), count) in self.block.name_routes(key.as_bytes()) {
+            out.append((text(py, name)?, text(py, route)?, count))?;
+        }
+        Ok(out)
+    }
+
+    /// Rewrite span names: {(name, value of span attribute `key` or ""): new name}.
+    fn remap_span_names(&mut self, key: &str, mapping: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut decided = HashMap::with_capacity(mapping.len());
+        for (pair, new) in mapping.iter() {
+            let (name, route): (String, String) = pair
+                .extract()
+                .map_err(|_| PyTypeError::new_err("mapping keys must be (name, route) string pairs"))?;
+            decided.insert((name.into_bytes(), route.into_bytes()), utf8(&new, "mapping values")?);
+        }
+        self.block.remap_name_routes(key.as_bytes(), &decided);
+        Ok(())
+    }
+
+    /// Whether any row has a trace state.
+    fn any_trace_state(&self) -> bool {
+        !self.block.trace_state.data.is_empty()
+    }
+
+    /// [(service name, trace state, rows)]: the distinct groups head sampling decides for.
+    fn head_groups<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for ((service, state), count) in self.block.head_groups().0 {
+            out.append((text(py, service)?, text(py, state)?, count))?;
+        }
+        Ok(out)
+    }
+
+    /// One decision per group of head_groups(), in its order: (mode, threshold, weight, new
+    /// trace state or None), mode 0 keeps the rows, 1 keeps those whose trace id's randomness
+    /// (its last 56 bits) is at least the threshold, 2 drops them. Kept rows get the weight as
+    /// SampleWeight. Returns how many rows were dropped.
+    fn apply_head(&mut self, decisions: Vec<(u8, u64, f64, Option<String>)>) -> PyResult<usize> {
+        let heads: Vec<Head> = decisions
+            .into_iter()
+            .map(|(mode, threshold, weight, state)| Head { mode, threshold, weight, state: state.map(String::into_bytes) })
+            .collect();
+        self.block.apply_head(&heads).map_err(PyValueError::new_err)
+    }
+
+    /// The catalog's columns (ServiceTeam, ServiceTier, ServiceOwner) from each resource's
+    /// service name: {service: (team, tier, owner)}; other services get empty values.
+    fn set_catalog(&mut self, mapping: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut decided = HashMap::with_capacity(mapping.len());
+        for (service, entry) in mapping.iter() {
+            let (team, tier, owner): (String, String, String) = entry
+                .extract()
+                .map_err(|_| PyTypeError::new_err("catalog entries must be (team, tier, owner) strings"))?;
+            decided.insert(utf8(&service, "services")?, [team.into_bytes(), tier.into_bytes(), owner.into_bytes()]);
+        }
+        self.block.set_catalog(&decided);
+        Ok(())
+    }
+
+    /// (earliest, latest) span start in ns, or None for a block without rows.
+    fn time_range(&self) -> Option<(i64, i64)> {
+        self.block.time_range()
+    }
+
+    /// How many rows start after `ns`.
+    fn count_after(&self, ns: i64) -> usize {
+        self.block.timestamp.iter().filter(|&&t| t > ns).count()
     }
 }
 
