@@ -28,6 +28,7 @@ from clickhouse_connect.driver.exceptions import DataError, OperationalError, Pr
 
 from sinks.write_plan import LedgerConflict, RecordedRange
 from streams.otlp.batch import ColumnBatch, SourceRange
+from streams.otlp.native import NativeBatch
 from sinks.settings import ClickHouseSettings
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,12 @@ def blocks_within_partition_limit(batch: ColumnBatch, limit: int = MAX_PARTITION
     their original order within a piece), so each piece can carry a stable token.
     """
     column = PARTITION_TIME_COLUMN.get(batch.table)
-    if column is None or column not in batch.columns:
+    if column is None or column not in batch.column_names:
         return [batch]
+    if isinstance(batch, NativeBatch) and column == "Timestamp":
+        span = batch.time_range()  # days from the first to the last: at least the distinct days
+        if span is None or span[1] // DAY_NS - span[0] // DAY_NS < limit:
+            return [batch]
     days = [ts // DAY_NS for ts in batch.columns[column]]
     distinct = sorted(set(days))
     if len(distinct) <= limit:
@@ -402,10 +407,18 @@ class ClickHouseSink:
         return [scaled(values, divisors.get(name, 1)) for name, values in zip(batch.column_names, batch.insert_columns())]
 
     def _insert(self, batch: ColumnBatch, token: str) -> None:
-        self.client.insert(
-            f"{self.database}.{batch.table}", self._columns(batch), column_names=batch.column_names,
-            column_oriented=True, settings=insert_settings(self.settings, token),
-        )
+        self._send(f"{self.database}.{batch.table}", batch, insert_settings(self.settings, token))
+
+    def _send(self, table: str, batch: ColumnBatch, settings: dict[str, Any] | None = None) -> None:
+        """One INSERT of a batch: rows held natively go as the Native bytes the core encoded
+        (``raw_insert``, the same statement and settings), unless the table keeps some of their
+        times with less precision (then as Python columns, scaled)."""
+        if isinstance(batch, NativeBatch) and not self._divisors(batch.table):
+            self.client.raw_insert(table, batch.column_names, insert_block=batch.native(), settings=settings,
+                                   fmt="Native")
+            return
+        self.client.insert(table, self._columns(batch), column_names=batch.column_names, column_oriented=True,
+                           settings=settings)
 
     def write_missing(self, batch: ColumnBatch, token: str, stage_name: str = "") -> tuple[int, int]:
         """Insert only the rows whose RecordId the table lacks in the batch's time range.
@@ -425,10 +438,12 @@ class ClickHouseSink:
         for i, piece in enumerate(blocks_within_partition_limit(batch)):
             self.client.command(f"CREATE TABLE IF NOT EXISTS {stage} AS {db}.{table} ENGINE = Memory")
             self.client.command(f"TRUNCATE TABLE {stage}")
-            self.client.insert(stage, self._columns(piece), column_names=piece.column_names,
-                               column_oriented=True)
-            times = piece.columns[column]
-            lo, hi = min(times), max(times)
+            self._send(stage, piece)
+            if isinstance(piece, NativeBatch) and column == "Timestamp":
+                lo, hi = piece.time_range()
+            else:
+                times = piece.columns[column]
+                lo, hi = min(times), max(times)
             present = (f"SELECT RecordId FROM {db}.{table} WHERE {column} BETWEEN "
                        f"fromUnixTimestamp64Nano({{lo:Int64}}) AND fromUnixTimestamp64Nano({{hi:Int64}})")
             params = {"lo": lo, "hi": hi}

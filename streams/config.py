@@ -274,6 +274,9 @@ class WorkerSettings(Section):
     label_policy: str = setting(
         "default", "Label policy (redaction, templating, cardinality rules, allowed metric names): a TOML file, "
                    "'default' for the built-in defaults (secrets redacted, span names templated), or 'off'.")
+    native_spans: bool = setting(
+        True, "Decode spans and run their stages in the native columnar core (streams.otlp.native) where it is "
+              "built: same rows, no Python object per value. Off, or where it is not built: the Python decoder.")
     catalog_file: str = setting(
         "", "Service catalog TOML ([[services]] name, team, tier, owner, SLO targets); empty: none.")
     catalog_topic: Topic = setting(

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import xxhash
 
@@ -29,7 +29,7 @@ from sinks.clickhouse import PARTITION_TIME_COLUMN, RETRY, ClickHouseSink, Refus
 from sinks.write_plan import (COMPLETE, HOLD, MISSING, LedgerConflict, RecordedRange, insert_id, plan_segments,
                               recorded_inserts, resolve_overlaps, stale_ranges)
 from streams.agents import worker_metrics as m
-from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange, concat
+from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage, SourceRange, concat
 from streams.stages.pipeline import Stages
 
 log = logging.getLogger("otelpipe.writer")
@@ -343,17 +343,16 @@ def merge_parts(parts: Sequence[tuple[Sequence[RawMessage], DecodeResult]]
     (message indices shifted to the run's). Batches of one table with other columns (stages that
     add columns for some rows only) stay apart, in a stable order."""
     run: list[RawMessage] = []
-    pieces: dict[tuple[str, tuple[str, ...]], list[ColumnBatch]] = {}
+    pieces: dict[tuple[Any, ...], list[ColumnBatch]] = {}
     for messages, result in parts:
         base = len(run)
         run.extend(messages)
         for table, batch in result.batches.items():
             if not len(batch):
                 continue
-            if base and ORIGIN in batch.columns:
-                batch = ColumnBatch(batch.table, {**batch.columns, ORIGIN: [o + base for o in batch.columns[ORIGIN]]})
-            pieces.setdefault((table, tuple(batch.columns)), []).append(batch)
+            batch = batch.shifted(base)
+            pieces.setdefault((table, type(batch).__name__, batch.has_origins, tuple(batch.column_names)), []).append(batch)
     merged: dict[str, ColumnBatch] = {}
-    for i, ((table, _), batches) in enumerate(pieces.items()):
+    for i, ((table, *_), batches) in enumerate(pieces.items()):
         merged[table if table not in merged else f"{table}#{i}"] = concat(batches)
     return run, merged

@@ -58,8 +58,25 @@ class ColumnBatch:
     def origins(self) -> list[int] | None:
         return self.columns.get(ORIGIN)
 
+    @property
+    def has_origins(self) -> bool:
+        return ORIGIN in self.columns
+
     def with_source(self, source: SourceRange) -> "ColumnBatch":
         return ColumnBatch(self.table, self.columns, source)
+
+    def shifted(self, base: int) -> "ColumnBatch":
+        """The same rows with every ``ORIGIN`` moved by ``base`` (a run placed in a longer run)."""
+        if not base or ORIGIN not in self.columns:
+            return self
+        return ColumnBatch(self.table, {**self.columns, ORIGIN: [o + base for o in self.columns[ORIGIN]]}, self.source)
+
+    @classmethod
+    def join(cls, batches: list["ColumnBatch"]) -> "ColumnBatch":
+        """Rows of several batches of one table, in order (columns of the first batch)."""
+        first = batches[0]
+        columns = {name: [v for b in batches for v in b.columns[name]] for name in first.columns}
+        return ColumnBatch(first.table, columns, first.source)
 
     def select(self, rows: list[int]) -> "ColumnBatch":
         """The given rows (indices, in that order)."""
@@ -135,9 +152,10 @@ class DecodeResult:
 
 
 def concat(batches: list[ColumnBatch]) -> ColumnBatch:
-    """Rows of several batches of one table, in order (columns of the first batch)."""
+    """Rows of several batches of one table, in order (columns of the first batch); batches of
+    one kind are joined by that kind (native blocks stay native)."""
     first = batches[0]
     if len(batches) == 1:
         return first
-    columns = {name: [v for b in batches for v in b.columns[name]] for name in first.columns}
-    return ColumnBatch(first.table, columns, first.source)
+    kind = type(first) if all(type(b) is type(first) for b in batches) else ColumnBatch
+    return kind.join(batches)

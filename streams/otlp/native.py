@@ -29,9 +29,9 @@ protobuf payloads go here; OTLP JSON and content-type routing stay with ``decode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from streams.otlp.batch import DeadLetter, RawMessage
+from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, RawMessage, SourceRange
 
 try:
     from streams.otlp import _native
@@ -68,3 +68,99 @@ def column_types() -> dict[str, str]:
 def dead_letters(messages: Sequence[RawMessage], block: Any) -> list[DeadLetter]:
     """The block's refusals as dead letters of the messages it was decoded from."""
     return [DeadLetter(messages[index], reason, detail) for index, reason, detail in block.errors]
+
+
+class NativeBatch(ColumnBatch):
+    """Rows of ``otel_traces`` held as native blocks: a ``ColumnBatch`` whose Python columns are
+    made only when something asks for them.
+
+    The hot path never does: its length, column names, time range and Native bytes come from the
+    blocks (``native()``: one Native block each, in order, in one insert). Everything else a
+    ``ColumnBatch`` offers (``columns``, ``select``, ``of_origins``, ``rows()``...) works on the
+    Python columns, made once from the blocks on first use: the slow paths (a refused insert cut
+    in halves, a table that keeps times with less precision) stay exactly those of every batch.
+    ``parts`` is ``[(block, shift)]``: the ``ORIGIN`` of a block's row is its message index plus
+    the block's shift (the block's place in a run of several cuts).
+    """
+
+    def __init__(self, parts: Sequence[tuple[Any, int]], source: SourceRange | None = None,
+                 table: str = "otel_traces"):
+        self.table = table
+        self.source = source
+        self.parts = [(block, shift) for block, shift in parts if len(block)]
+        self._columns: dict[str, list[Any]] | None = None
+        names = {tuple(block.column_names()) for block, _ in self.parts}
+        if len(names) > 1:
+            raise ValueError(f"blocks of {table} with other columns cannot be one batch: {sorted(names)}")
+        self._names = list(names.pop()) if names else list(_native.COLUMNS if _native else ())
+
+    @classmethod
+    def of(cls, block: Any) -> "NativeBatch":
+        return cls([(block, 0)])
+
+    def __len__(self) -> int:
+        return sum(len(block) for block, _ in self.parts)
+
+    def __repr__(self) -> str:
+        return f"<NativeBatch {self.table} {len(self)} rows in {len(self.parts)} blocks>"
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:  # type: ignore[override]
+        if self._columns is None:
+            columns: dict[str, list[Any]] = {name: [] for name in self._names}
+            origins: list[int] = []
+            for block, shift in self.parts:
+                for name, values in block.to_columns(self._names).items():
+                    columns[name].extend(values)
+                origins.extend(o + shift for o in block.origins())
+            columns[ORIGIN] = origins
+            self._columns = columns
+        return self._columns
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(self._names)
+
+    def insert_columns(self) -> list[list[Any]]:
+        columns = self.columns
+        return [columns[name] for name in self._names]
+
+    @property
+    def has_origins(self) -> bool:
+        return True
+
+    def origins(self) -> list[int]:
+        return [o + shift for block, shift in self.parts for o in block.origins()]
+
+    def with_source(self, source: SourceRange) -> "NativeBatch":
+        return NativeBatch(self.parts, source, self.table)
+
+    def shifted(self, base: int) -> "NativeBatch":
+        """The same rows with every ``ORIGIN`` moved by ``base`` (a cut placed in a longer run)."""
+        return NativeBatch([(block, shift + base) for block, shift in self.parts], self.source, self.table)
+
+    @classmethod
+    def join(cls, batches: list[ColumnBatch]) -> ColumnBatch:
+        names = {tuple(b.column_names) for b in batches}
+        if len(names) > 1:
+            return ColumnBatch.join(batches)
+        return NativeBatch([part for b in batches for part in b.parts], batches[0].source, batches[0].table)
+
+    def without_origins(self, origins: Iterable[int]) -> ColumnBatch:
+        unwanted = set(origins)
+        if not unwanted:
+            return self
+        return super().without_origins(unwanted)
+
+    def time_range(self) -> tuple[int, int] | None:
+        """(earliest, latest) ``Timestamp`` in ns, None without rows."""
+        ranges = [r for block, _ in self.parts if (r := block.time_range()) is not None]
+        if not ranges:
+            return None
+        return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+    def native(self) -> bytes:
+        """The rows as ClickHouse Native data of ``column_names``: one block per part."""
+        blocks = [block.to_native(self._names) for block, _ in self.parts]
+        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+

@@ -586,25 +586,25 @@ class LabelStage:
         return top
 
     def _apply_rules(self, value: str, rules: tuple[CardinalityRule, ...], counts: Counter,
-                     signal: str = "", key: str = "") -> str:
+                     signal: str = "", key: str = "", n: int = 1) -> str:
         for rule in rules:
             if rule.type == "top_k":
                 new = self._top_k_for(rule, signal, key).map(value)
                 if new != value:
-                    counts[("cardinality", "top_k")] += 1
+                    counts[("cardinality", "top_k")] += n
                 value = new
                 continue
             if rule.type == "hash":
                 value = f"bucket_{stable_hash(rule.seed, value) % rule.buckets}"
-                counts[("cardinality", "hash")] += 1
+                counts[("cardinality", "hash")] += n
             elif rule.type == "template":
                 templated = template_path(value)
                 if templated != value:
-                    counts[("cardinality", "template")] += 1
+                    counts[("cardinality", "template")] += n
                 value = templated
             elif rule.type == "truncate_hash" and len(value) > rule.max_length:
                 value = f"hash:{stable_hash(rule.seed, value):016x}"
-                counts[("cardinality", "truncate_hash")] += 1
+                counts[("cardinality", "truncate_hash")] += n
         return value
 
     # ------------------------------------------------------------ maps and batches
@@ -629,23 +629,7 @@ class LabelStage:
                 seen = values.get(value)
                 if seen is not None and not seen[1]:
                     continue  # a plain key, a value the detectors already passed
-            if plan[0] == "drop":
-                counts[("redaction" if plan[1] != "cardinality_drop" else "cardinality", plan[1])] += 1
-                if out is None:
-                    out = {k: v for k, v in attrs.items()}
-                del out[key]
-                continue
-            new, reason = self.scrub(value)
-            if reason:
-                counts[("redaction", reason)] += 1
-            _, template_url, rules = plan
-            if new is not None and template_url:
-                templated = template_path(new)
-                if templated != new:
-                    counts[("templating", "url")] += 1
-                new = templated
-            if new is not None and rules:
-                new = self._apply_rules(new, rules, counts, signal, key)
+            new = self._planned_value(plan, signal, key, value, counts)
             if new != value:
                 if out is None:
                     out = {k: v for k, v in attrs.items()}
@@ -654,6 +638,52 @@ class LabelStage:
                 else:
                     out[key] = new
         return attrs if out is None else out
+
+    def map_value(self, signal: str, key: str, value: str, counts: Counter, n: int = 1) -> str | None:
+        """What one (key, value) pair of a map becomes: its new value, or None when it is dropped,
+        as ``clean_map`` decides it; what changed is counted ``n`` times (the maps holding it)."""
+        plans = self._plans(signal)
+        plan = plans.get(key)
+        if plan is None:
+            plan = self._remember_plan(plans, signal, key)
+        return self._planned_value(plan, signal, key, value, counts, n)
+
+    def advance_to(self, newest_ns: int) -> None:
+        """Move the ``top_k`` windows' clock to a batch's newest record time (never back)."""
+        self._now_s = max(self._now_s, newest_ns // 1_000_000_000)
+
+    def per_value(self, signal: str) -> bool:
+        """Whether every decision for this signal depends on the value alone (no ``top_k`` rule,
+        whose output depends on what came before): then it can be made once per distinct value."""
+        return not any(r.type == "top_k" and signal in r.signals for r in self.policy.rules)
+
+    def _planned_value(self, plan: tuple[Any, ...], signal: str, key: str, value: str, counts: Counter,
+                       n: int = 1) -> str | None:
+        if plan[0] == "drop":
+            counts[("redaction" if plan[1] != "cardinality_drop" else "cardinality", plan[1])] += n
+            return None
+        new, reason = self.scrub(value)
+        if reason:
+            counts[("redaction", reason)] += n
+        _, template_url, rules = plan
+        if new is not None and template_url:
+            templated = template_path(new)
+            if templated != new:
+                counts[("templating", "url")] += n
+            new = templated
+        if new is not None and rules:
+            new = self._apply_rules(new, rules, counts, signal, key, n)
+        return new
+
+    def text_value(self, value: str, counts: Counter, n: int = 1) -> str:
+        """What a value of a text column becomes (``clean_texts`` of one value held by ``n`` rows)."""
+        if not value or value in self._clean_values:
+            return value
+        new, reason = self.scrub(value)
+        if not reason:
+            return value
+        counts[("redaction", reason)] += n
+        return MASK if new is None else new
 
     def clean_texts(self, values: list[str], counts: Counter) -> list[str]:
         """A text column through the detectors (a value to drop becomes the mask: a column has a
@@ -741,7 +771,7 @@ class LabelStage:
                 if latest_ns is not None and newest > latest_ns:
                     counts[("labels", "future_time")] += sum(1 for t in columns[name] if t > latest_ns)
                     newest = latest_ns
-                self._now_s = max(self._now_s, newest // 1_000_000_000)
+                self.advance_to(newest)
                 break
 
         if signal == "metrics" and self.policy.allowed_metric_names:
@@ -774,19 +804,7 @@ class LabelStage:
             route = a.get("http.route", "") if (a and template and "/" in name) else ""
             done = memo.get((name, route))
             if done is None:
-                new = name
-                templated = redacted = ""
-                if template and ("/" in name):
-                    new = template_span_name(name, route)
-                    if new != name:
-                        templated = "span_name"
-                scrubbed, reason = self.scrub(new)
-                if reason:
-                    redacted = reason
-                    new = MASK if scrubbed is None else scrubbed
-                if len(memo) >= _CACHE_LIMIT:
-                    memo.clear()
-                done = memo[(name, route)] = (new, templated, redacted)
+                done = self._span_name(name, route)
             new, templated, redacted = done
             if templated:
                 counts[("templating", templated)] += 1
@@ -794,3 +812,34 @@ class LabelStage:
                 counts[("redaction", redacted)] += 1
             out.append(new)
         return out
+
+    def span_name(self, name: str, route: str, counts: Counter, n: int = 1) -> str:
+        """What a span name becomes, given its span's ``http.route`` attribute ("" without one; cleaned
+        already), for ``n`` rows (``_span_names`` of one distinct pair)."""
+        route = route if (self.policy.template_span_names and "/" in name) else ""
+        done = self._name_cache.get((name, route))
+        if done is None:
+            done = self._span_name(name, route)
+        new, templated, redacted = done
+        if templated:
+            counts[("templating", templated)] += n
+        if redacted:
+            counts[("redaction", redacted)] += n
+        return new
+
+    def _span_name(self, name: str, route: str) -> tuple[str, str, str]:
+        new = name
+        templated = redacted = ""
+        if self.policy.template_span_names and ("/" in name):
+            new = template_span_name(name, route)
+            if new != name:
+                templated = "span_name"
+        scrubbed, reason = self.scrub(new)
+        if reason:
+            redacted = reason
+            new = MASK if scrubbed is None else scrubbed
+        memo = self._name_cache
+        if len(memo) >= _CACHE_LIMIT:
+            memo.clear()
+        done = memo[(name, route)] = (new, templated, redacted)
+        return done

@@ -23,12 +23,14 @@ from typing import Callable, Sequence
 from streams.agents import worker_metrics as m
 from streams.stages.alerts import ALERTS_TABLE
 from streams.stages.alerts import table_columns as alert_table_columns
-from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage, concat
+from streams.otlp.batch import ColumnBatch, DeadLetter, DecodeResult, RawMessage, concat
 from streams.stages.catalog import CatalogStage, load_catalog
 from streams.stages.labels import LabelStage
 from streams.stages.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingStage
-from streams.otlp.decode import decode_messages
+from streams.otlp import native
+from streams.otlp.decode import choose_encoding, decode_messages
 from streams.stages.label_policy import load_policy
+from streams.stages.native_traces import run_native
 from streams.stages.sampling import HeadRates, HeadSampler
 from streams.stages.series_budget import DEFAULT_CLOCK_SKEW_S, SeriesBudgetStage
 
@@ -42,9 +44,7 @@ def merge_results(results: Sequence[DecodeResult]) -> DecodeResult:
     parts: dict[str, list[ColumnBatch]] = {}
     for index, result in enumerate(results):
         for table, batch in result.batches.items():
-            if ORIGIN in batch.columns:
-                batch = ColumnBatch(batch.table, {**batch.columns, ORIGIN: [index] * len(batch)}, batch.source)
-            parts.setdefault(table, []).append(batch)
+            parts.setdefault(table, []).append(batch.shifted(index))  # a run of one: every ORIGIN is 0
         merged.dead_letters.extend(result.dead_letters)
         merged.decoded_messages += result.decoded_messages
         merged.alerts.extend(result.alerts)
@@ -56,7 +56,7 @@ class Stages:
     def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
                  catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None,
                  head: HeadSampler | None = None, clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, native_spans: bool = True):
         self.encoding_for = encoding_for
         self.clock_skew_s = clock_skew_s
         self.clock = clock
@@ -67,6 +67,8 @@ class Stages:
         if budget is None and labels is not None:
             budget = SeriesBudgetStage.in_memory(labels.policy.budgets, clock_skew_s)
         self.budget = budget
+        # spans through the native core (streams.stages.native_traces) where it is built
+        self.native_spans = native_spans and native.available()
 
     def begin(self, signal: str) -> None:
         """Before a (re)try of a write of this signal: forget its stages' uncommitted state changes."""
@@ -82,7 +84,7 @@ class Stages:
         sampling = settings.sampling
         head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates(), sampling.min_rate), sampling.keep_log_severity)
         return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head,
-                   clock_skew_s=settings.worker.max_clock_skew_s)
+                   clock_skew_s=settings.worker.max_clock_skew_s, native_spans=settings.worker.native_spans)
 
     def now_ns(self, messages: Sequence[RawMessage]) -> int:
         """The time of a run of messages: the newest Kafka timestamp among them, never later than
@@ -92,13 +94,20 @@ class Stages:
         stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None and m.timestamp_ms > 0]
         return min(max(stamps), wall_ms) * 1_000_000 if stamps else wall_ms * 1_000_000
 
-    def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
+    def run(self, signal: str, messages: Sequence[RawMessage], native_spans: bool = True) -> DecodeResult:
         """Never raises for what a message holds: decoding sets refused messages aside itself, and if
         a later stage fails on the run, each message is run alone, and those that still fail become
         dead letters (``internal``, naming the exception class). A message run again that way
-        counts twice in ``top_k`` tallies (series budgets count distinct series, so they do not)."""
+        counts twice in ``top_k`` tallies (series budgets count distinct series, so they do not).
+
+        Spans in protobuf take the native core where it is built (``native_spans`` here and in the
+        settings): their rows come in a ``NativeBatch``, the same rows the Python path makes."""
         if not messages:
             return DecodeResult()
+        if signal == "traces" and native_spans and self.native_spans:
+            done = self._run_native(messages)
+            if done is not None:
+                return done
         try:
             return self._run(signal, messages)
         except Exception as exc:
@@ -112,6 +121,28 @@ class Stages:
         except Exception as exc:  # the class only: the text may quote the message
             m.STAGE_CHANGES.labels("pipeline", "internal").inc()
             return DecodeResult(dead_letters=[DeadLetter(message, "internal", f"{type(exc).__name__} in the stages")])
+
+    def _run_native(self, messages: Sequence[RawMessage]) -> DecodeResult | None:
+        """The run through the native core, or None for the Python path: a message in another
+        encoding than protobuf, a policy whose decisions are not per value, or a failure (logged;
+        the Python path then makes the same rows or names the message at fault)."""
+        default = self.encoding_for(messages[0].topic)
+        if any(choose_encoding(msg, default) != "otlp_proto" for msg in messages):
+            return None
+        latest_ns = self.now_ns(messages) + self.clock_skew_s * 1_000_000_000
+        try:
+            ran = run_native(messages, self.max_message_bytes, self.head, self.labels, self.catalog, latest_ns)
+        except Exception as exc:
+            m.STAGE_CHANGES.labels("pipeline", "native_fallback").inc()
+            log.warning("the native span stages failed on a run of %d messages (%s); the Python path takes it",
+                        len(messages), type(exc).__name__)
+            return None
+        if ran is None:
+            return None
+        result, counts = ran
+        for (stage, reason), n in counts.items():
+            m.STAGE_CHANGES.labels(stage, reason).inc(n)
+        return result
 
     def _run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
         result = decode_messages(signal, messages, self.encoding_for(messages[0].topic), self.max_message_bytes)

@@ -153,6 +153,10 @@ class HeadRates:
         return self.default < 1 or any(r < 1 for r in self.services.values())
 
 
+# HeadSampler.decide's modes: every span of the group kept, its trace id's randomness tested, or none kept.
+KEEP, TEST, DROP = 0, 1, 2
+
+
 class HeadSampler:
     def __init__(self, rates: HeadRates, keep_log_severity: int = SEVERITY_WARN):
         self.rates = rates
@@ -174,37 +178,57 @@ class HeadSampler:
             return self._logs(batch, counts), counts
         return batch, counts
 
+    def decide(self, service: str, state: str) -> tuple[int, int, float, str | None, bool]:
+        """How the spans of one service with one trace state are sampled: (mode, threshold,
+        weight, new trace state or None to keep it, whether the weight was capped). ``KEEP``: every
+        such span stays; ``DROP``: none; ``TEST``: a span stays when its trace id's randomness
+        is at least ``threshold``. Kept spans weigh ``weight``."""
+        ours = self.threshold(service)
+        upstream = 0
+        rv = None
+        if state:
+            ot = parse_ot(state)
+            rv = _valid_rv(ot.get("rv"))
+            if "th" in ot:
+                try:
+                    upstream = th_to_threshold(ot["th"])
+                except SamplingError:
+                    upstream = 0
+        if upstream >= ours:  # an earlier stage was as selective or more: nothing to do
+            weight = adjusted_count(upstream)
+            if weight > self._max_weight:  # a producer's th is trusted down to the floor rate only
+                return KEEP, 0, self._max_weight, None, True
+            return KEEP, 0, weight, None, False
+        new_state = with_th(state, threshold_to_th(ours))
+        if rv is not None:
+            return (KEEP if trace_randomness("", rv) >= ours else DROP), ours, adjusted_count(ours), new_state, False
+        return TEST, ours, adjusted_count(ours), new_state, False
+
+    def skips_spans(self, any_trace_state: bool) -> bool:
+        """True when head sampling leaves spans as they are: every rate 1, nothing sampled before
+        (weights stay 1, the column's default)."""
+        return not self.rates.active and not any_trace_state
+
     def _spans(self, batch: ColumnBatch, counts: Counter) -> ColumnBatch:
         cols = batch.columns
-        if not self.rates.active and not any(cols["TraceState"]):
-            return batch  # keep everything, nothing sampled before: weights stay 1 (the column default)
+        if self.skips_spans(any(cols["TraceState"])):
+            return batch
         keep: list[int] = []
         states = list(cols["TraceState"])
         weights: list[float] = []
+        decided: dict[tuple[str, str], tuple[int, int, float, str | None, bool]] = {}
         for i, (trace_id, service, state) in enumerate(zip(cols["TraceId"], cols["ServiceName"], states)):
-            ours = self.threshold(service)
-            upstream = 0
-            rv = None
-            if state:
-                ot = parse_ot(state)
-                rv = _valid_rv(ot.get("rv"))
-                if "th" in ot:
-                    try:
-                        upstream = th_to_threshold(ot["th"])
-                    except SamplingError:
-                        upstream = 0
-            if upstream >= ours:  # an earlier stage was as selective or more: nothing to do
+            decision = decided.get((service, state))
+            if decision is None:
+                decision = decided[(service, state)] = self.decide(service, state)
+            mode, threshold, weight, new_state, capped = decision
+            if mode == KEEP or (mode == TEST and trace_randomness(trace_id) >= threshold):
                 keep.append(i)
-                weight = adjusted_count(upstream)
-                if weight > self._max_weight:  # a producer's th is trusted down to the floor rate only
-                    weight = self._max_weight
-                    counts[("sampling", "upstream_weight_capped")] += 1
                 weights.append(weight)
-                continue
-            if trace_randomness(trace_id, rv) >= ours:
-                keep.append(i)
-                weights.append(adjusted_count(ours))
-                states[i] = with_th(state, threshold_to_th(ours))
+                if capped:
+                    counts[("sampling", "upstream_weight_capped")] += 1
+                if new_state is not None:
+                    states[i] = new_state
             else:
                 counts[("sampling", "head_dropped_span")] += 1
         out = {name: values for name, values in cols.items()}

@@ -6,7 +6,8 @@ exception event, HTTP 500), some spans are slow, logs carry their span's trace a
 few carry none), and every metric type is emitted: gauges, sums (monotonic and not, cumulative and
 delta), explicit and exponential histograms with exemplars, and summaries. Attributes include the
 high-cardinality values that make real pipelines suffer: user ids, URLs with ids, session ids and
-very long values.
+very long values; ``distinct_values`` adds values that no two spans share (request ids, end-user
+ids, full URLs with ids and query strings, amounts), the case where memoising stops helping.
 
 ``generate(...)`` yields ``(signal, request)`` pairs and fills a ``WorkloadSummary`` with exact
 counts, so tests can assert on what reached ClickHouse.
@@ -91,12 +92,14 @@ class _Span:
 
 class Workload:
     def __init__(self, seed: int = 7, start_ns: int = 1_760_000_000_000_000_000, error_rate: float = 0.05,
-                 slow_rate: float = 0.03, extra_attributes: int = 0):
+                 slow_rate: float = 0.03, extra_attributes: int = 0, distinct_values: bool = False):
         self.rng = random.Random(seed)
         self.clock_ns = start_ns
         self.error_rate = error_rate
         self.slow_rate = slow_rate
         self.extra_attributes = extra_attributes
+        # high cardinality as real traffic has it: every span carries values no other span has
+        self.distinct_values = distinct_values
         self.summary = WorkloadSummary()
 
     # ------------------------------------------------------------ ids and helpers
@@ -122,6 +125,14 @@ class Workload:
         span.attributes.extend(attrs)
         for i in range(self.extra_attributes):
             span.attributes.append(kv(f"app.extra_{i}", f"value-{self.rng.randrange(1000)}"))
+        if self.distinct_values:
+            order, item = self.rng.getrandbits(40), self.rng.getrandbits(32)
+            span.attributes.extend([
+                kv("request.id", f"{self.rng.getrandbits(64):016x}"),
+                kv("enduser.id", f"u-{self.rng.getrandbits(48):012x}"),
+                kv("url.full", f"https://shop.example.com/orders/{order}/items/{item}?ref={self.rng.getrandbits(24):x}"),
+                kv("app.cart_value", str(self.rng.randrange(1, 10**7) / 100)),
+            ])
         return span
 
     def _log(self, span: trace_pb2.Span | None, severity: str, body: object, when: int) -> logs_pb2.LogRecord:
