@@ -5,6 +5,7 @@ mod anyvalue;
 mod block;
 mod columns;
 mod stages;
+mod text;
 mod traces;
 mod validate;
 mod wire;
@@ -63,6 +64,8 @@ struct TracesBlock {
     block: Block,
     errors: Vec<Refused>,
     messages: usize,
+    /// Decisions plan_attribute_values made here, applied with the next remap_attribute_values.
+    pending: Vec<(u32, Option<Vec<u8>>)>,
 }
 
 fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
@@ -274,6 +277,7 @@ impl TracesBlock {
                 decisions.push((id, new_value.map(String::into_bytes)));
             }
         }
+        decisions.append(&mut self.pending);
         if decisions.is_empty() {
             return Ok(0);
         }
@@ -299,15 +303,50 @@ impl TracesBlock {
     }
 
     /// [(value, rows holding it)] of a text column (per event or link for Events.Name and
-    /// Links.TraceState), in the order first seen. KeyError for a column that is not text.
-    fn distinct_strings<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyList>> {
+    /// Links.TraceState), in the order first seen. With `secrets` (the query-secret names,
+    /// lowercase ASCII), only the values some detector may match (see maybe_sensitive).
+    /// KeyError for a column that is not text.
+    #[pyo3(signature = (name, secrets=None))]
+    fn distinct_strings<'py>(&self, py: Python<'py>, name: &str, secrets: Option<Vec<String>>)
+        -> PyResult<Bound<'py, PyList>> {
         let values = self.block.distinct_strings(text_col(name)?)
             .ok_or_else(|| PyKeyError::new_err(format!("{name:?} is not a text column")))?;
+        let secrets: Option<Vec<Vec<u8>>> = secrets.map(|s| s.into_iter().map(String::into_bytes).collect());
         let out = PyList::empty(py);
         for (value, count) in values {
-            out.append((text(py, value)?, count))?;
+            if secrets.as_ref().is_none_or(|s| text::maybe_sensitive(value, s)) {
+                out.append((text(py, value)?, count))?;
+            }
         }
         Ok(out)
+    }
+
+    /// The distinct attribute keys, by number (the numbers plan_attribute_values' modes follow).
+    fn distinct_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for id in 0..self.block.keys.len() {
+            out.append(text(py, self.block.keys.get(id as u32))?)?;
+        }
+        Ok(out)
+    }
+
+    /// Decide here what needs no Python: `modes[k]` for key number k is 0 (plain: only the
+    /// detectors), 1 (the detectors, then URL templating) or 2 (everything to Python); `secrets`
+    /// the query-secret names (lowercase ASCII). Returns ([(key, value, maps holding it)] that
+    /// Python must decide, occurrences templated here); the decisions made here are applied by the
+    /// next remap_attribute_values, with Python's.
+    fn plan_attribute_values<'py>(&mut self, py: Python<'py>, modes: Vec<u8>, secrets: Vec<String>)
+        -> PyResult<(Bound<'py, PyList>, u64)> {
+        let secrets: Vec<Vec<u8>> = secrets.into_iter().map(String::into_bytes).collect();
+        let (python, decided, templated) = self.block.plan_pairs(&modes, &secrets);
+        let counts = self.block.pair_counts();
+        let out = PyList::empty(py);
+        for id in python {
+            let (k, v) = self.block.pair(id);
+            out.append((text(py, k)?, text(py, v)?, counts[id as usize]))?;
+        }
+        self.pending = decided;
+        Ok((out, templated))
     }
 
     /// Rewrite a text column: {value: new value}; values the mapping does not name stay.
@@ -412,7 +451,20 @@ fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes:
     }
     let slices: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
     let (block, errors) = py.allow_threads(|| decode_all(&slices, max_message_bytes));
-    Ok(TracesBlock { block, errors, messages: slices.len() })
+    Ok(TracesBlock { block, errors, messages: slices.len(), pending: Vec::new() })
+}
+
+/// Whether a value may hold what the label stage's detectors look for (a no is exact; see text.rs).
+#[pyfunction]
+fn maybe_sensitive(value: &str, secrets: Vec<String>) -> bool {
+    let secrets: Vec<Vec<u8>> = secrets.into_iter().map(String::into_bytes).collect();
+    text::maybe_sensitive(value.as_bytes(), &secrets)
+}
+
+/// templating.template_path of a printable ASCII value; None for any other value.
+#[pyfunction]
+fn template_path(value: &str) -> Option<String> {
+    text::template_path(value.as_bytes()).map(|t| String::from_utf8(t).expect("ASCII in, ASCII out"))
 }
 
 /// {column: the Native type its data is sent as}, for every otel_traces column.
@@ -476,6 +528,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(column_types, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
+    m.add_function(wrap_pyfunction!(maybe_sensitive, m)?)?;
+    m.add_function(wrap_pyfunction!(template_path, m)?)?;
     m.add_class::<TracesBlock>()?;
     m.add("COLUMNS", PyTuple::new(m.py(), COLUMNS.iter().map(|c| c.1))?)?;
     m.add("SPAN_KINDS", PyTuple::new(m.py(), SPAN_KINDS)?)?;

@@ -15,6 +15,12 @@ use std::collections::HashMap;
 
 use crate::block::{Block, StrCol};
 use crate::columns::{Col, Source};
+use crate::text::{maybe_sensitive, template_path};
+
+/// How the label stage treats the values of one attribute key (``plan_pairs``).
+pub const KEY_PLAIN: u8 = 0; // only the detectors: a value they cannot match stays
+pub const KEY_TEMPLATE: u8 = 1; // the detectors, then URL templating
+pub const KEY_PYTHON: u8 = 2; // anything else (dropped keys, rules): every value to Python
 
 /// How head sampling treats the rows of one (service, trace state) group.
 pub struct Head {
@@ -285,6 +291,37 @@ impl Block {
             }
         }
         counts
+    }
+
+    /// Which attribute pairs the label stage must see, given how it treats each key (`modes`, by
+    /// key number) and the query-secret names: a pair of a plain key whose value no detector can
+    /// match stays, and one of a templated key is templated here when it is printable ASCII. Returns
+    /// (pairs for Python, decisions made here, occurrences templated here).
+    pub fn plan_pairs(&self, modes: &[u8], secrets: &[Vec<u8>]) -> (Vec<u32>, Vec<(u32, Option<Vec<u8>>)>, u64) {
+        let counts = self.pair_counts();
+        let (mut python, mut decided, mut templated) = (Vec::new(), Vec::new(), 0u64);
+        for (id, &(key, value)) in self.pairs.pairs.iter().enumerate() {
+            if counts[id] == 0 {
+                continue; // held only by rows head sampling dropped
+            }
+            let mode = modes.get(key as usize).copied().unwrap_or(KEY_PYTHON);
+            let value = self.values.get(value);
+            if !matches!(mode, KEY_PLAIN | KEY_TEMPLATE) || maybe_sensitive(value, secrets) {
+                python.push(id as u32);
+                continue;
+            }
+            if mode == KEY_TEMPLATE {
+                match template_path(value) {
+                    Some(t) if t != value => {
+                        decided.push((id as u32, Some(t)));
+                        templated += counts[id];
+                    }
+                    Some(_) => {}
+                    None => python.push(id as u32),
+                }
+            }
+        }
+        (python, decided, templated)
     }
 
     /// (earliest, latest) row timestamp.
