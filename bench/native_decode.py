@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 import statistics
 import sys
 import time
@@ -54,7 +55,8 @@ def cpu_seconds(work: Callable[[], object], repeat: int) -> float:
 
 
 def table_types() -> dict[str, str]:
-    """otel_traces' column types as its DDL declares them (Nested columns as arrays)."""
+    """otel_traces' column types as its DDL declares them (Nested columns as arrays), for the
+    decoder's columns and those the stages add."""
     from sinks.migrations import targets
     from streams.config import ClickHouseSettings
 
@@ -69,8 +71,8 @@ def table_types() -> dict[str, str]:
             nested = None
         elif len(words) >= 2:
             name = f"{nested}.{words[0]}" if nested else words[0]
-            if name in TRACE_COLUMNS:
-                typ = " ".join(words[1:]).split(" CODEC")[0]
+            if name in TRACE_COLUMNS or name in ("SampleWeight", "ServiceTeam", "ServiceTier", "ServiceOwner"):
+                typ = re.split(r" (?:CODEC|DEFAULT|MATERIALIZED|ALIAS)\b", " ".join(words[1:]))[0]
                 types.setdefault(name, f"Array({typ})" if nested else typ)
     return types
 

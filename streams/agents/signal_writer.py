@@ -286,7 +286,8 @@ class SignalWriter:
         return outcome
 
     def _account(self, outcome: WriteOutcome, written: Written, run: Sequence[RawMessage]) -> None:
-        for table, n in written.rows.items():
+        for key, n in written.rows.items():
+            table = key.split("#", 1)[0]  # batches of one table kept apart (merge_parts) count as the table
             m.ROWS_WRITTEN.labels(table).inc(n)
             outcome.rows[table] = outcome.rows.get(table, 0) + n
         outcome.dead_letters.extend(written.letters(run))
@@ -351,7 +352,7 @@ def merge_parts(parts: Sequence[tuple[Sequence[RawMessage], DecodeResult]]
             if not len(batch):
                 continue
             batch = batch.shifted(base)
-            pieces.setdefault((table, type(batch).__name__, batch.has_origins, tuple(batch.column_names)), []).append(batch)
+            pieces.setdefault((table, batch.has_origins, tuple(batch.column_names)), []).append(batch)
     merged: dict[str, ColumnBatch] = {}
     for i, ((table, *_), batches) in enumerate(pieces.items()):
         merged[table if table not in merged else f"{table}#{i}"] = concat(batches)

@@ -652,6 +652,26 @@ class LabelStage:
         """Move the ``top_k`` windows' clock to a batch's newest record time (never back)."""
         self._now_s = max(self._now_s, newest_ns // 1_000_000_000)
 
+    def key_mode(self, signal: str, key: str) -> int:
+        """How a key's values are decided: 0 by the detectors alone (``_PLAIN``), 1 by the detectors
+        then URL templating, 2 otherwise (dropped keys, cardinality rules)."""
+        plans = self._plans(signal)
+        plan = plans.get(key)
+        if plan is None:
+            plan = self._remember_plan(plans, signal, key)
+        if plan is _PLAIN:
+            return 0
+        if plan[0] == "keep" and plan[1] and not plan[2]:
+            return 1
+        return 2
+
+    def ascii_query_secrets(self) -> list[str] | None:
+        """The query-secret names (lowercase) when all are ASCII, else None: Python's
+        case-insensitive matching folds some other letters onto ASCII ones (``ſ`` matches ``s``), so
+        only ASCII names can be matched byte by byte (``streams.otlp._native.maybe_sensitive``)."""
+        names = sorted(self._secrets)
+        return names if all(n.isascii() for n in names) else None
+
     def per_value(self, signal: str) -> bool:
         """Whether every decision for this signal depends on the value alone (no ``top_k`` rule,
         whose output depends on what came before): then it can be made once per distinct value."""

@@ -11,7 +11,10 @@ block applies them to every row:
   block tests each row's trace id against it, drops rows and sets weights and trace states;
 - the label stage: every attribute pair of every map (``LabelStage.map_value``), every value of
   every text column (``text_value``), and span names per distinct (name, ``http.route``)
-  (``span_name``), after the maps are cleaned, as on the Python path;
+  (``span_name``), after the maps are cleaned, as on the Python path. Values no detector can
+  match are found natively (``_native.maybe_sensitive``, exact when it says no) and never reach
+  Python: a plain key's such values stay, a URL key's are templated natively
+  (``_native.template_path``, the same function as ``templating.template_path``);
 - the catalog: its three columns per distinct service name.
 
 Text columns are found by their type, as the label stage finds them by their cells: a string
@@ -90,16 +93,23 @@ def sample(block: Any, head: HeadSampler, counts: Counter) -> None:
 
 def clean(block: Any, labels: LabelStage, texts: list[str], counts: Counter, latest_ns: int) -> None:
     _advance(block, labels, counts, latest_ns)
+    secrets = labels.ascii_query_secrets()
+    if secrets is None:  # every value to Python
+        to_decide, templated = block.attribute_pairs(), 0
+    else:
+        modes = [labels.key_mode("traces", key) for key in block.distinct_keys()]
+        to_decide, templated = block.plan_attribute_values(modes, secrets)
+    if templated:
+        counts[("templating", "url")] += templated
     pairs: dict[tuple[str, str], str | None] = {}
-    for key, value, n in block.attribute_pairs():
+    for key, value, n in to_decide:
         new = labels.map_value("traces", key, value, counts, n)
         if new != value:
             pairs[(key, value)] = new
-    if pairs:
-        block.remap_attribute_values(pairs)
+    block.remap_attribute_values(pairs)  # with the decisions made natively
     for name in texts:
         changes = {}
-        for value, n in block.distinct_strings(name):
+        for value, n in block.distinct_strings(name, secrets):
             new = labels.text_value(value, counts, n)
             if new != value:
                 changes[value] = new

@@ -12,6 +12,11 @@ never the wall clock. Two stages keep state: ``top_k`` rules and the series budg
 keeps the budgets in a changelogged table (see ``streams.agents.app``) and commits their changes only
 after a batch's rows are written; a replay keeps them in memory for the replay.
 Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
+
+Spans in protobuf go through the native core where it is built (``worker.native_spans``,
+``streams.stages.native_traces``): the same stages, decided once per distinct value, the same rows
+(a ``NativeBatch``), the same counts. A run it declines (another encoding, a ``top_k`` rule for
+spans) or fails on takes the Python path below.
 """
 
 from __future__ import annotations

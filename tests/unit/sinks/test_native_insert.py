@@ -119,3 +119,23 @@ def test_a_refused_insert_is_cut_through_the_python_columns(databases, monkeypat
     expected = databases()
     expected.write(run(False, data), "x")
     assert stored(sink) == stored(expected)
+
+
+def test_native_and_python_cuts_of_one_table_merge_into_one_insert():
+    """A batch whose cuts took both paths (a JSON message among protobuf ones): one otel_traces."""
+    from streams.agents.signal_writer import merge_parts
+
+    first, second = payloads(6, messages=2), payloads(7, messages=2)
+
+    def result(native_spans: bool, data: list[bytes]):
+        stages = Stages(lambda topic: "otlp_proto", 16 * 1024 * 1024, None, native_spans=native_spans)
+        messages = [RawMessage("spans", 0, i, p) for i, p in enumerate(data)]
+        return messages, stages.run("traces", messages)
+
+    mixed_run, mixed = merge_parts([result(True, first), result(False, second)])
+    python_run, python = merge_parts([result(False, first), result(False, second)])
+    assert list(mixed) == list(python) == ["otel_traces"]
+    assert mixed["otel_traces"].columns == python["otel_traces"].columns
+    native_run, native_only = merge_parts([result(True, first), result(True, second)])
+    assert isinstance(native_only["otel_traces"], NativeBatch)
+    assert native_only["otel_traces"].columns == python["otel_traces"].columns

@@ -1,0 +1,73 @@
+"""The native core's two value checks against their Python references, on generated values.
+
+``_native.template_path`` is ``templating.template_path`` on every printable ASCII value (None on
+any other); ``_native.maybe_sensitive`` says yes wherever the label stage's ``_MAYBE_SENSITIVE``
+pattern (with the policy's query-secret names) matches or a value opens like JSON, so a value it
+lets through is one the detectors leave alone. Values are built from the pieces those patterns
+read (digits, hex, separators, ids, emails, addresses, keywords in any case, query secrets,
+whitespace, line ends, non-ASCII letters that fold onto ASCII ones), many thousands per run.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streams.otlp import _native
+from streams.stages.label_policy import LabelPolicy
+from streams.stages.labels import LabelStage
+from streams.stages.templating import template_path
+
+PIECES = ["/", "/", "/", "?", "&", "=", "#", ".", ",", ":", "[", "]", "{", "}", "-", "+", "_", " ", "@", "%",
+          "1", "42", "007", "3.14", "-5", "+7,5", "123456789", "4111 1111 1111 1111", "4111-1111-1111-1111",
+          "deadbeef", "DEADBEEF01", "abcdefab", "0a1b2c3d4e5f6a7b", "123e4567-e89b-12d3-a456-426614174000",
+          "123e4567e89b12d3a456426614174000", "a@b.io", "x.y@mail.example.com", "a@b", "@", "10.0.0.1",
+          "10.0.0.1:8080", "256.1.1.1", "::1", "[fe80::1]", "fe80::", "abc:", "aZ09_-aZ09_-aZ09_-", "Token",
+          "tOkEn", "bearer", "BASIC", "passw", "PWD", "passphrase", "secret", "apikey", "api_key", "API-Key",
+          "api\nkey", "privatekey", "private.key", "PRIVATE_KEY", "sig", "SIG", "access_token", "****",
+          "hash:0123456789abcdef", "https://", "http://shop.example.com", "orders", "items", "user", "v1",
+          "\n", "\t", "\x0b", "\x1c", "é", "ſ", "K", "İ", "١٢٣", "\u00a0"]
+SECRETS = sorted({"token", "sig", "access_token", "password", "x-amz-signature"})
+
+
+def values(seed: int, count: int):
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield "".join(rng.choice(PIECES) for _ in range(rng.randrange(0, 9)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_template_path_is_the_python_one(seed):
+    for value in values(seed, 6000):
+        native = _native.template_path(value)
+        if all(0x20 <= ord(c) < 0x7F for c in value):
+            assert native == template_path(value), repr(value)
+        else:
+            assert native is None, repr(value)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_maybe_sensitive_never_misses_what_the_detectors_read(seed):
+    stage = LabelStage(LabelPolicy())
+    pattern = stage._maybe_sensitive
+    secrets = stage.ascii_query_secrets()
+    assert secrets is not None
+    for value in values(100 + seed, 6000):
+        python = bool(pattern.search(value)) or value.lstrip()[:1] in ("{", "[")
+        if python:
+            assert _native.maybe_sensitive(value, secrets), repr(value)
+
+
+def test_plain_values_are_let_through():
+    secrets = LabelStage(LabelPolicy()).ascii_query_secrets()
+    for value in ["GET /orders/{id}", "/api/v1/orders?ref=7", "checkout", "user-123", "200", "", "10.0.0.1"]:
+        assert not _native.maybe_sensitive(value, secrets), value
+
+
+def test_a_non_ascii_query_secret_turns_the_filter_off():
+    from streams.stages.label_policy import RedactionPolicy
+
+    stage = LabelStage(LabelPolicy(redaction=RedactionPolicy(query_secrets=("ſig",))))
+    assert stage.ascii_query_secrets() is None
+    assert stage._maybe_sensitive.search("/a?sig=1")  # Python folds ſ onto s
