@@ -193,6 +193,30 @@ impl Block {
         }
     }
 
+    /// The value indexes of rows `rows` of a column (their events or links for an array column).
+    pub fn indexes_in(&self, per: Per, rows: Rows) -> Indexes<'_> {
+        match per {
+            Per::Row => Indexes::Range(rows.lo..rows.hi),
+            Per::Resource => Indexes::Table(self.resource[rows.lo..rows.hi].iter()),
+            Per::Scope => Indexes::Table(self.scope[rows.lo..rows.hi].iter()),
+            Per::Event | Per::Link => {
+                let (a, b) = self.elements(per, rows);
+                Indexes::Range(a..b)
+            }
+        }
+    }
+
+    /// The element range of rows `rows`: themselves, or their events or links.
+    pub fn elements(&self, per: Per, rows: Rows) -> (usize, usize) {
+        match self.offsets(per) {
+            None => (rows.lo, rows.hi),
+            Some(ends) => {
+                let at = |i: usize| if i == 0 { 0 } else { ends[i - 1] as usize };
+                (at(rows.lo), at(rows.hi))
+            }
+        }
+    }
+
     /// The cumulative offsets of an array column (None: not an array column).
     pub fn offsets(&self, per: Per) -> Option<&[u64]> {
         match per {
@@ -200,6 +224,19 @@ impl Block {
             Per::Link => Some(&self.links_end),
             _ => None,
         }
+    }
+}
+
+/// A run of rows of a block, `lo..hi`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    pub lo: usize,
+    pub hi: usize,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.hi - self.lo
     }
 }
 
@@ -339,66 +376,69 @@ impl Block {
     }
 
     /// The size of a column's Native data.
-    fn column_len(&self, col: Col) -> usize {
+    fn column_len(&self, col: Col, rows: Rows) -> usize {
         let source = self.source(col);
         let per = Self::per(&source);
-        let offsets = self.offsets(per).map_or(0, |o| o.len() * 8);
+        let offsets = if self.offsets(per).is_some() { rows.len() * 8 } else { 0 };
         offsets + match source {
             Source::Strings(values, Per::Resource | Per::Scope) => {
                 let sizes: Vec<usize> = (0..values.len()).map(|i| string_len(values.get(i))).collect();
-                self.indexes(per).map(|i| sizes[i]).sum()
+                self.indexes_in(per, rows).map(|i| sizes[i]).sum()
             }
             Source::Strings(values, _) => {
-                let n = values.len();
-                values.data.len() + (0..n).map(|i| varint_len(values.get(i).len() as u64)).sum::<usize>()
+                let (a, b) = self.elements(per, rows);
+                let start = if a == 0 { 0 } else { values.ends[a - 1] };
+                let end = if b == 0 { 0 } else { values.ends[b - 1] };
+                end - start + (a..b).map(|i| varint_len(values.get(i).len() as u64)).sum::<usize>()
             }
-            Source::Fixed(names, codes) => codes.iter().map(|&c| string_len(names[c as usize].as_bytes())).sum(),
-            Source::I64(..) | Source::U64(_) | Source::F64(_) => self.indexes(per).count() * 8,
-            Source::U32(..) => self.indexes(per).count() * 4,
+            Source::Fixed(names, codes) => codes[rows.lo..rows.hi].iter().map(|&c| string_len(names[c as usize].as_bytes())).sum(),
+            Source::I64(..) | Source::U64(_) | Source::F64(_) => self.indexes_in(per, rows).count() * 8,
+            Source::U32(..) => self.indexes_in(per, rows).count() * 4,
             Source::Maps(maps, Per::Resource | Per::Scope) => {
                 let sizes: Vec<usize> = maps.iter().map(|&m| self.map_len(m)).collect();
-                self.indexes(per).map(|i| 8 + sizes[i]).sum()
+                self.indexes_in(per, rows).map(|i| 8 + sizes[i]).sum()
             }
-            Source::Maps(maps, _) => self.indexes(per).map(|i| 8 + self.map_len(maps[i])).sum(),
+            Source::Maps(maps, _) => self.indexes_in(per, rows).map(|i| 8 + self.map_len(maps[i])).sum(),
         }
     }
 
-    fn write_column(&self, out: &mut impl Put, col: Col) {
+    fn write_column(&self, out: &mut impl Put, col: Col, rows: Rows) {
         let source = self.source(col);
         let per = Self::per(&source);
         if let Some(ends) = self.offsets(per) {
-            for &o in ends {
-                out.put(&o.to_le_bytes());
+            let base = if rows.lo == 0 { 0 } else { ends[rows.lo - 1] };
+            for &o in &ends[rows.lo..rows.hi] {
+                out.put(&(o - base).to_le_bytes());
             }
         }
         match source {
             Source::Strings(values, per) => {
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     string(out, values.get(i));
                 }
             }
             Source::Fixed(names, codes) => {
-                for &c in codes {
+                for &c in &codes[rows.lo..rows.hi] {
                     string(out, names[c as usize].as_bytes());
                 }
             }
             Source::I64(values, per) => {
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     out.put(&values[i].to_le_bytes());
                 }
             }
             Source::U64(values) => {
-                for v in values {
+                for v in &values[rows.lo..rows.hi] {
                     out.put(&v.to_le_bytes());
                 }
             }
             Source::F64(values) => {
-                for v in values {
+                for v in &values[rows.lo..rows.hi] {
                     out.put(&v.to_le_bytes());
                 }
             }
             Source::U32(values, per) => {
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     out.put(&values[i].to_le_bytes());
                 }
             }
@@ -406,29 +446,29 @@ impl Block {
                 // one map per resource or scope, repeated on each of its rows: encoded once
                 let encoded: Vec<MapBytes> = maps.iter().map(|&m| self.map_bytes(m)).collect();
                 let mut total = 0u64;
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     total += encoded[i].pairs;
                     out.put(&total.to_le_bytes());
                 }
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     out.put(&encoded[i].keys);
                 }
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     out.put(&encoded[i].values);
                 }
             }
             Source::Maps(maps, per) => {
                 let mut total = 0u64;
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     total += self.maps.get(maps[i]).len() as u64;
                     out.put(&total.to_le_bytes());
                 }
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     for &p in self.maps.get(maps[i]) {
                         string(out, self.pair(p).0);
                     }
                 }
-                for i in self.indexes(per) {
+                for i in self.indexes_in(per, rows) {
                     for &p in self.maps.get(maps[i]) {
                         string(out, self.pair(p).1);
                     }
@@ -437,23 +477,23 @@ impl Block {
         }
     }
 
-    /// The size of the Native block of these columns.
-    pub fn native_len(&self, cols: &[(Col, &str, &str)]) -> usize {
-        let mut len = varint_len(cols.len() as u64) + varint_len(self.rows() as u64);
+    /// The size of the Native block of these columns, of rows `rows`.
+    pub fn native_len(&self, cols: &[(Col, &str, &str)], rows: Rows) -> usize {
+        let mut len = varint_len(cols.len() as u64) + varint_len(rows.len() as u64);
         for &(col, name, native_type) in cols {
-            len += string_len(name.as_bytes()) + string_len(native_type.as_bytes()) + self.column_len(col);
+            len += string_len(name.as_bytes()) + string_len(native_type.as_bytes()) + self.column_len(col, rows);
         }
         len
     }
 
-    /// One Native block of these columns, in this order.
-    pub fn write_native(&self, out: &mut impl Put, cols: &[(Col, &str, &str)]) {
+    /// One Native block of these columns, in this order, of rows `rows`.
+    pub fn write_native(&self, out: &mut impl Put, cols: &[(Col, &str, &str)], rows: Rows) {
         varint(out, cols.len() as u64);
-        varint(out, self.rows() as u64);
+        varint(out, rows.len() as u64);
         for &(col, name, native_type) in cols {
             string(out, name.as_bytes());
             string(out, native_type.as_bytes());
-            self.write_column(out, col);
+            self.write_column(out, col, rows);
         }
     }
 }

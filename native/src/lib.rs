@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 
 use block::Block;
-use columns::{Col, Per, SliceOut, Source, COLUMNS, EXTRA_COLUMNS};
+use columns::{Col, Per, Rows, SliceOut, Source, COLUMNS, EXTRA_COLUMNS};
 use stages::Head;
 use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
 use validate::{Kind, MESSAGES};
@@ -223,18 +223,25 @@ impl TracesBlock {
     }
 
     /// One ClickHouse Native block of these columns (default: every column), in this order, for
-    /// `client.raw_insert(table, names, insert_block=..., fmt="Native")`.
-    #[pyo3(signature = (names=None))]
-    fn to_native<'py>(&self, py: Python<'py>, names: Option<Vec<String>>) -> PyResult<Bound<'py, PyBytes>> {
+    /// `client.raw_insert(table, names, insert_block=..., fmt="Native")`; of rows start..stop only
+    /// when given (a long block sent as several).
+    #[pyo3(signature = (names=None, start=0, stop=None))]
+    fn to_native<'py>(&self, py: Python<'py>, names: Option<Vec<String>>, start: usize, stop: Option<usize>)
+        -> PyResult<Bound<'py, PyBytes>> {
         let cols = selected(&self.block, names)?;
+        let stop = stop.unwrap_or(self.block.rows()).min(self.block.rows());
+        if start > stop {
+            return Err(PyValueError::new_err(format!("rows {start}..{stop}: start is past stop")));
+        }
+        let rows = Rows { lo: start, hi: stop };
         let block = &self.block;
         // Written straight into the bytes object, its size computed first (without the GIL).
-        let len = py.allow_threads(|| block.native_len(&cols));
+        let len = py.allow_threads(|| block.native_len(&cols, rows));
         let mut exact = true;
         let bytes = PyBytes::new_with(py, len, |buf| {
             py.allow_threads(|| {
                 let mut out = SliceOut { buf, pos: 0, overflow: false };
-                block.write_native(&mut out, &cols);
+                block.write_native(&mut out, &cols, rows);
                 exact = !out.overflow && out.pos == len;
             });
             Ok(())
@@ -244,7 +251,7 @@ impl TracesBlock {
         }
         // the size was computed wrong (a bug): encode into a vector instead
         let mut data = Vec::new();
-        py.allow_threads(|| block.write_native(&mut data, &cols));
+        py.allow_threads(|| block.write_native(&mut data, &cols, rows));
         Ok(PyBytes::new(py, &data))
     }
 

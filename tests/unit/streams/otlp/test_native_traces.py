@@ -602,3 +602,28 @@ def test_native_block_inserts_the_rows_of_the_python_batch(chdb_client):
     finally:
         for db in (native_db, python_db):
             chdb_client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+
+
+def test_a_block_sent_as_several_inserts_the_same_rows(chdb_client):
+    """to_native(start=, stop=): runs of rows as Native blocks of their own, one insert of them all."""
+    workload = Workload(seed=4, extra_attributes=2)
+    payloads = [r.SerializeToString() for signal, _, r in workload.requests(6) if signal == "traces"]
+    block = native.decode_traces(payloads)
+    names = list(TRACE_COLUMNS)
+    assert block.to_native(names, 0, len(block)) == block.to_native(names)
+    with pytest.raises(ValueError):
+        block.to_native(names, 5, 2)
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    chdb_client.command(f"CREATE DATABASE {db}")
+    try:
+        _traces_table(chdb_client, db)
+        cuts = [0, 1, 7, len(block) // 2, len(block) - 1, len(block)]
+        pieces = b"".join(block.to_native(names, a, b) for a, b in zip(cuts, cuts[1:]))
+        once = {"insert_deduplicate": 0}
+        chdb_client.raw_insert(f"{db}.otel_traces", names, insert_block=block.to_native(names), fmt="Native",
+                               settings=once)
+        chdb_client.raw_insert(f"{db}.otel_traces", names, insert_block=pieces, fmt="Native", settings=once)
+        halves = chdb_client.query(f"SELECT count(), count(DISTINCT *) FROM {db}.otel_traces").result_rows[0]
+        assert halves == (2 * len(block), len(block))  # every row twice: the pieces hold exactly the block's rows
+    finally:
+        chdb_client.command(f"DROP DATABASE {db} SYNC")
