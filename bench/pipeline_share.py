@@ -36,26 +36,18 @@ from throughput import build_messages  # noqa: E402
 from streams.cli.render import format_table  # noqa: E402
 from streams.otlp import native  # noqa: E402
 from streams.otlp.batch import RawMessage  # noqa: E402
-from streams.otlp.encode import encode_request  # noqa: E402
 from streams.otlp.native import NativeBatch  # noqa: E402
 from streams.stages.catalog import CatalogEntry, CatalogStage  # noqa: E402
 from streams.stages.label_policy import LabelPolicy  # noqa: E402
 from streams.stages.labels import LabelStage  # noqa: E402
 from streams.stages.pipeline import Stages  # noqa: E402
 from streams.stages.sampling import HeadRates, HeadSampler  # noqa: E402
-from streams.tools.workload import Workload  # noqa: E402
 
 CATALOG = {name: CatalogEntry(name, f"team-{name}", "1", "owner") for name in ("frontend", "checkout", "payment")}
 
 
 def distinct_messages(count: int, seed: int) -> tuple[list[bytes], int]:
-    workload = Workload(seed=seed, extra_attributes=1, distinct_values=True)
-    payloads, spans = [], 0
-    for _ in range(count):
-        request, _ = workload.trace_requests(84)
-        spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-        payloads.append(encode_request(request, "otlp_proto"))
-    return payloads, spans
+    return build_messages(count, seed, distinct_values=True)
 
 
 def make_stages(native_spans: bool, head_rate: float) -> Stages:

@@ -42,8 +42,11 @@ from streams.agents.signal_writer import gc_paused  # noqa: E402
 from streams.tools.workload import Workload  # noqa: E402
 
 
-def build_messages(count: int, seed: int) -> tuple[list[bytes], int]:
-    workload = Workload(seed=seed, extra_attributes=5)
+def build_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:
+    """``count`` messages of 1008 spans; ``distinct_values``: the high-cardinality workload (request
+    ids, end-user ids, full URLs with ids and query strings that no two spans share)."""
+    workload = (Workload(seed=seed, extra_attributes=1, distinct_values=True) if distinct_values
+                else Workload(seed=seed, extra_attributes=5))
     payloads, spans = [], 0
     for _ in range(count):
         request, _ = workload.trace_requests(84)  # 84 traces x 12 spans = 1008 spans
@@ -157,6 +160,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=3, help="drains per configuration, alternating; medians")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--distinct-values", action="store_true",
+                        help="the high-cardinality workload: most attribute values distinct per span")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -174,7 +179,7 @@ def main() -> int:
     asyncio.run(ensure_topics(bootstrap, topics, settings.kafka.partitions))
 
     print(f"building {args.messages} messages ...", flush=True)
-    payloads, total_spans = build_messages(args.messages, args.seed)
+    payloads, total_spans = build_messages(args.messages, args.seed, args.distinct_values)
     mib = sum(map(len, payloads)) / 2**20
     print(f"producing {total_spans} spans ({mib:.0f} MiB of OTLP protobuf) ...", flush=True)
     asyncio.run(send(bootstrap, settings.kafka.spans_topic, payloads))

@@ -4,9 +4,11 @@
 //!
 //! - `maybe_sensitive`: whether a value may hold what a detector looks for. It says yes whenever
 //!   the label stage's `_MAYBE_SENSITIVE` pattern (plus its query-secret names) would match, or the
-//!   value opens like JSON, and may say yes more often (non-ASCII text, for one: Python's
-//!   case-insensitive matching folds some non-ASCII letters to ASCII ones): a yes sends the value
-//!   to Python, which decides exactly. A no is exact: the detectors would leave it alone.
+//!   value opens like JSON — except for long digit runs, where it says yes only when some run of
+//!   13 to 19 digits passes Luhn's check (the card detector masks nothing else) — and may say yes
+//!   more often (non-ASCII text, for one: Python's case-insensitive matching folds some non-ASCII
+//!   letters to ASCII ones): a yes sends the value to Python, which decides exactly. A no is
+//!   exact: the detectors would leave the value alone.
 //! - `template_path`: templating.template_path for values of printable ASCII (0x20..0x7e); None
 //!   for other values, which Python templates (its patterns' `\d`, `\s` and `$` read more than
 //!   ASCII and line ends).
@@ -26,24 +28,65 @@ fn word_then_key(s: &[u8], i: usize, word: &[u8]) -> bool {
     starts_with_ignore_case(rest, b"key") || (!rest.is_empty() && rest[0] != b'\n' && starts_with_ignore_case(&rest[1..], b"key"))
 }
 
+/// Luhn's check over ASCII digits.
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        let mut v = (d - b'0') as u32;
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum % 10 == 0
+}
+
+/// Whether the card detector could mask something: it masks runs of 13 to 19 digits, each digit
+/// followed by at most one space or dash, that pass Luhn's check. Any such window of any chain of
+/// digits says yes (more often than the detector, which takes the longest run only).
+fn may_hold_a_card_number(s: &[u8]) -> bool {
+    let mut digits: Vec<u8> = Vec::new();
+    let mut i = 0;
+    let flush = |digits: &mut Vec<u8>| -> bool {
+        let found = digits.len() >= 13
+            && (0..digits.len()).any(|a| (13..=19).any(|n| a + n <= digits.len() && luhn(&digits[a..a + n])));
+        digits.clear();
+        found
+    };
+    while i < s.len() {
+        let c = s[i];
+        if c.is_ascii_digit() {
+            digits.push(c);
+            i += 1;
+            // one space or dash between two digits keeps the chain
+            if i + 1 < s.len() && matches!(s[i], b' ' | b'-') && s[i + 1].is_ascii_digit() {
+                i += 1;
+            }
+            continue;
+        }
+        if flush(&mut digits) {
+            return true;
+        }
+        i += 1;
+    }
+    flush(&mut digits)
+}
+
 /// See the module's text. `secrets`: the query-secret names, lowercase.
 pub fn maybe_sensitive(s: &[u8], secrets: &[Vec<u8>]) -> bool {
     let first = s.iter().find(|c| !c.is_ascii_whitespace() && **c != 0x0b && !(0x1c..=0x1f).contains(*c));
     if matches!(first, Some(b'{') | Some(b'[')) {
         return true;
     }
-    let mut run = 0usize; // digits, spaces and dashes in a row
+    if may_hold_a_card_number(s) {
+        return true;
+    }
     for (i, &c) in s.iter().enumerate() {
         if c >= 0x80 || c == b'@' {
             return true;
-        }
-        if c.is_ascii_digit() || c == b' ' || c == b'-' {
-            run += 1;
-            if run >= 13 {
-                return true;
-            }
-        } else {
-            run = 0;
         }
         let lower = c.to_ascii_lowercase();
         if matches!(lower, b'b' | b'p' | b's' | b't') && KEYWORDS.iter().any(|k| starts_with_ignore_case(&s[i..], k)) {
@@ -252,6 +295,8 @@ mod tests {
         assert!(maybe_sensitive(b" {\"a\": 1}", &secrets));
         assert!(maybe_sensitive(b"x-api_key", &secrets));
         assert!(maybe_sensitive(b"4111 1111 1111 1111", &secrets));
+        assert!(maybe_sensitive(b"/orders/x4111-1111-1111-1111y", &secrets));
+        assert!(!maybe_sensitive(b"/orders/4111111111112", &secrets)); // 13 digits, Luhn fails
         assert!(!maybe_sensitive(b"/api/v1/orders?ref=7", &secrets));
         assert!(!maybe_sensitive(b"GET /orders/{id}", &secrets));
     }
