@@ -4,7 +4,7 @@ what an insert sends.
 On the throughput benchmark's messages (bench/throughput.py ``build_messages``: ~1008 spans per
 OTLP protobuf message, ~10 attributes a span), in this process, no broker and no ClickHouse:
 
-1. Python: ``decode_messages("traces", ...)`` (the C fast path on) and the batch's insert columns
+1. Python: ``decode_messages("traces", ...)`` (the protobuf library) and the batch's insert columns
    (``ColumnBatch.insert_columns()``, what the sink hands to ``client.insert``);
 2. native: ``streams.otlp.native.decode_traces`` and ``TracesBlock.to_native()`` (the Native block
    ``client.raw_insert`` sends as it is);
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(len(p) for p in payloads)
     print(f"{args.messages} messages, {spans} spans, {size / 1e6:.1f} MB of protobuf; medians of {args.repeat} runs")
     rows = [
-        ("Python decoder (C fast path) + insert columns", python_s),
+        ("Python decoder + insert columns", python_s),
         ("native decode_traces + to_native", native_s),
         ("  of which decode_traces", decode_s),
         ("Python decoder + clickhouse-connect Native serialization", full_s),

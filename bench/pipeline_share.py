@@ -3,7 +3,7 @@
 What the worker does to a batch of span messages before ClickHouse's own insert work, on the same
 messages both ways, no broker and no ClickHouse:
 
-- Python: ``Stages.run`` with the native core off (Python decoder with its C fast path, head sampling,
+- Python: ``Stages.run`` with the native core off (the Python decoder on the protobuf library, head sampling,
   the label stage, the catalog) and clickhouse-connect's Native serialization of the batch's columns
   (what ``client.insert`` does before sending);
 - native: ``Stages.run`` with the native core (``streams.stages.native_traces``) and the batch's

@@ -3,7 +3,8 @@
 1. Produce a fixed volume first: spans in ~1000-span OTLP protobuf messages, ~10 attributes a span.
 2. Start `otelpipe run` on a fresh chDB path and wait until it is ready (startup is not counted).
 3. Time the drain until every span is in ClickHouse; read the worker's CPU (user+sys) and peak RSS.
-4. Decode-only: the same messages through `decode_messages` in this process.
+4. Decode-only: the same messages through the worker's span decoder (the native core where it is
+   built, else `decode_messages`) in this process.
 
 Prints spans/s, spans per worker CPU-second, decode-only spans per CPU-second and peak RSS; the
 skeleton and the stages-on configuration drain `--repeat` times each, alternating, and the medians count.
@@ -35,6 +36,7 @@ from streams.otlp.batch import RawMessage  # noqa: E402
 from streams.cli.common import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from streams.otlp import native  # noqa: E402
 from streams.otlp.decode import decode_messages  # noqa: E402
 from streams.otlp.encode import encode_request  # noqa: E402
 from streams.cli.render import format_table  # noqa: E402
@@ -204,8 +206,9 @@ def main() -> int:
     wall, cpu, rss, stored, by_thread = runs["all stages on"]
     messages = [RawMessage("bench", 0, i, p) for i, p in enumerate(payloads)]
     c0 = time.process_time()
-    with gc_paused():  # as the worker decodes
-        decoded = decode_messages("traces", messages).row_count()
+    with gc_paused():  # as the worker decodes: natively where the core is built
+        decoded = (native.decode_traces(payloads).rows if native.available()
+                   else decode_messages("traces", messages).row_count())
     decode_cpu = time.process_time() - c0
 
     skeleton_wall, skeleton_cpu = runs["skeleton (stages off)"][0], runs["skeleton (stages off)"][1]

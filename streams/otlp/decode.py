@@ -35,7 +35,6 @@ from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, DecodeResult, RawMessage
 from streams.otlp.columns import (
@@ -63,10 +62,6 @@ from streams.otlp.values import (
     service_name,
 )
 
-try:  # the C fast path for protobuf spans (streams/otlp/_fastotlp.c); same output, ~5x faster
-    from streams.otlp import _fastotlp
-except ImportError:  # built without a compiler: the pure-Python path below does everything
-    _fastotlp = None
 
 
 _REQUEST_TYPES: dict[str, type[Message]] = {
@@ -440,35 +435,6 @@ def _summary_points(out: _Columns, head: tuple, points: Any) -> None:
     ), exemplars=False)
 
 
-def _any_value_from_bytes(raw: bytes) -> str:
-    try:
-        return any_value_str(AnyValue.FromString(raw))
-    except DecodeError as exc:
-        raise ValueError("undecodable", f"attribute value ({type(exc).__name__})") from None
-
-
-def _spans_proto_fast(payload: bytes, out: _Columns) -> None:
-    """Protobuf spans straight to columns in C.
-
-    When the C reader refuses a message, the protobuf library decides: the message is decoded
-    again on the pure-Python path, so the rows or the dead-letter reason are exactly what that path
-    gives (refusals are rare, so this costs nothing in the common case).
-    """
-    mark = len(out)
-    try:
-        _spans, resources = _fastotlp.decode_spans(
-            payload, [out.data[name] for name in out.names], NONE, _any_value_from_bytes
-        )
-    except ValueError as exc:
-        if len(exc.args) != 2:
-            raise
-        out.truncate(mark)
-        _spans_to_columns(parse_request("traces", payload, "otlp_proto"), out)
-        return
-    if payload and not resources:
-        raise BadMessage("undecodable", f"no OTLP traces content in {len(payload)} bytes")
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -477,7 +443,6 @@ def decode_messages(
     messages: Sequence[RawMessage],
     default_encoding: str = "otlp_proto",
     max_message_bytes: int = 16 * 1024 * 1024,
-    use_fast_path: bool = True,
 ) -> DecodeResult:
     """Decode a run of Kafka messages of one signal into table batches and dead letters.
 
@@ -499,16 +464,13 @@ def decode_messages(
         marks = {table: len(cols) for table, cols in outs.items()}
         try:
             encoding = choose_encoding(message, default_encoding)
-            if signal == "traces" and encoding == "otlp_proto" and use_fast_path and _fastotlp is not None:
-                _spans_proto_fast(message.value, outs[TRACES_TABLE])
+            request = parse_request(signal, message.value, encoding)
+            if signal == "traces":
+                _spans_to_columns(request, outs[TRACES_TABLE])
+            elif signal == "logs":
+                _logs_to_columns(request, outs[LOGS_TABLE])
             else:
-                request = parse_request(signal, message.value, encoding)
-                if signal == "traces":
-                    _spans_to_columns(request, outs[TRACES_TABLE])
-                elif signal == "logs":
-                    _logs_to_columns(request, outs[LOGS_TABLE])
-                else:
-                    _metrics_to_columns(request, outs)
+                _metrics_to_columns(request, outs)
         except (BadMessage, ValueError, TypeError, OverflowError, binascii.Error) as exc:
             for table, cols in outs.items():
                 cols.truncate(marks[table])

@@ -278,7 +278,6 @@ def corpus() -> dict[str, dict[str, bytes]]:
     traces = traces_seeds()
     return {
         "spans_proto": traces,
-        "spans_differential": traces,
         "native_differential": traces,
         "logs_proto": logs_seeds(),
         "metrics_proto": metrics_seeds(),

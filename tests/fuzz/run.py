@@ -1,4 +1,4 @@
-"""Run fuzz targets for a bounded time: ``python tests/fuzz/run.py --target spans_proto --seconds 60 [--asan]``.
+"""Run fuzz targets for a bounded time: ``python tests/fuzz/run.py --target spans_proto --seconds 60``.
 
 Each target runs in its own process (tests/fuzz/driver.py under atheris/libFuzzer) for ``--seconds``,
 from the committed seeds (tests/fuzz/corpus/<target>/ and tests/fuzz/regressions/<target>/) plus a
@@ -7,17 +7,15 @@ exception, a broken contract, an AddressSanitizer or UBSan report, a timeout, ru
 memory) is saved under build/fuzz/crashes/<target>/ and makes the exit status nonzero; the log of
 each run is build/fuzz/logs/<target>.log.
 
-``--all`` runs the crash-safety targets (everything but the slower agreement checks
-spans_differential and native_differential); ``--differential`` adds those, and ``--collect`` makes them go on
-past a disagreement, keeping the smallest input of each class in build/fuzz/disagreements/<target>/. ``--asan`` runs against the
-sanitized build of streams.otlp._fastotlp (tests/fuzz/asan.py); ``--asan auto`` uses it where gcc
-has libasan. ``--jobs`` runs that many targets at once.
+``--all`` runs the crash-safety targets (everything but the slower agreement check
+native_differential); ``--differential`` adds it, and ``--collect`` makes it go on past a
+disagreement, keeping the smallest input of each class in build/fuzz/disagreements/<target>/.
+``--jobs`` runs that many targets at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import signal
@@ -33,14 +31,12 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.fuzz import asan  # noqa: E402
-
 WORK = ROOT / "build" / "fuzz"
 SEEDS = HERE / "corpus"
 REGRESSIONS = HERE / "regressions"
 # kept in step with tests.fuzz.targets (not imported here: the runner does not need the project's deps)
 CRASH_SAFETY = ["spans_proto", "logs_proto", "metrics_proto", "otlp_json", "envelope", "stages"]
-DIFFERENTIAL = ["spans_differential", "native_differential"]
+DIFFERENTIAL = ["native_differential"]
 TARGETS = CRASH_SAFETY + DIFFERENTIAL
 ARTIFACT_KINDS = ("crash-", "timeout-", "oom-", "leak-")
 COLLECT_ENV = "OTELPIPE_FUZZ_COLLECT"  # tests/fuzz/driver.py
@@ -58,7 +54,6 @@ class Outcome:
     new_units: int = 0
     artifacts: list[Path] = field(default_factory=list)
     log: Path | None = None
-    asan: bool = False
 
     @property
     def failed(self) -> bool:
@@ -68,7 +63,7 @@ class Outcome:
         status = "FAIL" if self.failed else "ok"
         text = (f"{self.target:<20} {status:<4} {self.executions:>9} inputs  {self.exec_per_sec:>6}/s  "
                 f"cov {self.coverage:>5} ft {self.features:>6}  new {self.new_units:>4}  "
-                f"{self.seconds:6.1f}s{'  asan' if self.asan else ''}")
+                f"{self.seconds:6.1f}s")
         for path in self.artifacts:
             text += f"\n    {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
         if self.failed and self.log is not None:
@@ -90,27 +85,14 @@ def _last_status(log: str) -> tuple[int, int, int]:
     return int(n), int(cov), int(ft)
 
 
-def _build_args(c_source: Path | None) -> dict:
-    """asan.build() arguments for another copy of _fastotlp.c than the working tree's."""
-    if c_source is None:
-        return {}
-    digest = hashlib.sha256(c_source.read_bytes()).hexdigest()[:12]
-    return {"build_dir": asan.BUILD_DIR.with_name(f"asan-{digest}"), "source": c_source}
-
-
-def run_target(target: str, seconds: int, use_asan: bool, work: Path = WORK, max_len: int = 8192,
-               extra: list[str] | None = None, python: str = sys.executable, collect: bool = False,
-               c_source: Path | None = None) -> Outcome:
+def run_target(target: str, seconds: int, work: Path = WORK, max_len: int = 8192,
+               extra: list[str] | None = None, python: str = sys.executable, collect: bool = False) -> Outcome:
     corpus = work / "corpus" / target
     crashes = work / "crashes" / target
     logs = work / "logs"
     for d in (corpus, crashes, logs):
         d.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    if use_asan:
-        env.update(asan.environment(asan.build(**_build_args(c_source))))
-    else:
-        env.pop(asan.MODULE_ENV, None)
     env.pop(COLLECT_ENV, None)
     if collect and target in DIFFERENTIAL:
         env[COLLECT_ENV] = str(work / "disagreements" / target)
@@ -137,7 +119,7 @@ def run_target(target: str, seconds: int, use_asan: bool, work: Path = WORK, max
     artifacts = sorted(p for p in set(crashes.iterdir()) - before if p.name.startswith(ARTIFACT_KINDS))
     return Outcome(target, returncode, elapsed, _stat(text, "number_of_executed_units") or executions,
                    _stat(text, "average_exec_per_sec"), cov, ft, _stat(text, "new_units_added"), artifacts,
-                   log_path, use_asan)
+                   log_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,17 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", action="append", choices=TARGETS, help="a target (repeatable)")
     parser.add_argument("--all", action="store_true", help="every crash-safety target")
     parser.add_argument("--differential", action="store_true",
-                        help="also the agreement checks (spans_differential, native_differential)")
+                        help="also the agreement check (native_differential)")
     parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
-    parser.add_argument("--asan", nargs="?", const="yes", default="no", choices=["yes", "no", "auto"],
-                        help="run against the sanitized build of streams.otlp._fastotlp")
     parser.add_argument("--jobs", type=int, default=1, help="targets run at once (default 1)")
     parser.add_argument("--max-len", type=int, default=8192, help="largest input libFuzzer makes")
     parser.add_argument("--collect", action="store_true",
                         help="differential targets go on past a disagreement, keeping one input per class "
                              "in build/fuzz/disagreements/<target>/")
-    parser.add_argument("--c-source", type=Path,
-                        help="with --asan: build the sanitized module from this copy of _fastotlp.c instead")
     parser.add_argument("--work", type=Path, default=WORK, help="corpus, crashes and logs (default build/fuzz)")
     parser.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags, after --")
     args = parser.parse_args(argv)
@@ -166,20 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         targets += [t for t in DIFFERENTIAL if t not in targets]
     if not targets:
         parser.error("name a --target, or --all")
-    use_asan = args.asan == "yes" or (args.asan == "auto" and asan.available())
-    if args.c_source is not None and not use_asan:
-        parser.error("--c-source needs --asan")
-    if use_asan:
-        try:
-            asan.build(**_build_args(args.c_source))
-        except asan.Unavailable as exc:
-            print(f"no AddressSanitizer build: {exc}", file=sys.stderr)
-            return 2
-    print(f"fuzzing {', '.join(targets)} for {args.seconds} s each, {args.jobs} at a time"
-          f"{', AddressSanitizer' if use_asan else ''}", flush=True)
+    print(f"fuzzing {', '.join(targets)} for {args.seconds} s each, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_target, t, args.seconds, use_asan, args.work, args.max_len, args.libfuzzer,
-                               collect=args.collect, c_source=args.c_source) for t in targets]
+        futures = [pool.submit(run_target, t, args.seconds, args.work, args.max_len, args.libfuzzer,
+                               collect=args.collect) for t in targets]
         outcomes = []
         for future in futures:
             outcome = future.result()

@@ -1,7 +1,7 @@
 """Every input the fuzzers found, replayed through its target's check function (tests/fuzz/targets.py).
 
 - tests/fuzz/regressions/<target>/<name>: fixed findings; each must pass its target's check
-  (for spans_differential, inputs on which the C decoder once disagreed with protobuf).
+  (for native_differential, inputs on which a span reader of otelpipe's own once disagreed with protobuf).
 - tests/fuzz/regressions/known/<issue>/<name>: reported findings not fixed yet (``KNOWN_ISSUES``);
   each must still fail (strict xfail): once the fix lands the test says so, and the input moves to
   regressions/<target>/.

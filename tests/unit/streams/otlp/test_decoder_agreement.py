@@ -1,10 +1,12 @@
-"""The C span decoder and the protobuf library agree on every input: the same rows, or both refuse.
+"""The native span decoder and the protobuf library agree on every input: the same rows, or both refuse.
 
-The C reader (streams/otlp/_fastotlp.c) hands every message it refuses to the protobuf library,
-so a refusal there can never disagree; what must never happen is the C reader storing a message
-the library refuses, or storing other values. Each class of input that once made them disagree
-has a regression test built by hand from wire bytes; a seeded mutation search (bytes and
-descriptor-aware edits of valid requests) looks for new classes.
+The Python decoder reads spans with the protobuf library (upb); the native one
+(``streams.otlp._native``, native/) reads the wire itself, after a first pass that accepts exactly
+what upb accepts. What must never happen is one of them storing a message the other refuses, or
+storing other values, or refusing with another reason. Each class of input where a reader of its
+own can go wrong has a test built by hand from wire bytes; a seeded mutation search (bytes and
+descriptor-aware edits of valid requests) looks for new classes. (tests/unit/streams/otlp/
+test_native_traces.py compares the two on workloads, events, links and every attribute kind.)
 
 A longer search: ``.venv/bin/python -m tests.unit.streams.otlp.test_decoder_agreement 300``
 (seconds) prints the first disagreeing payloads it finds.
@@ -20,58 +22,26 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from streams.otlp import decode as otlp_decode
+from streams.otlp import native
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
 from streams.tools.workload import Workload
+from tests import decoder_paths
+from tests.decoder_paths import differences, native_refuses
 from tests.otlp_builders import LINK_SPAN, LINK_TRACE, SPAN_ID, TRACE_ID, mutate_bytes, traces_request
 
-# The native decoder is the production path and is always built with the package: these tests fail
-# (rather than skip) when it is missing.
-assert otlp_decode._fastotlp is not None, "streams.otlp._fastotlp is not built (pip install -e .)"
+# Built with the package wherever cargo is (pip install -e .): these tests fail, not skip, without it.
+assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
 
 # ---------------------------------------------------------------- comparing the two paths
-
-
-def run_both(payloads: list[bytes]):
-    messages = [RawMessage("t", 0, i, p) for i, p in enumerate(payloads)]
-    return (decode_messages("traces", messages, use_fast_path=True),
-            decode_messages("traces", messages, use_fast_path=False))
-
-
-def differences(payloads: list[bytes]) -> list[str]:
-    """What differs between the two paths' results for these messages ([] when they agree)."""
-    fast, slow = run_both(payloads)
-    out = []
-    letters = [[(d.message.offset, d.reason, d.detail) for d in r.dead_letters] for r in (fast, slow)]
-    if letters[0] != letters[1]:
-        out.append(f"dead letters: fast {letters[0]} slow {letters[1]}")
-    if fast.batches.keys() != slow.batches.keys():
-        out.append(f"tables: fast {sorted(fast.batches)} slow {sorted(slow.batches)}")
-    for table in fast.batches.keys() & slow.batches.keys():
-        f, s = fast.batches[table].columns, slow.batches[table].columns
-        for name in s:
-            if f.get(name) != s[name] or [type(v) for v in f[name]] != [type(v) for v in s[name]]:
-                out.append(f"{name}: fast {f.get(name)!r:.300} slow {s[name]!r:.300}")
-    return out
 
 
 def agree(payload: bytes) -> tuple[bool, bool]:
     """Assert both paths agree on one message; return (stored, refused) for the caller to check."""
     problems = differences([payload])
     assert not problems, "\n".join(problems)
-    slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)], use_fast_path=False)
+    slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)])
     return bool(slow.batches), bool(slow.dead_letters)
-
-
-def fast_refuses(payload: bytes) -> bool:
-    """Whether the C reader itself refuses (and so leaves the message to the protobuf library)."""
-    columns = [[] for _ in otlp_decode.TABLE_COLUMNS[otlp_decode.TRACES_TABLE]]
-    try:
-        otlp_decode._fastotlp.decode_spans(payload, columns, otlp_decode.NONE, otlp_decode._any_value_from_bytes)
-    except ValueError:
-        return True
-    return False
 
 
 def protobuf_refuses(payload: bytes) -> bool:
@@ -143,7 +113,7 @@ BAD_UTF8 = b"\xc3\x28"
 
 
 def column(payload: bytes, name: str):
-    result = decode_messages("traces", [RawMessage("t", 0, 0, payload)], use_fast_path=True)
+    result = decode_messages("traces", [RawMessage("t", 0, 0, payload)])
     return result.batches["otel_traces"].columns[name]
 
 
@@ -455,14 +425,11 @@ def search(seed: int, iterations: int | None = None, seconds: float | None = Non
                 batch.append(mutate_tree(rng, copy_tree(rng.choice(trees)), trees))
             else:
                 batch.append(mutate_bytes(rng, rng.choice(sources), sources))
-        if stats is not None:  # what the search reached, and how often the library decided
+        if stats is not None:  # what the search reached
             for payload in batch:
-                slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)], use_fast_path=False)
+                slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)])
                 key = "refused" if slow.dead_letters else "stored"
                 stats[key] = stats.get(key, 0) + 1
-                if fast_refuses(payload) and not slow.dead_letters:
-                    key = "stored after the C reader refused"
-                    stats[key] = stats.get(key, 0) + 1
         if not differences(batch):
             continue
         for payload in batch:
@@ -478,33 +445,26 @@ def search(seed: int, iterations: int | None = None, seconds: float | None = Non
 
 
 def test_the_comparison_notices_a_changed_value(monkeypatch):
-    real = otlp_decode._fastotlp
+    real = decoder_paths.decode_messages
 
-    class Skewed:
-        @staticmethod
-        def decode_spans(payload, columns, none, fallback):
-            result = real.decode_spans(payload, columns, none, fallback)
-            columns[otlp_decode.TABLE_COLUMNS[otlp_decode.TRACES_TABLE].index("SpanName")][-1] += "!"
-            return result
+    def skewed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        names = result.batches["otel_traces"].columns["SpanName"]
+        names[-1] += "!"
+        return result
 
-    monkeypatch.setattr(otlp_decode, "_fastotlp", Skewed)
-    assert differences([request()]) == ["SpanName: fast ['op!'] slow ['op']"]
+    monkeypatch.setattr(decoder_paths, "decode_messages", skewed)
+    assert differences([request()]) == ["SpanName: native vs python: row 0: 'op' vs 'op!'"]
 
 
 def test_protobuf_runs_on_upb():
-    """The C reader accepts what upb (protobuf's default backend) accepts. The pure-Python backend
+    """The native reader accepts what upb (protobuf's default backend) accepts. The pure-Python backend
     (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python) reads some inputs otherwise: it matches tags
     by their bytes, so an overlong tag is an unknown field there, and it nests groups without
     upb's limit; on it the two paths would not agree."""
     from google.protobuf.internal import api_implementation
 
     assert api_implementation.Type() == "upb"
-
-
-def test_c_schema_is_the_descriptors():
-    """The validator's table names every field of every message the request reaches, with its
-    kind: a field added to opentelemetry-proto fails this until the C table has it."""
-    assert otlp_decode._fastotlp.schema() == SCHEMA
 
 
 # ---------------------------------------------------------------- 1. tags, lengths and varints
@@ -516,7 +476,7 @@ def test_overlong_tags_and_lengths_protobuf_reads_are_read_alike():
     span = (ld(1, TRACE_ID, tag_pad=4) + ld(2, SPAN_ID, len_pad=4) + ld(5, b"op", tag_pad=4, len_pad=4)
             + vf(10, 7, pad=8) + tag(12, 0) + b"\xff" * 9 + b"\x7f" + f64(7, 10) + f64(8, 25))
     payload = request(span)
-    assert agree(payload) == (True, False) and not fast_refuses(payload)
+    assert agree(payload) == (True, False) and not native_refuses(payload)
     assert column(payload, "DroppedAttributesCount") == [7]
     assert column(payload, "DroppedEventsCount") == [2**32 - 1]
     value = ld(9, attr(b"n", tag(3, 0) + b"\x80" * 9 + b"\x7f"))  # int_value: only bit 63 survives
@@ -531,7 +491,7 @@ def test_overlong_tags_and_lengths_protobuf_reads_are_read_alike():
     tag(5, 2) + varint(0, pad=5),                  # a 6-byte length
     tag(5, 2) + b"\x80\x80\x80\x80\x08",           # a length of 2^31
     tag(10, 0) + b"\xff" * 10 + b"\x01",           # an 11-byte varint
-    tag(11, 2) + varint(0, pad=5),                 # a 6-byte length of a field the C reader reads
+    tag(11, 2) + varint(0, pad=5),                 # a 6-byte length of a field the native reader reads
 ], ids=["tag6", "tag33bits", "len6", "len2^31", "varint11", "events_len6"])
 def test_tags_and_lengths_longer_than_protobuf_reads_are_refused(where, bad):
     if where == "span":
@@ -543,7 +503,7 @@ def test_tags_and_lengths_longer_than_protobuf_reads_are_refused(where, bad):
     else:
         payload = request(span_bytes(tag(99, 3) + bad + tag(99, 4)))
     assert agree(payload) == (False, True)
-    assert fast_refuses(payload)
+    assert native_refuses(payload)
 
 
 def test_field_number_zero_and_the_largest_field_number():
@@ -551,12 +511,10 @@ def test_field_number_zero_and_the_largest_field_number():
     assert agree(request(span_bytes(tag(0, 2) + b"\x00"))) == (False, True)
     assert agree(request(span_bytes(tag(0, 4)))) == (False, True)
     payload = request(span_bytes(vf(2**29 - 1, 1) + ld(2**29 - 1, BAD_UTF8)))
-    assert agree(payload) == (True, False) and not fast_refuses(payload)
-    # field 0 inside an unknown group: upb before 37 skips it, later versions refuse it; the C
-    # reader refuses and the installed library decides, so the paths agree on either version
-    payload = request(span_bytes(tag(99, 3) + vf(0, 1) + tag(99, 4)))
-    agree(payload)
-    assert fast_refuses(payload)
+    assert agree(payload) == (True, False) and not native_refuses(payload)
+    # field 0 inside an unknown group: upb before 37 skips it, later versions refuse it; the
+    # native reader must do what the installed library does
+    agree(request(span_bytes(tag(99, 3) + vf(0, 1) + tag(99, 4))))
 
 
 # ---------------------------------------------------------------- 2. every field as protobuf parses it
@@ -590,10 +548,10 @@ def _with_field(type_name: str, entry: list) -> bytes:
                          ids=["truncated2", "surrogate", "past10ffff", "overlong", "truncated3"])
 def test_invalid_utf8_in_any_string_field_is_refused(type_name, number, bad):
     # EntityRef's strings, Status.message, schema URLs, names read only once: all are proto3
-    # strings that protobuf checks, so the C reader checks them too.
+    # strings that protobuf checks, so the native reader checks them too.
     payload = _with_field(type_name, [number, 2, bad])
     assert agree(payload) == (False, True)
-    assert fast_refuses(payload)
+    assert native_refuses(payload)
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("string"),
@@ -601,7 +559,7 @@ def test_invalid_utf8_in_any_string_field_is_refused(type_name, number, bad):
 def test_valid_utf8_in_any_string_field_is_stored_alike(type_name, number):
     payload = _with_field(type_name, [number, 2, "\u00e9\u4e2d\U0001f600\x00".encode()])
     assert agree(payload)[1] is False
-    assert not fast_refuses(payload)
+    assert not native_refuses(payload)
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("message"),
@@ -611,7 +569,7 @@ def test_valid_utf8_in_any_string_field_is_stored_alike(type_name, number):
 def test_malformed_bytes_in_any_message_field_are_refused(type_name, number, bad):
     payload = _with_field(type_name, [number, 2, bad])
     assert agree(payload) == (False, True)
-    assert fast_refuses(payload)
+    assert native_refuses(payload)
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("message"),
@@ -622,7 +580,7 @@ def test_a_second_valid_occurrence_of_any_message_field_is_stored_alike(type_nam
     _first(root, type_name).append([number, 2, copy_tree(_first(root, sub))])
     payload = serialize(root)
     assert agree(payload) == (True, False)
-    assert not fast_refuses(payload)
+    assert not native_refuses(payload)
 
 
 ALL_FIELDS = [(t, n) for t, fields in SCHEMA.items() for n in fields]
@@ -636,7 +594,7 @@ def test_known_fields_with_another_wire_type_are_unknown_fields(type_name, numbe
         if wire != own:
             payload = _with_field(type_name, [number, wire, value])
             assert agree(payload) == (True, False), wire
-            assert not fast_refuses(payload), wire
+            assert not native_refuses(payload), wire
 
 
 @pytest.mark.parametrize("type_name", sorted(SCHEMA), ids=[t.rsplit(".", 1)[-1] for t in sorted(SCHEMA)])
@@ -645,12 +603,12 @@ def test_unknown_fields_and_groups_in_any_message_are_skipped_alike(type_name):
     for entry in ([999, 3, group], [17, 2, BAD_UTF8], [2**29 - 1, 0, 1], [100, 1, 3], [100, 5, 3]):
         payload = _with_field(type_name, entry)
         assert agree(payload) == (True, False), entry
-        assert not fast_refuses(payload), entry
+        assert not native_refuses(payload), entry
 
 
 def test_entity_refs_are_checked_like_protobuf():
-    """Resource.entity_refs (resource.proto field 3): the C reader stores nothing of it, but a
-    malformed one makes protobuf refuse the message, so the C reader refuses it too."""
+    """Resource.entity_refs (resource.proto field 3): the native reader stores nothing of it, but a
+    malformed one makes protobuf refuse the message, so the native reader refuses it too."""
     good = ld(1, b"https://opentelemetry.io/schemas/1.26.0") + ld(2, b"host") + ld(3, b"host.id") + ld(4, b"host.name")
     assert agree(request(resource=SERVICE + ld(3, good))) == (True, False)
     for bad in (ld(2, BAD_UTF8), ld(3, b"\xff"), b"\x03\x04", b"\x0a\x09short"):
@@ -662,10 +620,10 @@ def test_entity_refs_are_checked_like_protobuf():
 
 def test_a_key_value_sent_with_two_values_merges_them():
     # The reported case: a second, empty AnyValue merges into the first, so the resource keeps
-    # its service.name (the C reader once read only the last occurrence: unknown_service).
+    # its service.name (the native reader once read only the last occurrence: unknown_service).
     resource = ld(1, ld(1, b"service.name") + ld(2, ld(1, b"checkout")) + ld(2, b""))
     payload = request(resource=resource)
-    assert agree(payload) == (True, False) and not fast_refuses(payload)
+    assert agree(payload) == (True, False) and not native_refuses(payload)
     assert column(payload, "ServiceName") == ["checkout"]
 
 
@@ -703,7 +661,7 @@ def test_singular_messages_merge_and_scalars_take_the_last_occurrence():
     payload = request(span, resource=resource, scope=ld(1, b"lib") + ld(2, b"1"),
                       scope_spans_extra=ld(1, ld(1, b"lib2")) + ld(3, b"s1") + ld(3, b"s2"),
                       resource_spans_extra=ld(1, ld(1, attr(b"service.name", ld(1, b"svc")))))
-    assert agree(payload) == (True, False) and not fast_refuses(payload)
+    assert agree(payload) == (True, False) and not native_refuses(payload)
     row = {name: column(payload, name)[0] for name in (
         "StatusCode", "StatusMessage", "SpanName", "SpanKind", "DroppedAttributesCount", "SpanFlags",
         "ServiceName", "ResourceAttributes", "ResourceDroppedAttrCount", "ScopeName", "ScopeVersion",
@@ -757,13 +715,13 @@ PLACES = {  # where an attribute value sits, and the nesting level of its AnyVal
 @pytest.mark.parametrize("place", sorted(PLACES))
 @pytest.mark.parametrize("deepest", [99, 100, 101, 102, 400])
 def test_nesting_is_counted_from_the_request_as_protobuf_counts_it(place, deepest):
-    # protobuf (upb) parses messages nested at most 100 deep below the request; the C reader
+    # protobuf (upb) parses messages nested at most 100 deep below the request; the native reader
     # once handed an attribute's AnyValue to the library alone, which counted from there.
     build, base = PLACES[place]
     payload = build(value_reaching(base, deepest))
     assert protobuf_refuses(payload) == (deepest > 100)
     assert agree(payload) == (deepest <= 100, deepest > 100)
-    assert fast_refuses(payload) == (deepest > 100)
+    assert native_refuses(payload) == (deepest > 100)
 
 
 def test_nesting_through_kvlists_and_past_a_replaced_member():
@@ -801,7 +759,7 @@ def test_groups_under_known_field_numbers_are_unknown_fields():
     # Span.attributes (9), Span.name (5), Span.status (15), ResourceSpans.resource (1) as groups
     span = span_bytes(tag(9, 3) + ld(1, BAD_UTF8) + tag(9, 4) + tag(5, 3) + tag(5, 4) + tag(15, 3) + vf(3, 2) + tag(15, 4))
     payload = request(span, resource_spans_extra=tag(1, 3) + ld(1, b"\xff") + tag(1, 4))
-    assert agree(payload) == (True, False) and not fast_refuses(payload)
+    assert agree(payload) == (True, False) and not native_refuses(payload)
     assert column(payload, "SpanAttributes") == [{}] and column(payload, "StatusCode") == ["Unset"]
 
 

@@ -7,23 +7,24 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from streams.otlp import native
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
 from tests.otlp_builders import varint
 
 
-def _decode(signal, payload, encoding="otlp_proto", fast=True):
-    return decode_messages(signal, [RawMessage("t", 0, 0, payload)], encoding, use_fast_path=fast)
+def _decode(signal, payload, encoding="otlp_proto"):
+    return decode_messages(signal, [RawMessage("t", 0, 0, payload)], encoding)
 
 
 @pytest.mark.parametrize("depth", [1, 99, 101, 5_000, 150_000])
-@pytest.mark.parametrize("fast", [True, False])
-def test_nested_protobuf_groups_are_refused_not_a_crash(depth, fast):
+def test_nested_protobuf_groups_are_refused_not_a_crash(depth):
     groups = b"\x0b" * depth  # start-group tags of field 1, never closed
     inside_a_span = b"\x0a" + varint(len(groups)) + groups
     for payload in (groups, inside_a_span, b"\x0b" * depth + b"\x0c" * depth):
-        result = _decode("traces", payload, fast=fast)
+        result = _decode("traces", payload)
         assert len(result.dead_letters) == 1 and not result.batches
+        assert len(native.decode_traces([payload]).errors) == 1
 
 
 @pytest.mark.parametrize("depth", [50, 101, 1000, 100_000])
@@ -59,10 +60,10 @@ def test_span_kind_is_read_as_int32_by_both_paths(kind):
     scope = b"\x12" + varint(len(span_bytes)) + span_bytes
     resource = b"\x12" + varint(len(scope)) + scope
     wire = b"\x0a" + varint(len(resource)) + resource
-    fast, slow = _decode("traces", wire, fast=True), _decode("traces", wire, fast=False)
-    assert [d.reason for d in fast.dead_letters] == [d.reason for d in slow.dead_letters]
+    block, slow = native.decode_traces([wire]), _decode("traces", wire)
+    assert [e[1] for e in block.errors] == [d.reason for d in slow.dead_letters]
     if not slow.dead_letters:
-        assert fast.batches["otel_traces"].columns["SpanKind"] == slow.batches["otel_traces"].columns["SpanKind"]
+        assert block.to_columns(["SpanKind"])["SpanKind"] == slow.batches["otel_traces"].columns["SpanKind"]
 
 
 def test_random_bytes_never_raise():

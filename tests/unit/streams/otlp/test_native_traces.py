@@ -2,7 +2,7 @@
 
 Both paths decode the same messages: the same messages refused (reason and detail), and every
 otel_traces column of ``TracesBlock.to_columns()`` equal, value for value and type for type, to
-the Python ``ColumnBatch`` (with the C fast path on, and off). Inputs: the workload generator's
+the Python ``ColumnBatch``. Inputs: the workload generator's
 messages, tests/otlp_builders.py requests (every attribute kind, events, links, flags, dropped
 counts) and hostile ones (truncated at every byte, random bytes, descriptor-aware mutations,
 nesting past protobuf's limit, huge declared lengths, invalid UTF-8 in every string field).
@@ -21,14 +21,13 @@ import pytest
 
 from streams.config import ClickHouseSettings
 from streams.otlp import native
-from streams.otlp.batch import ORIGIN, RawMessage
+from streams.otlp.batch import RawMessage
 from streams.otlp.columns import NONE, TRACE_COLUMNS
-from streams.otlp.decode import decode_messages
 from streams.tools.workload import Workload
-from tests.fuzz.targets import first_difference, same
+from tests.decoder_paths import differences, python_result
+from tests.fuzz.targets import same
 from tests.otlp_builders import EXPECTED_KINDS, mutate_bytes, traces_request
 from tests.unit.streams.otlp.test_decoder_agreement import (
-    ANY_VALUE,
     BAD_UTF8,
     PLACES,
     ROOT,
@@ -61,43 +60,9 @@ assert native.available(), "streams.otlp._native is not built: install the Rust 
 # ---------------------------------------------------------------- comparing the two paths
 
 
-def python_result(payloads: list[bytes], fast: bool = True, **kwargs):
-    messages = [RawMessage("t", 0, i, p) for i, p in enumerate(payloads)]
-    return decode_messages("traces", messages, use_fast_path=fast, **kwargs)
-
-
-def differences(payloads: list[bytes], fast: bool = True, **kwargs) -> list[str]:
-    """How the native block differs from the Python decoder's result ([] when they agree)."""
-    block = native.decode_traces(payloads, **kwargs)
-    result = python_result(payloads, fast, **kwargs)
-    out = []
-    letters = [(d.message.offset, d.reason, d.detail) for d in result.dead_letters]
-    if block.errors != letters:
-        out.append(f"refused: native {block.errors[:3]} python {letters[:3]}")
-    if block.messages != len(payloads) or len(block.errors) + result.decoded_messages != len(payloads):
-        out.append(f"{block.messages} messages, {len(block.errors)} refused, python decoded {result.decoded_messages}")
-    batch = result.batches.get("otel_traces")
-    columns = block.to_columns()
-    if list(columns) != TRACE_COLUMNS:
-        out.append(f"columns {list(columns)}")
-    if batch is None:
-        if block.rows:
-            out.append(f"native stores {block.rows} rows, python none")
-        return out
-    for name in TRACE_COLUMNS:
-        if not same(columns[name], batch.columns[name]):
-            out.append(f"{name}: native vs python: {first_difference(columns[name], batch.columns[name])}")
-    if block.origins() != batch.columns[ORIGIN]:
-        out.append("origins differ")
-    if block.rows != len(batch):
-        out.append(f"{block.rows} rows vs {len(batch)}")
-    return out
-
-
 def agree(payloads: list[bytes], **kwargs) -> None:
-    for fast in (True, False):
-        problems = differences(payloads, fast, **kwargs)
-        assert not problems, "\n".join(problems)
+    problems = differences(payloads, **kwargs)
+    assert not problems, "\n".join(problems)
 
 
 def agree_each(payloads: list[bytes]) -> None:
@@ -108,7 +73,6 @@ def agree_each(payloads: list[bytes]) -> None:
             alone = differences([p])
             assert not alone, p.hex() + "\n" + "\n".join(alone)
         pytest.fail("\n".join(problems))
-    assert not differences(payloads, fast=False)
 
 
 def outcome(payload: bytes) -> tuple[bool, bool]:
