@@ -2,11 +2,17 @@
 //! ClickHouse Native-format block of any of them.
 //!
 //! A Native block (HTTP `FORMAT Native`): varint column count, varint row count, then per
-//! column its name, its type (each a varint length and the bytes) and its data. Types are sent
-//! as the server converts them on insert: `String` for String and LowCardinality(String),
-//! `Map(String, String)` for Map(LowCardinality(String), String), `DateTime64(9)` as Int64
-//! nanoseconds, Array(T) as UInt64 cumulative offsets and then the elements, a Map as an array
-//! of (key, value) (offsets, then every key, then every value), integers little-endian.
+//! column its name, its type (each a varint length and the bytes) and its data. Types are the
+//! table's: `DateTime64(9)` as Int64 nanoseconds, Array(T) as UInt64 cumulative offsets and then
+//! the elements, a Map as an array of (key, value) (offsets, then every key, then every value),
+//! integers little-endian. A LowCardinality(String) column (or map key, or array element) is sent
+//! dictionary-encoded, as clickhouse-connect sends it: before the data the serialization version
+//! (UInt64 1); then, where it has values, UInt64 flags (index width, a dictionary of its own), the
+//! dictionary (UInt64 count, the strings in the order first seen) and the indexes (UInt64 count,
+//! each 1, 2, 4 or 8 bytes). The block's own dictionaries make it cheap: map keys are numbered
+//! once per batch, a service name once per resource, span kinds and status codes are codes.
+
+use std::collections::HashMap;
 
 use crate::block::{Block, StrCol};
 use crate::traces::{SPAN_KINDS, STATUS_CODES};
@@ -61,28 +67,28 @@ pub const COLUMNS: [(Col, &str, &str); 34] = [
     (Col::SpanId, "SpanId", "String"),
     (Col::ParentSpanId, "ParentSpanId", "String"),
     (Col::TraceState, "TraceState", "String"),
-    (Col::SpanName, "SpanName", "String"),
-    (Col::SpanKind, "SpanKind", "String"),
-    (Col::ServiceName, "ServiceName", "String"),
-    (Col::ResourceAttributes, "ResourceAttributes", "Map(String, String)"),
+    (Col::SpanName, "SpanName", "LowCardinality(String)"),
+    (Col::SpanKind, "SpanKind", "LowCardinality(String)"),
+    (Col::ServiceName, "ServiceName", "LowCardinality(String)"),
+    (Col::ResourceAttributes, "ResourceAttributes", "Map(LowCardinality(String), String)"),
     (Col::ScopeName, "ScopeName", "String"),
     (Col::ScopeVersion, "ScopeVersion", "String"),
-    (Col::SpanAttributes, "SpanAttributes", "Map(String, String)"),
+    (Col::SpanAttributes, "SpanAttributes", "Map(LowCardinality(String), String)"),
     (Col::Duration, "Duration", "UInt64"),
-    (Col::StatusCode, "StatusCode", "String"),
+    (Col::StatusCode, "StatusCode", "LowCardinality(String)"),
     (Col::StatusMessage, "StatusMessage", "String"),
     (Col::EventsTimestamp, "Events.Timestamp", "Array(DateTime64(9))"),
-    (Col::EventsName, "Events.Name", "Array(String)"),
-    (Col::EventsAttributes, "Events.Attributes", "Array(Map(String, String))"),
+    (Col::EventsName, "Events.Name", "Array(LowCardinality(String))"),
+    (Col::EventsAttributes, "Events.Attributes", "Array(Map(LowCardinality(String), String))"),
     (Col::LinksTraceId, "Links.TraceId", "Array(String)"),
     (Col::LinksSpanId, "Links.SpanId", "Array(String)"),
     (Col::LinksTraceState, "Links.TraceState", "Array(String)"),
-    (Col::LinksAttributes, "Links.Attributes", "Array(Map(String, String))"),
-    (Col::ResourceSchemaUrl, "ResourceSchemaUrl", "String"),
+    (Col::LinksAttributes, "Links.Attributes", "Array(Map(LowCardinality(String), String))"),
+    (Col::ResourceSchemaUrl, "ResourceSchemaUrl", "LowCardinality(String)"),
     (Col::ResourceDroppedAttrCount, "ResourceDroppedAttrCount", "UInt32"),
-    (Col::ScopeAttributes, "ScopeAttributes", "Map(String, String)"),
+    (Col::ScopeAttributes, "ScopeAttributes", "Map(LowCardinality(String), String)"),
     (Col::ScopeDroppedAttrCount, "ScopeDroppedAttrCount", "UInt32"),
-    (Col::ScopeSchemaUrl, "ScopeSchemaUrl", "String"),
+    (Col::ScopeSchemaUrl, "ScopeSchemaUrl", "LowCardinality(String)"),
     (Col::SpanFlags, "SpanFlags", "UInt32"),
     (Col::DroppedAttributesCount, "DroppedAttributesCount", "UInt32"),
     (Col::DroppedEventsCount, "DroppedEventsCount", "UInt32"),
@@ -95,9 +101,9 @@ pub const COLUMNS: [(Col, &str, &str); 34] = [
 /// Columns the stages add after decoding, in the order they follow COLUMNS.
 pub const EXTRA_COLUMNS: [(Col, &str, &str); 4] = [
     (Col::SampleWeight, "SampleWeight", "Float64"),
-    (Col::ServiceTeam, "ServiceTeam", "String"),
-    (Col::ServiceTier, "ServiceTier", "String"),
-    (Col::ServiceOwner, "ServiceOwner", "String"),
+    (Col::ServiceTeam, "ServiceTeam", "LowCardinality(String)"),
+    (Col::ServiceTier, "ServiceTier", "LowCardinality(String)"),
+    (Col::ServiceOwner, "ServiceOwner", "LowCardinality(String)"),
 ];
 
 static EMPTY_STRINGS: StrCol = StrCol { data: Vec::new(), ends: Vec::new() };
@@ -260,7 +266,7 @@ impl Iterator for Indexes<'_> {
 
 // ---------------------------------------------------------------- Native encoding
 
-/// Where encoded bytes go: a growable vector, or a buffer of the exact size computed first.
+/// Where encoded bytes go.
 pub trait Put {
     fn put(&mut self, bytes: &[u8]);
 
@@ -277,47 +283,6 @@ impl Put for Vec<u8> {
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
-}
-
-/// A fixed buffer; writing past its end sets `overflow` instead (the caller then falls back to a
-/// vector), so a wrong size computation can never corrupt memory or panic.
-pub struct SliceOut<'b> {
-    pub buf: &'b mut [u8],
-    pub pos: usize,
-    pub overflow: bool,
-}
-
-impl Put for SliceOut<'_> {
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        match self.buf.get_mut(self.pos..self.pos + bytes.len()) {
-            Some(dst) if !self.overflow => {
-                dst.copy_from_slice(bytes);
-                self.pos += bytes.len();
-            }
-            _ => self.overflow = true,
-        }
-    }
-
-    #[inline]
-    fn put_string(&mut self, s: &[u8]) {
-        // short strings (nearly all): a one-byte length and the bytes, one bounds check
-        if s.len() < 0x80 {
-            if let Some(dst) = self.buf.get_mut(self.pos..self.pos + 1 + s.len()) {
-                dst[0] = s.len() as u8;
-                dst[1..].copy_from_slice(s);
-                self.pos += 1 + s.len();
-                return;
-            }
-        }
-        varint(self, s.len() as u64);
-        self.put(s);
-    }
-}
-
-#[inline]
-fn varint_len(n: u64) -> usize {
-    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[inline]
@@ -338,9 +303,55 @@ fn string(out: &mut impl Put, s: &[u8]) {
     out.put_string(s);
 }
 
-#[inline]
-fn string_len(s: &[u8]) -> usize {
-    varint_len(s.len() as u64) + s.len()
+/// A LowCardinality column's own dictionary: strings numbered in the order first seen, found by
+/// the number the block gives them (a resource, a key, a code, a row), so a string stored once is
+/// hashed once.
+struct Dictionary<'b> {
+    by_slot: Vec<u32>,
+    by_value: HashMap<&'b [u8], u32>,
+    values: Vec<&'b [u8]>,
+}
+
+impl<'b> Dictionary<'b> {
+    fn new(slots: usize) -> Self {
+        Dictionary { by_slot: vec![u32::MAX; slots], by_value: HashMap::new(), values: Vec::new() }
+    }
+
+    /// The dictionary index of `value`, stored in the block at `slot`.
+    #[inline]
+    fn slot(&mut self, slot: usize, value: &'b [u8]) -> u32 {
+        let known = self.by_slot[slot];
+        if known != u32::MAX {
+            return known;
+        }
+        let next = self.values.len() as u32;
+        let index = *self.by_value.entry(value).or_insert(next);
+        if index == next {
+            self.values.push(value);
+        }
+        self.by_slot[slot] = index;
+        index
+    }
+
+    /// The LowCardinality data of a column whose values are `idx` (nothing for no values).
+    fn write(&self, out: &mut impl Put, idx: &[u32]) {
+        if idx.is_empty() {
+            return;
+        }
+        let n = self.values.len();
+        let width = (usize::BITS - 1 - n.leading_zeros()) >> 3; // as clickhouse-connect: log2(n) / 8
+        out.put(&((1u64 << 9) | (1u64 << 10) | width as u64).to_le_bytes());
+        out.put(&(n as u64).to_le_bytes());
+        for v in &self.values {
+            string(out, v);
+        }
+        out.put(&(idx.len() as u64).to_le_bytes());
+        match width {
+            0 => idx.iter().for_each(|&i| out.put(&[i as u8])),
+            1 => idx.iter().for_each(|&i| out.put(&(i as u16).to_le_bytes())),
+            _ => idx.iter().for_each(|&i| out.put(&i.to_le_bytes())),
+        }
+    }
 }
 
 /// The Native data of one attribute map's keys and of its values, each as String elements.
@@ -351,13 +362,6 @@ struct MapBytes {
 }
 
 impl Block {
-    fn map_len(&self, map: u32) -> usize {
-        self.maps.get(map).iter().map(|&p| {
-            let (k, v) = self.pair(p);
-            string_len(k) + string_len(v)
-        }).sum()
-    }
-
     fn map_bytes(&self, map: u32) -> MapBytes {
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for &p in self.maps.get(map) {
@@ -375,34 +379,7 @@ impl Block {
         }
     }
 
-    /// The size of a column's Native data.
-    fn column_len(&self, col: Col, rows: Rows) -> usize {
-        let source = self.source(col);
-        let per = Self::per(&source);
-        let offsets = if self.offsets(per).is_some() { rows.len() * 8 } else { 0 };
-        offsets + match source {
-            Source::Strings(values, Per::Resource | Per::Scope) => {
-                let sizes: Vec<usize> = (0..values.len()).map(|i| string_len(values.get(i))).collect();
-                self.indexes_in(per, rows).map(|i| sizes[i]).sum()
-            }
-            Source::Strings(values, _) => {
-                let (a, b) = self.elements(per, rows);
-                let start = if a == 0 { 0 } else { values.ends[a - 1] };
-                let end = if b == 0 { 0 } else { values.ends[b - 1] };
-                end - start + (a..b).map(|i| varint_len(values.get(i).len() as u64)).sum::<usize>()
-            }
-            Source::Fixed(names, codes) => codes[rows.lo..rows.hi].iter().map(|&c| string_len(names[c as usize].as_bytes())).sum(),
-            Source::I64(..) | Source::U64(_) | Source::F64(_) => self.indexes_in(per, rows).count() * 8,
-            Source::U32(..) => self.indexes_in(per, rows).count() * 4,
-            Source::Maps(maps, Per::Resource | Per::Scope) => {
-                let sizes: Vec<usize> = maps.iter().map(|&m| self.map_len(m)).collect();
-                self.indexes_in(per, rows).map(|i| 8 + sizes[i]).sum()
-            }
-            Source::Maps(maps, _) => self.indexes_in(per, rows).map(|i| 8 + self.map_len(maps[i])).sum(),
-        }
-    }
-
-    fn write_column(&self, out: &mut impl Put, col: Col, rows: Rows) {
+    fn write_column(&self, out: &mut impl Put, col: Col, rows: Rows, lc: bool) {
         let source = self.source(col);
         let per = Self::per(&source);
         if let Some(ends) = self.offsets(per) {
@@ -412,14 +389,47 @@ impl Block {
             }
         }
         match source {
+            Source::Strings(values, per) if lc => {
+                let mut dict = Dictionary::new(values.len());
+                let idx: Vec<u32> = self.indexes_in(per, rows).map(|i| dict.slot(i, values.get(i))).collect();
+                dict.write(out, &idx);
+            }
             Source::Strings(values, per) => {
                 for i in self.indexes_in(per, rows) {
                     string(out, values.get(i));
                 }
             }
+            Source::Fixed(names, codes) if lc => {
+                let mut dict = Dictionary::new(names.len());
+                let idx: Vec<u32> = codes[rows.lo..rows.hi].iter()
+                    .map(|&c| dict.slot(c as usize, names[c as usize].as_bytes())).collect();
+                dict.write(out, &idx);
+            }
             Source::Fixed(names, codes) => {
                 for &c in &codes[rows.lo..rows.hi] {
                     string(out, names[c as usize].as_bytes());
+                }
+            }
+            Source::Maps(maps, per) if lc => {
+                // keys dictionary-encoded by their number in the batch; values as strings
+                let mut total = 0u64;
+                for i in self.indexes_in(per, rows) {
+                    total += self.maps.get(maps[i]).len() as u64;
+                    out.put(&total.to_le_bytes());
+                }
+                let mut dict = Dictionary::new(self.keys.len());
+                let mut idx = Vec::with_capacity(total as usize);
+                for i in self.indexes_in(per, rows) {
+                    for &p in self.maps.get(maps[i]) {
+                        let key = self.pairs.pairs[p as usize].0;
+                        idx.push(dict.slot(key as usize, self.keys.get(key)));
+                    }
+                }
+                dict.write(out, &idx);
+                for i in self.indexes_in(per, rows) {
+                    for &p in self.maps.get(maps[i]) {
+                        string(out, self.pair(p).1);
+                    }
                 }
             }
             Source::I64(values, per) => {
@@ -477,15 +487,6 @@ impl Block {
         }
     }
 
-    /// The size of the Native block of these columns, of rows `rows`.
-    pub fn native_len(&self, cols: &[(Col, &str, &str)], rows: Rows) -> usize {
-        let mut len = varint_len(cols.len() as u64) + varint_len(rows.len() as u64);
-        for &(col, name, native_type) in cols {
-            len += string_len(name.as_bytes()) + string_len(native_type.as_bytes()) + self.column_len(col, rows);
-        }
-        len
-    }
-
     /// One Native block of these columns, in this order, of rows `rows`.
     pub fn write_native(&self, out: &mut impl Put, cols: &[(Col, &str, &str)], rows: Rows) {
         varint(out, cols.len() as u64);
@@ -493,7 +494,11 @@ impl Block {
         for &(col, name, native_type) in cols {
             string(out, name.as_bytes());
             string(out, native_type.as_bytes());
-            self.write_column(out, col, rows);
+            let lc = native_type.contains("LowCardinality");
+            if lc {
+                out.put(&1u64.to_le_bytes()); // the LowCardinality serialization version
+            }
+            self.write_column(out, col, rows, lc);
         }
     }
 }

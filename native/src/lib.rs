@@ -18,7 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 
 use block::Block;
-use columns::{Col, Per, Rows, SliceOut, Source, COLUMNS, EXTRA_COLUMNS};
+use columns::{Col, Per, Rows, Source, COLUMNS, EXTRA_COLUMNS};
 use stages::Head;
 use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
 use validate::{Kind, MESSAGES};
@@ -235,23 +235,11 @@ impl TracesBlock {
         }
         let rows = Rows { lo: start, hi: stop };
         let block = &self.block;
-        // Written straight into the bytes object, its size computed first (without the GIL).
-        let len = py.allow_threads(|| block.native_len(&cols, rows));
-        let mut exact = true;
-        let bytes = PyBytes::new_with(py, len, |buf| {
-            py.allow_threads(|| {
-                let mut out = SliceOut { buf, pos: 0, overflow: false };
-                block.write_native(&mut out, &cols, rows);
-                exact = !out.overflow && out.pos == len;
-            });
-            Ok(())
-        })?;
-        if exact {
-            return Ok(bytes);
-        }
-        // the size was computed wrong (a bug): encode into a vector instead
-        let mut data = Vec::new();
-        py.allow_threads(|| block.write_native(&mut data, &cols, rows));
+        let data = py.allow_threads(|| {
+            let mut data = Vec::with_capacity(rows.len() * 640 + 4096);
+            block.write_native(&mut data, &cols, rows);
+            data
+        });
         Ok(PyBytes::new(py, &data))
     }
 
@@ -521,9 +509,10 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// TracesBlock
 ///     .rows, .messages, .errors, .origins() (message index per row),
 ///     .to_columns(names=None) -> {name: list} (the Python ColumnBatch's values; for tests),
-///     .to_native(names=None) -> bytes: one ClickHouse Native block of those columns in that order
-///         (String for String and LowCardinality(String), Map(String, String), DateTime64(9) as
-///         Int64 ns, arrays as UInt64 offsets then values; the server converts on insert),
+///     .to_native(names=None, start=0, stop=None) -> bytes: one ClickHouse Native block of those
+///         columns in that order, of those rows (the table's types; LowCardinality columns and map
+///         keys dictionary-encoded from the block's own dictionaries, DateTime64(9) as Int64 ns,
+///         arrays as UInt64 offsets then values),
 ///     .distinct_attribute_values() -> [(key, value)]: attribute keys and values are stored once
 ///         per batch and maps hold indexes into them; these are the distinct pairs,
 ///     .remap_attribute_values({(key, value): new value or None}) -> pairs changed: a policy

@@ -22,6 +22,11 @@ pub const KEY_PLAIN: u8 = 0; // only the detectors: a value they cannot match st
 pub const KEY_TEMPLATE: u8 = 1; // the detectors, then URL templating
 pub const KEY_PYTHON: u8 = 2; // anything else (dropped keys, rules): every value to Python
 
+/// Distinct pairs of strings with how many rows hold each, in the order first seen.
+pub type PairCounts<'b> = Vec<((&'b [u8], &'b [u8]), u64)>;
+/// Decisions the block makes itself: (pair number, its new value, or None to drop it).
+pub type Decided = Vec<(u32, Option<Vec<u8>>)>;
+
 /// How head sampling treats the rows of one (service, trace state) group.
 pub struct Head {
     pub mode: u8,
@@ -159,7 +164,7 @@ impl Block {
     }
 
     /// The distinct (span name, value of span attribute `key`) pairs with their row counts.
-    pub fn name_routes(&self, key: &[u8]) -> Vec<((&[u8], &[u8]), u64)> {
+    pub fn name_routes(&self, key: &[u8]) -> PairCounts<'_> {
         let key = self.keys.find(key);
         tally((0..self.rows()).map(|i| (self.name.get(i), self.span_attribute(i, key)))).0
     }
@@ -182,7 +187,7 @@ impl Block {
 
     /// The distinct (service name, trace state) groups of the rows, with their row counts, and
     /// each row's group.
-    pub fn head_groups(&self) -> (Vec<((&[u8], &[u8]), u64)>, Vec<u32>) {
+    pub fn head_groups(&self) -> (PairCounts<'_>, Vec<u32>) {
         let service = &self.resources.service;
         tally((0..self.rows()).map(|i| (service.get(self.resource[i] as usize), self.trace_state.get(i))))
     }
@@ -297,7 +302,7 @@ impl Block {
     /// key number) and the query-secret names: a pair of a plain key whose value no detector can
     /// match stays, and one of a templated key is templated here when it is printable ASCII. Returns
     /// (pairs for Python, decisions made here, occurrences templated here).
-    pub fn plan_pairs(&self, modes: &[u8], secrets: &[Vec<u8>]) -> (Vec<u32>, Vec<(u32, Option<Vec<u8>>)>, u64) {
+    pub fn plan_pairs(&self, modes: &[u8], secrets: &[Vec<u8>]) -> (Vec<u32>, Decided, u64) {
         let counts = self.pair_counts();
         let (mut python, mut decided, mut templated) = (Vec::new(), Vec::new(), 0u64);
         for (id, &(key, value)) in self.pairs.pairs.iter().enumerate() {

@@ -41,7 +41,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether the card detector could mask something: it masks runs of 13 to 19 digits, each digit
@@ -147,7 +147,7 @@ fn is_email(s: &[u8]) -> bool {
         return false;
     }
     match domain.iter().rposition(|&c| c == b'.') {
-        Some(dot) => dot > 0 && domain.len() - dot - 1 >= 2 && all(&domain[dot + 1..], |c| c.is_ascii_alphabetic()),
+        Some(dot) => dot > 0 && domain.len() - dot > 2 && all(&domain[dot + 1..], |c| c.is_ascii_alphabetic()),
         None => false,
     }
 }

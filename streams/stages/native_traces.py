@@ -36,8 +36,9 @@ from streams.stages.labels import EXEMPT_COLUMNS, LabelStage
 from streams.stages.sampling import HeadSampler
 
 TRACES_TABLE = "otel_traces"
-_TEXT_TYPES = ("String", "Array(String)")
-_MAP_TYPES = ("Map(String, String)", "Array(Map(String, String))")
+_TEXT_TYPES = ("String", "Array(String)", "LowCardinality(String)", "Array(LowCardinality(String))")
+_MAP_TYPES = ("Map(String, String)", "Array(Map(String, String))", "Map(LowCardinality(String), String)",
+              "Array(Map(LowCardinality(String), String))")
 _OTHER_TYPES = ("DateTime64(9)", "Array(DateTime64(9))", "UInt64", "UInt32", "Array(UInt32)", "Float64")
 
 

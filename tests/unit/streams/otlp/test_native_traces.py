@@ -13,6 +13,7 @@ The attribute dictionary: its distinct pairs, and a remap applied to every map.
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import uuid
@@ -95,7 +96,7 @@ def test_columns_are_the_tables():
 
 
 def test_native_types_are_the_ddl_types_as_the_server_converts_them():
-    """Each column is sent as its DDL type with LowCardinality taken off (the server converts)."""
+    """Each column is sent as its DDL type (LowCardinality ones dictionary-encoded)."""
     from sinks.migrations import targets
 
     sql = next(t.sql for t in targets(ClickHouseSettings(database="otel"), True) if t.name == "otel_traces")
@@ -113,8 +114,7 @@ def test_native_types_are_the_ddl_types_as_the_server_converts_them():
             # the first definition of a name (DEFAULT expressions go on over later lines)
             ddl.setdefault(f"{nested}.{words[0]}" if nested else words[0], f"Array({typ})" if nested else typ)
     for name, sent in native.column_types().items():
-        expected = ddl[name].replace("LowCardinality(String)", "String")
-        assert sent == expected, name
+        assert sent == ddl[name], name
 
 
 def test_validator_schema_is_the_descriptors():
@@ -486,14 +486,22 @@ def _encode(values: list, typ: str) -> bytes:
             offsets += struct.pack("<Q", total)
             flat.extend(cell)
         return offsets + _encode(flat, inner)
-    if typ == "Map(String, String)":
+    if typ in ("Map(String, String)", "Map(LowCardinality(String), String)"):
         offsets, keys, vals, total = b"", [], [], 0
         for m in values:
             total += len(m)
             offsets += struct.pack("<Q", total)
             keys += list(m)
             vals += list(m.values())
-        return offsets + _encode(keys, "String") + _encode(vals, "String")
+        return offsets + _encode(keys, typ[len("Map("):-len(", String)")]) + _encode(vals, "String")
+    if typ == "LowCardinality(String)":  # as clickhouse-connect writes it
+        if not values:
+            return b""
+        dictionary: dict[str, int] = {}
+        indexes = [dictionary.setdefault(v, len(dictionary)) for v in values]
+        width = int(math.log2(len(dictionary))) >> 3
+        return (struct.pack("<QQ", (1 << 9) | (1 << 10) | width, len(dictionary)) + _encode(list(dictionary), "String")
+                + struct.pack("<Q", len(indexes)) + b"".join(struct.pack("<" + "BHI"[width], i) for i in indexes))
     if typ == "String":
         return b"".join(_varint(len(v.encode())) + v.encode() for v in values)
     fmt = {"DateTime64(9)": "<q", "UInt64": "<Q", "UInt32": "<I"}[typ]
@@ -505,6 +513,8 @@ def reference_native(columns: dict, rows: int) -> bytes:
     out = _varint(len(columns)) + _varint(rows)
     for name, values in columns.items():
         out += _varint(len(name)) + name.encode() + _varint(len(types[name])) + types[name].encode()
+        if "LowCardinality" in types[name]:
+            out += struct.pack("<Q", 1)  # the serialization version, before the column's data
         out += _encode(values, types[name])
     return out
 
@@ -591,3 +601,28 @@ def test_a_block_sent_as_several_inserts_the_same_rows(chdb_client):
         assert halves == (2 * len(block), len(block))  # every row twice: the pieces hold exactly the block's rows
     finally:
         chdb_client.command(f"DROP DATABASE {db} SYNC")
+
+
+@pytest.mark.parametrize("names", [1, 300, 70_000], ids=["one", "uint16", "uint32"])
+def test_low_cardinality_indexes_of_every_width_insert_their_values(chdb_client, names):
+    """Dictionaries of 1, 300 and 70,000 span names and attribute keys (1-, 2- and 4-byte indexes)."""
+    request_ = traces_request(1)
+    spans = request_.resource_spans[0].scope_spans[0].spans
+    first = spans[0]
+    for i in range(1, names):  # small spans, so 70,000 stay within the message limit
+        span = spans.add(trace_id=first.trace_id, span_id=i.to_bytes(8, "big"), name=f"op-{i}",
+                         start_time_unix_nano=first.start_time_unix_nano, end_time_unix_nano=first.end_time_unix_nano)
+        span.attributes.add(key=f"key.{i}").value.string_value = "v"
+    block = native.decode_traces([request_.SerializeToString()])
+    assert len(block) == names
+    db = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        _traces_table(chdb_client, db)
+        chdb_client.raw_insert(f"{db}.otel_traces", list(TRACE_COLUMNS), insert_block=block.to_native(), fmt="Native")
+        stored = chdb_client.query(f"SELECT SpanName, mapKeys(SpanAttributes) FROM {db}.otel_traces "
+                                   "ORDER BY SpanId").result_rows
+        expected = block.to_columns(["SpanId", "SpanName", "SpanAttributes"])
+        by_id = sorted(zip(expected["SpanId"], expected["SpanName"], expected["SpanAttributes"]))
+        assert [(n, sorted(k)) for n, k in stored] == [(n, sorted(a)) for _, n, a in by_id]
+    finally:
+        chdb_client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
