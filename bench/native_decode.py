@@ -6,7 +6,7 @@ OTLP protobuf message, ~10 attributes a span), in this process, no broker and no
 
 1. Python: ``decode_messages("traces", ...)`` (the protobuf library) and the batch's insert columns
    (``ColumnBatch.insert_columns()``, what the sink hands to ``client.insert``);
-2. native: ``streams.otlp.native.decode_traces`` and ``TracesBlock.to_native()`` (the Native block
+2. native: ``streams.otlp.native.decode_traces`` and ``NativeBlock.to_native()`` (the Native block
    ``client.raw_insert`` sends as it is);
 3. for scale, 1 plus clickhouse-connect's own serialization of those columns into the Native
    format (the work ``client.insert`` does before sending; the server's side is not counted).

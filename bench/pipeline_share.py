@@ -6,7 +6,7 @@ messages both ways, no broker and no ClickHouse:
 - Python: ``Stages.run`` with the native core off (the Python decoder on the protobuf library, head sampling,
   the label stage, the catalog) and clickhouse-connect's Native serialization of the batch's columns
   (what ``client.insert`` does before sending);
-- native: ``Stages.run`` with the native core (``streams.stages.native_traces``) and the batch's
+- native: ``Stages.run`` with the native core (``streams.stages.native_stages``) and the batch's
   Native bytes (what ``client.raw_insert`` sends).
 
 Stages on as in the worker's defaults: the default label policy (redaction, URL and span name

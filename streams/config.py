@@ -277,6 +277,9 @@ class WorkerSettings(Section):
     native_spans: bool = setting(
         True, "Decode spans and run their stages in the native columnar core (streams.otlp.native) where it is "
               "built: same rows, no Python object per value. Off, or where it is not built: the Python decoder.")
+    native_logs: bool = setting(
+        True, "Decode log records and run their stages in the native columnar core where it is built: same rows, "
+              "no Python object per value. Off, or where it is not built: the Python decoder.")
     catalog_file: str = setting(
         "", "Service catalog TOML ([[services]] name, team, tier, owner, SLO targets); empty: none.")
     catalog_topic: Topic = setting(

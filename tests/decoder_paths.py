@@ -1,43 +1,48 @@
-"""The native span decoder beside the Python one, on the same messages: how their results differ.
+"""The native span and log decoders beside the Python one, on the same messages: how their results differ.
 
-``differences(payloads)`` is [] when ``streams.otlp.native.decode_traces`` refuses the same messages
-as ``decode_messages("traces", ...)`` (same reason and detail) and stores the same rows otherwise,
-every otel_traces column value for value and type for type, with the same message per row.
+``differences(payloads, signal="traces")`` is [] when ``streams.otlp.native.decode_traces``
+(``decode_logs``) refuses the same messages as ``decode_messages(signal, ...)`` (same reason and
+detail) and stores the same rows otherwise, every otel_traces (otel_logs) column value for value and
+type for type, with the same message per row.
 """
 
 from __future__ import annotations
 
 from streams.otlp import native
 from streams.otlp.batch import ORIGIN, RawMessage
-from streams.otlp.columns import TRACE_COLUMNS
+from streams.otlp.columns import LOG_COLUMNS, TRACE_COLUMNS
 from streams.otlp.decode import decode_messages
 from tests.fuzz.targets import first_difference, same
 
 
-def python_result(payloads: list[bytes], **kwargs):
+TABLES = {"traces": ("otel_traces", TRACE_COLUMNS), "logs": ("otel_logs", LOG_COLUMNS)}
+
+
+def python_result(payloads: list[bytes], signal: str = "traces", **kwargs):
     messages = [RawMessage("t", 0, i, p) for i, p in enumerate(payloads)]
-    return decode_messages("traces", messages, **kwargs)
+    return decode_messages(signal, messages, **kwargs)
 
 
-def differences(payloads: list[bytes], **kwargs) -> list[str]:
+def differences(payloads: list[bytes], signal: str = "traces", **kwargs) -> list[str]:
     """How the native block differs from the Python decoder's result ([] when they agree)."""
-    block = native.decode_traces(payloads, **kwargs)
-    result = python_result(payloads, **kwargs)
+    table, names = TABLES[signal]
+    block = native.DECODERS[signal](payloads, **kwargs)
+    result = python_result(payloads, signal, **kwargs)
     out = []
     letters = [(d.message.offset, d.reason, d.detail) for d in result.dead_letters]
     if block.errors != letters:
         out.append(f"refused: native {block.errors[:3]} python {letters[:3]}")
     if block.messages != len(payloads) or len(block.errors) + result.decoded_messages != len(payloads):
         out.append(f"{block.messages} messages, {len(block.errors)} refused, python decoded {result.decoded_messages}")
-    batch = result.batches.get("otel_traces")
+    batch = result.batches.get(table)
     columns = block.to_columns()
-    if list(columns) != TRACE_COLUMNS:
+    if block.table != table or list(columns) != names:
         out.append(f"columns {list(columns)}")
     if batch is None:
         if block.rows:
             out.append(f"native stores {block.rows} rows, python none")
         return out
-    for name in TRACE_COLUMNS:
+    for name in names:
         if not same(columns[name], batch.columns[name]):
             out.append(f"{name}: native vs python: {first_difference(columns[name], batch.columns[name])}")
     if block.origins() != batch.columns[ORIGIN]:
@@ -47,5 +52,5 @@ def differences(payloads: list[bytes], **kwargs) -> list[str]:
     return out
 
 
-def native_refuses(payload: bytes) -> bool:
-    return bool(native.decode_traces([payload]).errors)
+def native_refuses(payload: bytes, signal: str = "traces") -> bool:
+    return bool(native.DECODERS[signal]([payload]).errors)

@@ -1,6 +1,7 @@
-//! The columnar buffers of one batch of spans.
+//! The columnar buffers of one batch of spans or of log records.
 //!
-//! One row per span. Values shared by many rows are stored once: resources and scopes in tables
+//! One row per span or log record (a block holds one signal: `Block::signal`; the other signal's
+//! row buffers stay empty). Values shared by many rows are stored once: resources and scopes in tables
 //! of their own (a row holds their index), attribute keys and values in per-batch dictionaries,
 //! each distinct (key, value) pair once; an attribute map is a run of pair indexes. Events and
 //! links are arrays per row, stored flat with cumulative offsets (as ClickHouse's Native format
@@ -240,9 +241,35 @@ pub struct Links {
     pub dropped: Vec<u32>,
 }
 
+/// What a block's rows are: the table they go to.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub enum Signal {
+    #[default]
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    pub fn table(self) -> &'static str {
+        match self {
+            Signal::Traces => "otel_traces",
+            Signal::Logs => "otel_logs",
+        }
+    }
+
+    /// The word the Python decoder's refusals use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Logs => "logs",
+        }
+    }
+}
+
 /// One batch: the rows and everything they point to.
 #[derive(Default)]
 pub struct Block {
+    pub signal: Signal,
     pub keys: Interner,
     pub values: Interner,
     pub pairs: Pairs,
@@ -275,6 +302,14 @@ pub struct Block {
     pub dropped_events: Vec<u32>,
     pub dropped_links: Vec<u32>,
 
+    // log records only (with timestamp, trace_id, span_id, attrs, flags, dropped_attrs)
+    pub trace_flags: Vec<u8>,
+    pub severity_text: StrCol,
+    pub severity_number: Vec<u8>,
+    pub body: StrCol,
+    pub event_name: StrCol,
+    pub observed: Vec<i64>,
+
     // set by the stages after decoding (streams/stages/native_traces.py)
     /// SampleWeight per row, once head sampling ran.
     pub sample_weight: Option<Vec<f64>>,
@@ -296,6 +331,10 @@ pub struct Mark {
 }
 
 impl Block {
+    pub fn new(signal: Signal) -> Self {
+        Block { signal, ..Block::default() }
+    }
+
     pub fn rows(&self) -> usize {
         self.timestamp.len()
     }
@@ -364,6 +403,12 @@ impl Block {
         self.dropped_attrs.truncate(n);
         self.dropped_events.truncate(n);
         self.dropped_links.truncate(n);
+        self.trace_flags.truncate(n);
+        self.severity_text.truncate(n);
+        self.severity_number.truncate(n);
+        self.body.truncate(n);
+        self.event_name.truncate(n);
+        self.observed.truncate(n);
     }
 
     /// The (key, value) pair `id` as strings.

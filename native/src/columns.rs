@@ -1,5 +1,5 @@
-//! The columns of `otel_traces` (streams.otlp.columns.TRACE_COLUMNS, in that order) and the
-//! ClickHouse Native-format block of any of them.
+//! The columns of `otel_traces` and `otel_logs` (streams.otlp.columns.TRACE_COLUMNS and
+//! LOG_COLUMNS, in those orders) and the ClickHouse Native-format block of any of them.
 //!
 //! A Native block (HTTP `FORMAT Native`): varint column count, varint row count, then per
 //! column its name, its type (each a varint length and the bytes) and its data. Types are the
@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use crate::block::{Block, StrCol};
+use crate::block::{Block, Signal, StrCol};
 use crate::traces::{SPAN_KINDS, STATUS_CODES};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,6 +53,15 @@ pub enum Col {
     EventsDroppedAttributesCount,
     LinksFlags,
     LinksDroppedAttributesCount,
+    // log records
+    TraceFlags,
+    SeverityText,
+    SeverityNumber,
+    Body,
+    LogAttributes,
+    EventName,
+    ObservedTimestamp,
+    LogFlags,
     // set by the stages: in a block only once they ran (Block::has)
     SampleWeight,
     ServiceTeam,
@@ -98,6 +107,39 @@ pub const COLUMNS: [(Col, &str, &str); 34] = [
     (Col::LinksDroppedAttributesCount, "Links.DroppedAttributesCount", "Array(UInt32)"),
 ];
 
+/// (column, name, Native type as sent), in LOG_COLUMNS order.
+pub const LOG_COLUMNS: [(Col, &str, &str); 21] = [
+    (Col::Timestamp, "Timestamp", "DateTime64(9)"),
+    (Col::TraceId, "TraceId", "String"),
+    (Col::SpanId, "SpanId", "String"),
+    (Col::TraceFlags, "TraceFlags", "UInt8"),
+    (Col::SeverityText, "SeverityText", "LowCardinality(String)"),
+    (Col::SeverityNumber, "SeverityNumber", "UInt8"),
+    (Col::ServiceName, "ServiceName", "LowCardinality(String)"),
+    (Col::Body, "Body", "String"),
+    (Col::ResourceSchemaUrl, "ResourceSchemaUrl", "LowCardinality(String)"),
+    (Col::ResourceAttributes, "ResourceAttributes", "Map(LowCardinality(String), String)"),
+    (Col::ScopeSchemaUrl, "ScopeSchemaUrl", "LowCardinality(String)"),
+    (Col::ScopeName, "ScopeName", "String"),
+    (Col::ScopeVersion, "ScopeVersion", "LowCardinality(String)"),
+    (Col::ScopeAttributes, "ScopeAttributes", "Map(LowCardinality(String), String)"),
+    (Col::LogAttributes, "LogAttributes", "Map(LowCardinality(String), String)"),
+    (Col::EventName, "EventName", "String"),
+    (Col::ObservedTimestamp, "ObservedTimestamp", "DateTime64(9)"),
+    (Col::LogFlags, "LogFlags", "UInt32"),
+    (Col::DroppedAttributesCount, "DroppedAttributesCount", "UInt32"),
+    (Col::ResourceDroppedAttrCount, "ResourceDroppedAttrCount", "UInt32"),
+    (Col::ScopeDroppedAttrCount, "ScopeDroppedAttrCount", "UInt32"),
+];
+
+/// The columns of a signal's table, in order.
+pub fn columns_of(signal: Signal) -> &'static [(Col, &'static str, &'static str)] {
+    match signal {
+        Signal::Traces => &COLUMNS,
+        Signal::Logs => &LOG_COLUMNS,
+    }
+}
+
 /// Columns the stages add after decoding, in the order they follow COLUMNS.
 pub const EXTRA_COLUMNS: [(Col, &str, &str); 4] = [
     (Col::SampleWeight, "SampleWeight", "Float64"),
@@ -114,6 +156,7 @@ pub enum Source<'b> {
     Fixed(&'static [&'static str], &'b [u8]),
     I64(&'b [i64], Per),
     U64(&'b [u64]),
+    U8(&'b [u8]),
     F64(&'b [f64]),
     U32(&'b [u32], Per),
     Maps(&'b [u32], Per),
@@ -170,6 +213,14 @@ impl Block {
             EventsDroppedAttributesCount => Source::U32(&e.dropped, Event),
             LinksFlags => Source::U32(&l.flags, Link),
             LinksDroppedAttributesCount => Source::U32(&l.dropped, Link),
+            TraceFlags => Source::U8(&self.trace_flags),
+            SeverityText => Source::Strings(&self.severity_text, Row),
+            SeverityNumber => Source::U8(&self.severity_number),
+            Body => Source::Strings(&self.body, Row),
+            LogAttributes => Source::Maps(&self.attrs, Row),
+            EventName => Source::Strings(&self.event_name, Row),
+            ObservedTimestamp => Source::I64(&self.observed, Row),
+            LogFlags => Source::U32(&self.flags, Row),
             SampleWeight => Source::F64(self.sample_weight.as_deref().unwrap_or(&[])),
             ServiceTeam | ServiceTier | ServiceOwner => {
                 let c = col as usize - ServiceTeam as usize;
@@ -375,7 +426,7 @@ impl Block {
     fn per(source: &Source<'_>) -> Per {
         match *source {
             Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
-            Source::Fixed(..) | Source::U64(_) | Source::F64(_) => Per::Row,
+            Source::Fixed(..) | Source::U64(_) | Source::U8(_) | Source::F64(_) => Per::Row,
         }
     }
 
@@ -447,6 +498,7 @@ impl Block {
                     out.put(&v.to_le_bytes());
                 }
             }
+            Source::U8(values) => out.put(&values[rows.lo..rows.hi]),
             Source::U32(values, per) => {
                 for i in self.indexes_in(per, rows) {
                     out.put(&values[i].to_le_bytes());

@@ -1,9 +1,11 @@
-//! streams.otlp._native: OTLP protobuf spans straight to columnar buffers and ClickHouse Native
-//! blocks, with the rows and refusals of the Python decoder (streams/otlp/decode.py).
+//! streams.otlp._native: OTLP protobuf spans and log records straight to columnar buffers and
+//! ClickHouse Native blocks, with the rows and refusals of the Python decoder
+//! (streams/otlp/decode.py).
 
 mod anyvalue;
 mod block;
 mod columns;
+mod logs;
 mod stages;
 mod text;
 mod traces;
@@ -17,8 +19,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 
-use block::Block;
-use columns::{Col, Per, Rows, Source, COLUMNS, EXTRA_COLUMNS};
+use block::{Block, Signal};
+use columns::{columns_of, Col, Per, Rows, Source, COLUMNS, EXTRA_COLUMNS, LOG_COLUMNS};
 use stages::Head;
 use traces::{Decoder, SPAN_KINDS, STATUS_CODES};
 use validate::{Kind, MESSAGES};
@@ -28,8 +30,8 @@ const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 type Refused = (u32, &'static str, String);
 
-fn decode_all(payloads: &[&[u8]], max_message_bytes: usize) -> (Block, Vec<Refused>) {
-    let mut block = Block::default();
+fn decode_all(payloads: &[&[u8]], max_message_bytes: usize, signal: Signal) -> (Block, Vec<Refused>) {
+    let mut block = Block::new(signal);
     let mut errors = Vec::new();
     let mut decoder = Decoder::default();
     for (i, payload) in payloads.iter().enumerate() {
@@ -58,9 +60,10 @@ fn decode_all(payloads: &[&[u8]], max_message_bytes: usize) -> (Block, Vec<Refus
     (block, errors)
 }
 
-/// Spans of a batch of ExportTraceServiceRequest messages, as columns (see the module's text).
-#[pyclass(module = "streams.otlp._native", name = "TracesBlock")]
-struct TracesBlock {
+/// Spans of a batch of ExportTraceServiceRequest messages, or log records of a batch of
+/// ExportLogsServiceRequest messages, as columns (see the module's text).
+#[pyclass(module = "streams.otlp._native", name = "NativeBlock")]
+struct NativeBlock {
     block: Block,
     errors: Vec<Refused>,
     messages: usize,
@@ -73,9 +76,9 @@ fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>> {
     Ok(PyString::new(py, s))
 }
 
-/// The columns a block holds: otel_traces' own, then those the stages added.
+/// The columns a block holds: its table's own, then those the stages added.
 fn present(block: &Block) -> impl Iterator<Item = (Col, &'static str, &'static str)> + '_ {
-    COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().filter(|c| block.has(c.0))
+    columns_of(block.signal).iter().chain(EXTRA_COLUMNS.iter()).copied().filter(|c| block.has(c.0))
 }
 
 fn selected(block: &Block, names: Option<Vec<String>>) -> PyResult<Vec<(Col, &'static str, &'static str)>> {
@@ -86,16 +89,27 @@ fn selected(block: &Block, names: Option<Vec<String>>) -> PyResult<Vec<(Col, &'s
             .map(|name| {
                 present(block)
                     .find(|c| c.1 == name)
-                    .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in this block of otel_traces")))
+                    .ok_or_else(|| {
+                        PyKeyError::new_err(format!("no column {name:?} in this block of {}", block.signal.table()))
+                    })
             })
             .collect(),
     }
 }
 
-/// A column the stages may rewrite, by name.
-fn text_col(name: &str) -> PyResult<Col> {
-    COLUMNS.iter().find(|c| c.1 == name).map(|c| c.0)
-        .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in otel_traces")))
+/// A column of the block's table the stages may rewrite, by name.
+fn text_col(block: &Block, name: &str) -> PyResult<Col> {
+    columns_of(block.signal).iter().find(|c| c.1 == name).map(|c| c.0)
+        .ok_or_else(|| PyKeyError::new_err(format!("no column {name:?} in {}", block.signal.table())))
+}
+
+/// The signal of a table name.
+fn signal_of(table: &str) -> PyResult<Signal> {
+    match table {
+        "otel_traces" => Ok(Signal::Traces),
+        "otel_logs" => Ok(Signal::Logs),
+        _ => Err(PyValueError::new_err(format!("no native block for table {table:?} (otel_traces, otel_logs)"))),
+    }
 }
 
 fn utf8(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
@@ -103,7 +117,16 @@ fn utf8(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<u8>> {
     Ok(s.into_bytes())
 }
 
-impl TracesBlock {
+impl NativeBlock {
+    /// An error for a spans-only method called on a block of log records.
+    fn spans_only(&self, method: &str) -> PyResult<()> {
+        if self.block.signal == Signal::Traces {
+            Ok(())
+        } else {
+            Err(PyValueError::new_err(format!("{method} is for a block of otel_traces, not {}", self.block.signal.table())))
+        }
+    }
+
     fn map_dict<'py>(&self, py: Python<'py>, map: u32) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         for &p in self.block.maps.get(map) {
@@ -121,6 +144,7 @@ impl TracesBlock {
             Source::Fixed(names, codes) => PyString::new(py, names[codes[i] as usize]).into_any(),
             Source::I64(values, _) => values[i].into_pyobject(py)?.into_any(),
             Source::U64(values) => values[i].into_pyobject(py)?.into_any(),
+            Source::U8(values) => values[i].into_pyobject(py)?.into_any(),
             Source::F64(values) => values[i].into_pyobject(py)?.into_any(),
             Source::U32(values, _) => values[i].into_pyobject(py)?.into_any(),
             Source::Maps(maps, _) => {
@@ -142,7 +166,7 @@ impl TracesBlock {
         let source = self.block.source(col);
         let per = match source {
             Source::Strings(_, per) | Source::I64(_, per) | Source::U32(_, per) | Source::Maps(_, per) => per,
-            Source::Fixed(..) | Source::U64(_) | Source::F64(_) => Per::Row,
+            Source::Fixed(..) | Source::U64(_) | Source::U8(_) | Source::F64(_) => Per::Row,
         };
         let out = PyList::empty(py);
         match self.block.offsets(per) {
@@ -174,14 +198,20 @@ impl TracesBlock {
 }
 
 #[pymethods]
-impl TracesBlock {
-    /// Rows (spans) in the block.
+impl NativeBlock {
+    /// The table the rows are of: otel_traces or otel_logs.
+    #[getter]
+    fn table(&self) -> &'static str {
+        self.block.signal.table()
+    }
+
+    /// Rows (spans or log records) in the block.
     #[getter]
     fn rows(&self) -> usize {
         self.block.rows()
     }
 
-    /// Messages given to decode_traces.
+    /// Messages given to decode_traces or decode_logs.
     #[getter]
     fn messages(&self) -> usize {
         self.messages
@@ -202,7 +232,8 @@ impl TracesBlock {
     }
 
     fn __repr__(&self) -> String {
-        format!("<TracesBlock {} rows of {} messages, {} refused>", self.block.rows(), self.messages, self.errors.len())
+        let (table, rows, messages, refused) = (self.block.signal.table(), self.block.rows(), self.messages, self.errors.len());
+        format!("<NativeBlock {table}: {rows} rows of {messages} messages, {refused} refused>")
     }
 
     /// The index of the message each row came from.
@@ -304,7 +335,7 @@ impl TracesBlock {
     #[pyo3(signature = (name, secrets=None))]
     fn distinct_strings<'py>(&self, py: Python<'py>, name: &str, secrets: Option<Vec<String>>)
         -> PyResult<Bound<'py, PyList>> {
-        let values = self.block.distinct_strings(text_col(name)?)
+        let values = self.block.distinct_strings(text_col(&self.block, name)?)
             .ok_or_else(|| PyKeyError::new_err(format!("{name:?} is not a text column")))?;
         let secrets: Option<Vec<Vec<u8>>> = secrets.map(|s| s.into_iter().map(String::into_bytes).collect());
         let out = PyList::empty(py);
@@ -346,7 +377,7 @@ impl TracesBlock {
 
     /// Rewrite a text column: {value: new value}; values the mapping does not name stay.
     fn remap_strings(&mut self, name: &str, mapping: &Bound<'_, PyDict>) -> PyResult<()> {
-        let col = text_col(name)?;
+        let col = text_col(&self.block, name)?;
         let mut decided = HashMap::with_capacity(mapping.len());
         for (old, new) in mapping.iter() {
             decided.insert(utf8(&old, "mapping keys")?, utf8(&new, "mapping values")?);
@@ -360,6 +391,7 @@ impl TracesBlock {
 
     /// [(span name, value of span attribute `key` or "", rows)], distinct, in the order first seen.
     fn span_name_routes<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyList>> {
+        self.spans_only("span_name_routes")?;
         let out = PyList::empty(py);
         for ((name, route), count) in self.block.name_routes(key.as_bytes()) {
             out.append((text(py, name)?, text(py, route)?, count))?;
@@ -369,6 +401,7 @@ impl TracesBlock {
 
     /// Rewrite span names: {(name, value of span attribute `key` or ""): new name}.
     fn remap_span_names(&mut self, key: &str, mapping: &Bound<'_, PyDict>) -> PyResult<()> {
+        self.spans_only("remap_span_names")?;
         let mut decided = HashMap::with_capacity(mapping.len());
         for (pair, new) in mapping.iter() {
             let (name, route): (String, String) = pair
@@ -387,6 +420,7 @@ impl TracesBlock {
 
     /// [(service name, trace state, rows)]: the distinct groups head sampling decides for.
     fn head_groups<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.spans_only("head_groups")?;
         let out = PyList::empty(py);
         for ((service, state), count) in self.block.head_groups().0 {
             out.append((text(py, service)?, text(py, state)?, count))?;
@@ -399,11 +433,32 @@ impl TracesBlock {
     /// (its last 56 bits) is at least the threshold, 2 drops them. Kept rows get the weight as
     /// SampleWeight. Returns how many rows were dropped.
     fn apply_head(&mut self, decisions: Vec<(u8, u64, f64, Option<String>)>) -> PyResult<usize> {
+        self.spans_only("apply_head")?;
         let heads: Vec<Head> = decisions
             .into_iter()
             .map(|(mode, threshold, weight, state)| Head { mode, threshold, weight, state: state.map(String::into_bytes) })
             .collect();
         self.block.apply_head(&heads).map_err(PyValueError::new_err)
+    }
+
+    /// [(service name, rows)]: the distinct services of the rows, in the order first seen (what
+    /// head sampling of log records decides a threshold for).
+    fn services<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (service, count) in self.block.services().0 {
+            out.append((text(py, service)?, count))?;
+        }
+        Ok(out)
+    }
+
+    /// Head sampling of log records: one threshold per service of services(), in its order. A
+    /// record stays without a trace id, at a severity number of at least `keep_severity`, or when
+    /// its trace id's randomness is at least its service's threshold. Returns rows dropped.
+    fn apply_log_head(&mut self, thresholds: Vec<u64>, keep_severity: u8) -> PyResult<usize> {
+        if self.block.signal != Signal::Logs {
+            return Err(PyValueError::new_err("apply_log_head is for a block of otel_logs"));
+        }
+        self.block.apply_log_head(&thresholds, keep_severity).map_err(PyValueError::new_err)
     }
 
     /// The catalog's columns (ServiceTeam, ServiceTier, ServiceOwner) from each resource's
@@ -420,7 +475,7 @@ impl TracesBlock {
         Ok(())
     }
 
-    /// (earliest, latest) span start in ns, or None for a block without rows.
+    /// (earliest, latest) Timestamp in ns, or None for a block without rows.
     fn time_range(&self) -> Option<(i64, i64)> {
         self.block.time_range()
     }
@@ -431,13 +486,7 @@ impl TracesBlock {
     }
 }
 
-/// Decode a batch of OTLP ExportTraceServiceRequest protobuf payloads (one per Kafka message)
-/// into one TracesBlock. Never raises for a payload's contents: a message that cannot become
-/// rows is in `errors` with the reason and detail the Python decoder gives it, and none of its
-/// rows are kept. The GIL is released while decoding.
-#[pyfunction]
-#[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
-fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<TracesBlock> {
+fn decode(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize, signal: Signal) -> PyResult<NativeBlock> {
     let mut held: Vec<Bound<'_, PyBytes>> = Vec::new();
     for item in payloads.try_iter()? {
         let item = item?;
@@ -445,8 +494,25 @@ fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes:
         held.push(bytes);
     }
     let slices: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
-    let (block, errors) = py.allow_threads(|| decode_all(&slices, max_message_bytes));
-    Ok(TracesBlock { block, errors, messages: slices.len(), pending: Vec::new() })
+    let (block, errors) = py.allow_threads(|| decode_all(&slices, max_message_bytes, signal));
+    Ok(NativeBlock { block, errors, messages: slices.len(), pending: Vec::new() })
+}
+
+/// Decode a batch of OTLP ExportTraceServiceRequest protobuf payloads (one per Kafka message)
+/// into one NativeBlock of otel_traces. Never raises for a payload's contents: a message that
+/// cannot become rows is in `errors` with the reason and detail the Python decoder gives it, and
+/// none of its rows are kept. The GIL is released while decoding.
+#[pyfunction]
+#[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
+fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<NativeBlock> {
+    decode(py, payloads, max_message_bytes, Signal::Traces)
+}
+
+/// decode_traces for ExportLogsServiceRequest payloads: one NativeBlock of otel_logs.
+#[pyfunction]
+#[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
+fn decode_logs(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<NativeBlock> {
+    decode(py, payloads, max_message_bytes, Signal::Logs)
 }
 
 /// Whether a value may hold what the label stage's detectors look for (a no is exact; see text.rs).
@@ -462,11 +528,13 @@ fn template_path(value: &str) -> Option<String> {
     text::template_path(value.as_bytes()).map(|t| String::from_utf8(t).expect("ASCII in, ASCII out"))
 }
 
-/// {column: the Native type its data is sent as}, for every otel_traces column.
+/// {column: the Native type its data is sent as}, for every column of the table (otel_traces or
+/// otel_logs).
 #[pyfunction]
-fn column_types(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+#[pyo3(signature = (table = "otel_traces"))]
+fn column_types<'py>(py: Python<'py>, table: &str) -> PyResult<Bound<'py, PyDict>> {
     let out = PyDict::new(py);
-    for (_, name, native_type) in COLUMNS {
+    for (_, name, native_type) in columns_of(signal_of(table)?) {
         out.set_item(name, native_type)?;
     }
     Ok(out)
@@ -496,18 +564,21 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(out)
 }
 
-/// OTLP ExportTraceServiceRequest protobuf → the rows of otel_traces, natively.
+/// OTLP ExportTraceServiceRequest and ExportLogsServiceRequest protobuf → the rows of otel_traces
+/// and otel_logs, natively.
 ///
-/// decode_traces(payloads: list[bytes], max_message_bytes=16 MiB) -> TracesBlock
+/// decode_traces(payloads: list[bytes], max_message_bytes=16 MiB) -> NativeBlock
 ///     One call per batch of messages. Each message gives all of its rows or none: a refused one
-///     is in TracesBlock.errors as (message index, reason, detail), with the Python decoder's
+///     is in NativeBlock.errors as (message index, reason, detail), with the Python decoder's
 ///     reasons ("undecodable", "wrong_encoding", "invalid_id", "invalid_value", "too_large").
 ///     Every input is safe: protobuf's own limits (nesting 100 deep from the request, tags and
 ///     lengths of 5 bytes, varints of 10, lengths within the message, UTF-8 strings) are checked
 ///     before a row is built, and nothing is allocated from a declared length.
 ///
-/// TracesBlock
-///     .rows, .messages, .errors, .origins() (message index per row),
+/// decode_logs(payloads, max_message_bytes=16 MiB) -> NativeBlock: the same for log records.
+///
+/// NativeBlock
+///     .table, .rows, .messages, .errors, .origins() (message index per row),
 ///     .to_columns(names=None) -> {name: list} (the Python ColumnBatch's values; for tests),
 ///     .to_native(names=None, start=0, stop=None) -> bytes: one ClickHouse Native block of those
 ///         columns in that order, of those rows (the table's types; LowCardinality columns and map
@@ -518,16 +589,19 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 ///     .remap_attribute_values({(key, value): new value or None}) -> pairs changed: a policy
 ///         decided once per distinct pair, applied to every map (None drops the pair).
 ///
-/// COLUMNS (otel_traces' columns in order), column_types() {name: Native type}, schema().
+/// COLUMNS and LOG_COLUMNS (otel_traces' and otel_logs' columns in order), column_types(table)
+/// {name: Native type}, schema().
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
     m.add_function(wrap_pyfunction!(column_types, m)?)?;
     m.add_function(wrap_pyfunction!(schema, m)?)?;
     m.add_function(wrap_pyfunction!(maybe_sensitive, m)?)?;
     m.add_function(wrap_pyfunction!(template_path, m)?)?;
-    m.add_class::<TracesBlock>()?;
+    m.add_class::<NativeBlock>()?;
     m.add("COLUMNS", PyTuple::new(m.py(), COLUMNS.iter().map(|c| c.1))?)?;
+    m.add("LOG_COLUMNS", PyTuple::new(m.py(), LOG_COLUMNS.iter().map(|c| c.1))?)?;
     m.add("SPAN_KINDS", PyTuple::new(m.py(), SPAN_KINDS)?)?;
     m.add("STATUS_CODES", PyTuple::new(m.py(), STATUS_CODES)?)?;
     m.add("MAX_DEPTH", wire::MAX_DEPTH)?;

@@ -65,6 +65,9 @@ fn retain<T>(values: &mut Vec<T>, keep: &[bool]) {
 }
 
 fn retain_strings(col: &mut StrCol, keep: &[bool]) {
+    if col.len() == 0 {
+        return; // a column of the other signal
+    }
     let mut out = StrCol::default();
     for (i, &k) in keep.iter().enumerate() {
         if k {
@@ -127,6 +130,9 @@ impl Block {
             LinksTraceState => &mut self.links.trace_state,
             ResourceSchemaUrl => &mut r.schema_url,
             ScopeSchemaUrl => &mut s.schema_url,
+            SeverityText => &mut self.severity_text,
+            Body => &mut self.body,
+            EventName => &mut self.event_name,
             _ => return None,
         })
     }
@@ -228,6 +234,38 @@ impl Block {
         Ok(dropped)
     }
 
+    /// The distinct service names of the rows, with their row counts, and each row's group: what
+    /// head sampling of log records decides for (a threshold per service).
+    pub fn services(&self) -> (Vec<(&[u8], u64)>, Vec<u32>) {
+        let service = &self.resources.service;
+        tally(self.resource.iter().map(|&r| service.get(r as usize)))
+    }
+
+    /// Head sampling of log records, one threshold per group of `services` (in its order): a
+    /// record stays when it has no trace id, when its severity number is at least `keep_severity`,
+    /// or when its trace id's randomness is at least its service's threshold (the decision its
+    /// trace's spans get). Returns how many rows were dropped.
+    pub fn apply_log_head(&mut self, thresholds: &[u64], keep_severity: u8) -> Result<usize, String> {
+        let (groups, group) = self.services();
+        if thresholds.len() != groups.len() {
+            return Err(format!("{} thresholds for {} services", thresholds.len(), groups.len()));
+        }
+        drop(groups);
+        let keep: Vec<bool> = (0..self.rows())
+            .map(|i| {
+                let trace_id = self.trace_id.get(i);
+                trace_id.is_empty()
+                    || self.severity_number[i] >= keep_severity
+                    || randomness(trace_id) >= thresholds[group[i] as usize]
+            })
+            .collect();
+        let dropped = keep.iter().filter(|&&k| !k).count();
+        if dropped > 0 {
+            self.retain_rows(&keep);
+        }
+        Ok(dropped)
+    }
+
     /// Keep the rows whose flag is set (with their events and links); resources, scopes and the
     /// dictionaries stay as they are.
     pub fn retain_rows(&mut self, keep: &[bool]) {
@@ -265,6 +303,12 @@ impl Block {
         retain(&mut self.dropped_attrs, keep);
         retain(&mut self.dropped_events, keep);
         retain(&mut self.dropped_links, keep);
+        retain(&mut self.trace_flags, keep);
+        retain_strings(&mut self.severity_text, keep);
+        retain(&mut self.severity_number, keep);
+        retain_strings(&mut self.body, keep);
+        retain_strings(&mut self.event_name, keep);
+        retain(&mut self.observed, keep);
         if let Some(weights) = self.sample_weight.as_mut() {
             retain(weights, keep);
         }

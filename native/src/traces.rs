@@ -1,5 +1,8 @@
 //! Pass 2: ExportTraceServiceRequest protobuf → rows of `otel_traces`, as
-//! `streams.otlp.decode._spans_to_columns` builds them from the parsed request.
+//! `streams.otlp.decode._spans_to_columns` builds them from the parsed request; and
+//! ExportLogsServiceRequest → rows of `otel_logs` (`_logs_to_columns`; the record itself is read
+//! in logs.rs). Both requests share their outer layout: field 1 a list of (resource, list of
+//! (scope, list of items, schema URL), schema URL).
 //!
 //! Protobuf's merge semantics throughout: the last occurrence of a scalar wins, the occurrences of
 //! a singular message merge (resource, scope, status, an attribute's value), repeated fields
@@ -15,8 +18,8 @@
 //! link's trace_id before any link's span_id.
 
 use crate::anyvalue::{key_value, value_text, Text};
-use crate::block::Block;
-use crate::validate::validate;
+use crate::block::{Block, Signal};
+use crate::validate::{validate, Msg};
 use crate::wire::{fields, Value, WireError};
 
 /// Why a message was refused: the dead-letter reason and detail of the Python decoder.
@@ -39,9 +42,9 @@ pub const STATUS_CODES: [&str; 3] = ["Unset", "Ok", "Error"];
 const MAX_TIMESTAMP_NS: u64 = i64::MAX as u64;
 
 /// What the Python decoder says of bytes protobuf refuses (`decode._not_protobuf`).
-pub fn not_protobuf(payload: &[u8]) -> Refusal {
+pub fn not_protobuf(payload: &[u8], signal: Signal) -> Refusal {
     let first = payload.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c));
-    let detail = "not an OTLP protobuf traces request (DecodeError)".to_string();
+    let detail = format!("not an OTLP protobuf {} request (DecodeError)", signal.name());
     if matches!(first, Some(b'{') | Some(b'[')) {
         Refusal::new("wrong_encoding", detail + " (looks like JSON: is the topic's encoding otlp_json?)")
     } else {
@@ -49,11 +52,11 @@ pub fn not_protobuf(payload: &[u8]) -> Refusal {
     }
 }
 
-fn past_2262(what: &str, value: u64) -> Refusal {
+pub(crate) fn past_2262(what: &str, value: u64) -> Refusal {
     Refusal::new("invalid_value", format!("{what} {value} ns is past 2262-04-11, the last DateTime64(9) instant"))
 }
 
-fn check_id(raw: &[u8], size: usize, what: &str) -> Result<(), Refusal> {
+pub(crate) fn check_id(raw: &[u8], size: usize, what: &str) -> Result<(), Refusal> {
     if raw.is_empty() || raw.len() == size {
         Ok(())
     } else {
@@ -64,7 +67,7 @@ fn check_id(raw: &[u8], size: usize, what: &str) -> Result<(), Refusal> {
 /// One attribute map being built: (key, pair) in the keys' first-seen order, each key with the
 /// pair of its last value.
 #[derive(Default)]
-struct MapBuilder {
+pub(crate) struct MapBuilder {
     entries: Vec<(u32, u32)>,
     /// key → position, once a map is too large for a linear search
     index: hashbrown::HashMap<u32, usize>,
@@ -101,7 +104,7 @@ impl MapBuilder {
     }
 
     /// Store the map in the block; returns its index.
-    fn finish(&mut self, block: &mut Block) -> u32 {
+    pub(crate) fn finish(&mut self, block: &mut Block) -> u32 {
         block.maps.pairs.extend(self.entries.iter().map(|e| e.1));
         block.maps.offsets.push(block.maps.pairs.len());
         self.entries.clear();
@@ -113,14 +116,14 @@ impl MapBuilder {
 /// Scratch space reused across messages.
 #[derive(Default)]
 pub struct Decoder<'a> {
-    values: Vec<&'a [u8]>,
+    pub(crate) values: Vec<&'a [u8]>,
     events: Vec<&'a [u8]>,
     links: Vec<&'a [u8]>,
-    text: Vec<u8>,
-    map: MapBuilder,
+    pub(crate) text: Vec<u8>,
+    pub(crate) map: MapBuilder,
 }
 
-type Step = Result<(), Refusal>;
+pub(crate) type Step = Result<(), Refusal>;
 
 impl From<WireError> for Refusal {
     // Pass 1 refuses every malformed input first; this is for completeness only.
@@ -130,11 +133,15 @@ impl From<WireError> for Refusal {
 }
 
 impl<'a> Decoder<'a> {
-    /// Decode one message into `block` (message `index` of the batch). On a refusal the block may
-    /// hold part of the message: the caller truncates it to its mark.
+    /// Decode one message of the block's signal into `block` (message `index` of the batch). On a
+    /// refusal the block may hold part of the message: the caller truncates it to its mark.
     pub fn message(&mut self, block: &mut Block, payload: &'a [u8], index: u32) -> Step {
-        if validate(payload).is_err() {
-            return Err(not_protobuf(payload));
+        let root = match block.signal {
+            Signal::Traces => Msg::Request,
+            Signal::Logs => Msg::LogsRequest,
+        };
+        if validate(payload, root).is_err() {
+            return Err(not_protobuf(payload, block.signal));
         }
         let mut resource_spans = 0usize;
         for f in fields(payload, 0) {
@@ -146,14 +153,15 @@ impl<'a> Decoder<'a> {
         }
         if !payload.is_empty() && resource_spans == 0 {
             // bytes that parse only as unknown fields are not telemetry; an empty request is 0 bytes
-            return Err(Refusal::new("undecodable", format!("no OTLP traces content in {} bytes", payload.len())));
+            let signal = block.signal.name();
+            return Err(Refusal::new("undecodable", format!("no OTLP {signal} content in {} bytes", payload.len())));
         }
         Ok(())
     }
 
     /// One KeyValue into the map being built.
     #[inline]
-    fn attribute(&mut self, block: &mut Block, kv: &'a [u8], depth: usize) -> Step {
+    pub(crate) fn attribute(&mut self, block: &mut Block, kv: &'a [u8], depth: usize) -> Step {
         let key = key_value(kv, depth, &mut self.values)?;
         let key = block.keys.intern(key);
         let value = match value_text(&self.values, depth + 1, &mut self.text)? {
@@ -245,8 +253,11 @@ impl<'a> Decoder<'a> {
         let scope = (scopes.dropped.len() - 1) as u32;
         for f in fields(ss, 2) {
             let f = f?;
-            if let (2, Value::Len(span)) = (f.number, f.value) {
-                self.span(block, span, resource, scope, index)?;
+            if let (2, Value::Len(item)) = (f.number, f.value) {
+                match block.signal {
+                    Signal::Traces => self.span(block, item, resource, scope, index)?,
+                    Signal::Logs => self.log_record(block, item, resource, scope, index)?,
+                }
             }
         }
         Ok(())

@@ -1,6 +1,7 @@
-//! Pass 1: accept exactly what upb accepts for an ExportTraceServiceRequest, before any row is built.
+//! Pass 1: accept exactly what upb accepts for an ExportTraceServiceRequest or an
+//! ExportLogsServiceRequest, before any row is built.
 //!
-//! Every field of every message in opentelemetry-proto's trace, common and resource descriptors
+//! Every field of every message in opentelemetry-proto's trace, logs, common and resource descriptors
 //! (`SCHEMA`, which a test compares with the installed descriptors) is checked as upb checks it,
 //! the fields the rows never read included (EntityRef, key_strindex, ...): proto3 strings valid
 //! UTF-8, nested messages well-formed, unknown groups closed, messages and groups nested at most
@@ -36,9 +37,13 @@ pub enum Msg {
     AnyValue,
     ArrayValue,
     KeyValueList,
+    LogsRequest,
+    ResourceLogs,
+    ScopeLogs,
+    LogRecord,
 }
 
-pub const MESSAGES: [Msg; 14] = [
+pub const MESSAGES: [Msg; 18] = [
     Msg::Request,
     Msg::ResourceSpans,
     Msg::Resource,
@@ -53,6 +58,10 @@ pub const MESSAGES: [Msg; 14] = [
     Msg::AnyValue,
     Msg::ArrayValue,
     Msg::KeyValueList,
+    Msg::LogsRequest,
+    Msg::ResourceLogs,
+    Msg::ScopeLogs,
+    Msg::LogRecord,
 ];
 
 const MAX_FIELD: usize = 16;
@@ -74,6 +83,10 @@ impl Msg {
             Msg::AnyValue => "opentelemetry.proto.common.v1.AnyValue",
             Msg::ArrayValue => "opentelemetry.proto.common.v1.ArrayValue",
             Msg::KeyValueList => "opentelemetry.proto.common.v1.KeyValueList",
+            Msg::LogsRequest => "opentelemetry.proto.collector.logs.v1.ExportLogsServiceRequest",
+            Msg::ResourceLogs => "opentelemetry.proto.logs.v1.ResourceLogs",
+            Msg::ScopeLogs => "opentelemetry.proto.logs.v1.ScopeLogs",
+            Msg::LogRecord => "opentelemetry.proto.logs.v1.LogRecord",
         }
     }
 
@@ -126,6 +139,20 @@ impl Msg {
             (Msg::AnyValue, 7) => Bytes,
             (Msg::ArrayValue, 1) => Message(Msg::AnyValue),
             (Msg::KeyValueList, 1) => Message(Msg::KeyValue),
+            (Msg::LogsRequest, 1) => Message(Msg::ResourceLogs),
+            (Msg::ResourceLogs, 1) => Message(Msg::Resource),
+            (Msg::ResourceLogs, 2) => Message(Msg::ScopeLogs),
+            (Msg::ResourceLogs, 3) => Str,
+            (Msg::ScopeLogs, 1) => Message(Msg::Scope),
+            (Msg::ScopeLogs, 2) => Message(Msg::LogRecord),
+            (Msg::ScopeLogs, 3) => Str,
+            (Msg::LogRecord, 1 | 11) => Fixed64,
+            (Msg::LogRecord, 2 | 7) => Varint,
+            (Msg::LogRecord, 3 | 12) => Str,
+            (Msg::LogRecord, 5) => Message(Msg::AnyValue),
+            (Msg::LogRecord, 6) => Message(Msg::KeyValue),
+            (Msg::LogRecord, 8) => Fixed32,
+            (Msg::LogRecord, 9 | 10) => Bytes,
             _ => None,
         }
     }
@@ -136,13 +163,14 @@ impl Msg {
     }
 }
 
-/// Ok if upb would parse `payload` as an ExportTraceServiceRequest.
-pub fn validate(payload: &[u8]) -> Result<(), WireError> {
+/// Ok if upb would parse `payload` as the request `root` (`Msg::Request` for spans,
+/// `Msg::LogsRequest` for logs).
+pub fn validate(payload: &[u8], root: Msg) -> Result<(), WireError> {
     // Frames of the open messages: the reader of each (positioned after the field that opened the
     // next one) and its type. Frame 0 is the request.
     let mut stack: Vec<(Reader<'_>, Msg)> = Vec::with_capacity(16);
     let mut reader = Reader::new(payload);
-    let mut msg = Msg::Request;
+    let mut msg = root;
     loop {
         if reader.at_end() {
             match stack.pop() {

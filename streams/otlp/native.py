@@ -1,18 +1,19 @@
-"""The native columnar decoder of spans (``streams.otlp._native``, built from ``native/``), behind
-one small Python surface.
+"""The native columnar decoder of spans and log records (``streams.otlp._native``, built from
+``native/``), behind one small Python surface.
 
-Input: the values of a batch of Kafka messages of the spans topic, each an OTLP
-``ExportTraceServiceRequest`` in protobuf (``otlp_proto``). Output: a ``TracesBlock`` holding the
-rows of ``otel_traces`` as native buffers, plus one ``(message index, reason, detail)`` per
-message it refused. The rows and refusals are exactly those of ``decode.decode_messages("traces",
-...)`` on the same messages (the tests compare both on every column, on hostile input too): a
-message gives all of its rows or none, and a refusal carries the Python decoder's reason
-(``undecodable``, ``wrong_encoding``, ``invalid_id``, ``invalid_value``, ``too_large``).
+Input: the values of a batch of Kafka messages of the spans (logs) topic, each an OTLP
+``ExportTraceServiceRequest`` (``ExportLogsServiceRequest``) in protobuf (``otlp_proto``). Output: a
+``NativeBlock`` holding the rows of ``otel_traces`` (``otel_logs``) as native buffers, plus one
+``(message index, reason, detail)`` per message it refused. The rows and refusals are exactly those
+of ``decode.decode_messages("traces", ...)`` (``"logs"``) on the same messages (the tests compare
+both on every column, on hostile input too): a message gives all of its rows or none, and a refusal
+carries the Python decoder's reason (``undecodable``, ``wrong_encoding``, ``invalid_id``,
+``invalid_value``, ``too_large``).
 
-``decode_traces(payloads, max_message_bytes=16 MiB) -> TracesBlock``
+``decode_traces(payloads, max_message_bytes=16 MiB) -> NativeBlock``, ``decode_logs(...)``
     One call per batch; never raises for what a payload holds. The GIL is released while decoding.
-``TracesBlock``
-    ``.rows``, ``.messages``, ``.errors``, ``.origins()`` (message index per row);
+``NativeBlock``
+    ``.table``, ``.rows``, ``.messages``, ``.errors``, ``.origins()`` (message index per row);
     ``.to_columns(names=None)``: ``{name: list}`` with the values and types of the Python
     decoder's ``ColumnBatch.columns`` (for tests: it builds a Python object per value);
     ``.to_native(names=None) -> bytes``: one ClickHouse Native block of those columns, in that
@@ -39,7 +40,7 @@ except ImportError:  # built without cargo: the Python decoder does everything
     _native = None
 
 if TYPE_CHECKING:
-    from streams.otlp._native import TracesBlock
+    from streams.otlp._native import NativeBlock
 
 # decode.decode_messages' default limit
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -50,19 +51,29 @@ def available() -> bool:
     return _native is not None
 
 
-def decode_traces(payloads: Sequence[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES) -> "TracesBlock":
-    """Protobuf ExportTraceServiceRequest payloads → one TracesBlock (see the module's text)."""
+def _built() -> Any:
     if _native is None:
         raise RuntimeError("streams.otlp._native is not built (install with cargo available); "
                            "decode with streams.otlp.decode.decode_messages instead")
-    return _native.decode_traces(list(payloads), max_message_bytes)
+    return _native
 
 
-def column_types() -> dict[str, str]:
-    """{otel_traces column: the Native type its data is sent as}."""
-    if _native is None:
-        raise RuntimeError("streams.otlp._native is not built")
-    return _native.column_types()
+def decode_traces(payloads: Sequence[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES) -> "NativeBlock":
+    """Protobuf ExportTraceServiceRequest payloads → one NativeBlock of otel_traces (see the module's text)."""
+    return _built().decode_traces(list(payloads), max_message_bytes)
+
+
+def decode_logs(payloads: Sequence[bytes], max_message_bytes: int = MAX_MESSAGE_BYTES) -> "NativeBlock":
+    """Protobuf ExportLogsServiceRequest payloads → one NativeBlock of otel_logs."""
+    return _built().decode_logs(list(payloads), max_message_bytes)
+
+
+DECODERS = {"traces": decode_traces, "logs": decode_logs}
+
+
+def column_types(table: str = "otel_traces") -> dict[str, str]:
+    """{column of ``table`` (otel_traces, otel_logs): the Native type its data is sent as}."""
+    return _built().column_types(table)
 
 
 def dead_letters(messages: Sequence[RawMessage], block: Any) -> list[DeadLetter]:
@@ -71,7 +82,7 @@ def dead_letters(messages: Sequence[RawMessage], block: Any) -> list[DeadLetter]
 
 
 class NativeBatch(ColumnBatch):
-    """Rows of ``otel_traces`` held as native blocks: a ``ColumnBatch`` whose Python columns are
+    """Rows of ``otel_traces`` or ``otel_logs`` held as native blocks: a ``ColumnBatch`` whose Python columns are
     made only when something asks for them.
 
     The hot path never does: its length, column names, time range and Native bytes come from the
@@ -89,14 +100,17 @@ class NativeBatch(ColumnBatch):
         self.source = source
         self.parts = [(block, shift) for block, shift in parts if len(block)]
         self._columns: dict[str, list[Any]] | None = None
+        if any(block.table != table for block, _ in self.parts):
+            raise ValueError(f"a batch of {table} cannot hold blocks of {sorted({b.table for b, _ in self.parts})}")
         names = {tuple(block.column_names()) for block, _ in self.parts}
         if len(names) > 1:
             raise ValueError(f"blocks of {table} with other columns cannot be one batch: {sorted(names)}")
-        self._names = list(names.pop()) if names else list(_native.COLUMNS if _native else ())
+        default = (_native.LOG_COLUMNS if table == "otel_logs" else _native.COLUMNS) if _native else ()
+        self._names = list(names.pop()) if names else list(default)
 
     @classmethod
     def of(cls, block: Any) -> "NativeBatch":
-        return cls([(block, 0)])
+        return cls([(block, 0)], table=block.table)
 
     def __len__(self) -> int:
         return sum(len(block) for block, _ in self.parts)

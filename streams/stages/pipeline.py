@@ -13,10 +13,11 @@ keeps the budgets in a changelogged table (see ``streams.agents.app``) and commi
 after a batch's rows are written; a replay keeps them in memory for the replay.
 Every change and drop is counted by stage and reason (``otelpipe_stage_changes_total``).
 
-Spans in protobuf go through the native core where it is built (``worker.native_spans``,
-``streams.stages.native_traces``): the same stages, decided once per distinct value, the same rows
-(a ``NativeBatch``), the same counts. A run it declines (another encoding, a ``top_k`` rule for
-spans) or fails on takes the Python path below.
+Spans and log records in protobuf go through the native core where it is built
+(``worker.native_spans``, ``worker.native_logs``; ``streams.stages.native_stages``): the same
+stages, decided once per distinct value, the same rows (a ``NativeBatch``), the same counts. A run
+it declines (another encoding, a ``top_k`` rule for the signal) or fails on takes the Python path
+below.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from streams.stages.naming import VIOLATION_COLUMNS, VIOLATIONS_TABLE, NamingSta
 from streams.otlp import native
 from streams.otlp.decode import choose_encoding, decode_messages
 from streams.stages.label_policy import load_policy
-from streams.stages.native_traces import run_native
+from streams.stages.native_stages import run_native
 from streams.stages.sampling import HeadRates, HeadSampler
 from streams.stages.series_budget import DEFAULT_CLOCK_SKEW_S, SeriesBudgetStage
 
@@ -61,7 +62,7 @@ class Stages:
     def __init__(self, encoding_for: Callable[[str], str], max_message_bytes: int, labels: LabelStage | None,
                  catalog: CatalogStage | None = None, budget: SeriesBudgetStage | None = None,
                  head: HeadSampler | None = None, clock_skew_s: int = DEFAULT_CLOCK_SKEW_S,
-                 clock: Callable[[], float] = time.time, native_spans: bool = True):
+                 clock: Callable[[], float] = time.time, native_spans: bool = True, native_logs: bool = True):
         self.encoding_for = encoding_for
         self.clock_skew_s = clock_skew_s
         self.clock = clock
@@ -72,8 +73,9 @@ class Stages:
         if budget is None and labels is not None:
             budget = SeriesBudgetStage.in_memory(labels.policy.budgets, clock_skew_s)
         self.budget = budget
-        # spans through the native core (streams.stages.native_traces) where it is built
+        # spans and logs through the native core (streams.stages.native_stages) where it is built
         self.native_spans = native_spans and native.available()
+        self.native_logs = native_logs and native.available()
 
     def begin(self, signal: str) -> None:
         """Before a (re)try of a write of this signal: forget its stages' uncommitted state changes."""
@@ -89,7 +91,8 @@ class Stages:
         sampling = settings.sampling
         head = HeadSampler(HeadRates(sampling.head_rate, sampling.rates(), sampling.min_rate), sampling.keep_log_severity)
         return cls(settings.kafka.encoding_for, settings.worker.max_message_bytes, labels, catalog, head=head,
-                   clock_skew_s=settings.worker.max_clock_skew_s, native_spans=settings.worker.native_spans)
+                   clock_skew_s=settings.worker.max_clock_skew_s, native_spans=settings.worker.native_spans,
+                   native_logs=settings.worker.native_logs)
 
     def now_ns(self, messages: Sequence[RawMessage]) -> int:
         """The time of a run of messages: the newest Kafka timestamp among them, never later than
@@ -99,18 +102,21 @@ class Stages:
         stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None and m.timestamp_ms > 0]
         return min(max(stamps), wall_ms) * 1_000_000 if stamps else wall_ms * 1_000_000
 
-    def run(self, signal: str, messages: Sequence[RawMessage], native_spans: bool = True) -> DecodeResult:
+    def run(self, signal: str, messages: Sequence[RawMessage], native_spans: bool = True,
+            native_logs: bool = True) -> DecodeResult:
         """Never raises for what a message holds: decoding sets refused messages aside itself, and if
         a later stage fails on the run, each message is run alone, and those that still fail become
         dead letters (``internal``, naming the exception class). A message run again that way
         counts twice in ``top_k`` tallies (series budgets count distinct series, so they do not).
 
-        Spans in protobuf take the native core where it is built (``native_spans`` here and in the
-        settings): their rows come in a ``NativeBatch``, the same rows the Python path makes."""
+        Spans and logs in protobuf take the native core where it is built (``native_spans`` and
+        ``native_logs`` here and in the settings): their rows come in a ``NativeBatch``, the same
+        rows the Python path makes."""
         if not messages:
             return DecodeResult()
-        if signal == "traces" and native_spans and self.native_spans:
-            done = self._run_native(messages)
+        if (signal == "traces" and native_spans and self.native_spans) or (
+                signal == "logs" and native_logs and self.native_logs):
+            done = self._run_native(signal, messages)
             if done is not None:
                 return done
         try:
@@ -127,7 +133,7 @@ class Stages:
             m.STAGE_CHANGES.labels("pipeline", "internal").inc()
             return DecodeResult(dead_letters=[DeadLetter(message, "internal", f"{type(exc).__name__} in the stages")])
 
-    def _run_native(self, messages: Sequence[RawMessage]) -> DecodeResult | None:
+    def _run_native(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult | None:
         """The run through the native core, or None for the Python path: a message in another
         encoding than protobuf, a policy whose decisions are not per value, or a failure (logged;
         the Python path then makes the same rows or names the message at fault)."""
@@ -136,11 +142,11 @@ class Stages:
             return None
         latest_ns = self.now_ns(messages) + self.clock_skew_s * 1_000_000_000
         try:
-            ran = run_native(messages, self.max_message_bytes, self.head, self.labels, self.catalog, latest_ns)
+            ran = run_native(signal, messages, self.max_message_bytes, self.head, self.labels, self.catalog, latest_ns)
         except Exception as exc:
             m.STAGE_CHANGES.labels("pipeline", "native_fallback").inc()
-            log.warning("the native span stages failed on a run of %d messages (%s); the Python path takes it",
-                        len(messages), type(exc).__name__)
+            log.warning("the native %s stages failed on a run of %d messages (%s); the Python path takes it",
+                        signal, len(messages), type(exc).__name__)
             return None
         if ran is None:
             return None

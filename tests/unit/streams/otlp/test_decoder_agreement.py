@@ -1,12 +1,13 @@
-"""The native span decoder and the protobuf library agree on every input: the same rows, or both refuse.
+"""The native span and log decoders and the protobuf library agree on every input: the same rows, or both refuse.
 
-The Python decoder reads spans with the protobuf library (upb); the native one
+The Python decoder reads spans and log records with the protobuf library (upb); the native one
 (``streams.otlp._native``, native/) reads the wire itself, after a first pass that accepts exactly
 what upb accepts. What must never happen is one of them storing a message the other refuses, or
 storing other values, or refusing with another reason. Each class of input where a reader of its
 own can go wrong has a test built by hand from wire bytes; a seeded mutation search (bytes and
-descriptor-aware edits of valid requests) looks for new classes. (tests/unit/streams/otlp/
-test_native_traces.py compares the two on workloads, events, links and every attribute kind.)
+descriptor-aware edits of valid requests, of both signals) looks for new classes.
+(tests/unit/streams/otlp/test_native_traces.py and test_native_logs.py compare the two on
+workloads, events, links, bodies and every attribute kind.)
 
 A longer search: ``.venv/bin/python -m tests.unit.streams.otlp.test_decoder_agreement 300``
 (seconds) prints the first disagreeing payloads it finds.
@@ -19,6 +20,7 @@ import sys
 import time
 
 import pytest
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -28,7 +30,8 @@ from streams.otlp.decode import decode_messages
 from streams.tools.workload import Workload
 from tests import decoder_paths
 from tests.decoder_paths import differences, native_refuses
-from tests.otlp_builders import LINK_SPAN, LINK_TRACE, SPAN_ID, TRACE_ID, mutate_bytes, traces_request
+from tests.otlp_builders import (LINK_SPAN, LINK_TRACE, SPAN_ID, TRACE_ID, logs_request, mutate_bytes,
+                                  traces_request)
 
 # Built with the package wherever cargo is (pip install -e .): these tests fail, not skip, without it.
 assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
@@ -36,11 +39,11 @@ assert native.available(), "streams.otlp._native is not built: install the Rust 
 # ---------------------------------------------------------------- comparing the two paths
 
 
-def agree(payload: bytes) -> tuple[bool, bool]:
+def agree(payload: bytes, signal: str = "traces") -> tuple[bool, bool]:
     """Assert both paths agree on one message; return (stored, refused) for the caller to check."""
-    problems = differences([payload])
+    problems = differences([payload], signal)
     assert not problems, "\n".join(problems)
-    slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)])
+    slow = decode_messages(signal, [RawMessage("t", 0, 0, payload)])
     return bool(slow.batches), bool(slow.dead_letters)
 
 
@@ -127,7 +130,7 @@ def _schema() -> dict[str, dict[int, tuple[str, str | None]]]:
              FD.TYPE_FIXED64: "fixed64", FD.TYPE_DOUBLE: "fixed64", FD.TYPE_SFIXED64: "fixed64",
              FD.TYPE_FIXED32: "fixed32", FD.TYPE_FLOAT: "fixed32", FD.TYPE_SFIXED32: "fixed32"}
     schema: dict[str, dict[int, tuple[str, str | None]]] = {}
-    todo = [ExportTraceServiceRequest.DESCRIPTOR]
+    todo = [ExportTraceServiceRequest.DESCRIPTOR, ExportLogsServiceRequest.DESCRIPTOR]
     while todo:
         d = todo.pop()
         if d.full_name in schema:
@@ -141,7 +144,9 @@ def _schema() -> dict[str, dict[int, tuple[str, str | None]]]:
 
 
 SCHEMA = _schema()
+LOGS_ONLY = {name for name in SCHEMA if ".logs." in name}
 ROOT = ExportTraceServiceRequest.DESCRIPTOR.full_name
+ROOTS = {"traces": ROOT, "logs": ExportLogsServiceRequest.DESCRIPTOR.full_name}
 ANY_VALUE = AnyValue.DESCRIPTOR.full_name
 WIRE_OF = {"varint": 0, "fixed64": 1, "string": 2, "bytes": 2, "message": 2, "fixed32": 5}
 
@@ -374,7 +379,16 @@ def copy_tree(value):
     return value
 
 
-def seed_requests() -> list[bytes]:
+def seed_requests(signal: str = "traces") -> list[bytes]:
+    if signal == "logs":
+        workload = Workload(seed=5, extra_attributes=2)
+        reqs = [logs_request().SerializeToString(), workload.trace_requests(4)[1].SerializeToString()]
+        r = logs_request()
+        record = r.resource_logs[0].scope_logs[0].log_records[0]
+        record.event_name, record.observed_time_unix_nano, record.dropped_attributes_count = "e", 7, 2
+        record.body.kvlist_value.values.add(key="k").value.array_value.values.add(double_value=1.5)
+        reqs.append(r.SerializeToString())
+        return reqs
     reqs = [traces_request(2).SerializeToString(), traces_request(1, service=None).SerializeToString()]
     workload = Workload(seed=5, extra_attributes=2)
     reqs.append(workload.trace_requests(2)[0].SerializeToString())
@@ -409,11 +423,11 @@ def minimize(payload: bytes) -> bytes:
 
 
 def search(seed: int, iterations: int | None = None, seconds: float | None = None, stop_at: int = 1,
-           stats: dict | None = None):
+           stats: dict | None = None, signal: str = "traces"):
     """Mutated requests on which the two paths disagree: [(payload, problems)]."""
     rng = random.Random(seed)
-    sources = seed_requests()
-    trees = [parse(s, ROOT) for s in sources]
+    sources = seed_requests(signal)
+    trees = [parse(s, ROOTS[signal]) for s in sources]
     found: list[tuple[bytes, list[str]]] = []
     deadline = time.monotonic() + seconds if seconds else None
     i = 0
@@ -427,13 +441,13 @@ def search(seed: int, iterations: int | None = None, seconds: float | None = Non
                 batch.append(mutate_bytes(rng, rng.choice(sources), sources))
         if stats is not None:  # what the search reached
             for payload in batch:
-                slow = decode_messages("traces", [RawMessage("t", 0, 0, payload)])
+                slow = decode_messages(signal, [RawMessage("t", 0, 0, payload)])
                 key = "refused" if slow.dead_letters else "stored"
                 stats[key] = stats.get(key, 0) + 1
-        if not differences(batch):
+        if not differences(batch, signal):
             continue
         for payload in batch:
-            problems = differences([payload])
+            problems = differences([payload], signal)
             if problems:
                 found.append((payload, problems))
                 if len(found) >= stop_at:
@@ -520,8 +534,13 @@ def test_field_number_zero_and_the_largest_field_number():
 # ---------------------------------------------------------------- 2. every field as protobuf parses it
 
 
-def _seed_tree() -> Msg:
-    return parse(seed_requests()[3], ROOT)
+def _signal(type_name: str) -> str:
+    """The signal whose request a message type is tested in: logs for the logs-only types."""
+    return "logs" if type_name in LOGS_ONLY else "traces"
+
+
+def _seed_tree(signal: str = "traces") -> Msg:
+    return parse(seed_requests(signal)[3 if signal == "traces" else 2], ROOTS[signal])
 
 
 def _first(root: Msg, type_name: str) -> Msg:
@@ -537,7 +556,7 @@ def _short(type_name: str, number: int) -> str:
 
 
 def _with_field(type_name: str, entry: list) -> bytes:
-    root = _seed_tree()
+    root = _seed_tree(_signal(type_name))
     _first(root, type_name).append(entry)
     return serialize(root)
 
@@ -550,16 +569,16 @@ def test_invalid_utf8_in_any_string_field_is_refused(type_name, number, bad):
     # EntityRef's strings, Status.message, schema URLs, names read only once: all are proto3
     # strings that protobuf checks, so the native reader checks them too.
     payload = _with_field(type_name, [number, 2, bad])
-    assert agree(payload) == (False, True)
-    assert native_refuses(payload)
+    assert agree(payload, _signal(type_name)) == (False, True)
+    assert native_refuses(payload, _signal(type_name))
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("string"),
                          ids=[_short(*f) for f in _fields_of_kind("string")])
 def test_valid_utf8_in_any_string_field_is_stored_alike(type_name, number):
     payload = _with_field(type_name, [number, 2, "\u00e9\u4e2d\U0001f600\x00".encode()])
-    assert agree(payload)[1] is False
-    assert not native_refuses(payload)
+    assert agree(payload, _signal(type_name))[1] is False
+    assert not native_refuses(payload, _signal(type_name))
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("message"),
@@ -568,19 +587,20 @@ def test_valid_utf8_in_any_string_field_is_stored_alike(type_name, number):
                          ids=["wire7", "end_group", "truncated_len", "open_group", "field0", "truncated_varint"])
 def test_malformed_bytes_in_any_message_field_are_refused(type_name, number, bad):
     payload = _with_field(type_name, [number, 2, bad])
-    assert agree(payload) == (False, True)
-    assert native_refuses(payload)
+    assert agree(payload, _signal(type_name)) == (False, True)
+    assert native_refuses(payload, _signal(type_name))
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("message"),
                          ids=[_short(*f) for f in _fields_of_kind("message")])
 def test_a_second_valid_occurrence_of_any_message_field_is_stored_alike(type_name, number):
-    root = _seed_tree()
+    signal = _signal(type_name)
+    root = _seed_tree(signal)
     sub = SCHEMA[type_name][number][1]
     _first(root, type_name).append([number, 2, copy_tree(_first(root, sub))])
     payload = serialize(root)
-    assert agree(payload) == (True, False)
-    assert not native_refuses(payload)
+    assert agree(payload, signal) == (True, False)
+    assert not native_refuses(payload, signal)
 
 
 ALL_FIELDS = [(t, n) for t, fields in SCHEMA.items() for n in fields]
@@ -593,8 +613,8 @@ def test_known_fields_with_another_wire_type_are_unknown_fields(type_name, numbe
     for wire, value in values.items():
         if wire != own:
             payload = _with_field(type_name, [number, wire, value])
-            assert agree(payload) == (True, False), wire
-            assert not native_refuses(payload), wire
+            assert agree(payload, _signal(type_name)) == (True, False), wire
+            assert not native_refuses(payload, _signal(type_name)), wire
 
 
 @pytest.mark.parametrize("type_name", sorted(SCHEMA), ids=[t.rsplit(".", 1)[-1] for t in sorted(SCHEMA)])
@@ -602,8 +622,8 @@ def test_unknown_fields_and_groups_in_any_message_are_skipped_alike(type_name):
     group = [[1, 0, 5], [2, 2, BAD_UTF8], [3, 3, [[0, "raw", vf(4, 1)]]], [4, 1, 9], [5, 5, 9]]
     for entry in ([999, 3, group], [17, 2, BAD_UTF8], [2**29 - 1, 0, 1], [100, 1, 3], [100, 5, 3]):
         payload = _with_field(type_name, entry)
-        assert agree(payload) == (True, False), entry
-        assert not native_refuses(payload), entry
+        assert agree(payload, _signal(type_name)) == (True, False), entry
+        assert not native_refuses(payload, _signal(type_name)), entry
 
 
 def test_entity_refs_are_checked_like_protobuf():
@@ -767,8 +787,9 @@ def test_groups_under_known_field_numbers_are_unknown_fields():
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_mutated_requests_decode_alike(seed):
-    found = search(seed, iterations=30)
+@pytest.mark.parametrize("signal", ["traces", "logs"])
+def test_mutated_requests_decode_alike(seed, signal):
+    found = search(seed, iterations=30, signal=signal)
     assert not found, "\n".join([found[0][0].hex(), *found[0][1]])
 
 

@@ -1,7 +1,7 @@
 """The native span decoder (streams.otlp._native) against the Python decoder.
 
 Both paths decode the same messages: the same messages refused (reason and detail), and every
-otel_traces column of ``TracesBlock.to_columns()`` equal, value for value and type for type, to
+otel_traces column of ``NativeBlock.to_columns()`` equal, value for value and type for type, to
 the Python ``ColumnBatch``. Inputs: the workload generator's
 messages, tests/otlp_builders.py requests (every attribute kind, events, links, flags, dropped
 counts) and hostile ones (truncated at every byte, random bytes, descriptor-aware mutations,
@@ -36,6 +36,7 @@ from tests.unit.streams.otlp.test_decoder_agreement import (
     SERVICE,
     WIRE_OF,
     _fields_of_kind,
+    _signal,
     _with_field,
     attr,
     copy_tree,
@@ -76,10 +77,10 @@ def agree_each(payloads: list[bytes]) -> None:
         pytest.fail("\n".join(problems))
 
 
-def outcome(payload: bytes) -> tuple[bool, bool]:
+def outcome(payload: bytes, signal: str = "traces") -> tuple[bool, bool]:
     """(stored, refused) of one message, after checking both paths agree on it."""
-    agree([payload])
-    block = native.decode_traces([payload])
+    agree([payload], signal=signal)
+    block = native.DECODERS[signal]([payload])
     return bool(block.rows), bool(block.errors)
 
 
@@ -95,25 +96,29 @@ def test_columns_are_the_tables():
     assert list(native.column_types()) == TRACE_COLUMNS
 
 
-def test_native_types_are_the_ddl_types_as_the_server_converts_them():
+@pytest.mark.parametrize("table", ["otel_traces", "otel_logs"])
+def test_native_types_are_the_ddl_types_as_the_server_converts_them(table):
     """Each column is sent as its DDL type (LowCardinality ones dictionary-encoded)."""
     from sinks.migrations import targets
 
-    sql = next(t.sql for t in targets(ClickHouseSettings(database="otel"), True) if t.name == "otel_traces")
+    sql = next(t.sql for t in targets(ClickHouseSettings(database="otel"), True) if t.name == table)
     ddl: dict[str, str] = {}
     nested = None
     for line in sql.splitlines():
         words = line.strip().rstrip(",").split()
+        if words and words[0].startswith("`") and words[0].endswith("`"):
+            words[0] = words[0][1:-1]
         if len(words) >= 2 and words[1] == "Nested":
             nested = words[0]
         elif words and words[0].startswith(")"):
             nested = None
         elif len(words) >= 2 and words[0][0].isupper() and words[0] not in ("INDEX", "ENGINE"):
             typ = " ".join(words[1:]).split(" CODEC")[0].split(" DEFAULT")[0].split(" MATERIALIZED")[0]
+            typ = typ.split(" COMMENT")[0]
             typ = typ.rstrip(",")
             # the first definition of a name (DEFAULT expressions go on over later lines)
             ddl.setdefault(f"{nested}.{words[0]}" if nested else words[0], f"Array({typ})" if nested else typ)
-    for name, sent in native.column_types().items():
+    for name, sent in native.column_types(table).items():
         assert sent == ddl[name], name
 
 
@@ -347,14 +352,14 @@ def test_huge_declared_lengths(declared):
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("string"))
 def test_invalid_utf8_in_every_string_field(type_name, number):
     for bad in (BAD_UTF8, b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"ok\xe2\x82"):
-        assert outcome(_with_field(type_name, [number, 2, bad])) == (False, True)
-    assert outcome(_with_field(type_name, [number, 2, "é中😀\x00".encode()]))[1] is False
+        assert outcome(_with_field(type_name, [number, 2, bad]), _signal(type_name)) == (False, True)
+    assert outcome(_with_field(type_name, [number, 2, "é中😀\x00".encode()]), _signal(type_name))[1] is False
 
 
 @pytest.mark.parametrize("type_name,number", _fields_of_kind("message"))
 def test_malformed_bytes_in_every_message_field(type_name, number):
     for bad in (b"\x07", b"\x0c", b"\x0a\x05ab", b"\x0b", b"\x00\x00", b"\x08"):
-        assert outcome(_with_field(type_name, [number, 2, bad])) == (False, True)
+        assert outcome(_with_field(type_name, [number, 2, bad]), _signal(type_name)) == (False, True)
 
 
 @pytest.mark.parametrize("type_name", sorted(SCHEMA))
@@ -366,8 +371,8 @@ def test_every_field_with_another_wire_type_and_unknown_fields(type_name):
     group = [[1, 0, 5], [2, 2, BAD_UTF8], [3, 3, [[0, "raw", vf(4, 1)]]], [4, 1, 9], [5, 5, 9]]
     for entry in ([999, 3, group], [17, 2, BAD_UTF8], [2**29 - 1, 0, 1], [100, 1, 3], [100, 5, 3]):
         payloads.append(_with_field(type_name, entry))
-    agree(payloads)
-    assert not native.decode_traces(payloads).errors
+    agree(payloads, signal=_signal(type_name))
+    assert not native.DECODERS[_signal(type_name)](payloads).errors
 
 
 def test_field_number_zero_and_bad_tags():
@@ -504,12 +509,12 @@ def _encode(values: list, typ: str) -> bytes:
                 + struct.pack("<Q", len(indexes)) + b"".join(struct.pack("<" + "BHI"[width], i) for i in indexes))
     if typ == "String":
         return b"".join(_varint(len(v.encode())) + v.encode() for v in values)
-    fmt = {"DateTime64(9)": "<q", "UInt64": "<Q", "UInt32": "<I"}[typ]
+    fmt = {"DateTime64(9)": "<q", "UInt64": "<Q", "UInt32": "<I", "UInt8": "<B"}[typ]
     return b"".join(struct.pack(fmt, v) for v in values)
 
 
-def reference_native(columns: dict, rows: int) -> bytes:
-    types = native.column_types()
+def reference_native(columns: dict, rows: int, table: str = "otel_traces") -> bytes:
+    types = native.column_types(table)
     out = _varint(len(columns)) + _varint(rows)
     for name, values in columns.items():
         out += _varint(len(name)) + name.encode() + _varint(len(types[name])) + types[name].encode()
@@ -540,11 +545,11 @@ _SELECT = ("SELECT * EXCEPT (Timestamp, `Events.Timestamp`), toUnixTimestamp64Na
            "FROM {db}.otel_traces ORDER BY SpanId, Timestamp")
 
 
-def _traces_table(client, database: str) -> None:
+def _traces_table(client, database: str, table: str = "otel_traces") -> None:
     from sinks.migrations import targets
 
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    target = next(t for t in targets(ClickHouseSettings(database=database), True) if t.name == "otel_traces")
+    target = next(t for t in targets(ClickHouseSettings(database=database), True) if t.name == table)
     client.command(target.sql)
 
 

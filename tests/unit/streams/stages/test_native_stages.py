@@ -1,4 +1,4 @@
-"""The span stages on the native core (streams.stages.native_traces) against the Python path.
+"""The span and log stages on the native core (streams.stages.native_stages) against the Python path.
 
 The same messages through ``Stages.run`` twice, once with the native core and once with the Python
 decoder and stages: the same dead letters, the same rows (every column, ORIGIN, SampleWeight and the
@@ -6,7 +6,8 @@ catalog's columns included, value for value) and the same counts of what each st
 the workload (ordinary and high-cardinality), requests with a secret planted in every field, trace
 states with upstream thresholds and randomness, and hostile bytes mixed in; policies: the default,
 allow mode, hashing and dropping values, every cardinality rule that decides per value, templating
-off; head sampling off, by service, and at the floor rate.
+off; head sampling off, by service, and at the floor rate. Log records likewise (bodies of every
+AnyValue kind, records with and without trace ids, every severity against ``keep_log_severity``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streams.stages.labels import LabelStage
 from streams.stages.pipeline import Stages
 from streams.stages.sampling import HeadRates, HeadSampler
 from streams.tools.workload import Workload
-from tests.otlp_builders import mutate_bytes, traces_request
+from tests.otlp_builders import logs_request, mutate_bytes, traces_request
 from tests.planted_secrets import requests_with_secrets
 
 assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
@@ -64,32 +65,38 @@ class Recorder:
             self.counts[self.key] += n
 
 
-def stages(policy: str | None, rates: HeadRates, catalog: bool, native_spans: bool) -> Stages:
+TABLES = {"traces": "otel_traces", "logs": "otel_logs"}
+
+
+def stages(policy: str | None, rates: HeadRates, catalog: bool, native_spans: bool, keep_severity: int = 13) -> Stages:
     labels = LabelStage(POLICIES[policy]) if policy else None
     return Stages(lambda topic: "otlp_proto", 16 * 1024 * 1024, labels, CatalogStage(CATALOG if catalog else {}),
-                  head=HeadSampler(rates), clock=lambda: 2_000_000_000.0, native_spans=native_spans)
+                  head=HeadSampler(rates, keep_severity), clock=lambda: 2_000_000_000.0, native_spans=native_spans,
+                  native_logs=native_spans)
 
 
-def run(monkeypatch, payloads: list[bytes], native_spans: bool, **kwargs):
+def run(monkeypatch, payloads: list[bytes], native_spans: bool, signal: str = "traces", **kwargs):
     recorder = Recorder()
     monkeypatch.setattr(worker_metrics, "STAGE_CHANGES", recorder)
-    messages = [RawMessage("spans", 0, i, p, timestamp_ms=1_700_000_000_000 + i) for i, p in enumerate(payloads)]
-    result = stages(native_spans=native_spans, **kwargs).run("traces", messages)
+    messages = [RawMessage(signal, 0, i, p, timestamp_ms=1_700_000_000_000 + i) for i, p in enumerate(payloads)]
+    result = stages(native_spans=native_spans, **kwargs).run(signal, messages)
     return result, recorder.counts
 
 
 def agree(monkeypatch, payloads: list[bytes], policy: str | None = "default", rates: HeadRates = HeadRates(),
-          catalog: bool = True) -> dict:
-    native_result, native_counts = run(monkeypatch, payloads, True, policy=policy, rates=rates, catalog=catalog)
-    python_result, python_counts = run(monkeypatch, payloads, False, policy=policy, rates=rates, catalog=catalog)
+          catalog: bool = True, signal: str = "traces", keep_severity: int = 13) -> dict:
+    kwargs = dict(policy=policy, rates=rates, catalog=catalog, signal=signal, keep_severity=keep_severity)
+    native_result, native_counts = run(monkeypatch, payloads, True, **kwargs)
+    python_result, python_counts = run(monkeypatch, payloads, False, **kwargs)
     letters = lambda r: [(d.message.offset, d.reason, d.detail) for d in r.dead_letters]  # noqa: E731
     assert letters(native_result) == letters(python_result)
     assert native_result.decoded_messages == python_result.decoded_messages
     assert set(native_result.batches) == set(python_result.batches)
-    batch = native_result.batches.get("otel_traces")
+    table = TABLES[signal]
+    batch = native_result.batches.get(table)
     if batch is not None:
         assert isinstance(batch, NativeBatch)
-        expected = python_result.batches["otel_traces"].columns
+        expected = python_result.batches[table].columns
         got = batch.columns
         assert sorted(got) == sorted(expected)
         for name in expected:
@@ -99,9 +106,9 @@ def agree(monkeypatch, payloads: list[bytes], policy: str | None = "default", ra
     return got if batch is not None else {}
 
 
-def workload_payloads(seed: int, messages: int = 6, **kwargs) -> list[bytes]:
+def workload_payloads(seed: int, messages: int = 6, signal: str = "traces", **kwargs) -> list[bytes]:
     workload = Workload(seed=seed, **kwargs)
-    return [r.SerializeToString() for signal, _, r in workload.requests(messages) if signal == "traces"]
+    return [r.SerializeToString() for kind, _, r in workload.requests(messages) if kind == signal]
 
 
 @pytest.mark.parametrize("policy", [None, *POLICIES])
@@ -185,3 +192,79 @@ def test_a_failing_native_stage_falls_back_to_the_python_path(monkeypatch):
     assert not isinstance(result.batches["otel_traces"], NativeBatch)
     assert counts[("pipeline", "native_fallback")] == 1
     assert len(result.batches["otel_traces"]) > 0
+
+
+# ---------------------------------------------------------------- log records
+
+
+@pytest.mark.parametrize("policy", [None, *POLICIES])
+def test_logs_workload_through_each_policy(monkeypatch, policy):
+    columns = agree(monkeypatch, workload_payloads(3, messages=10, signal="logs", extra_attributes=3), policy,
+                    signal="logs")
+    assert columns and columns["Body"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_logs_high_cardinality_workload(monkeypatch, seed):
+    payloads = workload_payloads(seed, messages=10, signal="logs", distinct_values=True)
+    agree(monkeypatch, payloads, "rules", signal="logs")
+    agree(monkeypatch, payloads, "default", HeadRates(0.5), signal="logs")
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_logs_with_a_secret_planted_in_every_field(monkeypatch, policy):
+    payloads = [r.SerializeToString() for r in requests_with_secrets("logs")]
+    agree(monkeypatch, payloads, policy, signal="logs")
+
+
+def sampled_logs() -> list[bytes]:
+    """Records of every severity number (and past FATAL4), with and without trace ids, of three services."""
+    payloads = []
+    for i in range(12):
+        request = logs_request()
+        resource = request.resource_logs[0]
+        for attr in resource.resource.attributes:
+            if attr.key == "service.name":
+                attr.value.string_value = ["checkout", "frontend", "inventory"][i % 3]
+        records = resource.scope_logs[0].log_records
+        template = records[0]
+        del records[:]
+        for j in range(30):
+            record = records.add()
+            record.CopyFrom(template)
+            record.severity_number = (i * 30 + j) % 27
+            record.trace_id = b"" if j % 7 == 0 else bytes([i, j]) + random.Random(i * 100 + j).randbytes(14)
+            record.span_id = b"" if j % 7 == 0 else bytes(8)
+        payloads.append(request.SerializeToString())
+    return payloads
+
+
+@pytest.mark.parametrize("rates", [HeadRates(0.25), HeadRates(1.0, {"checkout": 0.5, "frontend": 0.01}),
+                                   HeadRates(2.0**-20, {}, 2.0**-20)], ids=["quarter", "per_service", "floor"])
+@pytest.mark.parametrize("keep_severity", [1, 13, 25])
+def test_logs_head_sampling(monkeypatch, rates, keep_severity):
+    result, counts = run(monkeypatch, sampled_logs(), True, signal="logs", policy="default", rates=rates,
+                         catalog=True, keep_severity=keep_severity)
+    assert keep_severity == 1 or counts[("sampling", "head_dropped_log")] > 0
+    agree(monkeypatch, sampled_logs(), "default", rates, signal="logs", keep_severity=keep_severity)
+
+
+def test_logs_hostile_bytes_mixed_in(monkeypatch):
+    rng = random.Random(12)
+    good = workload_payloads(8, messages=12, signal="logs")
+    payloads = []
+    for payload in good:
+        payloads.append(payload)
+        payloads.append(mutate_bytes(rng, payload, good))
+        payloads.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))))
+    agree(monkeypatch, payloads, "default", HeadRates(0.5), signal="logs")
+
+
+def test_logs_top_k_takes_the_python_path(monkeypatch):
+    POLICIES["top_k"] = LabelPolicy(rules=(CardinalityRule("top_k", "code.function", k=1, signals=("logs",)),))
+    try:
+        result, _ = run(monkeypatch, workload_payloads(1, messages=10, signal="logs"), True, signal="logs",
+                        policy="top_k", rates=HeadRates(), catalog=False)
+    finally:
+        del POLICIES["top_k"]
+    assert not isinstance(result.batches["otel_logs"], NativeBatch)
