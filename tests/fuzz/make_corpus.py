@@ -275,11 +275,12 @@ def stages_seeds() -> dict[str, bytes]:
 
 
 def corpus() -> dict[str, dict[str, bytes]]:
-    traces = traces_seeds()
+    traces, logs = traces_seeds(), logs_seeds()
     return {
         "spans_proto": traces,
         "native_differential": traces,
-        "logs_proto": logs_seeds(),
+        "logs_proto": logs,
+        "native_logs_differential": logs,
         "metrics_proto": metrics_seeds(),
         "otlp_json": json_seeds(),
         "envelope": envelope_seeds(),

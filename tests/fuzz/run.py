@@ -7,8 +7,8 @@ exception, a broken contract, an AddressSanitizer or UBSan report, a timeout, ru
 memory) is saved under build/fuzz/crashes/<target>/ and makes the exit status nonzero; the log of
 each run is build/fuzz/logs/<target>.log.
 
-``--all`` runs the crash-safety targets (everything but the slower agreement check
-native_differential); ``--differential`` adds it, and ``--collect`` makes it go on past a
+``--all`` runs the crash-safety targets (everything but the slower agreement checks
+native_differential and native_logs_differential); ``--differential`` adds them, and ``--collect`` makes it go on past a
 disagreement, keeping the smallest input of each class in build/fuzz/disagreements/<target>/.
 ``--jobs`` runs that many targets at once.
 """
@@ -36,7 +36,7 @@ SEEDS = HERE / "corpus"
 REGRESSIONS = HERE / "regressions"
 # kept in step with tests.fuzz.targets (not imported here: the runner does not need the project's deps)
 CRASH_SAFETY = ["spans_proto", "logs_proto", "metrics_proto", "otlp_json", "envelope", "stages"]
-DIFFERENTIAL = ["native_differential"]
+DIFFERENTIAL = ["native_differential", "native_logs_differential"]
 TARGETS = CRASH_SAFETY + DIFFERENTIAL
 ARTIFACT_KINDS = ("crash-", "timeout-", "oom-", "leak-")
 COLLECT_ENV = "OTELPIPE_FUZZ_COLLECT"  # tests/fuzz/driver.py
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", action="append", choices=TARGETS, help="a target (repeatable)")
     parser.add_argument("--all", action="store_true", help="every crash-safety target")
     parser.add_argument("--differential", action="store_true",
-                        help="also the agreement check (native_differential)")
+                        help="also the agreement checks (native_differential, native_logs_differential)")
     parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
     parser.add_argument("--jobs", type=int, default=1, help="targets run at once (default 1)")
     parser.add_argument("--max-len", type=int, default=8192, help="largest input libFuzzer makes")

@@ -9,9 +9,11 @@ Each check drives one entry point with one input and asserts its contract:
   (an envelope or not) through its rounds without raising;
 - ``Stages.run`` never raises, with every stage configured (sampling, redaction, cardinality rules,
   naming, series budgets, catalog);
-- ``spans_proto`` also runs the native span decoder (streams.otlp._native), which must not raise;
-- ``native_differential``: the native span decoder (streams.otlp._native) refuses the messages the
-  Python decoder refuses, with the same reason and detail, and stores the same rows otherwise.
+- ``spans_proto`` and ``logs_proto`` also run the native decoder (streams.otlp._native), which must
+  not raise;
+- ``native_differential`` (``native_logs_differential``): the native span (log) decoder refuses the
+  messages the Python decoder refuses, with the same reason and detail, and stores the same rows
+  otherwise.
 
 An uncaught exception is a finding with its own traceback; ``ContractViolation`` is a finding the
 check detected. The checks are pure (fresh stateful stages per input, no I/O, no globals changed),
@@ -29,7 +31,7 @@ from typing import Any, Callable, Sequence
 from streams.agents.routing import decode_envelope
 from streams.agents.tail_worker import TailWorker, part_partition, state_partition
 from streams.otlp.batch import ColumnBatch, DecodeResult, RawMessage
-from streams.otlp.columns import SIGNAL_TABLES, SIGNALS, TABLE_COLUMNS, TRACE_COLUMNS
+from streams.otlp.columns import SIGNAL_TABLES, SIGNALS, TABLE_COLUMNS
 from streams.otlp.decode import decode_messages
 from streams.otlp.values import BadMessage
 from streams.stages.catalog import CatalogEntry, CatalogStage
@@ -199,18 +201,23 @@ def _decode_copies(signal: str, payload: bytes, encoding: str, headers: Sequence
 # ---------------------------------------------------------------- decode targets
 
 
-def check_spans_proto(data: bytes) -> None:
-    """Traces protobuf through the Python decoder (the contract) and the native one (never raises)."""
+def _native_copies(signal: str, data: bytes) -> None:
     from streams.otlp import native
 
-    _decode_copies("traces", data, "otlp_proto")
     if native.available():
-        block = native.decode_traces([data, data])
+        block = native.DECODERS[signal]([data, data])
         _expect(len(block.errors) in (0, 2) and block.rows % 2 == 0, "the native decoder read two copies unalike")
+
+
+def check_spans_proto(data: bytes) -> None:
+    """Traces protobuf through the Python decoder (the contract) and the native one (never raises)."""
+    _decode_copies("traces", data, "otlp_proto")
+    _native_copies("traces", data)
 
 
 def check_logs_proto(data: bytes) -> None:
     _decode_copies("logs", data, "otlp_proto")
+    _native_copies("logs", data)
 
 
 def check_metrics_proto(data: bytes) -> None:
@@ -224,19 +231,20 @@ def check_otlp_json(data: bytes) -> None:
         _decode_copies(signal, data, "otlp_json", headers=((), (JSON_HEADER,)))
 
 
-def native_disagreement(data: bytes) -> str | None:
-    """How the native span decoder and the Python one disagree (None: they agree).
+def native_disagreement(data: bytes, signal: str = "traces") -> str | None:
+    """How the native span (log) decoder and the Python one disagree (None: they agree).
     The input is decoded alone and between two valid requests, so a refusal half-way must leave
     none of its rows behind; the Native block of the result is built too."""
     from streams.otlp import native
 
     _expect(native.available(), "streams.otlp._native is not built")
-    good = good_request("traces")
+    table = SIGNAL_TABLES[signal][0]
+    good = good_request(signal)
     for payloads in ([data], [good, data, good]):
         messages = [RawMessage("fuzz", 0, i, p) for i, p in enumerate(payloads)]
-        python = decode_messages("traces", messages, "otlp_proto")
-        check_decode("traces", messages, python)
-        block = native.decode_traces(payloads)
+        python = decode_messages(signal, messages, "otlp_proto")
+        check_decode(signal, messages, python)
+        block = native.DECODERS[signal](payloads)
         letters = [(d.message.offset, d.reason, d.detail) for d in python.dead_letters]
         if block.errors != letters:
             if {e[0] for e in block.errors} == {d[0] for d in letters}:
@@ -246,14 +254,14 @@ def native_disagreement(data: bytes) -> str | None:
             detail = f"{refused[0][1]}: {refused[0][2][:200]}" if refused else "no refusal"
             return f"only the {side} decoder refuses ({detail}); the other stores {block.rows} native rows"
         columns = block.to_columns()
-        batch = python.batches.get("otel_traces")
+        batch = python.batches.get(table)
         if batch is None:
             if block.rows:
                 return f"the native decoder stores {block.rows} rows, the Python decoder none"
             continue
-        for name in TRACE_COLUMNS:
+        for name in TABLE_COLUMNS[table]:
             if not same(columns[name], batch.columns[name]):
-                return f"otel_traces.{name}: native vs Python: {first_difference(columns[name], batch.columns[name])}"
+                return f"{table}.{name}: native vs Python: {first_difference(columns[name], batch.columns[name])}"
         if block.origins() != batch.columns[ORIGIN]:
             return f"origins {block.origins()!r:.100} vs {batch.columns[ORIGIN]!r:.100}"
         _expect(len(block.to_native()) > 0, "empty Native block")
@@ -263,6 +271,11 @@ def native_disagreement(data: bytes) -> str | None:
 def check_native_differential(data: bytes) -> None:
     problem = native_disagreement(data)
     _expect(problem is None, f"native and Python span decoders disagree: {problem}")
+
+
+def check_native_logs_differential(data: bytes) -> None:
+    problem = native_disagreement(data, "logs")
+    _expect(problem is None, f"native and Python log decoders disagree: {problem}")
 
 
 # ---------------------------------------------------------------- envelope and tail worker
@@ -483,9 +496,10 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "envelope": check_envelope,
     "stages": check_stages,
     "native_differential": check_native_differential,
+    "native_logs_differential": check_native_logs_differential,
 }
 # Targets run on their own (``--differential``): slower, and about agreement, not crash safety.
-DIFFERENTIAL = {"native_differential"}
+DIFFERENTIAL = {"native_differential", "native_logs_differential"}
 CRASH_SAFETY = [name for name in TARGETS if name not in DIFFERENTIAL]
 
 # Reported findings not fixed yet (none today); a fixed one's inputs move to regressions/<target>/.
