@@ -414,7 +414,7 @@ class ClickHouseSink:
         (``raw_insert``, the same statement and settings), unless the table keeps some of their
         times with less precision (then as Python columns, scaled)."""
         if isinstance(batch, NativeBatch) and not self._divisors(batch.table):
-            self.client.raw_insert(table, batch.column_names, insert_block=batch.native(), settings=settings,
+            self.client.raw_insert(table, batch.column_names, insert_block=batch.native_blocks(), settings=settings,
                                    fmt="Native")
             return
         self.client.insert(table, self._columns(batch), column_names=batch.column_names, column_oriented=True,

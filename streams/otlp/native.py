@@ -30,7 +30,7 @@ protobuf payloads go here; OTLP JSON and content-type routing stay with ``decode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, RawMessage, SourceRange
 
@@ -175,6 +175,11 @@ class NativeBatch(ColumnBatch):
 
     def native(self) -> bytes:
         """The rows as ClickHouse Native data of ``column_names``: one block per part."""
-        blocks = [block.to_native(self._names) for block, _ in self.parts]
-        return blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        return b"".join(self.native_blocks())
+
+    def native_blocks(self) -> Iterator[bytes]:
+        """The Native blocks of ``native()``, each encoded when it is asked for: an insert streams
+        them (``raw_insert`` takes an iterator), so only one part's bytes are held at a time."""
+        for block, _ in self.parts:
+            yield block.to_native(self._names)
 
