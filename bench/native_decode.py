@@ -54,39 +54,43 @@ def cpu_seconds(work: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
-def table_types() -> dict[str, str]:
-    """otel_traces' column types as its DDL declares them (Nested columns as arrays), for the
+def table_types(table: str = TRACES_TABLE) -> dict[str, str]:
+    """A table's column types as its DDL declares them (Nested columns as arrays), for the
     decoder's columns and those the stages add."""
     from sinks.migrations import targets
     from streams.config import ClickHouseSettings
+    from streams.otlp.columns import TABLE_COLUMNS
 
-    sql = next(t.sql for t in targets(ClickHouseSettings(database="otel"), True) if t.name == TRACES_TABLE)
+    wanted = set(TABLE_COLUMNS[table]) | {"SampleWeight", "ServiceTeam", "ServiceTier", "ServiceOwner"}
+    sql = next(t.sql for t in targets(ClickHouseSettings(database="otel"), True) if t.name == table)
     types: dict[str, str] = {}
     nested = None
     for line in sql.splitlines():
         words = line.strip().rstrip(",").split()
+        if words and len(words[0]) > 2 and words[0][0] == words[0][-1] == "`":
+            words[0] = words[0][1:-1]
         if len(words) >= 2 and words[1] == "Nested":
             nested = words[0]
         elif words and words[0].startswith(")"):
             nested = None
         elif len(words) >= 2:
             name = f"{nested}.{words[0]}" if nested else words[0]
-            if name in TRACE_COLUMNS or name in ("SampleWeight", "ServiceTeam", "ServiceTier", "ServiceOwner"):
-                typ = re.split(r" (?:CODEC|DEFAULT|MATERIALIZED|ALIAS)\b", " ".join(words[1:]))[0]
+            if name in wanted:
+                typ = re.split(r" (?:CODEC|DEFAULT|MATERIALIZED|ALIAS|COMMENT)\b", " ".join(words[1:]))[0]
                 types.setdefault(name, f"Array({typ})" if nested else typ)
     return types
 
 
-def clickhouse_connect_serializer() -> Callable[[list, list[str]], bytes]:
-    """clickhouse-connect's Native serialization of column-oriented data with otel_traces' types."""
+def clickhouse_connect_serializer(table: str = TRACES_TABLE) -> Callable[[list, list[str]], bytes]:
+    """clickhouse-connect's Native serialization of column-oriented data with the table's types."""
     from clickhouse_connect.datatypes.registry import get_from_name
     from clickhouse_connect.driver.insert import InsertContext
     from clickhouse_connect.driver.transform import NativeTransform
 
-    types = {name: get_from_name(typ) for name, typ in table_types().items()}
+    types = {name: get_from_name(typ) for name, typ in table_types(table).items()}
 
     def serialize(columns: list, names: list[str]) -> bytes:
-        context = InsertContext(TRACES_TABLE, names, [types[n] for n in names], columns, column_oriented=True)
+        context = InsertContext(table, names, [types[n] for n in names], columns, column_oriented=True)
         return b"".join(NativeTransform.build_insert(context))
 
     return serialize
