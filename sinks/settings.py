@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import re2
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+# RE2 (linear time): masked texts may quote what producers sent, and a backtracking engine retries
+# the scheme at every letter of a long word (quadratic: a log line of a 1 MB value took minutes).
+_URL_PASSWORD = re2.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # RE2 reads UTF-8, which cannot hold a lone surrogate
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def mask_secrets(text: str) -> str:
-    """``scheme://user:password@host`` → ``scheme://user:****@host`` anywhere in ``text``."""
+    """``scheme://user:password@host`` → ``scheme://user:****@host`` anywhere in ``text`` (a lone
+    surrogate, which no UTF-8 output holds, becomes U+FFFD)."""
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
     return _URL_PASSWORD.sub(r"\g<head>****@", text)
 
 

@@ -1,8 +1,9 @@
 """Secrets kept out of logs and printouts: passwords in URLs, bearer and basic credentials, and the
 values of every secret setting (``SecretStr`` fields, whatever their section).
 
-``install(settings)`` makes every log record of the process masked when it is made (a record
-factory, so it holds whatever handlers faust or mode set up later), and masks the traceback of an
+``install(settings)`` makes every log record of the process masked (a record factory, so it holds
+whatever handlers faust or mode set up later: the record masks its text when a handler first
+formats it, so records no handler takes cost nothing), and masks the traceback of an
 exception nobody caught, in the main thread or another (``sys.excepthook``,
 ``threading.excepthook``); installed again, it replaces its hooks and their secrets.
 ``add_secret`` adds a secret learnt later. ``mask(text, secrets)`` is the pure function behind
@@ -12,17 +13,18 @@ them all.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 from typing import Any, Iterable
 
+import re2
 from pydantic import BaseModel, SecretStr
 
 from sinks.settings import mask_secrets
 
 MASK = "****"
-_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
+# RE2 (linear time), as every pattern here: a masked text may quote what a producer sent.
+_CREDENTIALS = re2.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}")
 _MIN_SECRET = 4  # shorter configured values would mask common words
 
 
@@ -45,7 +47,7 @@ def mask(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    text = mask_secrets(text)
+    text = mask_secrets(text)  # lone surrogates replaced: RE2 reads UTF-8
     return _CREDENTIALS.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
 
 
@@ -83,6 +85,27 @@ def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
     sys.stderr.flush()
 
 
+class _MaskedMessage:
+    """A record's ``getMessage``, masked: the first call formats and masks the message (and the
+    traceback, which ``Formatter.format`` reads after the message), then the record holds the
+    masked text. Every formatter asks for the message this way, so nothing reaches a handler's
+    output unmasked."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: logging.LogRecord):
+        self.record = record
+
+    def __call__(self) -> str:
+        record = self.record
+        message = logging.LogRecord.getMessage(record)  # raises as logging's own would
+        masked = mask(message, _masked)
+        record.msg, record.args = masked, ()  # () not None: mode's formatter turns None into (None,)
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = mask(logging.Formatter().formatException(record.exc_info), _masked)
+        return masked
+
+
 def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
     """Mask every log record and uncaught traceback of this process from now on, with the secrets
     of ``settings`` and ``extra``. Installed again, the hooks are the same ones (never stacked) and
@@ -95,15 +118,9 @@ def install(settings: BaseModel, extra: Iterable[str] = ()) -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # a record whose arguments do not fit its format: leave it to logging
-            return record
-        masked = mask(message, _masked)
-        if masked != message:
-            record.msg, record.args = masked, ()  # () not None: mode's formatter turns None into (None,)
-        if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = mask(logging.Formatter().formatException(record.exc_info), _masked)
+        # Masked when its text is first asked for (a handler formats it): a record no handler
+        # takes (below every level) costs no formatting, however large its arguments.
+        record.getMessage = _MaskedMessage(record)  # type: ignore[method-assign]
         return record
 
     factory.otelpipe_masking = True  # type: ignore[attr-defined]

@@ -120,6 +120,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.freeze()
 
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
+    # faust's terminal spinner, at a log level of WARN and above, sets the root logger to DEBUG (to
+    # spin on every record): every debug call of aiokafka and faust would then make a record,
+    # formatting a whole produced value into it. No spinner: the level is the one asked for.
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 

@@ -4,6 +4,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -42,6 +43,18 @@ def test_mask_covers_urls_credentials_and_configured_secrets():
     for secret in ("s3cret", "abcdefgh12345", "dXNlcjpwYXNz", "qq-configured-token-77"):
         assert secret not in masked
     assert "https://otel:****@ch:8443/x" in masked
+
+
+@pytest.mark.parametrize("text", ["x" * 1_000_000, "://:" * 250_000, "a://b:" * 150_000, "bearer " * 150_000,
+                                  "h" + "ttps://u:p" * 100_000 + "\udcff"],
+                         ids=["long_word", "many_schemes", "many_users", "many_bearers", "surrogate"])
+def test_masking_stays_linear_on_what_producers_can_put_in_a_log_line(text):
+    """A log line may quote a produced value: the patterns run on RE2 (a backtracking engine took
+    minutes on a 1 MB word, retrying the URL scheme at every letter)."""
+    start = time.process_time()
+    masked = masking.mask(text + " https://u:pw-linear@h", ["pw-never"])
+    assert time.process_time() - start < 2.0  # milliseconds on RE2; minutes on a backtracking engine
+    assert masked.endswith("https://u:****@h")
 
 
 def test_every_secret_setting_is_found_whatever_its_section():
@@ -85,8 +98,43 @@ def test_a_masked_record_formats_with_a_percent_formatter():
                                   "OTELPIPE_CLICKHOUSE_PASSWORD": "pw-format-7"})
     masking.install(settings)
     record = logging.getLogger("otelpipe.test").makeRecord("x", logging.INFO, "f", 1, "pw is %s", ("pw-format-7",), None)
-    assert record.args == () and record.getMessage() == "pw is ****"
-    assert "****" in logging.Formatter("%(message)s").format(record)
+    assert record.getMessage() == "pw is ****" and record.args == ()  # masked once, held masked
+    assert logging.Formatter("%(message)s").format(record) == "pw is ****"
+    assert record.getMessage() == "pw is ****"
+
+
+def test_a_record_no_handler_takes_is_never_formatted():
+    """A debug call under a higher level costs no formatting (aiokafka logs every produced value at
+    debug): the record masks its text only when a handler formats it."""
+    masking.install(server_settings(clickhouse_password="pw-lazy-3333"))
+
+    class Loud:
+        formatted = 0
+
+        def __str__(self) -> str:
+            Loud.formatted += 1
+            return "pw-lazy-3333 " + "x" * 1_000_000
+
+    log = logging.getLogger("otelpipe.test.lazy")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # only the handlers here (pytest's own would format everything)
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: None  # type: ignore[method-assign]
+    log.addHandler(handler)
+    try:
+        log.debug("sending %s", Loud())
+        assert Loud.formatted == 0
+        stream = __import__("io").StringIO()
+        shown = logging.StreamHandler(stream)
+        shown.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(shown)
+        log.debug("sending %s", Loud())
+        assert Loud.formatted == 1 and "pw-lazy-3333" not in stream.getvalue() and "****" in stream.getvalue()
+        log.removeHandler(shown)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+        log.propagate = True
 
 
 def test_installing_again_replaces_the_hooks_and_the_new_secrets_apply(capsys):
