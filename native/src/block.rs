@@ -56,37 +56,65 @@ impl StrCol {
 
 type Hasher = hashbrown::DefaultHashBuilder;
 
-/// Distinct strings, each stored once, numbered in the order first seen.
+/// The hash of a (key number, value hash) pair: a multiply-rotate mix, so a pair is hashed
+/// without hashing its value's bytes again (the value's hash is stored with it).
+#[inline]
+fn pair_hash(key: u32, value_hash: u64) -> u64 {
+    (value_hash.rotate_left(26) ^ (key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0x517C_C1B7_2722_0A95)
+}
+
+/// Distinct strings, each stored once, numbered in the order first seen. Each string's hash is
+/// kept beside it: growing the table, finding a pair and forgetting strings never hash a string
+/// twice.
 #[derive(Default)]
 pub struct Interner {
     strings: StrCol,
+    hashes: Vec<u64>,
     table: HashTable<u32>,
     hasher: Hasher,
 }
 
 impl Interner {
     #[inline]
+    pub fn hash(&self, s: &[u8]) -> u64 {
+        self.hasher.hash_one(s)
+    }
+
+    #[inline]
     pub fn intern(&mut self, s: &[u8]) -> u32 {
-        let hash = self.hasher.hash_one(s);
-        let strings = &self.strings;
-        if let Some(&id) = self.table.find(hash, |&id| strings.get(id as usize) == s) {
+        let hash = self.hash(s);
+        self.intern_hashed(s, hash)
+    }
+
+    /// `intern` of a string whose `hash` is known.
+    #[inline]
+    pub fn intern_hashed(&mut self, s: &[u8], hash: u64) -> u32 {
+        let (strings, hashes) = (&self.strings, &self.hashes);
+        if let Some(&id) = self.table.find(hash, |&id| hashes[id as usize] == hash && strings.get(id as usize) == s) {
             return id;
         }
         let id = self.strings.len() as u32;
         self.strings.push(s);
-        let (strings, hasher) = (&self.strings, &self.hasher);
-        self.table.insert_unique(hash, id, |&id| hasher.hash_one(strings.get(id as usize)));
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, id, |&id| hashes[id as usize]);
         id
     }
 
     pub fn find(&self, s: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(s);
-        self.table.find(hash, |&id| self.strings.get(id as usize) == s).copied()
+        let hash = self.hash(s);
+        self.table.find(hash, |&id| self.hashes[id as usize] == hash && self.strings.get(id as usize) == s).copied()
     }
 
     #[inline]
     pub fn get(&self, id: u32) -> &[u8] {
         self.strings.get(id as usize)
+    }
+
+    /// The stored hash of string `id`.
+    #[inline]
+    pub fn hash_of(&self, id: u32) -> u64 {
+        self.hashes[id as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -96,82 +124,80 @@ impl Interner {
     /// Forget the strings numbered `n` and after.
     pub fn truncate(&mut self, n: usize) {
         for id in n..self.strings.len() {
-            let s = self.strings.get(id);
-            let hash = self.hasher.hash_one(s);
-            if let Ok(entry) = self.table.find_entry(hash, |&found| found as usize == id) {
+            if let Ok(entry) = self.table.find_entry(self.hashes[id], |&found| found as usize == id) {
                 entry.remove();
             }
         }
         self.strings.truncate(n);
+        self.hashes.truncate(n);
     }
 }
 
 /// Distinct (key, value) pairs of interned strings, hashed by the key's number and the value's
-/// bytes: an attribute seen before is found with one lookup, without interning its value first.
+/// hash: an attribute seen before is found with one hash of its value, which interns the value
+/// too when the pair is new.
 #[derive(Default)]
 pub struct Pairs {
     pub pairs: Vec<(u32, u32)>,
+    hashes: Vec<u64>,
     table: HashTable<u32>,
-    hasher: Hasher,
 }
 
 impl Pairs {
-    #[inline]
-    fn hash(hasher: &Hasher, key: u32, value: &[u8]) -> u64 {
-        hasher.hash_one((key, value))
-    }
-
     /// The pair of key `key` and value `value`, interning the value if the pair is new.
     #[inline]
     pub fn intern(&mut self, key: u32, value: &[u8], values: &mut Interner) -> u32 {
-        let hash = Self::hash(&self.hasher, key, value);
-        let pairs = &self.pairs;
+        let value_hash = values.hash(value);
+        let hash = pair_hash(key, value_hash);
+        let (pairs, hashes) = (&self.pairs, &self.hashes);
         if let Some(&id) = self.table.find(hash, |&id| {
             let (k, v) = pairs[id as usize];
-            k == key && values.get(v) == value
+            hashes[id as usize] == hash && k == key && values.get(v) == value
         }) {
             return id;
         }
-        let v = values.intern(value);
-        self.insert(hash, (key, v), values)
+        let v = values.intern_hashed(value, value_hash);
+        self.insert(hash, (key, v))
     }
 
     /// The pair of two interned ids.
     pub fn intern_ids(&mut self, key: u32, value: u32, values: &Interner) -> u32 {
-        let hash = Self::hash(&self.hasher, key, values.get(value));
+        let hash = pair_hash(key, values.hash_of(value));
         let pairs = &self.pairs;
         if let Some(&id) = self.table.find(hash, |&id| pairs[id as usize] == (key, value)) {
             return id;
         }
-        self.insert(hash, (key, value), values)
+        self.insert(hash, (key, value))
     }
 
-    fn insert(&mut self, hash: u64, pair: (u32, u32), values: &Interner) -> u32 {
+    fn insert(&mut self, hash: u64, pair: (u32, u32)) -> u32 {
         let id = self.pairs.len() as u32;
         self.pairs.push(pair);
-        let (pairs, hasher) = (&self.pairs, &self.hasher);
-        self.table.insert_unique(hash, id, |&id| {
-            let (k, v) = pairs[id as usize];
-            Self::hash(hasher, k, values.get(v))
-        });
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, id, |&id| hashes[id as usize]);
         id
     }
 
     pub fn find(&self, key: u32, value: u32, values: &Interner) -> Option<u32> {
-        let hash = Self::hash(&self.hasher, key, values.get(value));
+        let hash = pair_hash(key, values.hash_of(value));
         self.table.find(hash, |&id| self.pairs[id as usize] == (key, value)).copied()
     }
 
-    /// Forget the pairs numbered `n` and after (before their values are forgotten).
-    pub fn truncate(&mut self, n: usize, values: &Interner) {
+    /// Forget the pairs numbered `n` and after.
+    pub fn truncate(&mut self, n: usize) {
         for id in n..self.pairs.len() {
-            let (k, v) = self.pairs[id];
-            let hash = Self::hash(&self.hasher, k, values.get(v));
-            if let Ok(entry) = self.table.find_entry(hash, |&found| found as usize == id) {
+            if let Ok(entry) = self.table.find_entry(self.hashes[id], |&found| found as usize == id) {
                 entry.remove();
             }
         }
         self.pairs.truncate(n);
+        self.hashes.truncate(n);
+    }
+
+    /// An empty dictionary with room for `n` pairs.
+    pub fn with_capacity(n: usize) -> Self {
+        Pairs { pairs: Vec::with_capacity(n), hashes: Vec::with_capacity(n), table: HashTable::with_capacity(n) }
     }
 }
 
@@ -355,7 +381,7 @@ impl Block {
 
     /// Take back everything added since `mark`.
     pub fn truncate(&mut self, mark: &Mark) {
-        self.pairs.truncate(mark.pairs, &self.values);
+        self.pairs.truncate(mark.pairs);
         self.keys.truncate(mark.keys);
         self.values.truncate(mark.values);
         self.maps.truncate(mark.maps);
@@ -437,7 +463,7 @@ impl Block {
             }
             *slot = target;
         }
-        let mut rebuilt = Pairs::default();
+        let mut rebuilt = Pairs::with_capacity(self.pairs.pairs.len());
         let mut translated = vec![KEEP; self.pairs.pairs.len()];
         let mut offsets = Vec::with_capacity(self.maps.offsets.len());
         let mut pairs = Vec::with_capacity(self.maps.pairs.len());
