@@ -37,6 +37,7 @@ from streams.cli.common import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
 from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 from streams.otlp import native  # noqa: E402
+from streams.otlp.columns import METRIC_COLUMNS  # noqa: E402
 from streams.otlp.decode import decode_messages  # noqa: E402
 from streams.otlp.encode import encode_request  # noqa: E402
 from streams.cli.render import format_table  # noqa: E402
@@ -62,6 +63,26 @@ def build_log_messages(count: int, seed: int, distinct_values: bool = False) -> 
         records += n
         payloads.append(encode_request(request, "otlp_proto"))
     return payloads, records
+
+
+def build_metric_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:
+    """``count`` metrics messages of ~1000 points (gauges, sums, histograms, exponential histograms,
+    summaries of every service): the workload's metrics requests, gathered until they hold that many."""
+    workload = Workload(seed=seed, extra_attributes=1, distinct_values=distinct_values)
+    payloads, points = [], 0
+    for _ in range(count):
+        request, n = None, 0
+        while n < 1000:
+            metrics = workload.metrics_request()
+            n += sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                     for rm in metrics.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
+            if request is None:
+                request = metrics
+            else:
+                request.resource_metrics.extend(metrics.resource_metrics)
+        points += n
+        payloads.append(encode_request(request, "otlp_proto"))
+    return payloads, points
 
 
 def build_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:
@@ -155,14 +176,15 @@ def profile(pid: int, *extra: str) -> None:
                           "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--nonblocking", *extra])
 
 
-def drain(env: dict[str, str], log_path: Path, total_spans: int, table: str = "otel_traces"
+def drain(env: dict[str, str], log_path: Path, total_spans: int, tables: tuple[str, ...] = ("otel_traces",)
           ) -> tuple[float, float, int, int, dict]:
     """Start a worker on fresh state, time it from ready until every span is stored."""
     settings = load_settings(env=env)
     with ready_worker(env, log_path) as (worker, proc):
         cpu0, t0, threads0 = cpu_seconds(proc), time.monotonic(), thread_cpu(worker.pid)
         profile(worker.pid, "--threads")
-        count_sql = f"SELECT count() FROM {settings.clickhouse.database}.{table}"
+        db = settings.clickhouse.database
+        count_sql = "SELECT " + " + ".join(f"(SELECT count() FROM {db}.{t})" for t in tables)
         while True:
             answer = query_worker(settings, count_sql, timeout_s=30)
             if answer and answer[1][0][0] >= total_spans:
@@ -185,21 +207,23 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--distinct-values", action="store_true",
                         help="the high-cardinality workload: most attribute values distinct per span")
-    parser.add_argument("--signal", choices=("traces", "logs"), default="traces",
-                        help="spans (1008 a message) or log records (~1000 a message)")
+    parser.add_argument("--signal", choices=("traces", "logs", "metrics"), default="traces",
+                        help="spans (1008 a message), log records or metric points (~1000 a message)")
     parser.add_argument("--compare", choices=("stages", "native"), default=None,
                         help="stages: the skeleton (label policy off) against every stage on (the default for "
                              "spans); native: every stage on, the Python path against the native core (the "
                              "default for logs)")
     args = parser.parse_args()
-    compare = args.compare or ("stages" if args.signal == "traces" else "native")
+    compare = args.compare or ("native" if args.signal == "logs" else "stages")
+    if args.signal == "metrics" and compare == "native":
+        parser.error("metrics have no native path yet: --compare stages")
     native_setting = "OTELPIPE_WORKER_NATIVE_SPANS" if args.signal == "traces" else "OTELPIPE_WORKER_NATIVE_LOGS"
     configs = ([("skeleton (stages off)", {"OTELPIPE_WORKER_LABEL_POLICY": "off"}),
                 ("all stages on", {"OTELPIPE_WORKER_LABEL_POLICY": "default"})] if compare == "stages" else
                [("all stages on, Python path", {native_setting: "false"}),
                 ("all stages on", {native_setting: "true"})])
-    table = "otel_traces" if args.signal == "traces" else "otel_logs"
-    unit = "spans" if args.signal == "traces" else "log records"
+    tables = {"traces": ("otel_traces",), "logs": ("otel_logs",), "metrics": tuple(METRIC_COLUMNS)}[args.signal]
+    unit = {"traces": "spans", "logs": "log records", "metrics": "metric points"}[args.signal]
 
     tag = uuid.uuid4().hex[:8]
     work = Path(tempfile.mkdtemp(prefix="otelpipe-bench-"))
@@ -216,11 +240,12 @@ def main() -> int:
     asyncio.run(ensure_topics(bootstrap, topics, settings.kafka.partitions))
 
     print(f"building {args.messages} messages ...", flush=True)
-    build = build_messages if args.signal == "traces" else build_log_messages
+    build = {"traces": build_messages, "logs": build_log_messages, "metrics": build_metric_messages}[args.signal]
     payloads, total_spans = build(args.messages, args.seed, args.distinct_values)
     mib = sum(map(len, payloads)) / 2**20
     print(f"producing {total_spans} {unit} ({mib:.0f} MiB of OTLP protobuf) ...", flush=True)
-    topic = settings.kafka.spans_topic if args.signal == "traces" else settings.kafka.logs_topic
+    topic = {"traces": settings.kafka.spans_topic, "logs": settings.kafka.logs_topic,
+             "metrics": settings.kafka.metrics_topic}[args.signal]
     asyncio.run(send(bootstrap, topic, payloads))
 
     runs = {}
@@ -233,7 +258,7 @@ def main() -> int:
                 run_env = {**env, **overrides,
                            "OTELPIPE_WORKER_APP_ID": f"otelpipe-bench-{tag}-{number}-{round_no}",
                            "OTELPIPE_CLICKHOUSE_DSN": f"chdb://{work / f'chdb-{number}-{round_no}'}"}
-                samples[label].append(drain(run_env, work / f"worker-{number}-{round_no}.log", total_spans, table))
+                samples[label].append(drain(run_env, work / f"worker-{number}-{round_no}.log", total_spans, tables))
                 print(f"  {label}: {total_spans / samples[label][-1][1]:,.0f} {unit} per worker CPU-second",
                       flush=True)
         for label, drains in samples.items():
@@ -244,7 +269,7 @@ def main() -> int:
     messages = [RawMessage("bench", 0, i, p) for i, p in enumerate(payloads)]
     c0 = time.process_time()
     with gc_paused():  # as the worker decodes: natively where the core is built
-        native_decode = native.decode_traces if args.signal == "traces" else getattr(native, "decode_logs", None)
+        native_decode = {"traces": native.decode_traces, "logs": native.decode_logs}.get(args.signal)
         decoded = (native_decode(payloads).rows if native.available() and native_decode is not None
                    else decode_messages(args.signal, messages).row_count())
     decode_cpu = time.process_time() - c0
@@ -252,7 +277,7 @@ def main() -> int:
     base_label = configs[0][0]
     skeleton_wall, skeleton_cpu = runs[base_label][0], runs[base_label][1]
     ratio_name = "stages_on_vs_skeleton_throughput" if compare == "stages" else "native_vs_python_path_throughput"
-    u = "spans" if args.signal == "traces" else "records"
+    u = {"traces": "spans", "logs": "records", "metrics": "points"}[args.signal]
     base = "skeleton" if compare == "stages" else "python_path"
     figures = {
         "signal": args.signal,
