@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import psutil
 from aiokafka import AIOKafkaProducer
@@ -45,44 +45,41 @@ from streams.agents.signal_writer import gc_paused  # noqa: E402
 from streams.tools.workload import Workload  # noqa: E402
 
 
+def _gathered(count: int, make: Callable[[], Any], rows: Callable[[Any], int], extend: Callable[[Any, Any], None]
+              ) -> tuple[list[bytes], int]:
+    """``count`` messages of at least 1000 rows each: requests from ``make`` merged (``extend``)
+    until their ``rows`` reach 1000. Returns the payloads and the rows in all."""
+    payloads, total = [], 0
+    for _ in range(count):
+        request = make()
+        n = rows(request)
+        while n < 1000:
+            more = make()
+            n += rows(more)
+            extend(request, more)
+        total += n
+        payloads.append(encode_request(request, "otlp_proto"))
+    return payloads, total
+
+
 def build_log_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:
     """``count`` logs messages of ~1000 records: the log records of the span workload's traces
     (bodies, severities, trace context), gathered from as many traces as it takes."""
     workload = (Workload(seed=seed, extra_attributes=1, distinct_values=True) if distinct_values
                 else Workload(seed=seed, extra_attributes=5))
-    payloads, records = [], 0
-    for _ in range(count):
-        request, n = None, 0
-        while n < 1000:
-            _, logs = workload.trace_requests(20)
-            n += sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs)
-            if request is None:
-                request = logs
-            else:
-                request.resource_logs.extend(logs.resource_logs)
-        records += n
-        payloads.append(encode_request(request, "otlp_proto"))
-    return payloads, records
+    return _gathered(count, lambda: workload.trace_requests(20)[1],
+                     lambda r: sum(len(sl.log_records) for rl in r.resource_logs for sl in rl.scope_logs),
+                     lambda r, more: r.resource_logs.extend(more.resource_logs))
 
 
 def build_metric_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:
     """``count`` metrics messages of ~1000 points (gauges, sums, histograms, exponential histograms,
     summaries of every service): the workload's metrics requests, gathered until they hold that many."""
     workload = Workload(seed=seed, extra_attributes=1, distinct_values=distinct_values)
-    payloads, points = [], 0
-    for _ in range(count):
-        request, n = None, 0
-        while n < 1000:
-            metrics = workload.metrics_request()
-            n += sum(len(getattr(m, m.WhichOneof("data")).data_points)
-                     for rm in metrics.resource_metrics for sm in rm.scope_metrics for m in sm.metrics)
-            if request is None:
-                request = metrics
-            else:
-                request.resource_metrics.extend(metrics.resource_metrics)
-        points += n
-        payloads.append(encode_request(request, "otlp_proto"))
-    return payloads, points
+    return _gathered(count, workload.metrics_request,
+                     lambda r: sum(len(getattr(m, m.WhichOneof("data")).data_points)
+                                   for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics),
+                     lambda r, more: r.resource_metrics.extend(more.resource_metrics))
 
 
 def build_messages(count: int, seed: int, distinct_values: bool = False) -> tuple[list[bytes], int]:

@@ -399,6 +399,16 @@ def seed_requests(signal: str = "traces") -> list[bytes]:
     return reqs
 
 
+def mutated(rng: random.Random, signal: str, count: int) -> list[bytes]:
+    """``count`` mutations of the signal's seed requests: descriptor-aware edits mostly, byte damage
+    the rest (a field twice, unknown fields and groups, wrong wire types, bad UTF-8, overlong
+    varints, deep values, subtrees of other requests)."""
+    sources = seed_requests(signal)
+    trees = [parse(s, ROOTS[signal]) for s in sources]
+    return [mutate_tree(rng, copy_tree(rng.choice(trees)), trees) if rng.random() < 0.7
+            else mutate_bytes(rng, rng.choice(sources), sources) for _ in range(count)]
+
+
 def minimize(payload: bytes) -> bytes:
     """A smaller payload on which the paths still disagree: fields taken out one at a time."""
     try:
@@ -426,19 +436,12 @@ def search(seed: int, iterations: int | None = None, seconds: float | None = Non
            stats: dict | None = None, signal: str = "traces"):
     """Mutated requests on which the two paths disagree: [(payload, problems)]."""
     rng = random.Random(seed)
-    sources = seed_requests(signal)
-    trees = [parse(s, ROOTS[signal]) for s in sources]
     found: list[tuple[bytes, list[str]]] = []
     deadline = time.monotonic() + seconds if seconds else None
     i = 0
     while (iterations is None or i < iterations) and (deadline is None or time.monotonic() < deadline):
         i += 1
-        batch = []
-        for _ in range(50):
-            if rng.random() < 0.7:
-                batch.append(mutate_tree(rng, copy_tree(rng.choice(trees)), trees))
-            else:
-                batch.append(mutate_bytes(rng, rng.choice(sources), sources))
+        batch = mutated(rng, signal, 50)
         if stats is not None:  # what the search reached
             for payload in batch:
                 slow = decode_messages(signal, [RawMessage("t", 0, 0, payload)])

@@ -23,18 +23,15 @@ from streams.otlp import native
 from streams.otlp.columns import LOG_COLUMNS
 from streams.tools.workload import Workload
 from tests.decoder_paths import differences, python_result
-from tests.otlp_builders import SPAN_ID, TRACE_ID, logs_request, mutate_bytes
+from tests.otlp_builders import SPAN_ID, TRACE_ID, logs_request
 from tests.unit.streams.otlp.test_decoder_agreement import (
-    ROOTS,
     SERVICE,
     attr,
-    copy_tree,
     deep_any_value,
     f32,
     f64,
     ld,
-    mutate_tree,
-    parse,
+    mutated,
     seed_requests,
     vf,
 )
@@ -199,15 +196,7 @@ def test_random_bytes():
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_mutated_requests(seed):
-    rng = random.Random(seed)
-    sources = seed_requests("logs")
-    trees = [parse(s, ROOTS["logs"]) for s in sources]
-    payloads = []
-    for _ in range(1500):
-        if rng.random() < 0.7:
-            payloads.append(mutate_tree(rng, copy_tree(rng.choice(trees)), trees))
-        else:
-            payloads.append(mutate_bytes(rng, rng.choice(sources), sources))
+    payloads = mutated(random.Random(seed), "logs", 1500)
     agree_each(payloads)
     refused = len(native.decode_logs(payloads).errors)
     assert 0 < refused < len(payloads)

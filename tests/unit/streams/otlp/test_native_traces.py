@@ -27,11 +27,10 @@ from streams.otlp.columns import NONE, TRACE_COLUMNS
 from streams.tools.workload import Workload
 from tests.decoder_paths import differences, python_result
 from tests.fuzz.targets import same
-from tests.otlp_builders import EXPECTED_KINDS, mutate_bytes, traces_request
+from tests.otlp_builders import EXPECTED_KINDS, traces_request
 from tests.unit.streams.otlp.test_decoder_agreement import (
     BAD_UTF8,
     PLACES,
-    ROOT,
     SCHEMA,
     SERVICE,
     WIRE_OF,
@@ -39,13 +38,11 @@ from tests.unit.streams.otlp.test_decoder_agreement import (
     _signal,
     _with_field,
     attr,
-    copy_tree,
     deep_any_value,
     f32,
     f64,
     ld,
-    mutate_tree,
-    parse,
+    mutated,
     request,
     seed_requests,
     span_bytes,
@@ -304,15 +301,7 @@ def test_random_bytes():
 def test_mutated_requests(seed):
     """Byte damage and descriptor-aware edits (a field twice, unknown fields and groups, wrong wire
     types, bad UTF-8, overlong varints, deep values, subtrees of other requests)."""
-    rng = random.Random(seed)
-    sources = seed_requests()
-    trees = [parse(s, ROOT) for s in sources]
-    payloads = []
-    for _ in range(1500):
-        if rng.random() < 0.7:
-            payloads.append(mutate_tree(rng, copy_tree(rng.choice(trees)), trees))
-        else:
-            payloads.append(mutate_bytes(rng, rng.choice(sources), sources))
+    payloads = mutated(random.Random(seed), "traces", 1500)
     agree_each(payloads)
     refused = len(native.decode_traces(payloads).errors)
     assert 0 < refused < len(payloads)
