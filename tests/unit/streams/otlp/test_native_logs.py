@@ -14,7 +14,6 @@ columns, and inserted into chDB the same rows as the Python batch inserted by cl
 from __future__ import annotations
 
 import random
-import uuid
 
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
@@ -35,7 +34,7 @@ from tests.unit.streams.otlp.test_decoder_agreement import (
     seed_requests,
     vf,
 )
-from tests.unit.streams.otlp.test_native_traces import _traces_table, reference_native
+from tests.unit.streams.otlp.test_native_traces import inserted_both_ways, reference_native
 
 assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
 
@@ -244,21 +243,8 @@ _SELECT = ("SELECT * EXCEPT (Timestamp, ObservedTimestamp), toUnixTimestamp64Nan
 
 def test_native_block_inserts_the_rows_of_the_python_batch(chdb_client):
     payloads = _payloads()
-    suffix = uuid.uuid4().hex[:10]
-    native_db, python_db = f"native_{suffix}", f"python_{suffix}"
-    try:
-        for db in (native_db, python_db):
-            _traces_table(chdb_client, db, "otel_logs")
-        block = native.decode_logs(payloads)
-        batch = python_result(payloads, "logs").batches["otel_logs"]
-        chdb_client.raw_insert(f"{native_db}.otel_logs", LOG_COLUMNS, insert_block=block.to_native(LOG_COLUMNS),
-                               fmt="Native")
-        chdb_client.insert(f"{python_db}.otel_logs", batch.insert_columns(), column_names=batch.column_names,
-                           column_oriented=True)
-        stored = chdb_client.query(_SELECT.format(db=native_db)).result_rows
-        expected = chdb_client.query(_SELECT.format(db=python_db)).result_rows
-        assert len(stored) == len(batch) == block.rows > 20
-        assert stored == expected
-    finally:
-        for db in (native_db, python_db):
-            chdb_client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+    block = native.decode_logs(payloads)
+    batch = python_result(payloads, "logs").batches["otel_logs"]
+    stored, expected = inserted_both_ways(chdb_client, "otel_logs", block, batch, _SELECT)
+    assert len(stored) == len(batch) == block.rows > 20
+    assert stored == expected

@@ -542,6 +542,25 @@ def _traces_table(client, database: str, table: str = "otel_traces") -> None:
     client.command(target.sql)
 
 
+def inserted_both_ways(client, table: str, block, batch, select: str) -> tuple[list, list]:
+    """The rows ``select`` reads back after the block's Native bytes went in with ``raw_insert`` and
+    the Python batch with ``client.insert``, each into a fresh database: (native rows, Python rows)."""
+    suffix = uuid.uuid4().hex[:10]
+    native_db, python_db = f"native_{suffix}", f"python_{suffix}"
+    names = block.column_names()
+    try:
+        for db in (native_db, python_db):
+            _traces_table(client, db, table)
+        client.raw_insert(f"{native_db}.{table}", names, insert_block=block.to_native(names), fmt="Native")
+        client.insert(f"{python_db}.{table}", batch.insert_columns(), column_names=batch.column_names,
+                      column_oriented=True)
+        return (client.query(select.format(db=native_db)).result_rows,
+                client.query(select.format(db=python_db)).result_rows)
+    finally:
+        for db in (native_db, python_db):
+            client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+
+
 def test_native_block_inserts_the_rows_of_the_python_batch(chdb_client):
     workload = Workload(seed=8, extra_attributes=4)
     payloads = [r.SerializeToString() for s, _, r in workload.requests(10) if s == "traces"]
@@ -552,24 +571,11 @@ def test_native_block_inserts_the_rows_of_the_python_batch(chdb_client):
     span.attributes.add(key="control").value.string_value = "\x00\x01\n\"\\é😀"
     span.start_time_unix_nano, span.end_time_unix_nano = 0, 5
     payloads += [hostile.SerializeToString(), b"\x0b" * 200]
-    suffix = uuid.uuid4().hex[:10]
-    native_db, python_db = f"native_{suffix}", f"python_{suffix}"
-    try:
-        for db in (native_db, python_db):
-            _traces_table(chdb_client, db)
-        block = native.decode_traces(payloads)
-        batch = python_result(payloads).batches["otel_traces"]
-        chdb_client.raw_insert(f"{native_db}.otel_traces", list(TRACE_COLUMNS),
-                               insert_block=block.to_native(TRACE_COLUMNS), fmt="Native")
-        chdb_client.insert(f"{python_db}.otel_traces", batch.insert_columns(), column_names=batch.column_names,
-                           column_oriented=True)
-        stored = chdb_client.query(_SELECT.format(db=native_db)).result_rows
-        expected = chdb_client.query(_SELECT.format(db=python_db)).result_rows
-        assert len(stored) == len(batch) == block.rows > 200
-        assert stored == expected
-    finally:
-        for db in (native_db, python_db):
-            chdb_client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+    block = native.decode_traces(payloads)
+    batch = python_result(payloads).batches["otel_traces"]
+    stored, expected = inserted_both_ways(chdb_client, "otel_traces", block, batch, _SELECT)
+    assert len(stored) == len(batch) == block.rows > 200
+    assert stored == expected
 
 
 def test_a_block_sent_as_several_inserts_the_same_rows(chdb_client):
