@@ -30,7 +30,8 @@ protobuf payloads go here; OTLP JSON and content-type routing stay with ``decode
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from streams.otlp.batch import ORIGIN, ColumnBatch, DeadLetter, RawMessage, SourceRange
 
@@ -119,7 +120,13 @@ class NativeBatch(ColumnBatch):
         return f"<NativeBatch {self.table} {len(self)} rows in {len(self.parts)} blocks>"
 
     @property
-    def columns(self) -> dict[str, list[Any]]:  # type: ignore[override]
+    def columns(self) -> Mapping[str, list[Any]]:  # type: ignore[override]
+        """The Python columns, read-only: the rows go to ClickHouse as the blocks' Native bytes, so
+        a column set here would be lost without a word; a stage that changes rows makes a new
+        ``ColumnBatch`` (``TypeError`` here says so)."""
+        return MappingProxyType(self._python_columns())
+
+    def _python_columns(self) -> dict[str, list[Any]]:
         if self._columns is None:
             columns: dict[str, list[Any]] = {name: [] for name in self._names}
             origins: list[int] = []
@@ -136,7 +143,7 @@ class NativeBatch(ColumnBatch):
         return list(self._names)
 
     def insert_columns(self) -> list[list[Any]]:
-        columns = self.columns
+        columns = self._python_columns()
         return [columns[name] for name in self._names]
 
     @property

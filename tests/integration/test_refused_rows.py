@@ -32,7 +32,9 @@ class CorruptingStages(Stages):
             for i, origin in enumerate(batch.columns[ORIGIN]):
                 if messages[origin].offset in self.bad_offsets:
                     severity[i] = 300  # SeverityNumber is UInt8
-            batch.columns["SeverityNumber"] = severity
+            # a stage's output is a new batch (a natively held one is read-only)
+            result.batches["otel_logs"] = ColumnBatch("otel_logs", {**batch.columns, "SeverityNumber": severity},
+                                                      batch.source)
         return result
 
 

@@ -16,7 +16,7 @@ import pytest
 from sinks.clickhouse import ClickHouseSink
 from sinks.migrations import migrate
 from streams.config import ClickHouseSettings
-from streams.otlp.batch import RawMessage, SourceRange, concat
+from streams.otlp.batch import ColumnBatch, RawMessage, SourceRange, concat
 from streams.otlp.native import NativeBatch
 from streams.stages.catalog import CatalogEntry, CatalogStage
 from streams.stages.label_policy import LabelPolicy
@@ -139,3 +139,16 @@ def test_native_and_python_cuts_of_one_table_merge_into_one_insert():
     native_run, native_only = merge_parts([result(True, first), result(True, second)])
     assert isinstance(native_only["otel_traces"], NativeBatch)
     assert native_only["otel_traces"].columns == python["otel_traces"].columns
+
+
+def test_a_native_batchs_columns_are_read_only():
+    """Its rows go to ClickHouse as the blocks' Native bytes: a column set on its Python view would
+    be lost, so setting one fails (a stage that changes rows makes a new ColumnBatch)."""
+    stages = Stages(lambda topic: "otlp_proto", 16 * 1024 * 1024, None)
+    batch = stages.run("traces", [RawMessage("spans", 0, i, p) for i, p in enumerate(payloads(3, messages=1))])
+    native_batch = batch.batches["otel_traces"]
+    assert isinstance(native_batch, NativeBatch)
+    with pytest.raises(TypeError):
+        native_batch.columns["SpanName"] = ["x"] * len(native_batch)
+    changed = ColumnBatch("otel_traces", {**native_batch.columns, "SpanName": ["x"] * len(native_batch)})
+    assert set(changed.columns["SpanName"]) == {"x"} and len(changed) == len(native_batch)
