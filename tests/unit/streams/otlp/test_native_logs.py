@@ -21,7 +21,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from streams.otlp import native
 from streams.otlp.columns import LOG_COLUMNS
 from streams.tools.workload import Workload
-from tests.decoder_paths import differences, python_result
+from tests.decoder_paths import python_result
 from tests.otlp_builders import SPAN_ID, TRACE_ID, logs_request
 from tests.unit.streams.otlp.test_decoder_agreement import (
     SERVICE,
@@ -34,6 +34,7 @@ from tests.unit.streams.otlp.test_decoder_agreement import (
     seed_requests,
     vf,
 )
+from tests.unit.streams.otlp import test_native_traces as traces_tests
 from tests.unit.streams.otlp.test_native_traces import inserted_both_ways, reference_native
 
 assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
@@ -43,22 +44,15 @@ MAX_NS = 2**63 - 1
 
 
 def agree(payloads: list[bytes], **kwargs) -> None:
-    problems = differences(payloads, "logs", **kwargs)
-    assert not problems, "\n".join(problems)
+    traces_tests.agree(payloads, signal="logs", **kwargs)
 
 
 def agree_each(payloads: list[bytes]) -> None:
-    if differences(payloads, "logs"):
-        for p in payloads:
-            alone = differences([p], "logs")
-            assert not alone, p.hex() + "\n" + "\n".join(alone)
-        pytest.fail("the batch disagrees, no message alone does")
+    traces_tests.agree_each(payloads, "logs")
 
 
 def outcome(payload: bytes) -> tuple[bool, bool]:
-    agree([payload])
-    block = native.decode_logs([payload])
-    return bool(block.rows), bool(block.errors)
+    return traces_tests.outcome(payload, "logs")
 
 
 def record_bytes(extra: bytes = b"") -> bytes:

@@ -64,12 +64,12 @@ def agree(payloads: list[bytes], **kwargs) -> None:
     assert not problems, "\n".join(problems)
 
 
-def agree_each(payloads: list[bytes]) -> None:
+def agree_each(payloads: list[bytes], signal: str = "traces") -> None:
     """Agreement on the batch, and (on a disagreement) the first message that disagrees alone."""
-    problems = differences(payloads)
+    problems = differences(payloads, signal)
     if problems:
         for p in payloads:
-            alone = differences([p])
+            alone = differences([p], signal)
             assert not alone, p.hex() + "\n" + "\n".join(alone)
         pytest.fail("\n".join(problems))
 
