@@ -73,9 +73,9 @@ class Stages:
         if budget is None and labels is not None:
             budget = SeriesBudgetStage.in_memory(labels.policy.budgets, clock_skew_s)
         self.budget = budget
-        # spans and logs through the native core (streams.stages.native_stages) where it is built
-        self.native_spans = native_spans and native.available()
-        self.native_logs = native_logs and native.available()
+        # the signals taken through the native core (streams.stages.native_stages) where it is built
+        self.native_signals = {signal for signal, on in (("traces", native_spans), ("logs", native_logs))
+                               if on and native.available()}
 
     def begin(self, signal: str) -> None:
         """Before a (re)try of a write of this signal: forget its stages' uncommitted state changes."""
@@ -102,20 +102,18 @@ class Stages:
         stamps = [m.timestamp_ms for m in messages if m.timestamp_ms is not None and m.timestamp_ms > 0]
         return min(max(stamps), wall_ms) * 1_000_000 if stamps else wall_ms * 1_000_000
 
-    def run(self, signal: str, messages: Sequence[RawMessage], native_spans: bool = True,
-            native_logs: bool = True) -> DecodeResult:
+    def run(self, signal: str, messages: Sequence[RawMessage]) -> DecodeResult:
         """Never raises for what a message holds: decoding sets refused messages aside itself, and if
         a later stage fails on the run, each message is run alone, and those that still fail become
         dead letters (``internal``, naming the exception class). A message run again that way
         counts twice in ``top_k`` tallies (series budgets count distinct series, so they do not).
 
-        Spans and logs in protobuf take the native core where it is built (``native_spans`` and
-        ``native_logs`` here and in the settings): their rows come in a ``NativeBatch``, the same
-        rows the Python path makes."""
+        Spans and logs in protobuf take the native core where it is built (``worker.native_spans``
+        and ``worker.native_logs``): their rows come in a ``NativeBatch``, the same rows the Python
+        path makes."""
         if not messages:
             return DecodeResult()
-        if (signal == "traces" and native_spans and self.native_spans) or (
-                signal == "logs" and native_logs and self.native_logs):
+        if signal in self.native_signals:
             done = self._run_native(signal, messages)
             if done is not None:
                 return done
