@@ -4,7 +4,9 @@
   (streams.agents.routing), so every point of a metric meets one series-budget owner.
 - ``route_by_trace``: with tail sampling, spans and logs requests into one part per trace onto
   the tail topic (the durable buffer), redacted by the label policy first
-  (``streams.stages.redact_otlp``); logs without a trace id are written directly.
+  (``streams.stages.redact_otlp``); the parts of one message bound for one tail partition travel
+  as one record (``bulk_key``), or one record per part when the topic refuses that as too large;
+  logs without a trace id are written directly.
 
 A source message is acked only once every part of it is on the broker (and its untraced part is
 written): a router crash re-routes it, and the copies carry the same source coordinates.
@@ -18,14 +20,14 @@ from typing import Any, Awaitable, Callable
 import faust
 
 from streams.agents import worker_metrics as m
-from streams.agents.routing import (PIECE_HEADER, PROTOBUF_HEADER, encode_envelope, halve_metrics, split_by_trace,
-                                    split_metrics)
+from streams.agents.routing import (PIECE_HEADER, PROTOBUF_HEADER, encode_envelope, encode_traces_envelope,
+                                    halve_metrics, split_by_trace, split_metrics)
 from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
 from streams.stages.redact_otlp import redact_request
-from streams.stages.tail import part_key
+from streams.stages.tail import bulk_key, part_key
 
 
 def _refusal(raw: RawMessage, max_bytes: int, split: Callable[[], Any]) -> tuple[Any, DeadLetter | None]:
@@ -117,6 +119,28 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
     return send, pieces
 
 
+def _tail_record(tail_topic: faust.TopicT, signal: str, raw: RawMessage, route: int,
+                 traces: list[tuple[str, bytes, int, int]]) -> tuple[Callable[[], Awaitable[Any]], Callable[[], list]]:
+    """The send of one tail record (the parts of ``raw``'s traces routed to ``route``), and, if the
+    topic refuses it as too large, the sends of one record per part instead (each keyed by its part:
+    a part is named alike in either form, so a decision recognises it whichever way it came)."""
+
+    def send() -> Awaitable[Any]:
+        key = bulk_key(route, signal, raw.topic, raw.partition, raw.offset)
+        return tail_topic.send(key=key.encode(), partition=route,
+                               value=encode_traces_envelope(signal, raw, route, traces))
+
+    def one(trace_id: str, payload: bytes, records: int, end_ms: int) -> Callable[[], Awaitable[Any]]:
+        key = part_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
+        return lambda: tail_topic.send(key=key.encode(), partition=route,
+                                       value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms))
+
+    def pieces() -> list:
+        return [(one(*trace), None) for trace in traces]
+
+    return send, pieces
+
+
 async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) -> None:
     k, w = rt.settings.kafka, rt.settings.worker
     async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
@@ -164,12 +188,12 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                 ack_now.append(event)
                 continue
             untraced = parts.pop("", None)
+            routes: dict[int, list[tuple[str, bytes, int, int]]] = {}
             for trace_id, (payload, records, end_ms) in parts.items():
-                key = part_key(trace_id, signal, raw.topic, raw.partition, raw.offset)
-                route = partition_of_part(key)
-                await sending.send(index, lambda: tail_topic.send(
-                    key=key.encode(), partition=route,
-                    value=encode_envelope(signal, raw, route, payload, records, trace_id, end_ms)))
+                route = partition_of_part(part_key(trace_id, signal, raw.topic, raw.partition, raw.offset))
+                routes.setdefault(route, []).append((trace_id, payload, records, end_ms))
+            for route, traces in sorted(routes.items()):
+                await sending.send(index, *_tail_record(tail_topic, signal, raw, route, traces))
             if untraced is None:
                 ack_now.append(event)
             else:

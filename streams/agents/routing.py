@@ -31,6 +31,8 @@ from streams.otlp.values import BadMessage
 
 ROUTED_SCHEMA_PATH = PROJECT_ROOT / "schemas" / "avro" / "routed_otlp.avsc"
 ROUTED_SCHEMA = fastavro.parse_schema(orjson.loads(ROUTED_SCHEMA_PATH.read_bytes()))
+TRACES_SCHEMA_PATH = PROJECT_ROOT / "schemas" / "avro" / "routed_traces.avsc"
+TRACES_SCHEMA = fastavro.parse_schema(orjson.loads(TRACES_SCHEMA_PATH.read_bytes()))
 _ROUTE_SEED = 0x6F74_6C70  # fixed forever: changing it moves keys between partitions
 PROTOBUF_HEADER = ("content-type", b"application/x-protobuf")
 
@@ -151,6 +153,31 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
     parts, counts = split_request(signal, request, key_of)
     return {trace_id: (part.SerializeToString(), counts[trace_id], ends[trace_id] // 1_000_000)
             for trace_id, part in parts.items()}
+
+
+def encode_traces_envelope(signal: str, message: RawMessage, route: int,
+                           traces: list[tuple[str, bytes, int, int]]) -> bytes:
+    """The tail topic's record of one source message and one route: (trace id, payload, records,
+    records end ms) per trace, in order (``schemas/avro/routed_traces.avsc``)."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, TRACES_SCHEMA, {
+        "signal": signal,
+        "source_topic": message.topic,
+        "source_partition": message.partition,
+        "source_offset": message.offset,
+        "source_timestamp_ms": message.timestamp_ms,
+        "route": route,
+        "traces": [{"trace_id": t, "records": n, "records_end_ms": end_ms, "payload": payload}
+                   for t, payload, n, end_ms in traces],
+    })
+    return buf.getvalue()
+
+
+def decode_traces_envelope(value: bytes) -> dict[str, Any]:
+    try:
+        return fastavro.schemaless_reader(io.BytesIO(value), TRACES_SCHEMA)
+    except Exception as exc:  # truncated or foreign bytes
+        raise BadMessage("undecodable", f"not a routed traces envelope ({type(exc).__name__})") from None
 
 
 def decode_envelope(value: bytes) -> dict[str, Any]:

@@ -6,12 +6,18 @@ Wiring around the pure pieces of ``streams.stages.tail`` (index, decisions, rows
   the buffer. After a crash or a rebalance, the owner of a partition restores the partition's
   parts (``ChangelogState`` over the routed topic) and its decisions (over the tail state topic)
   before it takes a new record of it;
-- a round decides a partition's due traces: (1) the decisions and the round's exact list of parts
-  go to the tail state topic as ``b/<partition>/<id>``; (2) the rows are inserted with tokens
-  ``tail:<partition>:<id>:<table>``; (3) the parts get tombstones on the routed topic and the
-  round's record is deleted. A crash between (1) and (3) leaves the round's record: the next owner
-  redoes exactly that round (same parts, same decisions, same tokens), and ClickHouse drops what
-  had landed. So each trace is decided once and written once.
+- the router stores parts in bulk (``streams.stages.tail``: one record per source message, signal and
+  tail partition); a record is tombstoned once every part in it has been written;
+- a round decides a partition's due traces: (1) the round's exact list of parts and its decisions
+  go to the tail state topic as ``b/<partition>/<id>`` and ``d/<partition>/<id>`` (one write of two
+  records, whatever the number of traces); (2) the rows are inserted with tokens
+  ``tail:<partition>/<id>:<table>``; (3) records whose parts are all written get tombstones on the
+  routed topic and the round's ``b/`` record is deleted. A crash between (1) and (3) leaves the
+  round's record: the next owner redoes exactly that round (same parts, same decisions, same
+  tokens), and ClickHouse drops what had landed. So each trace is decided once and written once.
+- ``d/<partition>/<id>`` is the decision cache (late parts follow their trace's decision, a part a
+  router sends again is recognised as written); it is deleted when every decision in it has left the
+  cache, and a decision stays while a record holding one of its parts is still on the topic.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from streams.otlp.batch import ColumnBatch, DeadLetter, RawMessage
 from streams.agents.keyed_state import ChangelogState
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
-from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, route_partition
-from streams.stages.tail import Decision, TailIndex, assemble, decide, parse_part_key
+from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, decode_traces_envelope, route_partition
+from streams.stages.tail import (Decision, TailIndex, assemble, bulk_key, decide, parse_bulk_key, parse_part_key,
+                                 part_key)
 from streams.stages.tail_policies import RateLimiter, TailPolicy
 
 log = logging.getLogger("otelpipe.tail")
@@ -42,25 +49,68 @@ def round_parts(spec: dict) -> list[str]:
     return spec.get("parts", spec.get("chunks", []))
 
 
+_HEX = frozenset("0123456789abcdef")
+CONCAT_MAX_BYTES = 4 * 1024 * 1024  # the parts of one record decoded as one request, up to this size
+
+
+def _named_partition(rest: str, partitions: int) -> int | None:
+    number = rest.split("/", 1)[0]
+    if number.isascii() and number.isdigit() and len(number) < 6 and int(number) < partitions:
+        return int(number)
+    return None
+
+
 def part_partition(partitions: int) -> Callable[[str], int]:
-    """Partition of a routed part's key (``c/<trace>/...``): its trace's route."""
+    """Partition of a tail topic key: a part (``c/<trace>/...``) follows its trace's route, a bulk
+    record (``m/<route>/...``) names it (a key naming no partition of the topic: a hash of it)."""
 
     def of(key: str) -> int:
+        if key.startswith("m/"):
+            named = _named_partition(key[2:], partitions)
+            if named is not None:
+                return named
         return route_partition(key[2:].split("/", 1)[0], partitions)
 
     return of
 
 
 def state_partition(partitions: int) -> Callable[[str], int]:
-    """``d/<trace>`` follows its trace; ``b/<partition>/<id>`` names its partition."""
+    """``b/<partition>/<id>`` and ``d/<partition>/<id>`` name their partition; an older ``d/<trace>``
+    follows its trace."""
 
     def of(key: str) -> int:
-        kind, rest = key.split("/", 1)
-        if kind == "b":
-            return int(rest.split("/", 1)[0])
-        return route_partition(rest, partitions)
+        kind, _, rest = key.partition("/")
+        named = _named_partition(rest, partitions) if "/" in rest else None
+        return named if named is not None else route_partition(rest, partitions)
 
     return of
+
+
+def record_parts(key: str, value: bytes, partition: int, partition_of: Callable[[str], int]
+                 ) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
+    """(envelope, [(part key, records, records end ms)]) of a record of the tail topic: a bulk record
+    (``m/``) or one part (``c/``). BadMessage or ValueError when it is not one of ours: anyone can
+    produce to the topic, so a bulk record must agree with its key and every trace in it must route to
+    ``partition``."""
+    if key.startswith("c/"):
+        parse_part_key(key)
+        env = decode_envelope(value)
+        return env, [(key, int(env.get("records") or 0), int(env.get("records_end_ms") or 0))]
+    route, signal, topic, source_partition, offset = parse_bulk_key(key)
+    env = decode_traces_envelope(value)
+    if (route != partition or env["route"] != route or env["signal"] != signal or env["source_topic"] != topic
+            or env["source_partition"] != source_partition or env["source_offset"] != offset):
+        raise ValueError("a bulk record that does not match its key")
+    out = []
+    for entry in env["traces"]:
+        trace_id = entry["trace_id"]
+        if not trace_id or not _HEX.issuperset(trace_id):
+            raise ValueError("a trace id that is not hex")
+        key_of_part = part_key(trace_id, signal, topic, source_partition, offset)
+        if partition_of(key_of_part) != route:
+            raise ValueError("a trace not routed here")
+        out.append((key_of_part, int(entry["records"]), int(entry["records_end_ms"])))
+    return env, out
 
 
 class TailWorker:
@@ -107,27 +157,43 @@ class TailWorker:
                 raw = self.state.get(key)
                 if raw is None:
                     continue
-                if key.startswith("d/"):
-                    index.remember(key[2:], Decision.from_dict(orjson.loads(raw)))
-                elif key.startswith("b/"):
-                    rounds.append((key, orjson.loads(raw)))
+                try:
+                    if key.startswith("d/") and "/" in key[2:]:  # a round's decisions
+                        for t, d in orjson.loads(raw)["decisions"].items():
+                            index.remember(t, Decision.from_dict(d), record=key)
+                    elif key.startswith("d/"):  # one trace's decision (before rounds recorded them)
+                        index.remember(key[2:], Decision.from_dict(orjson.loads(raw)), record=key)
+                    elif key.startswith("b/"):
+                        rounds.append((key, orjson.loads(raw)))
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.error("tail partition %d: state record skipped, it does not parse (%s)", p,
+                              type(exc).__name__)
             in_rounds = {k for _, spec in rounds for k in round_parts(spec)}
             copies = []
             for key in self.parts.keys(p):
                 value = self.parts.get(key)
                 if value is None:
                     continue
-                if not self._is_part(key, value):  # anyone can produce to the topic: not ours, cleared
-                    copies.append(key)
+                try:
+                    _, parts = record_parts(key, value, p, self.parts.partition_of)
+                except (BadMessage, ValueError, TypeError, KeyError):
+                    copies.append(key)  # anyone can produce to the topic: not ours, cleared
                     continue
-                if key in in_rounds:
-                    index.add(key, self._records(value), now_ms)  # the redo below finishes it
-                elif not index.add(key, self._records(value), now_ms):
+                for part, records, _ in parts:
+                    if part in index.stored:
+                        continue  # held by another record read before
+                    if part in in_rounds:  # the redo below writes it
+                        index.add(part, records, now_ms)
+                        index.store(part, key, pending=True)
+                    else:
+                        index.store(part, key, pending=index.add(part, records, now_ms))
+                if not index.pending.get(key):  # every part in it written already
+                    index.drop_record(key)
                     copies.append(key)
             if copies:
                 await self.parts.put({}, copies)
             log.info("tail partition %d: %d traces buffered, %d decisions cached, %d rounds to redo, "
-                     "%d copies of written parts dropped", p, len(index.traces), len(index.decisions), len(rounds),
+                     "%d records of written parts dropped", p, len(index.traces), len(index.decisions), len(rounds),
                      len(copies))
             for key, spec in sorted(rounds):
                 await self._write_round(p, key, spec, now_ms, redo=True)
@@ -146,25 +212,6 @@ class TailWorker:
         self.state.forget(partitions)
         self._gauges()
 
-    @staticmethod
-    def _is_part(key: str, value: bytes) -> bool:
-        """A routed part: a ``c/`` key that parses, and an envelope."""
-        if not key.startswith("c/"):
-            return False
-        try:
-            parse_part_key(key)
-            decode_envelope(value)
-        except (BadMessage, ValueError):
-            return False
-        return True
-
-    @staticmethod
-    def _records(value: bytes) -> int:
-        try:
-            return int(decode_envelope(value).get("records", 0))
-        except BadMessage:
-            return 0
-
     # ------------------------------------------------------------ input
 
     async def take(self, records: list[tuple[int, int, str, bytes | None]], now_ms: int) -> None:
@@ -172,25 +219,31 @@ class TailWorker:
         async with self.lock:
             await self.ensure({p for p, _, _, _ in records}, now_ms)
             copies = []
+            cache_ms = self.settings[3]
             for partition, offset, key, value in records:
-                if offset < self.parts.end_offsets.get(partition, 0) or value is None or not key.startswith("c/"):
+                if (offset < self.parts.end_offsets.get(partition, 0) or value is None
+                        or not key.startswith(("c/", "m/"))):
                     continue  # restored already, a tombstone, or not a part
                 try:
-                    env = decode_envelope(value)
-                    parse_part_key(key)
-                except (BadMessage, ValueError) as exc:
+                    env, parts = record_parts(key, value, partition, self.parts.partition_of)
+                except (BadMessage, ValueError, TypeError, KeyError) as exc:
                     # what the record says stays out of the log: anyone can produce to the topic
                     log.error("a record of partition %d at offset %d is not a routed part, skipped (%s)",
                               partition, offset, type(exc).__name__)
                     continue
-                cache_ms = self.settings[3]
-                late = bool(self.late_default != "policies" and env["records_end_ms"] and env["source_timestamp_ms"]
-                            and env["source_timestamp_ms"] - env["records_end_ms"] > cache_ms)
-                if self._index(partition).add(key, int(env.get("records", 0)), now_ms, late=late):
+                index = self._index(partition)
+                sent_ms = env["source_timestamp_ms"]
+                for part, n, end_ms in parts:
+                    if part in index.stored:
+                        continue  # buffered already (a record delivered again)
+                    late = bool(self.late_default != "policies" and end_ms and sent_ms and sent_ms - end_ms > cache_ms)
+                    if index.add(part, n, now_ms, late=late):
+                        index.store(part, key, pending=True)
+                if index.pending.get(key):
                     self.parts.apply_local(partition, key, value)
-                else:
+                else:  # written already, sent again by a router that crashed before its ack
                     copies.append(key)
-            if copies:  # parts written already, sent again by a router that crashed before its ack
+            if copies:
                 m.STAGE_CHANGES.labels("tail", "duplicate_part").inc(len(copies))
                 await self.parts.put({}, copies)
             self._gauges()
@@ -215,29 +268,56 @@ class TailWorker:
                 await self._decide(partition, index, due, now_ms)
             expired = index.expired_decisions(now_ms)
             if expired:
-                await self.state.put({}, [f"d/{t}" for t in expired])
-                for t in expired:
-                    index.forget_decision(t)
+                empty = [record for t in expired for record in index.forget_decision(t)]
+                if empty:
+                    await self.state.put({}, empty)
         self._gauges()
 
     def _gauges(self) -> None:
         m.BUFFERED_TRACES.set(sum(i.in_flight() for i in self.indexes.values()))
         m.BUFFERED_SPANS.set(sum(i.buffered_spans() for i in self.indexes.values()))
 
-    def _decode(self, keys: list[str]) -> tuple[ColumnBatch | None, ColumnBatch | None, list[DeadLetter],
-                                                 dict[str, list[RawMessage]]]:
-        """On the blocking thread: the parts' rows through the worker's stages (and the part
-        messages, which the rows' ``ORIGIN`` indices name, per signal)."""
-        msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
+    def _sources(self, index: TailIndex, keys: list[str]) -> list[tuple[str, list[str]]]:
+        """The records on the topic holding these parts, in order of first mention, each with the
+        parts wanted of it."""
+        out: dict[str, list[str]] = {}
         for key in keys:
-            value = self.parts.get(key)
+            record = index.stored.get(key)
+            if record is not None:
+                out.setdefault(record, []).append(key)
+        return [(record, wanted) for record, wanted in out.items() if self.parts.get(record) is not None]
+
+    def _decode(self, sources: list[tuple[str, list[str]]]) -> tuple[ColumnBatch | None, ColumnBatch | None,
+                                                                      list[DeadLetter], dict[str, list[RawMessage]]]:
+        """On the blocking thread: the parts' rows through the worker's stages (and the messages
+        decoded, which the rows' ``ORIGIN`` indices name, per signal). The wanted parts of one record
+        are decoded as one request, their payloads joined (a protobuf request's repeated fields
+        concatenate), up to ``CONCAT_MAX_BYTES`` each: one message per source message, not per trace."""
+        msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
+        for record, wanted in sources:
+            value = self.parts.get(record)
             if value is None:
                 continue
-            env = decode_envelope(value)
-            _, signal = parse_part_key(key)
-            msgs[signal].append(RawMessage(topic=env["source_topic"], partition=env["source_partition"],
-                                           offset=env["source_offset"], value=env["payload"],
-                                           headers=(PROTOBUF_HEADER,), timestamp_ms=env["source_timestamp_ms"]))
+            _, signal = parse_part_key(wanted[0])
+            if record.startswith("c/"):
+                env = decode_envelope(value)
+                payloads = [env["payload"]]
+            else:
+                env = decode_traces_envelope(value)
+                by_trace = {e["trace_id"]: e["payload"] for e in env["traces"]}
+                payloads = [p for p in (by_trace.get(parse_part_key(k)[0]) for k in wanted) if p is not None]
+            chunks: list[list[bytes]] = []
+            size = CONCAT_MAX_BYTES
+            for payload in payloads:
+                if size + len(payload) > CONCAT_MAX_BYTES:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(payload)
+                size += len(payload)
+            for chunk in chunks:
+                msgs[signal].append(RawMessage(topic=env["source_topic"], partition=env["source_partition"],
+                                               offset=env["source_offset"], value=b"".join(chunk),
+                                               headers=(PROTOBUF_HEADER,), timestamp_ms=env["source_timestamp_ms"]))
         spans = self.stages.run("traces", msgs["traces"]) if msgs["traces"] else None
         logs = self.stages.run("logs", msgs["logs"]) if msgs["logs"] else None
         dead = (spans.dead_letters if spans else []) + (logs.dead_letters if logs else [])
@@ -246,33 +326,35 @@ class TailWorker:
 
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
         keys = [k for t in due for k in index.traces[t].parts]
-        spans, logs, dead, msgs = await self.run_blocking(self._decode, keys)
+        sources = self._sources(index, keys)
+        spans, logs, dead, msgs = await self.run_blocking(self._decode, sources)
         undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
         fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
                      if why == "late_default"}
         decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh | defaulted
-        keys_of: dict[str, list[str]] = {}
-        for t in due:
-            keys_of[t] = list(index.traces[t].parts)
-        decisions = {t: d.with_parts(keys_of.get(t, [])) for t, d in decisions.items()}
+        decisions = {t: d.with_parts(index.traces[t].parts) for t, d in decisions.items()}
         for t, reason in due.items():
             m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
         spec = {"parts": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
-        round_key = f"b/{partition}/{uuid.uuid4().hex}"
-        sets = {round_key: orjson.dumps(spec)}
-        sets.update({f"d/{t}": orjson.dumps(d.as_dict()) for t, d in decisions.items()})
-        await self.state.put(sets)  # (1) the round, before any of its rows
-        await self._write_round(partition, round_key, spec, now_ms, redo=False, decoded=(spans, logs, dead, msgs))
+        round_id = f"{partition}/{uuid.uuid4().hex}"
+        # (1) the round and its decisions, before any of its rows: two records, whatever the traces
+        await self.state.put({f"b/{round_id}": orjson.dumps(spec),
+                              f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
+        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False,
+                                decoded=(spans, logs, dead, msgs), sources=sources)
         for t, d in decisions.items():
-            index.remember(t, d)
+            index.remember(t, d, record=f"d/{round_id}")
         index.late.difference_update(defaulted)
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
-                           decoded: tuple | None = None) -> None:
-        keys = [k for k in round_parts(spec) if self.parts.get(k) is not None]
+                           decoded: tuple | None = None, sources: list[tuple[str, list[str]]] | None = None) -> None:
+        index = self._index(partition)
+        if sources is None:
+            sources = self._sources(index, round_parts(spec))
+        keys = [k for _, wanted in sources for k in wanted]
         if decoded is None:
-            decoded = await self.run_blocking(self._decode, keys)
+            decoded = await self.run_blocking(self._decode, sources)
         spans, logs, dead, msgs = decoded
         decisions = {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
         batches, counts = assemble(decisions, set(spec["new"]), spans, logs, self.keep_log_severity)
@@ -288,11 +370,12 @@ class TailWorker:
             await self.dead_letters(dead)
         for (stage, reason), n in counts.items():
             m.STAGE_CHANGES.labels(stage, reason).inc(n)
-        await self.parts.put({}, keys)  # (3) the parts are done, and so is the round
+        # (3) records with nothing more to write are done, and so is the round
+        await self.parts.put({}, index.completed_by(keys))
         await self.state.put({}, [round_key])
-        index = self._index(partition)
-        index.remove(keys)
+        index.finish(keys)
         if redo:
+            record = "d/" + round_key[2:]
             for t, d in decisions.items():
-                index.remember(t, d)
+                index.remember(t, d, record=record if self.state.get(record) is not None else None)
             log.warning("tail partition %d: redid round %s (%d parts)", partition, round_key, len(keys))

@@ -4,7 +4,16 @@ The pieces here are pure; ``streams.agents.app`` wires them to Kafka and ClickHo
 
 - ``part_key`` names one routed part: the spans (or logs) of one trace from one source message,
   ``c/<trace>/<t|l>/<source topic>/<partition>/<offset>``. Parts live on the compacted routed topic
-  until their trace is decided, so the buffer survives a crash with no extra copy.
+  until their trace is decided, so the buffer survives a crash with no extra copy. The router
+  stores them in bulk: one record per (source message, signal, tail partition), keyed
+  ``bulk_key`` = ``m/<route>/<t|l>/<source topic>/<partition>/<offset>``, holding the parts of every
+  trace of that message routed there; a record of a single part keyed by its part key is the
+  older form, still read (and what the router sends when a bulk record is too large for the
+  topic). A part's name is the same whichever record holds it, so decisions find it either way.
+- The index knows which record holds each part (``store``) and which parts of a record are still
+  to be written (``pending``); ``finish`` says which records hold nothing more to write, so their
+  tombstones can go. A decision is kept while a record holding one of its parts lives: a restore
+  must recognise that part as written.
 - ``TailIndex`` knows, per trace in flight, its parts, when the last one arrived and how many spans
   it holds, and which traces were decided recently (the decision cache). ``due()`` says which
   traces to decide now and why: ``wait`` (``decision_wait`` after the last part), ``decided`` (late
@@ -42,6 +51,21 @@ def parse_part_key(key: str) -> tuple[str, str]:
     """(trace id or "-", "traces" | "logs")."""
     _, trace_id, kind, _ = key.split("/", 3)
     return trace_id, "traces" if kind == "t" else "logs"
+
+
+def bulk_key(route: int, signal: str, topic: str, partition: int, offset: int) -> str:
+    return f"m/{route}/{signal[0]}/{topic}/{partition}/{offset}"
+
+
+def parse_bulk_key(key: str) -> tuple[int, str, str, int, int]:
+    """(route, "traces" | "logs", source topic, partition, offset); ValueError when it is not one."""
+    kind, route, signal, topic, partition, offset = key.split("/")
+    if kind != "m" or signal not in ("t", "l") or not topic:
+        raise ValueError("not a bulk key")
+    for number in (route, partition, offset):
+        if not number.isascii() or not number.isdigit() or len(number) > 19:
+            raise ValueError("not a bulk key")
+    return int(route), "traces" if signal == "t" else "logs", topic, int(partition), int(offset)
 
 
 @dataclass
@@ -87,16 +111,74 @@ class TailIndex:
         self.decisions: dict[str, Decision] = {}
         self.done: dict[str, str] = {}  # part key → trace, for the parts of cached decisions
         self.late: set[str] = set()  # traces whose parts came after their decision left the cache
+        self.stored: dict[str, str] = {}  # part key → the key of the record holding it
+        self.members: dict[str, set[str]] = {}  # record key → its parts
+        self.pending: dict[str, set[str]] = {}  # record key → its parts not written yet
+        self.records: dict[str, set[str]] = {}  # decision record key → the traces it decides
+        self.record_of: dict[str, set[str]] = {}  # trace → its decision records
 
-    def remember(self, trace_id: str, decision: Decision) -> None:
+    def remember(self, trace_id: str, decision: Decision, record: str | None = None) -> None:
+        """A decision, recorded under ``record`` (a round's ``d/<partition>/<round>``, or an older
+        ``d/<trace>``); a trace decided again for late parts has its parts merged."""
+        known = self.decisions.get(trace_id)
+        if known is not None and known.parts != decision.parts:
+            decision = decision.with_parts(list(known.parts))
         self.decisions[trace_id] = decision
         self.done.update(dict.fromkeys(decision.parts, trace_id))
+        if record is not None:
+            self.records.setdefault(record, set()).add(trace_id)
+            self.record_of.setdefault(trace_id, set()).add(record)
 
-    def forget_decision(self, trace_id: str) -> None:
+    def forget_decision(self, trace_id: str) -> list[str]:
+        """Forget a decision; returns the decision records that decide nothing more (to delete)."""
         decision = self.decisions.pop(trace_id, None)
         if decision is not None:
             for key in decision.parts:
                 self.done.pop(key, None)
+        empty = []
+        for record in sorted(self.record_of.pop(trace_id, ())):
+            traces = self.records.get(record)
+            if traces is not None:
+                traces.discard(trace_id)
+                if not traces:
+                    del self.records[record]
+                    empty.append(record)
+        return empty
+
+    def store(self, key: str, record: str, pending: bool) -> None:
+        """Part ``key`` is held by ``record``; ``pending`` while it is still to be written."""
+        self.stored[key] = record
+        self.members.setdefault(record, set()).add(key)
+        if pending:
+            self.pending.setdefault(record, set()).add(key)
+
+    def drop_record(self, record: str) -> None:
+        """A record that holds nothing to write (its tombstone is sent)."""
+        for key in self.members.pop(record, ()):
+            self.stored.pop(key, None)
+        self.pending.pop(record, None)
+
+    def completed_by(self, keys: list[str]) -> list[str]:
+        """The records that hold nothing more to write once these parts are written."""
+        written = set(keys)
+        out: list[str] = []
+        for key in keys:
+            record = self.stored.get(key)
+            if record is not None and record not in out and self.pending.get(record, set()) <= written:
+                out.append(record)
+        return out
+
+    def finish(self, keys: list[str]) -> list[str]:
+        """Parts written: out of the buffer, and the records they complete forgotten (returned)."""
+        complete = self.completed_by(keys)
+        self.remove(keys)
+        for key in keys:
+            record = self.stored.get(key)
+            if record in self.pending:
+                self.pending[record].discard(key)
+        for record in complete:
+            self.drop_record(record)
+        return complete
 
     def add(self, key: str, records: int, now_ms: int, late: bool = False) -> bool:
         """Index a part; False when it was written already (a copy the router sent again after a crash)."""
@@ -162,8 +244,8 @@ class TailIndex:
         for trace_id, decision in self.decisions.items():
             if now_ms - decision.decided_ms <= self.cache_ms:
                 break
-            if trace_id not in self.traces:
-                out.append(trace_id)
+            if trace_id not in self.traces and not any(key in self.stored for key in decision.parts):
+                out.append(trace_id)  # (a part still on the topic in a record with others must stay known)
         return out
 
 

@@ -99,3 +99,179 @@ def test_late_parts_get_the_configured_default_and_no_second_summary():
     assert written == []  # decided at the next tick, by the default (drop), without waiting
     [decision] = [v for recs in state_topic.records.values() for k, v in recs.items() if k.startswith("d/")]
     assert b'"policy":"late_default"' in decision and b'"keep":false' in decision
+
+
+# ---------------------------------------------------------------- bulk records (one per message and route)
+
+from streams.agents.routing import encode_traces_envelope  # noqa: E402
+from streams.stages.tail import bulk_key  # noqa: E402
+
+
+def _request_with_traces(trace_ids, spans_each=2):
+    request = traces_request(spans_each * len(trace_ids))
+    spans = request.resource_spans[0].scope_spans[0].spans
+    for i, span in enumerate(spans):
+        span.trace_id = trace_ids[i // spans_each]
+    return request
+
+
+def _traces_routed_to(partition, n, partitions=3, salt=0):
+    out, i = [], 0
+    while len(out) < n:
+        trace = (i + salt * 1_000_003).to_bytes(16, "big")
+        if part_partition(partitions)(part_key(trace.hex(), "traces", "otlp_spans", 0, 0)) == partition:
+            out.append(trace)
+        i += 1
+    return out
+
+
+def bulk_records(source, partitions=3):
+    """What the router puts on the tail topic for one source message: one record per route."""
+    routes = {}
+    for trace_id, (payload, n, end_ms) in split_by_trace("traces", source, "otlp_proto").items():
+        route = part_partition(partitions)(part_key(trace_id, "traces", source.topic, source.partition, source.offset))
+        routes.setdefault(route, []).append((trace_id, payload, n, end_ms))
+    return [(route, bulk_key(route, "traces", source.topic, source.partition, source.offset),
+             encode_traces_envelope("traces", source, route, traces)) for route, traces in sorted(routes.items())]
+
+
+def _put(topic, records):
+    for p, key, value in records:
+        topic.records.setdefault(p, {})[key] = value
+
+
+def _spans_written(written):
+    return sum(n for _, table, n in written if table == "otel_traces")
+
+
+def test_a_bulk_record_stays_until_every_trace_in_it_is_written_and_nothing_is_written_twice():
+    a, b = _traces_routed_to(1, 2)
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    first_msg = RawMessage("otlp_spans", 0, 7, _request_with_traces([a, b]).SerializeToString())
+    records = bulk_records(first_msg)
+    assert [p for p, _, _ in records] == [1]  # both traces in one record
+    _put(parts_topic, records)
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    # trace b gets another part from a later message before a is due: b is decided later than a
+    later = RawMessage("otlp_spans", 0, 8, _request_with_traces([b]).SerializeToString())
+    later_records = bulk_records(later)
+    _put(parts_topic, later_records)
+    asyncio.run(worker.take([(p, 2, key, value) for p, key, value in later_records], now_ms=900))
+    asyncio.run(worker.tick(now_ms=1500))  # a is due, b is not
+    assert _spans_written(written) == 2
+    assert records[0][1] in parts_topic.records[1]  # b still needs the record: no tombstone
+    assert not any(k.startswith("b/") for recs in state_topic.records.values() for k in recs)
+
+    restarted_written: list = []
+    restarted = make_worker(parts_topic, state_topic, restarted_written)
+    asyncio.run(restarted.ensure({0, 1, 2}, now_ms=2000))
+    assert set(restarted.indexes[1].traces) == {b.hex()}  # a is known as written
+    asyncio.run(restarted.tick(now_ms=5000))
+    assert _spans_written(restarted_written) == 4  # b's two messages, once
+    assert not parts_topic.records[1]  # every record done
+    asyncio.run(restarted.tick(now_ms=5000 + 61_000))  # past the cache: the round records go
+    assert not any(recs for recs in state_topic.records.values())
+
+
+def test_a_decision_stays_cached_while_a_record_with_its_part_lives():
+    a, b = _traces_routed_to(2, 2, salt=1)
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    first = RawMessage("otlp_spans", 0, 7, _request_with_traces([a, b]).SerializeToString())
+    records = bulk_records(first)
+    _put(parts_topic, records)
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    # b keeps receiving parts, so it is never due; a is decided at once
+    for i in range(70):
+        more = RawMessage("otlp_spans", 0, 100 + i, _request_with_traces([b], spans_each=1).SerializeToString())
+        more_records = bulk_records(more)
+        _put(parts_topic, more_records)
+        asyncio.run(worker.take([(p, 10 + i, key, value) for p, key, value in more_records], now_ms=1000 * i + 500))
+        asyncio.run(worker.tick(now_ms=1000 * i + 1000))
+    index = worker.indexes[2]
+    assert a.hex() in index.decisions  # 70 s later, past the 60 s cache: still known, the record lives
+    again: list = []
+    restarted = make_worker(parts_topic, state_topic, again)
+    asyncio.run(restarted.ensure({0, 1, 2}, now_ms=71_000))
+    assert a.hex() not in restarted.indexes[2].traces
+    asyncio.run(restarted.tick(now_ms=200_000))  # b decided at last (overflow of max_spans is 1000)
+    assert _spans_written(written) + _spans_written(again) == 2 + 2 + 70
+    asyncio.run(restarted.tick(now_ms=400_000))
+    assert not parts_topic.records[2] and not any(recs for recs in state_topic.records.values())
+
+
+def test_a_record_sent_again_after_it_was_written_is_dropped_and_one_part_in_two_forms_is_written_once():
+    [a] = _traces_routed_to(0, 1, salt=2)
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    source = RawMessage("otlp_spans", 0, 7, _request_with_traces([a]).SerializeToString())
+    records = bulk_records(source)
+    # the same part as a single-part record (what a router sends when the bulk record is too large)
+    [(trace_id, (payload, n, end_ms))] = split_by_trace("traces", source, "otlp_proto").items()
+    single = (0, part_key(trace_id, "traces", "otlp_spans", 0, 7),
+              encode_envelope("traces", source, 0, payload, n, trace_id, end_ms))
+    _put(parts_topic, records + [single])
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(p, i, key, value) for i, (p, key, value) in enumerate(records + [single])], now_ms=0))
+    assert single[1] not in parts_topic.records[0]  # the second form is a copy: cleared at once
+    asyncio.run(worker.tick(now_ms=2000))
+    assert _spans_written(written) == 2 and not parts_topic.records[0]
+    _put(parts_topic, records)  # the router crashed before its ack and routes the message again
+    asyncio.run(worker.take([(p, 50, key, value) for p, key, value in records], now_ms=3000))
+    asyncio.run(worker.tick(now_ms=6000))
+    assert _spans_written(written) == 2 and not parts_topic.records[0]
+
+
+def test_a_crash_inside_a_round_of_bulk_records_is_redone_with_the_same_tokens():
+    traces = _traces_routed_to(1, 3, salt=3)
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    records = bulk_records(RawMessage("otlp_spans", 0, 7, _request_with_traces(traces).SerializeToString()))
+    _put(parts_topic, records)
+    first_written: list = []
+    first = make_worker(parts_topic, state_topic, first_written, crash_after=1)
+    asyncio.run(first.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    with pytest.raises(Crash):
+        asyncio.run(first.tick(now_ms=5000))
+    again_written: list = []
+    again = make_worker(parts_topic, state_topic, again_written)
+    asyncio.run(again.ensure({0, 1, 2}, now_ms=6000))
+    assert again_written[0] == first_written[0]  # same token, same rows: ClickHouse drops the copy
+    assert {t for _, t, _ in again_written} == {"otel_traces", "otel_trace_summary"}
+    assert not parts_topic.records[1]
+    asyncio.run(again.tick(now_ms=20_000))
+    assert len(again_written) == 2
+
+
+@pytest.mark.parametrize("mangle", ["route", "trace_elsewhere", "not_hex", "coordinates", "garbage", "bad_key"])
+def test_records_that_are_not_ours_on_the_tail_topic_are_skipped(mangle):
+    [a] = _traces_routed_to(1, 1, salt=4)
+    [elsewhere] = _traces_routed_to(0, 1, salt=4)
+    source = RawMessage("otlp_spans", 0, 7, _request_with_traces([a]).SerializeToString())
+    [(route, key, value)] = bulk_records(source)
+    payload, n, end_ms = split_by_trace("traces", source, "otlp_proto")[a.hex()]
+    if mangle == "route":
+        key = bulk_key(2, "traces", "otlp_spans", 0, 7)
+    elif mangle == "trace_elsewhere":
+        value = encode_traces_envelope("traces", source, 1, [(elsewhere.hex(), payload, n, end_ms)])
+    elif mangle == "not_hex":
+        value = encode_traces_envelope("traces", source, 1, [("a/b/" + "0" * 28, payload, n, end_ms)])
+    elif mangle == "coordinates":
+        value = encode_traces_envelope("traces", RawMessage("otlp_spans", 0, 8, b""), 1, [(a.hex(), payload, n, 0)])
+    elif mangle == "garbage":
+        value = b"\xff" * 40
+    else:
+        key = "m/1/t/otlp_spans/0"
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(1, 1, key, value)], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert written == [] and not worker.indexes[1].traces
+    # and a restore that finds it clears it
+    parts_topic.records.setdefault(1, {})[key] = value
+    restored = make_worker(parts_topic, state_topic, written)
+    asyncio.run(restored.ensure({1}, now_ms=0))
+    assert written == [] and not restored.indexes[1].traces
