@@ -413,6 +413,11 @@ impl NativeBlock {
         Ok(())
     }
 
+    /// Whether the messages held text the block does not keep (a resource's entity references).
+    fn holds_unkept_text(&self) -> bool {
+        self.block.unkept_text
+    }
+
     /// Whether any row has a trace state.
     fn any_trace_state(&self) -> bool {
         !self.block.trace_state.data.is_empty()

@@ -26,7 +26,8 @@ from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
-from streams.stages.redact_otlp import redact_request
+from streams.otlp.decode import choose_encoding
+from streams.stages.redact_otlp import redact_request, redaction_needed
 from streams.stages.tail import bulk_key, part_key
 
 
@@ -119,6 +120,15 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
     return send, pieces
 
 
+def _redaction(redact: Callable[[Any], Any] | None, labels: Any, signal: str, raw: RawMessage, k: Any, w: Any
+               ) -> Callable[[Any], Any] | None:
+    """``redact``, unless the native core shows the message holds nothing it would change."""
+    if (redact is not None and choose_encoding(raw, k.encoding_for(raw.topic)) == "otlp_proto"
+            and not redaction_needed(labels, signal, raw.value, w.max_message_bytes)):
+        return None
+    return redact
+
+
 def _tail_record(tail_topic: faust.TopicT, signal: str, raw: RawMessage, route: int,
                  traces: list[tuple[str, bytes, int, int]]) -> tuple[Callable[[], Awaitable[Any]], Callable[[], list]]:
     """The send of one tail record (the parts of ``raw``'s traces routed to ``route``), and, if the
@@ -182,7 +192,8 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
             raw = raw_message(event)
             raws.append(raw)
             parts, letter = _refusal(raw, w.max_message_bytes,
-                                     lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic), redact))
+                                     lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic),
+                                                            _redaction(redact, labels, signal, raw, k, w)))
             if letter is not None:
                 dead.append(letter)
                 ack_now.append(event)
