@@ -222,7 +222,7 @@ def json_seeds() -> dict[str, bytes]:
 
 
 def envelope_seeds() -> dict[str, bytes]:
-    from streams.agents.routing import encode_envelope, split_by_trace
+    from streams.agents.routing import encode_envelope, route_partition, split_by_trace
     from streams.otlp.batch import RawMessage
 
     seeds = {}
@@ -242,6 +242,19 @@ def envelope_seeds() -> dict[str, bytes]:
     seeds["empty"] = b""
     seeds["bad_enum"] = b"\x10" + seeds["metrics"][1:]  # signal index 8
     seeds["huge_length"] = b"\x00" + b"\xfe\xff\xff\xff\x0f" + b"x" * 8  # a string length of 2^31 - 1
+    # bulk records (every trace of one source message routed to one partition), as the fuzz target
+    # keys them: the fuzz message's coordinates, its trace
+    from streams.agents.routing import encode_traces_envelope
+
+    trace = "5b8efff798038103d269b633813fc60c"
+    fuzz_spans = RawMessage("fuzz", 0, 7, traces_request(2).SerializeToString(), timestamp_ms=1_700_000_000_000)
+    [(_, (payload, n, end))] = split_by_trace("traces", fuzz_spans, "otlp_proto").items()
+    route = route_partition(trace, 3)
+    seeds["bulk_traces"] = encode_traces_envelope("traces", fuzz_spans, route, [(trace, payload, n, end)])
+    fuzz_logs = RawMessage("fuzz", 0, 7, logs_request().SerializeToString(), timestamp_ms=None)
+    [(_, (payload, n, end))] = split_by_trace("logs", fuzz_logs, "otlp_proto").items()
+    seeds["bulk_logs"] = encode_traces_envelope("logs", fuzz_logs, route, [(trace, payload, n, end)])
+    seeds["bulk_bad_payload"] = encode_traces_envelope("traces", fuzz_spans, route, [(trace, b"\x0b" * 50, 1, 0)])
     return seeds
 
 

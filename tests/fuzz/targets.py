@@ -39,7 +39,7 @@ from streams.stages.label_policy import parse_policy
 from streams.stages.labels import LabelStage
 from streams.stages.pipeline import Stages
 from streams.stages.sampling import HeadRates, HeadSampler
-from streams.stages.tail import part_key
+from streams.stages.tail import bulk_key, part_key
 from streams.stages.tail_policies import parse_policies
 from tests.standins import StateStandIn, TopicStandIn
 
@@ -327,9 +327,17 @@ def _part(env: dict[str, Any] | None, first: bool) -> tuple[str, int, str]:
     return key, part_partition(TAIL_PARTITIONS)(key), "policies" if first else "keep"
 
 
-def tail_on_arrival(data: bytes, env: dict[str, Any] | None, first: bool, loop: asyncio.AbstractEventLoop) -> None:
+def _bulk_part(first: bool) -> tuple[str, int, str]:
+    """(key, partition, late_default) of a bulk record of the fuzz message (``m/``: every trace of
+    one source message routed to one partition): traces first, then logs."""
+    partition = part_partition(TAIL_PARTITIONS)(part_key(_TRACE, "traces", "fuzz", 0, 7))
+    return (bulk_key(partition, "traces" if first else "logs", "fuzz", 0, 7), partition,
+            "policies" if first else "keep")
+
+
+def tail_on_arrival(data: bytes, part: tuple[str, int, str], loop: asyncio.AbstractEventLoop) -> None:
     """The record arrives on the routed topic; a round once it is due."""
-    key, partition, late_default = _part(env, first)
+    key, partition, late_default = part
     written: list = []
     dead: list = []
     worker = _tail_worker(TopicStandIn(), written, dead, late_default)
@@ -338,9 +346,9 @@ def tail_on_arrival(data: bytes, env: dict[str, Any] | None, first: bool, loop: 
     _check_tail_round(written, dead, 1)
 
 
-def tail_restored(data: bytes, env: dict[str, Any] | None, first: bool, loop: asyncio.AbstractEventLoop) -> None:
+def tail_restored(data: bytes, part: tuple[str, int, str], loop: asyncio.AbstractEventLoop) -> None:
     """The record is on the routed topic when a worker (re)starts: restored, then a round."""
-    key, partition, late_default = _part(env, first)
+    key, partition, late_default = part
     topic = TopicStandIn()
     topic.records[partition] = {key: data}
     written: list = []
@@ -364,13 +372,15 @@ def envelope_of(data: bytes) -> dict[str, Any] | None:
 
 def check_envelope(data: bytes) -> None:
     """decode_envelope raises BadMessage only; the tail worker takes the record (on arrival, and
-    restored after a restart, envelope or not) through a round without raising."""
+    restored after a restart, envelope or not), as one part or as a bulk record, through a round
+    without raising."""
     env = envelope_of(data)
     loop = asyncio.new_event_loop()
     try:
         for first in (True, False):
-            tail_on_arrival(data, env, first, loop)
-            tail_restored(data, env, first, loop)
+            for part in (_part(env, first), _bulk_part(first)):
+                tail_on_arrival(data, part, loop)
+                tail_restored(data, part, loop)
     finally:
         loop.close()
 
