@@ -307,9 +307,9 @@ class TailWorker:
                 by_trace = {e["trace_id"]: e["payload"] for e in env["traces"]}
                 payloads = [p for p in (by_trace.get(parse_part_key(k)[0]) for k in wanted) if p is not None]
             chunks: list[list[bytes]] = []
-            size = CONCAT_MAX_BYTES
+            size = 0
             for payload in payloads:
-                if size + len(payload) > CONCAT_MAX_BYTES:
+                if not chunks or size + len(payload) > CONCAT_MAX_BYTES:
                     chunks.append([])
                     size = 0
                 chunks[-1].append(payload)
