@@ -112,22 +112,25 @@ def halve_metrics(payload: bytes) -> list[bytes] | None:
     return [parts[False].SerializeToString(), parts[True].SerializeToString()]
 
 
-def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
-                    trace_id: str = "", records_end_ms: int = 0) -> bytes:
+def _avro(schema: Any, signal: str, message: RawMessage, route: int, **fields: Any) -> bytes:
+    """An envelope: the source coordinates every routed record carries, and ``fields``."""
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, ROUTED_SCHEMA, {
+    fastavro.schemaless_writer(buf, schema, {
         "signal": signal,
         "source_topic": message.topic,
         "source_partition": message.partition,
         "source_offset": message.offset,
         "source_timestamp_ms": message.timestamp_ms,
         "route": route,
-        "payload": payload,
-        "records": records,
-        "trace_id": trace_id,
-        "records_end_ms": records_end_ms,
+        **fields,
     })
     return buf.getvalue()
+
+
+def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes, records: int = 0,
+                    trace_id: str = "", records_end_ms: int = 0) -> bytes:
+    return _avro(ROUTED_SCHEMA, signal, message, route, payload=payload, records=records, trace_id=trace_id,
+                 records_end_ms=records_end_ms)
 
 
 def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
@@ -159,18 +162,9 @@ def encode_traces_envelope(signal: str, message: RawMessage, route: int,
                            traces: list[tuple[str, bytes, int, int]]) -> bytes:
     """The tail topic's record of one source message and one route: (trace id, payload, records,
     records end ms) per trace, in order (``schemas/avro/routed_traces.avsc``)."""
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, TRACES_SCHEMA, {
-        "signal": signal,
-        "source_topic": message.topic,
-        "source_partition": message.partition,
-        "source_offset": message.offset,
-        "source_timestamp_ms": message.timestamp_ms,
-        "route": route,
-        "traces": [{"trace_id": t, "records": n, "records_end_ms": end_ms, "payload": payload}
-                   for t, payload, n, end_ms in traces],
-    })
-    return buf.getvalue()
+    return _avro(TRACES_SCHEMA, signal, message, route,
+                 traces=[{"trace_id": t, "records": n, "records_end_ms": end_ms, "payload": payload}
+                         for t, payload, n, end_ms in traces])
 
 
 def decode_traces_envelope(value: bytes) -> dict[str, Any]:
