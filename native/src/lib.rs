@@ -446,6 +446,13 @@ impl NativeBlock {
         self.block.apply_head(&heads).map_err(PyValueError::new_err)
     }
 
+    /// Tail sampling: keep the rows whose flag is set, each kept row's SampleWeight (1 where none
+    /// was set) multiplied by its factor (1 / the tail probability). Returns rows dropped.
+    fn apply_tail(&mut self, keep: Vec<bool>, factors: Vec<f64>) -> PyResult<usize> {
+        self.spans_only("apply_tail")?;
+        self.block.apply_tail(&keep, &factors).map_err(PyValueError::new_err)
+    }
+
     /// [(service name, rows)]: the distinct services of the rows, in the order first seen (what
     /// head sampling of log records decides a threshold for).
     fn services<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {

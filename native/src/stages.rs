@@ -234,6 +234,25 @@ impl Block {
         Ok(dropped)
     }
 
+    /// Tail sampling's decisions: keep the rows whose flag is set, each kept row's SampleWeight
+    /// (1 where none was set) multiplied by its factor. Returns how many rows were dropped.
+    pub fn apply_tail(&mut self, keep: &[bool], factors: &[f64]) -> Result<usize, String> {
+        let rows = self.rows();
+        if keep.len() != rows || factors.len() != rows {
+            return Err(format!("{} flags and {} factors for {} rows", keep.len(), factors.len(), rows));
+        }
+        let weights: Vec<f64> = (0..rows)
+            .filter(|&i| keep[i])
+            .map(|i| self.sample_weight.as_ref().map_or(1.0, |w| w[i]) * factors[i])
+            .collect();
+        let dropped = rows - weights.len();
+        if dropped > 0 {
+            self.retain_rows(keep);
+        }
+        self.sample_weight = Some(weights);
+        Ok(dropped)
+    }
+
     /// The distinct service names of the rows, with their row counts, and each row's group: what
     /// head sampling of log records decides for (a threshold per service).
     pub fn services(&self) -> (Vec<(&[u8], u64)>, Vec<u32>) {

@@ -142,6 +142,30 @@ class NativeBatch(ColumnBatch):
     def column_names(self) -> list[str]:
         return list(self._names)
 
+    def columns_of(self, names: Iterable[str]) -> dict[str, list[Any]]:
+        """Python columns of ``names`` alone (those the batch has), without making the others: what a
+        stage that reads a few columns asks for (tail sampling's policies)."""
+        if self._columns is not None:
+            return {name: self._columns[name] for name in names if name in self._columns}
+        out: dict[str, list[Any]] = {name: [] for name in names if name in self._names}
+        for block, _ in self.parts:
+            for name, values in block.to_columns(list(out)).items():
+                out[name].extend(values)
+        return out
+
+    def apply_tail(self, keep: Sequence[bool], factors: Sequence[float]) -> "NativeBatch":
+        """Tail sampling's decisions, one flag and one weight factor per row in order, applied by the
+        blocks (``NativeBlock.apply_tail``: the rows whose flag is set stay, their SampleWeight
+        multiplied by the factor). The blocks change: the batch they came in is spent."""
+        if len(keep) != len(self) or len(factors) != len(self):
+            raise ValueError(f"{len(keep)} flags and {len(factors)} factors for {len(self)} rows")
+        start = 0
+        for block, _ in self.parts:
+            stop = start + len(block)
+            block.apply_tail(list(keep[start:stop]), list(factors[start:stop]))
+            start = stop
+        return NativeBatch(self.parts, self.source, self.table)
+
     def insert_columns(self) -> list[list[Any]]:
         columns = self._python_columns()
         return [columns[name] for name in self._names]

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from streams.otlp.batch import ColumnBatch
+from streams.otlp.native import NativeBatch
 from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceView, Verdict, evaluate
 
 SUMMARY_TABLE = "otel_trace_summary"
@@ -252,16 +253,47 @@ class TailIndex:
 # ------------------------------------------------------------------ deciding and assembling rows
 
 
-def _rows_by_trace(batch: ColumnBatch | None) -> dict[str, list[int]]:
+VIEW_COLUMNS = ("TraceId", "SpanId", "ParentSpanId", "ServiceName", "SpanName", "StatusCode", "Duration", "Timestamp")
+ATTRIBUTE_COLUMNS = ("SpanAttributes", "ResourceAttributes")
+ASSEMBLE_COLUMNS = ("TraceId", "SpanId", "SpanName", "SpanKind", "SampleWeight", "Timestamp", "Duration",
+                    "StatusCode")
+_PLAIN_POLICIES = frozenset({"always", "probabilistic", "status_code", "latency", "span_count", "rate_limiting"})
+_ATTRIBUTE_POLICIES = frozenset({"string_attribute", "numeric_attribute", "boolean_attribute"})
+
+
+def policy_columns(policies: tuple[TailPolicy, ...]) -> tuple[str, ...] | None:
+    """The span columns the policies read; None (every column) when one is of a type not known here."""
+    names = set(VIEW_COLUMNS)
+    todo = list(policies)
+    while todo:
+        policy = todo.pop()
+        if policy.type in _ATTRIBUTE_POLICIES:
+            names.update(ATTRIBUTE_COLUMNS)
+        elif policy.type in ("and", "composite"):
+            todo.extend(policy.policies)  # type: ignore[attr-defined]
+        elif policy.type not in _PLAIN_POLICIES:
+            return None
+    return tuple(sorted(names))
+
+
+def _columns(batch: ColumnBatch, names: tuple[str, ...] | None) -> Mapping[str, list[Any]]:
+    """The batch's Python columns of ``names`` (every column when None): a native batch makes only
+    those, so a policy that reads no attribute map costs no map."""
+    if names is not None and isinstance(batch, NativeBatch):
+        return batch.columns_of(names)
+    return batch.columns
+
+
+def _rows_by_trace(columns: Mapping[str, list[Any]] | None) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
-    if batch is not None:
-        for i, trace_id in enumerate(batch.columns["TraceId"]):
+    if columns is not None:
+        for i, trace_id in enumerate(columns["TraceId"]):
             out.setdefault(trace_id, []).append(i)
     return out
 
 
-def _view(trace_id: str, spans: ColumnBatch, rows: list[int]) -> TraceView:
-    cols = {name: [values[i] for i in rows] for name, values in spans.columns.items()}
+def _view(trace_id: str, columns: Mapping[str, list[Any]], rows: list[int]) -> TraceView:
+    cols = {name: [values[i] for i in rows] for name, values in columns.items()}
     root = next((k for k, parent in enumerate(cols["ParentSpanId"]) if not parent), None)
     return TraceView(trace_id, cols, root)
 
@@ -270,13 +302,14 @@ def decide(policies: tuple[TailPolicy, ...], trace_ids: list[str], spans: Column
            now_ms: int) -> dict[str, Decision]:
     """Decisions for traces not decided before, from the spans at hand (none: dropped)."""
     out: dict[str, Decision] = {}
-    by_trace = _rows_by_trace(spans)
+    columns = _columns(spans, policy_columns(policies)) if spans is not None and len(spans) else None
+    by_trace = _rows_by_trace(columns)
     for trace_id in trace_ids:
         rows = by_trace.get(trace_id)
-        if not rows or spans is None:
+        if not rows or columns is None:
             out[trace_id] = Decision(False, 1.0, "", now_ms)
             continue
-        view = _view(trace_id, spans, rows)
+        view = _view(trace_id, columns, rows)
         verdict: Verdict = evaluate(policies, view, limiter, now_ms // 1000)
         root_service = view.columns["ServiceName"][view.root] if view.root is not None else ""
         root_span = view.columns["SpanName"][view.root] if view.root is not None else ""
@@ -290,26 +323,31 @@ def assemble(decisions: dict[str, Decision], new: set[str], spans: ColumnBatch |
     """Rows to write for these traces' parts; ``new`` are the traces decided in this round."""
     counts: Counter = Counter()
     out: dict[str, ColumnBatch] = {}
-    span_rows = _rows_by_trace(spans)
+    scols: Mapping[str, list[Any]] = {}
     span_names: dict[tuple[str, str], tuple[str, str]] = {}
     if spans is not None and len(spans):
-        cols = spans.columns
-        keep_rows, weights = [], []
-        base_weights = cols.get("SampleWeight") or [1.0] * len(cols["TraceId"])
-        for i, (trace_id, span_id, name, kind) in enumerate(zip(cols["TraceId"], cols["SpanId"], cols["SpanName"],
-                                                                 cols["SpanKind"])):
+        scols = _columns(spans, ASSEMBLE_COLUMNS)
+        base_weights = scols.get("SampleWeight") or [1.0] * len(scols["TraceId"])
+        keep = [False] * len(scols["TraceId"])
+        factors = [1.0] * len(keep)
+        for i, (trace_id, span_id, name, kind) in enumerate(zip(scols["TraceId"], scols["SpanId"], scols["SpanName"],
+                                                                 scols["SpanKind"])):
             span_names[(trace_id, span_id)] = (name, kind)
             decision = decisions.get(trace_id)
             if decision is not None and decision.keep:
-                keep_rows.append(i)
-                weights.append(base_weights[i] * decision.weight)
-            else:
-                counts[("tail", "dropped_span")] += 1
-        if keep_rows:
-            batch = {name: [values[i] for i in keep_rows] for name, values in cols.items()}
-            batch["SampleWeight"] = weights
+                keep[i] = True
+                factors[i] = decision.weight
+        kept = sum(keep)
+        counts[("tail", "dropped_span")] += len(keep) - kept
+        counts[("tail", "kept_span")] += kept
+        if kept and isinstance(spans, NativeBatch):  # the blocks drop and weight the rows: no Python row
+            out["otel_traces"] = spans.apply_tail(keep, factors)
+        elif kept:
+            rows = [i for i, k in enumerate(keep) if k]
+            batch = {name: [values[i] for i in rows] for name, values in spans.columns.items()}
+            batch["SampleWeight"] = [base_weights[i] * factors[i] for i in rows]
             out["otel_traces"] = ColumnBatch("otel_traces", batch)
-        counts[("tail", "kept_span")] += len(keep_rows)
+    span_rows = _rows_by_trace(scols or None)
     log_counts: Counter = Counter()
     log_errors: Counter = Counter()
     if logs is not None and len(logs):
@@ -340,11 +378,10 @@ def assemble(decisions: dict[str, Decision], new: set[str], spans: ColumnBatch |
         rows = span_rows.get(trace_id)
         if not decision.keep or not rows or spans is None:
             continue
-        cols = spans.columns
-        starts = [cols["Timestamp"][i] for i in rows]
-        ends = [cols["Timestamp"][i] + cols["Duration"][i] for i in rows]
+        starts = [scols["Timestamp"][i] for i in rows]
+        ends = [scols["Timestamp"][i] + scols["Duration"][i] for i in rows]
         values = [trace_id, min(starts), max(ends) - min(starts), decision.root_service, decision.root_span, len(rows),
-                  sum(1 for i in rows if str(cols["StatusCode"][i]).lower() == "error"), log_counts[trace_id],
+                  sum(1 for i in rows if str(scols["StatusCode"][i]).lower() == "error"), log_counts[trace_id],
                   log_errors[trace_id], "keep", decision.policy, decision.weight, decision.decided_ms]
         for column, value in zip(SUMMARY_COLUMNS, values):
             summary[column].append(value)

@@ -1,0 +1,83 @@
+"""Tail rounds over native batches give the Python path's decisions and rows: the policies read only
+the columns they need from the blocks, and kept spans are dropped and weighted by the blocks."""
+
+import random
+
+import pytest
+
+from streams.otlp import native
+from streams.otlp.batch import RawMessage
+from streams.stages.pipeline import Stages
+from streams.stages.tail import ATTRIBUTE_COLUMNS, Decision, RateLimiter, assemble, decide, policy_columns
+from streams.stages.tail_policies import parse_policies
+from streams.tools.workload import Workload
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built (no cargo)")
+
+POLICIES = [
+    {"policies": [{"type": "status_code", "status_codes": ["Error"]}, {"type": "latency", "threshold_ms": 50},
+                  {"type": "probabilistic", "rate": 0.3}]},
+    {"policies": [{"type": "and", "policies": [{"type": "string_attribute", "key": "http.request.method",
+                                                "values": ["GET", "POST"]},
+                                               {"type": "probabilistic", "rate": 0.5}]},
+                  {"type": "span_count", "min_spans": 1000}]},
+]
+
+
+def _batches(seed):
+    workload = Workload(seed=seed, extra_attributes=2)
+    messages = []
+    for i in range(3):
+        spans, logs = workload.trace_requests(8)
+        messages.append(RawMessage("otlp_spans", 0, i, spans.SerializeToString()))
+    out = []
+    for on in (True, False):
+        stages = Stages(lambda topic: "otlp_proto", 1 << 24, None, native_spans=on)
+        out.append(stages.run("traces", messages).batches["otel_traces"])
+    native_batch, python_batch = out
+    assert type(native_batch).__name__ == "NativeBatch" and type(python_batch).__name__ == "ColumnBatch"
+    return native_batch, python_batch
+
+
+def _rows(batch):
+    cols = dict(batch.columns)
+    cols.pop("_origin", None)
+    names = sorted(cols)
+    return names, list(zip(*(cols[n] for n in names)))
+
+
+def test_policy_columns():
+    assert set(ATTRIBUTE_COLUMNS).isdisjoint(policy_columns(parse_policies(POLICIES[0])))
+    assert set(ATTRIBUTE_COLUMNS) <= set(policy_columns(parse_policies(POLICIES[1])))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("which", range(len(POLICIES)))
+def test_native_rounds_decide_and_write_what_the_python_path_does(seed, which):
+    policies = parse_policies(POLICIES[which])
+    native_batch, python_batch = _batches(seed)
+    traces = sorted(set(python_batch.columns["TraceId"]))
+    decided = [decide(policies, traces + ["f" * 32], batch, RateLimiter(), 10**12)
+               for batch in (native_batch, python_batch)]
+    assert decided[0] == decided[1]
+    kept_by = {d.policy for d in decided[0].values() if d.keep}
+    assert kept_by and len(kept_by) < len(decided[0])  # some kept, by a policy; not all
+    rng = random.Random(seed)
+    decisions = {t: Decision(rng.random() < 0.6, rng.choice([1.0, 2.0, 8.0]), "p", 5, "svc", "root") for t in traces}
+    new = set(rng.sample(traces, len(traces) // 2))
+    written = [assemble(decisions, new, batch, None, 13) for batch in (native_batch, python_batch)]
+    (native_out, native_counts), (python_out, python_counts) = written
+    assert native_counts == python_counts
+    assert set(native_out) == set(python_out) == {"otel_traces", "otel_trace_summary"}
+    assert type(native_out["otel_traces"]).__name__ == "NativeBatch"
+    assert _rows(native_out["otel_traces"]) == _rows(python_out["otel_traces"])
+    assert native_out["otel_traces"].origins() == list(python_out["otel_traces"].columns["_origin"])
+    assert _rows(native_out["otel_trace_summary"]) == _rows(python_out["otel_trace_summary"])
+    assert native_out["otel_traces"].native()  # encodes as a Native block
+
+
+def test_dropping_every_span_writes_no_spans():
+    native_batch, python_batch = _batches(4)
+    decisions = {t: Decision(False, 1.0, "", 1) for t in set(python_batch.columns["TraceId"])}
+    out, counts = assemble(decisions, set(decisions), native_batch, None, 13)
+    assert out == {} and counts[("tail", "dropped_span")] == len(python_batch)
