@@ -406,6 +406,11 @@ class SamplingSettings(Section):
         "policies", "Spans and logs that reach Kafka more than decision_cache_s after they ended, when their "
                     "trace's decision has left the cache: keep, drop, or policies (decide them like a new trace; "
                     "probabilistic policies then repeat the trace's decision).")
+    tail_bulk: bool = setting(
+        True, "Tail sampling: the router sends one buffer record per source message and tail partition, holding "
+              "the parts of all its traces (fewer Kafka records). Releases before it read only one record per "
+              "trace and clear the others as foreign: set false while such workers still run (a rolling "
+              "upgrade), then back to true.")
     control_topic: Topic = setting(
         "otelpipe.sampling", "Compacted topic of runtime sampling rates (key: service, or * for the default) "
                              "that every worker follows.")

@@ -204,7 +204,12 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                 route = partition_of_part(part_key(trace_id, signal, raw.topic, raw.partition, raw.offset))
                 routes.setdefault(route, []).append((trace_id, payload, records, end_ms))
             for route, traces in sorted(routes.items()):
-                await sending.send(index, *_tail_record(tail_topic, signal, raw, route, traces))
+                send, singles = _tail_record(tail_topic, signal, raw, route, traces)
+                if rt.settings.sampling.tail_bulk:
+                    await sending.send(index, send, singles)
+                else:  # one record per trace, as releases before bulk records read them
+                    for one, _ in singles():
+                        await sending.send(index, one)
             if untraced is None:
                 ack_now.append(event)
             else:

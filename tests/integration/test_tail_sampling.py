@@ -127,6 +127,26 @@ def test_kill_9_while_traces_are_buffered(worker_factory):
     check_result(worker, produced)
 
 
+def test_an_upgrade_from_one_record_per_trace_to_bulk_records_writes_every_trace_once(worker_factory):
+    """A buffer of one record per trace (``sampling.tail_bulk = false``, as releases before bulk
+    records wrote it) is read by a worker routing in bulk after a kill -9: traces with parts in both
+    forms are decided once and written once, whole."""
+    produced = Produced(seed=15, steps=60, traces_per_step=5)
+    worker = worker_factory(**{**TAIL, "OTELPIPE_SAMPLING_DECISION_WAIT_S": "20",
+                               "OTELPIPE_SAMPLING_TAIL_BULK": "false"}).start()
+    first, rest = produced.messages[: len(produced.messages) // 2], produced.messages[len(produced.messages) // 2:]
+    produced.messages = first
+    asyncio.run(produced.send(worker.settings))
+    wait_until_buffered(worker, len(produced.spans) / 4)
+    assert worker.scalar("SELECT count() FROM {db}.otel_trace_summary") == 0, "nothing decided yet"
+    worker.kill9()
+    worker.reconfigure(OTELPIPE_SAMPLING_TAIL_BULK="true", OTELPIPE_SAMPLING_DECISION_WAIT_S="2")
+    worker.start()
+    produced.messages = rest
+    asyncio.run(produced.send(worker.settings))
+    check_result(worker, produced)
+
+
 def test_a_100000_span_trace_is_decided_early_and_stays_bounded(worker_factory):
     from tests.otlp_builders import traces_request
 
