@@ -6,6 +6,7 @@ mod anyvalue;
 mod block;
 mod columns;
 mod logs;
+mod split;
 mod stages;
 mod text;
 mod traces;
@@ -514,6 +515,32 @@ fn decode(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize,
 /// into one NativeBlock of otel_traces. Never raises for a payload's contents: a message that
 /// cannot become rows is in `errors` with the reason and detail the Python decoder gives it, and
 /// none of its rows are kept. The GIL is released while decoding.
+/// A spans ("traces") or logs request cut into one request per trace at the wire level (see
+/// native/src/split.rs): [(trace id as hex, part bytes, records, latest end in ns)] in the order
+/// the traces first appear, records without a trace id under "". None when upb would not parse
+/// the request; ValueError("too_large", bytes) when the parts would add up to more than
+/// `max_total` bytes.
+#[pyfunction]
+fn split_by_trace<'py>(py: Python<'py>, signal: &str, payload: &[u8], max_total: usize)
+    -> PyResult<Option<Bound<'py, PyList>>> {
+    let signal = match signal {
+        "traces" => Signal::Traces,
+        "logs" => Signal::Logs,
+        other => return Err(PyValueError::new_err(format!("split_by_trace cuts traces or logs, not {other:?}"))),
+    };
+    let parts = match py.allow_threads(|| split::split_by_trace(payload, signal, max_total)) {
+        Ok(parts) => parts,
+        Err(split::NotSplit::Invalid) => return Ok(None),
+        Err(split::NotSplit::TooLarge(total)) => return Err(PyValueError::new_err(("too_large", total))),
+    };
+    let out = PyList::empty(py);
+    for part in parts {
+        let hex: String = part.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+        out.append((hex, PyBytes::new(py, &part.bytes), part.records, part.end_ns))?;
+    }
+    Ok(Some(out))
+}
+
 #[pyfunction]
 #[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
 fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<NativeBlock> {
@@ -605,6 +632,7 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// {name: Native type}, schema().
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(split_by_trace, m)?)?;
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
     m.add_function(wrap_pyfunction!(column_types, m)?)?;

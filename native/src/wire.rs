@@ -248,6 +248,14 @@ pub fn fields(buf: &[u8], depth: usize) -> Fields<'_> {
     Fields { reader: Reader::new(buf), depth, failed: false }
 }
 
+impl<'a> Fields<'a> {
+    /// Where the next field starts in the message's bytes (after the last one read).
+    #[inline]
+    pub fn position(&self) -> usize {
+        self.reader.pos
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>>;
 

@@ -26,6 +26,7 @@ import xxhash
 
 from streams.otlp.batch import RawMessage
 from streams.config import PROJECT_ROOT
+from streams.otlp import native
 from streams.otlp.decode import choose_encoding, parse_request
 from streams.otlp.values import BadMessage
 
@@ -133,14 +134,34 @@ def encode_envelope(signal: str, message: RawMessage, route: int, payload: bytes
                  records_end_ms=records_end_ms)
 
 
+SPLIT_MAX_TOTAL_BYTES = 64 * 1024 * 1024  # what cutting one message by trace may make at most
+
+
 def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
-                   redact: Callable[[Any], Any] | None = None) -> dict[str, tuple[bytes, int, int]]:
+                   redact: Callable[[Any], Any] | None = None,
+                   max_total: int = SPLIT_MAX_TOTAL_BYTES) -> dict[str, tuple[bytes, int, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
     logs, how many, when the latest of them ended in Unix ms). ``redact`` changes the request in
-    place before it is cut (the label policy's redaction: parts are buffered). Raises BadMessage."""
+    place before it is cut (the label policy's redaction: parts are buffered). Raises BadMessage,
+    with reason ``too_large`` when the parts would add up to more than ``max_total`` bytes (each
+    part repeats its resource and scope: a large resource over many traces multiplies).
+
+    A protobuf request with nothing to redact is cut by the native core at the wire level where it
+    is built (``streams.otlp.native.split_by_trace``: the same records, resources and scopes in
+    each part; it declines what protobuf would not parse, which the protobuf library then refuses
+    with its reason); otherwise by the protobuf library."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
-    request = parse_request(signal, message.value, choose_encoding(message, default_encoding))
+    encoding = choose_encoding(message, default_encoding)
+    if redact is None and encoding == "otlp_proto" and native.available():
+        try:
+            cut = native.split_by_trace(signal, message.value, max_total)
+        except ValueError as exc:
+            raise BadMessage("too_large", f"cut by trace it makes {exc.args[1]} bytes, over the limit of "
+                                          f"{max_total}") from None
+        if cut is not None:
+            return {trace_id: (part, records, end_ns // 1_000_000) for trace_id, part, records, end_ns in cut}
+    request = parse_request(signal, message.value, encoding)
     if redact is not None:
         redact(request)
     ends: dict[str, int] = defaultdict(int)
@@ -153,9 +174,24 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
             ends[trace_id] = end
         return trace_id
 
+    _check_split_size(signal, request, max_total)
     parts, counts = split_request(signal, request, key_of)
     return {trace_id: (part.SerializeToString(), counts[trace_id], ends[trace_id] // 1_000_000)
             for trace_id, part in parts.items()}
+
+
+def _check_split_size(signal: str, request: Any, max_total: int) -> None:
+    """BadMessage(too_large) when the parts would add up to more than ``max_total`` bytes: each
+    repeats its resource (and scope) per trace, counted before a copy is made."""
+    resource_field, scope_field, record_field = _FIELDS[signal]
+    total = request.ByteSize()
+    for resource in getattr(request, resource_field):
+        resource_size = resource.resource.ByteSize() + len(resource.schema_url)
+        for scope in getattr(resource, scope_field):
+            traces = {record.trace_id for record in getattr(scope, record_field)}
+            total += len(traces) * (resource_size + scope.scope.ByteSize() + len(scope.schema_url) + 16)
+        if total > max_total:
+            raise BadMessage("too_large", f"cut by trace it makes over {max_total} bytes")
 
 
 def encode_traces_envelope(signal: str, message: RawMessage, route: int,

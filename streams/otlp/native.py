@@ -72,6 +72,14 @@ def decode_logs(payloads: Sequence[bytes], max_message_bytes: int = MAX_MESSAGE_
 DECODERS = {"traces": decode_traces, "logs": decode_logs}
 
 
+def split_by_trace(signal: str, payload: bytes, max_total: int) -> list[tuple[str, bytes, int, int]] | None:
+    """A protobuf spans or logs request cut into one request per trace at the wire level:
+    [(trace id hex, part, records, latest end ns)], traces in the order first seen ("" for records
+    without one). None when the protobuf library would not parse it; ``ValueError("too_large",
+    bytes)`` when the parts would add up to more than ``max_total`` bytes."""
+    return _built().split_by_trace(signal, payload, max_total)
+
+
 def column_types(table: str = "otel_traces") -> dict[str, str]:
     """{column of ``table`` (otel_traces, otel_logs): the Native type its data is sent as}."""
     return _built().column_types(table)
