@@ -265,6 +265,39 @@ def native_disagreement(data: bytes, signal: str = "traces") -> str | None:
         if block.origins() != batch.columns[ORIGIN]:
             return f"origins {block.origins()!r:.100} vs {batch.columns[ORIGIN]!r:.100}"
         _expect(len(block.to_native()) > 0, "empty Native block")
+    return split_disagreement(data, signal)
+
+
+def split_disagreement(data: bytes, signal: str) -> str | None:
+    """How the tail router's native cut by trace and the protobuf library's disagree (None: they
+    agree): which requests each declines, the traces, their counts and ends, and each part's rows."""
+    from streams.agents.routing import split_by_trace
+    from streams.otlp import native
+
+    try:
+        python = split_by_trace(signal, RawMessage("fuzz", 0, 0, data), "otlp_proto", redact=lambda request: 0,
+                                max_total=1 << 40)
+    except BadMessage:
+        python = None
+    cut = native.split_by_trace(signal, data, 1 << 40)
+    if (python is None) != (cut is None):
+        return f"only the {'native' if cut is None else 'protobuf'} cut by trace declines it"
+    if cut is None or python is None:
+        return None
+    if [t for t, _, _, _ in cut] != list(python):
+        return "the cuts by trace name other traces"
+    table = SIGNAL_TABLES[signal][0]
+    for trace_id, part, records, end_ns in cut:
+        want, want_records, want_end_ms = python[trace_id]
+        if (records, end_ns // 1_000_000) != (want_records, want_end_ms):
+            return f"trace {trace_id[:8]}: {records} records ending {end_ns // 1_000_000} vs {want_records}, {want_end_ms}"
+        mine, theirs = (decode_messages(signal, [RawMessage("fuzz", 0, 0, p)], "otlp_proto") for p in (part, want))
+        if [(d.reason, d.detail) for d in mine.dead_letters] != [(d.reason, d.detail) for d in theirs.dead_letters]:
+            return f"trace {trace_id[:8]}: the parts' refusals differ"
+        a, b = mine.batches.get(table), theirs.batches.get(table)
+        if (a is None) != (b is None) or (a is not None and any(not same(a.columns[n], b.columns[n])
+                                                                for n in TABLE_COLUMNS[table])):
+            return f"trace {trace_id[:8]}: the parts' rows differ"
     return None
 
 
