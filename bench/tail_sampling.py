@@ -5,7 +5,10 @@
    stored) and on (default policies, ``decision_wait_s`` = 1), timing from ready until every trace is
    stored (off) or decided (on); figures per worker CPU-second, so the decision wait costs nothing.
 3. Memory: a third worker with ``decision_wait_s`` = 3600 buffers every trace; the growth of its
-   resident memory from ready until all traces are buffered, divided by the traces.
+   resident memory from ready until all traces are buffered, divided by the traces. That worker
+   routes too, so its growth holds the router's high-water mark as well; a fourth worker of the same
+   group then restores the buffer from the tail topic alone (no routing left to do), and its growth
+   from ready until every trace is buffered again is the buffer's own memory.
 
 Run: make bench-tail   (or: .venv/bin/python bench/tail_sampling.py --messages 60)
 """
@@ -44,18 +47,20 @@ def metric(port: int, name: str) -> float:
     return total
 
 
-def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float, int, int]:
-    """(wall s, worker CPU s, RSS at ready, RSS at done) from ready until done(settings) is true."""
+def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float, int, int, float]:
+    """(wall s, worker CPU s, RSS at ready, RSS at done, traces buffered at ready) from ready until
+    done(settings) is true."""
     settings = load_settings(env=env)
     with ready_worker(env, log_path) as (worker, proc):
         rss0, cpu0, t0 = proc.memory_info().rss, cpu_seconds(proc), time.monotonic()
+        at_ready = metric(settings.worker.web_port, "otelpipe_tail_buffered_traces")
         if env.get("OTELPIPE_SAMPLING_DECISION_WAIT_S") == "1":  # the tail-on drain
             profile(worker.pid)
         while not done(settings):
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {log_path}")
             time.sleep(0.2)
-        return time.monotonic() - t0, cpu_seconds(proc) - cpu0, rss0, proc.memory_info().rss
+        return time.monotonic() - t0, cpu_seconds(proc) - cpu0, rss0, proc.memory_info().rss, at_ready
 
 
 def main() -> int:
@@ -102,6 +107,7 @@ def main() -> int:
                           OTELPIPE_SAMPLING_DECISION_CACHE_S="3600", OTELPIPE_SAMPLING_MAX_TRACES="1000000")
         created.append(load_settings(env=mem_env))
         mem = run_worker(mem_env, work / "mem.log", all_buffered)
+        restored = run_worker(mem_env, work / "restored.log", all_buffered)
     finally:
         extra = [t for s in created for t in (s.tail_topic(), s.state_topic("tail-sampling"),
                                               s.state_topic("series-budget"))]
@@ -115,6 +121,9 @@ def main() -> int:
         "tail on: drain wall s (includes the 1 s decision wait)": round(on[0], 1),
         "buffered: resident memory growth MiB": round((mem[3] - mem[2]) / 2**20, 1),
         "buffered: KiB per trace (12 spans)": round((mem[3] - mem[2]) / traces / 1024, 2),
+        "restored: resident memory growth MiB": round((restored[3] - restored[2]) / 2**20, 1),
+        "restored: KiB per trace": round((restored[3] - restored[2]) / traces / 1024, 2),
+        "restored: traces buffered before the growth was measured from": int(restored[4]),
         "payload KiB per trace (OTLP protobuf)": round(sum(map(len, payloads)) / traces / 1024, 2),
     }
     print(format_table(["figure", "value"], list(figures.items())))

@@ -69,7 +69,7 @@ def parse_bulk_key(key: str) -> tuple[int, str, str, int, int]:
     return int(route), "traces" if signal == "t" else "logs", topic, int(partition), int(offset)
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     keep: bool
     weight: float  # 1 / tail probability
@@ -93,7 +93,7 @@ class Decision:
                         tuple(dict.fromkeys((*self.parts, *keys))))
 
 
-@dataclass
+@dataclass(slots=True)
 class TraceEntry:
     parts: list[str] = field(default_factory=list)
     first_ms: int = 0
