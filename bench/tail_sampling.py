@@ -10,7 +10,13 @@
    group then restores the buffer from the tail topic alone (no routing left to do), and its growth
    from ready until every trace is buffered again is the buffer's own memory.
 
-Run: make bench-tail   (or: .venv/bin/python bench/tail_sampling.py --messages 60)
+4. The peer, where Go is present (or a build is cached): the OpenTelemetry Collector (built with
+   ocb, streams/tools/collector_build.py TAIL_PEER_COLLECTOR) drains the same topic twice, kafka →
+   batch → nop and kafka → tail_sampling (the same policies: errors, a root of 1 s or more, 1%;
+   decision_wait 1 s) → batch → nop, each from ready until every span is accepted and its CPU has
+   settled after the decision wait; its tail / no-tail ratio is printed beside otelpipe's.
+
+Run: make bench-tail   (or: .venv/bin/python bench/tail_sampling.py --messages 60 [--no-peer])
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from peer import accepted_spans  # noqa: E402
 from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send  # noqa: E402
+
+import psutil  # noqa: E402
+import subprocess  # noqa: E402
+
+from streams.tools import collector_build  # noqa: E402
+from streams.tools.collector_build import TAIL_PEER_VERSION  # noqa: E402
 
 from streams.cli.common import query_worker  # noqa: E402
 from streams.config import load_settings  # noqa: E402
@@ -67,6 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=60, help="1008-span messages to produce")
     parser.add_argument("--seed", type=int, default=43)
+    parser.add_argument("--no-peer", action="store_true", help="skip the Collector's drains")
     args = parser.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -108,6 +122,7 @@ def main() -> int:
         created.append(load_settings(env=mem_env))
         mem = run_worker(mem_env, work / "mem.log", all_buffered)
         restored = run_worker(mem_env, work / "restored.log", all_buffered)
+        peer = None if args.no_peer else peer_ratio(bootstrap, settings.kafka.spans_topic, total_spans, work, tag)
     finally:
         extra = [t for s in created for t in (s.tail_topic(), s.state_topic("tail-sampling"),
                                               s.state_topic("series-budget"))]
@@ -126,8 +141,102 @@ def main() -> int:
         "restored: traces buffered before the growth was measured from": int(restored[4]),
         "payload KiB per trace (OTLP protobuf)": round(sum(map(len, payloads)) / traces / 1024, 2),
     }
+    if peer is None:
+        figures["the Collector: skipped"] = "no Go and no cached build" if not args.no_peer else "--no-peer"
+    else:
+        plain, tail = peer
+        figures[f"the Collector {TAIL_PEER_VERSION}, tail off: spans per CPU-second"] = round(total_spans / plain)
+        figures[f"the Collector {TAIL_PEER_VERSION}, tail on: spans per CPU-second"] = round(total_spans / tail)
+        figures["the Collector: tail on / tail off"] = round(plain / tail, 3)
     print(format_table(["figure", "value"], list(figures.items())))
     return 0
+
+
+PEER_POLICIES = """      policies:
+        - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+        - {name: slow, type: latency, latency: {threshold_ms: 1000}}
+        - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 1}}
+"""
+
+
+def peer_config(bootstrap: str, topic: str, group: str, port: int, tail: bool) -> str:
+    processors = "[tail_sampling, batch]" if tail else "[batch]"
+    tail_config = ("    tail_sampling:\n      decision_wait: 1s\n      num_traces: 100000\n" + PEER_POLICIES) if tail else ""
+    return f"""receivers:
+  kafka:
+    brokers: ["{bootstrap}"]
+    group_id: {group}
+    initial_offset: earliest
+    traces:
+      topics: ["{topic}"]
+      encoding: otlp_proto
+processors:
+  batch: {{}}
+{tail_config}exporters:
+  nop: {{}}
+service:
+  telemetry:
+    metrics:
+      level: basic
+      readers:
+        - pull:
+            exporter:
+              prometheus:
+                host: 127.0.0.1
+                port: {port}
+  pipelines:
+    traces:
+      receivers: [kafka]
+      processors: {processors}
+      exporters: [nop]
+"""
+
+
+def run_peer(binary: Path, config: Path, port: int, total: int, log: Path, settle_after_s: float) -> float:
+    """The Collector's CPU seconds from ready until every span is accepted and, ``settle_after_s``
+    later, its CPU has stopped moving (the tail processor's decisions are made after its wait)."""
+    proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        ps = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        while accepted_spans(port) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the Collector did not start: see {log}")
+            time.sleep(0.05)
+        cpu0 = cpu_seconds(ps)
+        deadline = time.monotonic() + 600
+        while (accepted_spans(port) or 0) < total:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the Collector stopped before accepting every span: see {log}")
+            time.sleep(0.1)
+        time.sleep(settle_after_s)
+        last = cpu_seconds(ps)
+        while True:  # settled: under 10 ms of CPU in half a second
+            time.sleep(0.5)
+            now = cpu_seconds(ps)
+            if now - last < 0.01:
+                return now - cpu0
+            last = now
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def peer_ratio(bootstrap: str, topic: str, total: int, work: Path, tag: str) -> tuple[float, float] | None:
+    """(CPU s without tail sampling, CPU s with it) of the Collector on ``topic``, or None without Go."""
+    binary = collector_build.cached_binary(collector_build.TAIL_PEER_COLLECTOR)
+    if binary is None:
+        if collector_build.find_go() is None:
+            return None
+        print("building the OpenTelemetry Collector (ocb, once; cached) ...", flush=True)
+        binary = collector_build.build_collector(collector_build.TAIL_PEER_COLLECTOR)
+    out = []
+    for tail in (False, True):
+        config = work / f"collector-{'tail' if tail else 'plain'}.yaml"
+        config.write_text(peer_config(bootstrap, topic, f"otelcol-tail-{tag}-{int(tail)}", 8898, tail))
+        print(f"the Collector: kafka → {'tail_sampling → ' if tail else ''}batch → nop ...", flush=True)
+        out.append(run_peer(binary, config, 8898, total, work / f"{config.stem}.log", 1.5 if tail else 0.5))
+    return out[0], out[1]
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ class NativeBatch(ColumnBatch):
         self.source = source
         self.parts = [(block, shift) for block, shift in parts if len(block)]
         self._columns: dict[str, list[Any]] | None = None
+        self._some_columns: dict[str, list[Any]] = {}  # made by columns_of, kept for the next ask
         if any(block.table != table for block, _ in self.parts):
             raise ValueError(f"a batch of {table} cannot hold blocks of {sorted({b.table for b, _ in self.parts})}")
         names = {tuple(block.column_names()) for block, _ in self.parts}
@@ -151,15 +152,19 @@ class NativeBatch(ColumnBatch):
         return list(self._names)
 
     def columns_of(self, names: Iterable[str]) -> dict[str, list[Any]]:
-        """Python columns of ``names`` alone (those the batch has), without making the others: what a
+        """Python columns of ``names`` alone (those the batch has, read only), without making the others: what a
         stage that reads a few columns asks for (tail sampling's policies)."""
         if self._columns is not None:
             return {name: self._columns[name] for name in names if name in self._columns}
-        out: dict[str, list[Any]] = {name: [] for name in names if name in self._names}
-        for block, _ in self.parts:
-            for name, values in block.to_columns(list(out)).items():
-                out[name].extend(values)
-        return out
+        made = self._some_columns
+        missing = [name for name in names if name in self._names and name not in made]
+        if missing:
+            for name in missing:
+                made[name] = []
+            for block, _ in self.parts:
+                for name, values in block.to_columns(missing).items():
+                    made[name].extend(values)
+        return {name: made[name] for name in names if name in made}
 
     def apply_tail(self, keep: Sequence[bool], factors: Sequence[float]) -> "NativeBatch":
         """Tail sampling's decisions, one flag and one weight factor per row in order, applied by the

@@ -173,6 +173,21 @@ OTELPIPE_COLLECTOR = CollectorManifest(
 )
 
 
+# The tail sampling peer of bench/tail_sampling.py: the kafka receiver, batch, tail_sampling and nop.
+# At v0.165 the tail sampling processor needs a module the Go module proxy refuses at every
+# version; v0.155.0 builds with every component at that version.
+TAIL_PEER_VERSION = "v0.155.0"
+TAIL_PEER_COLLECTOR = CollectorManifest(
+    builder_version=TAIL_PEER_VERSION,
+    components=(
+        contrib("receivers", "kafkareceiver", TAIL_PEER_VERSION),
+        core("processors", "batchprocessor", TAIL_PEER_VERSION),
+        contrib("processors", "tailsamplingprocessor", TAIL_PEER_VERSION),
+        core("exporters", "nopexporter", TAIL_PEER_VERSION),
+    ),
+)
+
+
 def cache_root(env: Mapping[str, str] | None = None) -> Path:
     """The cache folder: ``$OTELPIPE_OTELCOL_CACHE`` or ``~/.cache/otelpipe/otelcol``."""
     env = os.environ if env is None else env
