@@ -122,7 +122,13 @@ def main() -> int:
         created.append(load_settings(env=mem_env))
         mem = run_worker(mem_env, work / "mem.log", all_buffered)
         restored = run_worker(mem_env, work / "restored.log", all_buffered)
-        peer = None if args.no_peer else peer_ratio(bootstrap, settings.kafka.spans_topic, total_spans, work, tag)
+        peer, peer_problem = None, "--no-peer"
+        if not args.no_peer:
+            try:
+                peer = peer_ratio(bootstrap, settings.kafka.spans_topic, total_spans, work, tag)
+                peer_problem = "no Go and no cached build"
+            except (SystemExit, collector_build.CollectorBuildError) as exc:  # otelpipe's figures still print
+                peer_problem = str(exc)
     finally:
         extra = [t for s in created for t in (s.tail_topic(), s.state_topic("tail-sampling"),
                                               s.state_topic("series-budget"))]
@@ -142,7 +148,7 @@ def main() -> int:
         "payload KiB per trace (OTLP protobuf)": round(sum(map(len, payloads)) / traces / 1024, 2),
     }
     if peer is None:
-        figures["the Collector: skipped"] = "no Go and no cached build" if not args.no_peer else "--no-peer"
+        figures["the Collector: skipped"] = peer_problem
     else:
         plain, tail = peer
         figures[f"the Collector {TAIL_PEER_VERSION}, tail off: spans per CPU-second"] = round(total_spans / plain)
@@ -152,16 +158,16 @@ def main() -> int:
     return 0
 
 
-PEER_POLICIES = """      policies:
-        - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
-        - {name: slow, type: latency, latency: {threshold_ms: 1000}}
-        - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 1}}
+PEER_POLICIES = """    policies:
+      - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+      - {name: slow, type: latency, latency: {threshold_ms: 1000}}
+      - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 1}}
 """
 
 
 def peer_config(bootstrap: str, topic: str, group: str, port: int, tail: bool) -> str:
     processors = "[tail_sampling, batch]" if tail else "[batch]"
-    tail_config = ("    tail_sampling:\n      decision_wait: 1s\n      num_traces: 100000\n" + PEER_POLICIES) if tail else ""
+    tail_config = ("  tail_sampling:\n    decision_wait: 1s\n    num_traces: 100000\n" + PEER_POLICIES) if tail else ""
     return f"""receivers:
   kafka:
     brokers: ["{bootstrap}"]
