@@ -55,6 +55,7 @@ class Parts:
         self.futures: list[tuple[int, Any, Callable[[], list] | None]] = []
         self.refused: dict[int, str] = {}  # event index → why the topic refused one of its parts
         self.pieces = 0
+        self.awaited = 0  # futures before this one were waited for by an earlier delivered()
 
     async def send(self, index: int, send: Callable[[], Awaitable[Any]],
                    pieces: Callable[[], list] | None = None) -> None:
@@ -76,10 +77,10 @@ class Parts:
         return True
 
     async def delivered(self) -> int:
-        """Wait for every part (and the pieces of those refused as too large); returns how many
-        are on the broker."""
+        """Wait for every part sent since the last call (and the pieces of those refused as too
+        large); returns how many of them are on the broker."""
         sent = 0
-        i = 0
+        i = self.awaited
         while i < len(self.futures):  # pieces are appended as they are sent
             index, fut, pieces = self.futures[i]
             i += 1
@@ -89,6 +90,7 @@ class Parts:
             except TOO_LARGE as exc:
                 if index not in self.refused and not await self._cut(index, pieces):
                     self.refused[index] = type(exc).__name__
+        self.awaited = i
         return sent
 
     def letters(self, raws: list[RawMessage], topic: str) -> list[DeadLetter]:
@@ -118,6 +120,9 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
                 for i, half in enumerate(halves)]
 
     return send, pieces
+
+
+ROUTE_IN_FLIGHT_BYTES = 32 * 1024 * 1024  # source bytes a tail router routes before it waits for the broker
 
 
 def _redaction(redact: Callable[[Any], Any] | None, labels: Any, signal: str, raw: RawMessage, k: Any, w: Any
@@ -187,6 +192,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
         labels = rt.stages.labels  # read once a batch: a policy swap applies to the next one
         redact = None if labels is None else functools.partial(redact_request, labels)
         sending, dead, ack_now, raws = Parts(), [], [], []
+        routed = in_flight = 0  # parts on the broker; source bytes routed since the last wait
         direct: dict[int, RawMessage] = {}  # event index → its untraced part
         for index, event in enumerate(events):
             raw = raw_message(event)
@@ -210,6 +216,10 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                 else:  # one record per trace, as releases before bulk records read them
                     for one, _ in singles():
                         await sending.send(index, one)
+            in_flight += len(raw.value)
+            if in_flight >= ROUTE_IN_FLIGHT_BYTES:  # bounded: the producer holds what is in flight
+                routed += await sending.delivered()
+                in_flight = 0
             if untraced is None:
                 ack_now.append(event)
             else:
@@ -217,7 +227,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                                            (PROTOBUF_HEADER,), raw.timestamp_ms)
         m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
         # every part is on the broker (the durable buffer) before its source is acked
-        m.MESSAGES_ROUTED.labels(signal).inc(await sending.delivered())
+        m.MESSAGES_ROUTED.labels(signal).inc(routed + await sending.delivered())
         for index in sending.refused:  # dead-lettered whole: its untraced part is not written either
             if index in direct:
                 del direct[index]
