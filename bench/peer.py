@@ -42,7 +42,11 @@ from streams.tools.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 _ACCEPTED = re.compile(r'^otelcol_receiver_accepted_spans(?:_total)?\{[^}]*\}\s+([0-9.e+]+)', re.M)
 
 
-def collector_config(bootstrap: str, topic: str, group: str, metrics_port: int) -> str:
+def collector_config(bootstrap: str, topic: str, group: str, metrics_port: int, tail_sampling: str = "") -> str:
+    """kafka receiver → batch → nop; with ``tail_sampling`` (the processor's settings, YAML indented
+    under it) a tail_sampling processor before batch."""
+    tail = f"  tail_sampling:\n{tail_sampling}" if tail_sampling else ""
+    processors = "[tail_sampling, batch]" if tail_sampling else "[batch]"
     return f"""receivers:
   kafka:
     brokers: ["{bootstrap}"]
@@ -53,7 +57,7 @@ def collector_config(bootstrap: str, topic: str, group: str, metrics_port: int) 
       encoding: otlp_proto
 processors:
   batch: {{}}
-exporters:
+{tail}exporters:
   nop: {{}}
 service:
   telemetry:
@@ -68,7 +72,7 @@ service:
   pipelines:
     traces:
       receivers: [kafka]
-      processors: [batch]
+      processors: {processors}
       exporters: [nop]
 """
 
@@ -81,8 +85,11 @@ def accepted_spans(port: int) -> float | None:
     return sum(float(v) for v in _ACCEPTED.findall(text))
 
 
-def run_collector(binary: Path, config: Path, port: int, total: int, log: Path) -> tuple[float, float, int]:
-    """(wall s, CPU s, peak RSS bytes) of the Collector from ready until every span is accepted."""
+def run_collector(binary: Path, config: Path, port: int, total: int, log: Path,
+                  settle_after_s: float | None = None) -> tuple[float, float, int]:
+    """(wall s, CPU s, peak RSS bytes) of the Collector from ready until every span is accepted;
+    with ``settle_after_s``, until that long after and then its CPU has stopped moving (under 10 ms
+    in half a second): a tail sampling processor decides after its wait."""
     proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT)
     try:
@@ -98,6 +105,15 @@ def run_collector(binary: Path, config: Path, port: int, total: int, log: Path) 
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the Collector stopped before accepting every span: see {log}")
             time.sleep(0.1)
+        if settle_after_s is not None:
+            time.sleep(settle_after_s)
+            last = cpu_seconds(ps)
+            while True:
+                time.sleep(0.5)
+                now = cpu_seconds(ps)
+                if now - last < 0.01:
+                    break
+                last = now
         return time.monotonic() - t0, cpu_seconds(ps) - cpu0, peak_rss_bytes(proc.pid)
     finally:
         proc.terminate()

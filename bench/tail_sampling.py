@@ -34,11 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from peer import accepted_spans  # noqa: E402
+from peer import collector_config, run_collector  # noqa: E402
 from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send  # noqa: E402
-
-import psutil  # noqa: E402
-import subprocess  # noqa: E402
 
 from streams.tools import collector_build  # noqa: E402
 from streams.tools.collector_build import TAIL_PEER_VERSION  # noqa: E402
@@ -158,74 +155,13 @@ def main() -> int:
     return 0
 
 
-PEER_POLICIES = """    policies:
+PEER_TAIL_SAMPLING = """    decision_wait: 1s
+    num_traces: 100000
+    policies:
       - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
       - {name: slow, type: latency, latency: {threshold_ms: 1000}}
       - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 1}}
 """
-
-
-def peer_config(bootstrap: str, topic: str, group: str, port: int, tail: bool) -> str:
-    processors = "[tail_sampling, batch]" if tail else "[batch]"
-    tail_config = ("  tail_sampling:\n    decision_wait: 1s\n    num_traces: 100000\n" + PEER_POLICIES) if tail else ""
-    return f"""receivers:
-  kafka:
-    brokers: ["{bootstrap}"]
-    group_id: {group}
-    initial_offset: earliest
-    traces:
-      topics: ["{topic}"]
-      encoding: otlp_proto
-processors:
-  batch: {{}}
-{tail_config}exporters:
-  nop: {{}}
-service:
-  telemetry:
-    metrics:
-      level: basic
-      readers:
-        - pull:
-            exporter:
-              prometheus:
-                host: 127.0.0.1
-                port: {port}
-  pipelines:
-    traces:
-      receivers: [kafka]
-      processors: {processors}
-      exporters: [nop]
-"""
-
-
-def run_peer(binary: Path, config: Path, port: int, total: int, log: Path, settle_after_s: float) -> float:
-    """The Collector's CPU seconds from ready until every span is accepted and, ``settle_after_s``
-    later, its CPU has stopped moving (the tail processor's decisions are made after its wait)."""
-    proc = subprocess.Popen([str(binary), "--config", str(config)], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    try:
-        ps = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 60
-        while accepted_spans(port) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the Collector did not start: see {log}")
-            time.sleep(0.05)
-        cpu0 = cpu_seconds(ps)
-        deadline = time.monotonic() + 600
-        while (accepted_spans(port) or 0) < total:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the Collector stopped before accepting every span: see {log}")
-            time.sleep(0.1)
-        time.sleep(settle_after_s)
-        last = cpu_seconds(ps)
-        while True:  # settled: under 10 ms of CPU in half a second
-            time.sleep(0.5)
-            now = cpu_seconds(ps)
-            if now - last < 0.01:
-                return now - cpu0
-            last = now
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def peer_ratio(bootstrap: str, topic: str, total: int, work: Path, tag: str) -> tuple[float, float] | None:
@@ -239,9 +175,10 @@ def peer_ratio(bootstrap: str, topic: str, total: int, work: Path, tag: str) -> 
     out = []
     for tail in (False, True):
         config = work / f"collector-{'tail' if tail else 'plain'}.yaml"
-        config.write_text(peer_config(bootstrap, topic, f"otelcol-tail-{tag}-{int(tail)}", 8898, tail))
+        config.write_text(collector_config(bootstrap, topic, f"otelcol-tail-{tag}-{int(tail)}", 8898,
+                                           PEER_TAIL_SAMPLING if tail else ""))
         print(f"the Collector: kafka → {'tail_sampling → ' if tail else ''}batch → nop ...", flush=True)
-        out.append(run_peer(binary, config, 8898, total, work / f"{config.stem}.log", 1.5 if tail else 0.5))
+        out.append(run_collector(binary, config, 8898, total, work / f"{config.stem}.log", 1.5 if tail else 0.5)[1])
     return out[0], out[1]
 
 
