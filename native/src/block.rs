@@ -296,9 +296,6 @@ impl Signal {
 #[derive(Default)]
 pub struct Block {
     pub signal: Signal,
-    /// Some resource holds entity references (`Resource.entity_refs`): text the tables do not keep,
-    /// so the block cannot show whether a detector would match it.
-    pub unkept_text: bool,
     pub keys: Interner,
     pub values: Interner,
     pub pairs: Pairs,

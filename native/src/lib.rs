@@ -414,11 +414,6 @@ impl NativeBlock {
         Ok(())
     }
 
-    /// Whether the messages held text the block does not keep (a resource's entity references).
-    fn holds_unkept_text(&self) -> bool {
-        self.block.unkept_text
-    }
-
     /// Whether any row has a trace state.
     fn any_trace_state(&self) -> bool {
         !self.block.trace_state.data.is_empty()
@@ -554,6 +549,46 @@ fn decode_logs(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: u
     decode(py, payloads, max_message_bytes, Signal::Logs)
 }
 
+/// What redaction could change in a spans ("traces") or logs request, read without building
+/// rows: (every distinct attribute key, at any depth; every distinct other string a detector may
+/// match (`maybe_sensitive` with `secrets`), from every string field of every message, entity
+/// references and AnyValue strings included), in the order first seen. None when upb would not
+/// parse the request.
+#[pyfunction]
+fn redaction_inputs<'py>(py: Python<'py>, signal: &str, payload: &[u8], secrets: Vec<String>)
+    -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
+    let root = match signal {
+        "traces" => validate::Msg::Request,
+        "logs" => validate::Msg::LogsRequest,
+        other => return Err(PyValueError::new_err(format!("redaction_inputs reads traces or logs, not {other:?}"))),
+    };
+    let secrets: Vec<Vec<u8>> = secrets.into_iter().map(String::into_bytes).collect();
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut texts: Vec<&[u8]> = Vec::new();
+    let mut seen_keys: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
+    let mut seen_texts: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
+    let walked = validate::walk(payload, root, |msg, number, text| {
+        if msg == validate::Msg::KeyValue && number == 1 {
+            if seen_keys.insert(text) {
+                keys.push(text);
+            }
+        } else if seen_texts.insert(text) && text::maybe_sensitive(text, &secrets) {
+            texts.push(text);
+        }
+    });
+    if walked.is_err() {
+        return Ok(None);
+    }
+    let as_list = |items: &[&[u8]]| -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for item in items {
+            out.append(text(py, item)?)?;
+        }
+        Ok(out)
+    };
+    Ok(Some((as_list(&keys)?, as_list(&texts)?)))
+}
+
 /// Whether a value may hold what the label stage's detectors look for (a no is exact; see text.rs).
 #[pyfunction]
 fn maybe_sensitive(value: &str, secrets: Vec<String>) -> bool {
@@ -633,6 +668,7 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_by_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(redaction_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
     m.add_function(wrap_pyfunction!(column_types, m)?)?;

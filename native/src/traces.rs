@@ -185,7 +185,6 @@ impl<'a> Decoder<'a> {
                         match (g.number, g.value) {
                             (1, Value::Len(kv)) => self.attribute(block, kv, 3)?,
                             (2, Value::Varint(v)) => dropped = v as u32,
-                            (3, Value::Len(_)) => block.unkept_text = true,
                             _ => {}
                         }
                     }

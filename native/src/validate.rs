@@ -166,9 +166,15 @@ impl Msg {
 /// Ok if upb would parse `payload` as the request `root` (`Msg::Request` for spans,
 /// `Msg::LogsRequest` for logs).
 pub fn validate(payload: &[u8], root: Msg) -> Result<(), WireError> {
+    walk(payload, root, |_, _, _| {})
+}
+
+/// `validate`, calling `on_text(message, field number, text)` for every string field of every
+/// message (valid UTF-8 by then), in the order they come.
+pub fn walk<'a>(payload: &'a [u8], root: Msg, mut on_text: impl FnMut(Msg, u32, &'a [u8])) -> Result<(), WireError> {
     // Frames of the open messages: the reader of each (positioned after the field that opened the
     // next one) and its type. Frame 0 is the request.
-    let mut stack: Vec<(Reader<'_>, Msg)> = Vec::with_capacity(16);
+    let mut stack: Vec<(Reader<'a>, Msg)> = Vec::with_capacity(16);
     let mut reader = Reader::new(payload);
     let mut msg = root;
     loop {
@@ -187,6 +193,7 @@ pub fn validate(payload: &[u8], root: Msg) -> Result<(), WireError> {
         if let Value::Len(bytes) = field.value {
             match msg.field(field.number) {
                 Kind::Str if std::str::from_utf8(bytes).is_err() => return Err(WireError::InvalidUtf8),
+                Kind::Str => on_text(msg, field.number, bytes),
                 Kind::Message(sub) => {
                     if depth >= MAX_DEPTH {
                         return Err(WireError::TooDeep);

@@ -72,6 +72,13 @@ def decode_logs(payloads: Sequence[bytes], max_message_bytes: int = MAX_MESSAGE_
 DECODERS = {"traces": decode_traces, "logs": decode_logs}
 
 
+def redaction_inputs(signal: str, payload: bytes, secrets: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """What redaction could change in a protobuf spans or logs request, read without building rows:
+    (distinct attribute keys at any depth, distinct other strings some detector may match), or None
+    when the protobuf library would not parse it."""
+    return _built().redaction_inputs(signal, payload, list(secrets))
+
+
 def split_by_trace(signal: str, payload: bytes, max_total: int) -> list[tuple[str, bytes, int, int]] | None:
     """A protobuf spans or logs request cut into one request per trace at the wire level:
     [(trace id hex, part, records, latest end ns)], traces in the order first seen ("" for records

@@ -10,13 +10,14 @@ rules and templating are left to the label stage, which runs again on the decide
 is idempotent: what it wrote, it leaves alone). Mutates the request; returns how many values changed.
 
 ``redaction_needed`` says beforehand, from the native core, whether a protobuf request holds
-anything ``redact_request`` would change: every attribute key of every map against the policy's
-key rules, and every distinct text a detector may match (attribute values, JSON values included,
-and every text column) through the same ``LabelStage.scrub``; a request holding text the block does
-not keep (a resource's entity references) takes the walk. Values no detector can match are
-found natively (``_native.maybe_sensitive``, exact when it says no). When it says no, the router
-skips the walk over the parsed request (most requests hold no secret); when in doubt (no native
-core, JSON, a request the core refuses, query-secret names it cannot match), it says yes.
+anything ``redact_request`` would change. The core walks the request as ``redact_request`` does,
+by the schema, without building rows (``_native.redaction_inputs``): every attribute key at any
+depth goes through the policy's key rules (``LabelStage.key_drop``), every other string field
+(AnyValue strings and entity references included) through the same ``LabelStage.scrub``. Strings
+no detector can match are passed over natively (``_native.maybe_sensitive``, exact when it says
+no). When it says no, the router skips the walk over the parsed request (most requests hold no
+secret); when in doubt (no native core, JSON, a request the core refuses, query-secret names it
+cannot match), it says yes.
 """
 
 from __future__ import annotations
@@ -34,27 +35,15 @@ _ANY_VALUE = "opentelemetry.proto.common.v1.AnyValue"
 def redaction_needed(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bool:
     """Whether ``redact_request`` may change the protobuf request ``payload`` (``signal`` traces or logs)."""
     from streams.otlp import native
-    from streams.stages.native_stages import TABLES, text_columns
 
     secrets = labels.ascii_query_secrets()
-    if signal not in TABLES or secrets is None or not native.available():
+    if signal not in ("traces", "logs") or secrets is None or not native.available() or len(payload) > max_message_bytes:
         return True
-    texts = text_columns(TABLES[signal])
-    if texts is None:
-        return True
-    block = native.DECODERS[signal]([payload], max_message_bytes)
-    if block.errors or block.holds_unkept_text():
-        return True  # refused (the protobuf library's parse says why), or text the block cannot show
-    keys = block.distinct_keys()
-    if any(labels.key_drop(key) for key in keys):
-        return True
-    to_decide, _ = block.plan_attribute_values([0] * len(keys), secrets)  # values a detector may match
-    if any(labels.scrub(value)[1] for _, value, _ in to_decide):
-        return True
-    for name in texts + (["SpanName"] if signal == "traces" else []):
-        if any(labels.scrub(value)[1] for value, _ in block.distinct_strings(name, secrets)):
-            return True
-    return False
+    found = native.redaction_inputs(signal, payload, secrets)
+    if found is None:
+        return True  # refused: the protobuf library's parse says why
+    keys, texts = found
+    return any(labels.key_drop(key) for key in keys) or any(labels.scrub(text)[1] for text in texts)
 
 
 def redact_request(labels: LabelStage, request: Any) -> int:
