@@ -270,7 +270,8 @@ def native_disagreement(data: bytes, signal: str = "traces") -> str | None:
 
 def split_disagreement(data: bytes, signal: str) -> str | None:
     """How the tail router's native cut by trace and the protobuf library's disagree (None: they
-    agree): which requests each declines, the traces, their counts and ends, and each part's rows."""
+    agree): which requests each declines (and the native redaction check), the traces, their counts
+    and ends, and each part's rows."""
     from streams.agents.routing import split_by_trace
     from streams.otlp import native
 
@@ -282,6 +283,8 @@ def split_disagreement(data: bytes, signal: str) -> str | None:
     cut = native.split_by_trace(signal, data, 1 << 40)
     if (python is None) != (cut is None):
         return f"only the {'native' if cut is None else 'protobuf'} cut by trace declines it"
+    if (native.redaction_inputs(signal, data, ["token"]) is None) != (python is None):
+        return "the redaction check and the protobuf library disagree on whether it parses"
     if cut is None or python is None:
         return None
     if [t for t, _, _, _ in cut] != list(python):
