@@ -214,7 +214,7 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
         async for events in stream.noack_take(w.batch_max_messages, within=w.batch_within_s):
             records = [(e.message.partition, e.message.offset, (e.message.key or b"").decode("utf-8", "replace"),
                         e.message.value) for e in events]
-            await tail_worker.take(records, int(time.time() * 1000))
+            await tail_worker.take(records, int(time.time() * 1000), owned=owned)
             for event in events:  # indexed; the part itself is durable on the routed topic
                 await stream.ack(event)
 

@@ -214,9 +214,17 @@ class TailWorker:
 
     # ------------------------------------------------------------ input
 
-    async def take(self, records: list[tuple[int, int, str, bytes | None]], now_ms: int) -> None:
-        """(partition, offset, key, value) records of the routed topic, in order."""
+    async def take(self, records: list[tuple[int, int, str, bytes | None]], now_ms: int,
+                   owned: set[int] | None = None) -> None:
+        """(partition, offset, key, value) records of the routed topic, in order. With ``owned`` (the
+        partitions this worker holds, read under the lock), records of other partitions are passed
+        over: events fetched before a rebalance can still be delivered after it took their partition
+        away, and restoring that partition here would decide its traces from a copy that misses what
+        comes after (kept traces decided on part of their spans, or written by two workers). Their
+        owner restores them from the topic."""
         async with self.lock:
+            if owned is not None:
+                records = [r for r in records if r[0] in owned]
             await self.ensure({p for p, _, _, _ in records}, now_ms)
             copies = []
             cache_ms = self.settings[3]

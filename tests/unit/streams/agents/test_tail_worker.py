@@ -275,3 +275,22 @@ def test_records_that_are_not_ours_on_the_tail_topic_are_skipped(mangle):
     restored = make_worker(parts_topic, state_topic, written)
     asyncio.run(restored.ensure({1}, now_ms=0))
     assert written == [] and not restored.indexes[1].traces
+
+
+def test_records_of_a_partition_this_worker_no_longer_owns_are_left_to_its_owner():
+    """Events fetched before a rebalance can be delivered after it: restoring their partition here
+    would decide its traces from a copy missing what comes after."""
+    [a] = _traces_routed_to(2, 1, salt=5)
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    records = bulk_records(RawMessage("otlp_spans", 0, 7, _request_with_traces([a]).SerializeToString()))
+    _put(parts_topic, records)
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    owned = {0, 1}  # partition 2 went to another worker
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0, owned=owned))
+    asyncio.run(worker.tick(now_ms=5000, owned=owned))
+    assert 2 not in worker.indexes and written == [] and records[0][1] in parts_topic.records[2]
+    owned.add(2)  # assigned back: restored from the topic and decided
+    asyncio.run(worker.tick(now_ms=6000, owned=owned))
+    asyncio.run(worker.tick(now_ms=10_000, owned=owned))
+    assert _spans_written(written) == 2 and not parts_topic.records[2]
