@@ -46,6 +46,9 @@ def _refusal(raw: RawMessage, max_bytes: int, split: Callable[[], Any]) -> tuple
 
 
 
+ROUTE_IN_FLIGHT_BYTES = 32 * 1024 * 1024  # source bytes a router routes before it waits for the broker
+
+
 class Parts:
     """Routed parts in flight, by the index of the source event they came from."""
 
@@ -56,6 +59,8 @@ class Parts:
         self.refused: dict[int, str] = {}  # event index → why the topic refused one of its parts
         self.pieces = 0
         self.awaited = 0  # futures before this one were waited for by an earlier delivered()
+        self.on_broker = 0  # parts those waits found on the broker
+        self.in_flight = 0  # source bytes routed since the last wait
 
     async def send(self, index: int, send: Callable[[], Awaitable[Any]],
                    pieces: Callable[[], list] | None = None) -> None:
@@ -93,6 +98,20 @@ class Parts:
         self.awaited = i
         return sent
 
+    async def routed(self, size: int) -> None:
+        """A source message of ``size`` bytes was routed: past ``ROUTE_IN_FLIGHT_BYTES`` since the last
+        wait, wait for the broker (the producer holds every part in flight, and a batch of large
+        messages would hold all its parts at once)."""
+        self.in_flight += size
+        if self.in_flight >= ROUTE_IN_FLIGHT_BYTES:
+            self.on_broker += await self.delivered()
+            self.in_flight = 0
+
+    async def all_delivered(self) -> int:
+        """Wait for the rest; returns how many parts of the batch are on the broker."""
+        self.on_broker += await self.delivered()
+        return self.on_broker
+
     def letters(self, raws: list[RawMessage], topic: str) -> list[DeadLetter]:
         return [DeadLetter(raws[i], "too_large_for_topic",
                            f"a routed part was refused by {topic} ({why}); raise its max.message.bytes to "
@@ -120,9 +139,6 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
                 for i, half in enumerate(halves)]
 
     return send, pieces
-
-
-ROUTE_IN_FLIGHT_BYTES = 32 * 1024 * 1024  # source bytes a tail router routes before it waits for the broker
 
 
 def _redaction(redact: Callable[[Any], Any] | None, labels: Any, signal: str, raw: RawMessage, k: Any, w: Any
@@ -170,8 +186,9 @@ async def route_metrics(rt: Runtime, routed_topic: faust.TopicT, stream: Any) ->
                 continue
             for route, payload in sorted(parts.items()):
                 await sending.send(index, *_metrics_part(routed_topic, raw, route, payload, ""))
+            await sending.routed(len(raw.value))
         m.MESSAGES_CONSUMED.labels("metrics").inc(len(events))
-        m.MESSAGES_ROUTED.labels("metrics").inc(await sending.delivered())  # on the broker before the ack
+        m.MESSAGES_ROUTED.labels("metrics").inc(await sending.all_delivered())  # on the broker before the ack
         if sending.pieces:
             m.ROUTED_PIECES.labels("metrics").inc(sending.pieces)
         dead.extend(sending.letters(raws, routed_topic.get_topic_name()))
@@ -192,7 +209,6 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
         labels = rt.stages.labels  # read once a batch: a policy swap applies to the next one
         redact = None if labels is None else functools.partial(redact_request, labels)
         sending, dead, ack_now, raws = Parts(), [], [], []
-        routed = in_flight = 0  # parts on the broker; source bytes routed since the last wait
         direct: dict[int, RawMessage] = {}  # event index → its untraced part
         for index, event in enumerate(events):
             raw = raw_message(event)
@@ -216,10 +232,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                 else:  # one record per trace, as releases before bulk records read them
                     for one, _ in singles():
                         await sending.send(index, one)
-            in_flight += len(raw.value)
-            if in_flight >= ROUTE_IN_FLIGHT_BYTES:  # bounded: the producer holds what is in flight
-                routed += await sending.delivered()
-                in_flight = 0
+            await sending.routed(len(raw.value))
             if untraced is None:
                 ack_now.append(event)
             else:
@@ -227,7 +240,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
                                            (PROTOBUF_HEADER,), raw.timestamp_ms)
         m.MESSAGES_CONSUMED.labels(signal).inc(len(events))
         # every part is on the broker (the durable buffer) before its source is acked
-        m.MESSAGES_ROUTED.labels(signal).inc(routed + await sending.delivered())
+        m.MESSAGES_ROUTED.labels(signal).inc(await sending.all_delivered())
         for index in sending.refused:  # dead-lettered whole: its untraced part is not written either
             if index in direct:
                 del direct[index]

@@ -1,6 +1,9 @@
 """Routing metrics by name: parts that add up to the request, stable partitions, envelopes."""
 
+import asyncio
+
 import pytest
+
 from streams.otlp.batch import RawMessage
 from streams.otlp.decode import decode_messages
 from streams.otlp.values import BadMessage
@@ -103,3 +106,37 @@ def test_a_piece_header_that_is_not_a_piece_path_is_refused():
         headers = ((PIECE_HEADER, bad),) if bad else ((PIECE_HEADER, b"\xff"),)
         with pytest.raises(BadMessage):
             virtual_message(env, RawMessage("a.otlp_metrics.routed", 2, 8, b"", headers=headers))
+
+
+def test_a_router_waits_for_the_broker_every_so_many_bytes_and_counts_every_part():
+    """Parts in flight are bounded by the source bytes routed since the last wait."""
+    from streams.agents import routers
+
+    loop = asyncio.new_event_loop()
+    try:
+        pending: list = []
+
+        async def send():
+            fut = loop.create_future()
+            pending.append(fut)
+            return fut
+
+        async def run():
+            sending = routers.Parts()
+            waits = []
+            for i in range(5):
+                await sending.send(i, send)
+                await sending.send(i, send)
+                for fut in pending:
+                    if not fut.done():
+                        fut.set_result(None)  # the broker answers
+                before = sending.awaited
+                await sending.routed(routers.ROUTE_IN_FLIGHT_BYTES // 2)
+                waits.append(sending.awaited > before)
+            return waits, await sending.all_delivered()
+
+        waits, total = loop.run_until_complete(run())
+        assert waits == [False, True, False, True, False]  # every second message: 32 MiB of source
+        assert total == 10
+    finally:
+        loop.close()
