@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from peer import collector_config, run_collector  # noqa: E402
-from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send  # noqa: E402
+from throughput import bench_env, build_messages, cpu_seconds, profile, ready_worker, send, thread_cpu  # noqa: E402
 
 from streams.tools import collector_build  # noqa: E402
 from streams.tools.collector_build import TAIL_PEER_VERSION  # noqa: E402
@@ -60,20 +60,27 @@ def metric(port: int, name: str) -> float:
     return total
 
 
-def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float, int, int, float]:
-    """(wall s, worker CPU s, RSS at ready, RSS at done, traces buffered at ready) from ready until
-    done(settings) is true."""
+def run_worker(env: dict[str, str], log_path: Path, done) -> tuple[float, float, int, int, float, dict]:
+    """(wall s, worker CPU s, RSS at ready, RSS at done, traces buffered at ready, details) from ready
+    until done(settings) is true; details: CPU seconds per thread and inserts per table."""
     settings = load_settings(env=env)
     with ready_worker(env, log_path) as (worker, proc):
         rss0, cpu0, t0 = proc.memory_info().rss, cpu_seconds(proc), time.monotonic()
+        threads0 = thread_cpu(worker.pid)
         at_ready = metric(settings.worker.web_port, "otelpipe_tail_buffered_traces")
         if env.get("OTELPIPE_SAMPLING_DECISION_WAIT_S") == "1":  # the tail-on drain
-            profile(worker.pid)
+            profile(worker.pid, "--threads")
         while not done(settings):
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited: see {log_path}")
             time.sleep(0.2)
-        return time.monotonic() - t0, cpu_seconds(proc) - cpu0, rss0, proc.memory_info().rss, at_ready
+        wall, cpu, rss1 = time.monotonic() - t0, cpu_seconds(proc) - cpu0, proc.memory_info().rss
+        threads1 = thread_cpu(worker.pid)
+        details = {
+            "threads": {k: round(v - threads0.get(k, 0.0), 2) for k, v in threads1.items()},
+            "inserts": metric(settings.worker.web_port, "otelpipe_insert_duration_seconds_count"),
+        }
+        return wall, cpu, rss0, rss1, at_ready, details
 
 
 def main() -> int:
@@ -146,6 +153,7 @@ def main() -> int:
         "tail on / tail off throughput": round(off_cpu / on_cpu, 3),
         "tail on / tail off, each pair": " ".join(f"{o[1] / n[1]:.2f}" for o, n in zip(offs, ons)),
         "tail on: drain wall s (includes the 1 s decision wait)": round(statistics.median(o[0] for o in ons), 1),
+        "tail off / tail on: ClickHouse inserts (first pair)": f"{offs[0][5]['inserts']:.0f} / {ons[0][5]['inserts']:.0f}",
         "buffered: resident memory growth MiB": round((mem[3] - mem[2]) / 2**20, 1),
         "buffered: KiB per trace (12 spans)": round((mem[3] - mem[2]) / traces / 1024, 2),
         "restored: resident memory growth MiB": round((restored[3] - restored[2]) / 2**20, 1),
@@ -161,7 +169,14 @@ def main() -> int:
         figures[f"the Collector {TAIL_PEER_VERSION}, tail on: spans per CPU-second"] = round(total_spans / tail)
         figures["the Collector: tail on / tail off"] = round(plain / tail, 3)
     print(format_table(["figure", "value"], list(figures.items())))
+    for name, drain in (("tail off", offs[0]), ("tail on", ons[0])):
+        print(f"{name}, CPU seconds by thread (first drain): {_threads(drain[5]['threads'])}")
     return 0
+
+
+def _threads(cpu: dict[str, float], top: int = 5) -> str:
+    ranked = sorted(((v, k) for k, v in cpu.items() if v > 0), reverse=True)
+    return ", ".join(f"{k} {v:.2f}" for v, k in ranked[:top])
 
 
 PEER_TAIL_SAMPLING = """    decision_wait: 1s

@@ -8,6 +8,7 @@ mod columns;
 mod logs;
 mod split;
 mod stages;
+mod tail;
 mod text;
 mod traces;
 mod validate;
@@ -440,6 +441,47 @@ impl NativeBlock {
             .map(|(mode, threshold, weight, state)| Head { mode, threshold, weight, state: state.map(String::into_bytes) })
             .collect();
         self.block.apply_head(&heads).map_err(PyValueError::new_err)
+    }
+
+    /// Tail sampling's facts per trace, traces in the order first seen: [(trace id, spans,
+    /// statuses (bit c set when a span has STATUS_CODES[c]), longest duration, the root span's
+    /// duration or None, the root's service, the root's name, the first span's service, earliest
+    /// Timestamp, latest Timestamp + Duration, spans with status Error)]. The root is the first
+    /// span without a parent span id.
+    fn trace_facts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.spans_only("trace_facts")?;
+        let b = &self.block;
+        let out = PyList::empty(py);
+        for (trace, f) in b.trace_facts() {
+            let (root_duration, root_service, root_name) = match f.root {
+                Some(r) => (Some(b.duration[r]), b.row_service(r), b.name.get(r)),
+                None => (None, &b""[..], &b""[..]),
+            };
+            let end = f.end.into_pyobject(py)?;
+            let item = PyTuple::new(py, [
+                text(py, trace)?.into_any(), f.rows.into_pyobject(py)?.into_any(),
+                f.statuses.into_pyobject(py)?.into_any(), f.max_duration.into_pyobject(py)?.into_any(),
+                root_duration.into_pyobject(py)?.into_any(), text(py, root_service)?.into_any(),
+                text(py, root_name)?.into_any(), text(py, b.row_service(f.first))?.into_any(),
+                f.start.into_pyobject(py)?.into_any(), end.into_any(), f.errors.into_pyobject(py)?.into_any(),
+            ])?;
+            out.append(item)?;
+        }
+        Ok(out)
+    }
+
+    /// Tail sampling by trace: keep the rows of the traces in `kept` ({trace id: weight factor}),
+    /// each kept row's SampleWeight (1 where none was set) multiplied by its trace's factor; the
+    /// others are dropped. Returns rows dropped.
+    fn apply_tail_traces(&mut self, kept: &Bound<'_, PyDict>) -> PyResult<usize> {
+        self.spans_only("apply_tail_traces")?;
+        let mut factors = HashMap::with_capacity(kept.len());
+        for (trace, factor) in kept.iter() {
+            let factor: f64 = factor.extract().map_err(|_| PyTypeError::new_err("weight factors must be floats"))?;
+            factors.insert(utf8(&trace, "trace ids")?, factor);
+        }
+        let (keep, factors) = self.block.tail_flags(&factors);
+        self.block.apply_tail(&keep, &factors).map_err(PyValueError::new_err)
     }
 
     /// Tail sampling: keep the rows whose flag is set, each kept row's SampleWeight (1 where none

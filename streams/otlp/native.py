@@ -186,6 +186,14 @@ class NativeBatch(ColumnBatch):
             start = stop
         return NativeBatch(self.parts, self.source, self.table)
 
+    def apply_tail_traces(self, kept: dict[str, float]) -> "NativeBatch":
+        """Tail sampling's decisions by trace: the rows of the traces in ``kept`` ({trace id: weight
+        factor}) stay, their SampleWeight multiplied by the factor; the others go
+        (``NativeBlock.apply_tail_traces``). The blocks change: the batch they came in is spent."""
+        for block, _ in self.parts:
+            block.apply_tail_traces(kept)
+        return NativeBatch(self.parts, self.source, self.table)
+
     def insert_columns(self) -> list[list[Any]]:
         columns = self._python_columns()
         return [columns[name] for name in self._names]

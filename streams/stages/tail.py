@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 from streams.otlp.batch import ColumnBatch
 from streams.otlp.native import NativeBatch
-from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceView, Verdict, evaluate
+from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceFacts, TraceView, Verdict, evaluate, facts_of
 
 SUMMARY_TABLE = "otel_trace_summary"
 SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanName", "SpanCount",
@@ -292,29 +292,74 @@ def _rows_by_trace(columns: Mapping[str, list[Any]] | None) -> dict[str, list[in
     return out
 
 
+FACT_COLUMNS = ("TraceId", "ParentSpanId", "ServiceName", "SpanName", "StatusCode", "Duration", "Timestamp")
+_STATUS_NAMES = ("unset", "ok", "error")  # bit c of a native block's statuses: STATUS_CODES[c], lowercase
+
+
+def _root(parents: list[str]) -> int | None:
+    return next((k for k, parent in enumerate(parents) if not parent), None)
+
+
 def _view(trace_id: str, columns: Mapping[str, list[Any]], rows: list[int]) -> TraceView:
     cols = {name: [values[i] for i in rows] for name, values in columns.items()}
-    root = next((k for k, parent in enumerate(cols["ParentSpanId"]) if not parent), None)
-    return TraceView(trace_id, cols, root)
+    return TraceView(trace_id, cols, _root(cols["ParentSpanId"]))
+
+
+def _native_facts(item: tuple) -> TraceFacts:
+    _, spans, statuses, longest, root_duration, root_service, root_span, first_service, start, end, errors = item
+    names = frozenset(name for bit, name in enumerate(_STATUS_NAMES) if statuses >> bit & 1)
+    service = root_service if root_duration is not None else first_service
+    return TraceFacts(spans, names, longest, root_duration, root_service, root_span, service, start, end, errors)
+
+
+def trace_facts(spans: ColumnBatch | None) -> dict[str, TraceFacts]:
+    """{trace id: its facts} over a batch's spans, traces in the order first seen: from the blocks
+    of a native batch (no Python object per span), else from the Python columns. Both give the
+    same facts (tests/unit/streams/stages/test_tail_native.py)."""
+    if spans is None or not len(spans):
+        return {}
+    if isinstance(spans, NativeBatch):
+        cached = getattr(spans, "_trace_facts", None)
+        if cached is not None:
+            return cached
+        out: dict[str, TraceFacts] = {}
+        for block, _ in spans.parts:
+            for item in block.trace_facts():
+                facts = _native_facts(item)
+                earlier = out.get(item[0])
+                out[item[0]] = facts if earlier is None else earlier.merged(facts)
+        spans._trace_facts = out  # type: ignore[attr-defined]  # the blocks are read only until apply_tail
+        return out
+    columns = spans.columns
+    return {trace_id: _view(trace_id, {c: columns[c] for c in FACT_COLUMNS}, rows).facts
+            for trace_id, rows in _rows_by_trace(columns).items()}
+
+
+def _needs_columns(policies: tuple[TailPolicy, ...]) -> bool:
+    names = policy_columns(policies)
+    return names is None or any(name in names for name in ATTRIBUTE_COLUMNS)
 
 
 def decide(policies: tuple[TailPolicy, ...], trace_ids: list[str], spans: ColumnBatch | None, limiter: RateLimiter,
            now_ms: int) -> dict[str, Decision]:
-    """Decisions for traces not decided before, from the spans at hand (none: dropped)."""
+    """Decisions for traces not decided before, from the spans at hand (none: dropped). Policies
+    that read no attribute decide on each trace's facts alone; attribute policies get its columns."""
     out: dict[str, Decision] = {}
-    columns = _columns(spans, policy_columns(policies)) if spans is not None and len(spans) else None
-    by_trace = _rows_by_trace(columns)
+    views: dict[str, TraceView] = {}
+    if spans is not None and len(spans):
+        if _needs_columns(policies):
+            columns, wanted = _columns(spans, policy_columns(policies)), set(trace_ids)
+            views = {t: _view(t, columns, rows) for t, rows in _rows_by_trace(columns).items() if t in wanted}
+        else:
+            views = {t: TraceView(t, None, facts=f) for t, f in trace_facts(spans).items()}
     for trace_id in trace_ids:
-        rows = by_trace.get(trace_id)
-        if not rows or columns is None:
+        view = views.get(trace_id)
+        if view is None:
             out[trace_id] = Decision(False, 1.0, "", now_ms)
             continue
-        view = _view(trace_id, columns, rows)
         verdict: Verdict = evaluate(policies, view, limiter, now_ms // 1000)
-        root_service = view.columns["ServiceName"][view.root] if view.root is not None else ""
-        root_span = view.columns["SpanName"][view.root] if view.root is not None else ""
-        out[trace_id] = Decision(verdict.keep, 1.0 / verdict.probability, verdict.policy, now_ms, root_service,
-                                 root_span)
+        out[trace_id] = Decision(verdict.keep, 1.0 / verdict.probability, verdict.policy, now_ms,
+                                 view.facts.root_service, view.facts.root_span)
     return out
 
 
@@ -323,31 +368,26 @@ def assemble(decisions: dict[str, Decision], new: set[str], spans: ColumnBatch |
     """Rows to write for these traces' parts; ``new`` are the traces decided in this round."""
     counts: Counter = Counter()
     out: dict[str, ColumnBatch] = {}
-    scols: Mapping[str, list[Any]] = {}
     span_names: dict[tuple[str, str], tuple[str, str]] = {}
+    facts = trace_facts(spans)
     if spans is not None and len(spans):
-        scols = _columns(spans, ASSEMBLE_COLUMNS)
-        base_weights = scols.get("SampleWeight") or [1.0] * len(scols["TraceId"])
-        keep = [False] * len(scols["TraceId"])
-        factors = [1.0] * len(keep)
-        for i, (trace_id, span_id, name, kind) in enumerate(zip(scols["TraceId"], scols["SpanId"], scols["SpanName"],
-                                                                 scols["SpanKind"])):
-            span_names[(trace_id, span_id)] = (name, kind)
-            decision = decisions.get(trace_id)
-            if decision is not None and decision.keep:
-                keep[i] = True
-                factors[i] = decision.weight
-        kept = sum(keep)
-        counts[("tail", "dropped_span")] += len(keep) - kept
+        if logs is not None and len(logs):  # the logs' span context, read before the blocks drop rows
+            scols = _columns(spans, ("TraceId", "SpanId", "SpanName", "SpanKind"))
+            span_names = {(t, s): (name, kind) for t, s, name, kind in
+                          zip(scols["TraceId"], scols["SpanId"], scols["SpanName"], scols["SpanKind"])}
+        kept_traces = {t: d.weight for t, d in decisions.items() if d.keep and t in facts}
+        kept = sum(facts[t].span_count for t in kept_traces)
+        counts[("tail", "dropped_span")] += len(spans) - kept
         counts[("tail", "kept_span")] += kept
         if kept and isinstance(spans, NativeBatch):  # the blocks drop and weight the rows: no Python row
-            out["otel_traces"] = spans.apply_tail(keep, factors)
+            out["otel_traces"] = spans.apply_tail_traces(kept_traces)
         elif kept:
-            rows = [i for i, k in enumerate(keep) if k]
-            batch = {name: [values[i] for i in rows] for name, values in spans.columns.items()}
-            batch["SampleWeight"] = [base_weights[i] * factors[i] for i in rows]
+            cols = spans.columns
+            rows = [i for i, t in enumerate(cols["TraceId"]) if t in kept_traces]
+            base_weights = cols.get("SampleWeight") or [1.0] * len(cols["TraceId"])
+            batch = {name: [values[i] for i in rows] for name, values in cols.items()}
+            batch["SampleWeight"] = [base_weights[i] * kept_traces[cols["TraceId"][i]] for i in rows]
             out["otel_traces"] = ColumnBatch("otel_traces", batch)
-    span_rows = _rows_by_trace(scols or None)
     log_counts: Counter = Counter()
     log_errors: Counter = Counter()
     if logs is not None and len(logs):
@@ -375,14 +415,12 @@ def assemble(decisions: dict[str, Decision], new: set[str], spans: ColumnBatch |
     summary: dict[str, list[Any]] = {c: [] for c in SUMMARY_COLUMNS}
     for trace_id in sorted(new):
         decision = decisions[trace_id]
-        rows = span_rows.get(trace_id)
-        if not decision.keep or not rows or spans is None:
+        f = facts.get(trace_id)
+        if not decision.keep or f is None:
             continue
-        starts = [scols["Timestamp"][i] for i in rows]
-        ends = [scols["Timestamp"][i] + scols["Duration"][i] for i in rows]
-        values = [trace_id, min(starts), max(ends) - min(starts), decision.root_service, decision.root_span, len(rows),
-                  sum(1 for i in rows if str(scols["StatusCode"][i]).lower() == "error"), log_counts[trace_id],
-                  log_errors[trace_id], "keep", decision.policy, decision.weight, decision.decided_ms]
+        values = [trace_id, f.start, f.end - f.start, decision.root_service, decision.root_span, f.span_count,
+                  f.errors, log_counts[trace_id], log_errors[trace_id], "keep", decision.policy, decision.weight,
+                  decision.decided_ms]
         for column, value in zip(SUMMARY_COLUMNS, values):
             summary[column].append(value)
     if summary["TraceId"]:

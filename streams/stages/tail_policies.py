@@ -48,17 +48,82 @@ class TailPolicyError(ProblemsError):
     what = "tail sampling policy"
 
 
+@dataclass(frozen=True)
+class TraceFacts:
+    """What every policy but the attribute ones reads of a trace, and what its summary row holds:
+    the same whether taken from Python columns (``facts_of``) or from a native block's rows."""
+
+    span_count: int
+    statuses: frozenset[str]  # the spans' status codes, lowercase
+    max_duration: int | None  # None without spans
+    root_duration: int | None  # None without a root span
+    root_service: str  # "" without a root span
+    root_span: str
+    service: str  # the root span's service, else the first span's ("" without spans)
+    start: int | None  # earliest Timestamp
+    end: int | None  # latest Timestamp + Duration
+    errors: int  # spans with status Error
+
+    def merged(self, later: TraceFacts) -> TraceFacts:
+        """The facts of this trace's spans followed by ``later``'s (the root is the first one)."""
+        has_root = self.root_duration is not None
+        if has_root or later.root_duration is None:
+            service = self.service if self.span_count else later.service
+        else:
+            service = later.service
+        return TraceFacts(
+            self.span_count + later.span_count, self.statuses | later.statuses,
+            _max(self.max_duration, later.max_duration),
+            self.root_duration if has_root else later.root_duration,
+            self.root_service if has_root else later.root_service,
+            self.root_span if has_root else later.root_span,
+            service,
+            _min(self.start, later.start), _max(self.end, later.end), self.errors + later.errors)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def facts_of(columns: dict[str, list[Any]], root: int | None) -> TraceFacts:
+    """A trace's facts from its span columns (StatusCode, Duration, ServiceName, SpanName,
+    Timestamp) and the index of its root span."""
+    n = len(columns["StatusCode"])
+    durations, starts, services = columns["Duration"], columns["Timestamp"], columns["ServiceName"]
+    statuses = [str(s).lower() for s in columns["StatusCode"]]
+    return TraceFacts(
+        n, frozenset(statuses), max(durations) if n else None,
+        durations[root] if root is not None else None,
+        services[root] if root is not None else "",
+        columns["SpanName"][root] if root is not None else "",
+        services[root] if root is not None else (services or [""])[0],
+        min(starts) if n else None, max(t + d for t, d in zip(starts, durations)) if n else None,
+        statuses.count("error"))
+
+
 @dataclass
 class TraceView:
-    """What the policies look at: one trace's spans as columns (a slice of a traces batch)."""
+    """What the policies look at: one trace's facts, and its spans as columns where an attribute
+    policy needs them (a slice of a traces batch; None when the facts came without columns)."""
 
     trace_id: str
-    columns: dict[str, list[Any]]
-    root: int | None  # index of the root span (no parent), if it arrived
+    columns: dict[str, list[Any]] | None
+    root: int | None = None  # index of the root span (no parent) in ``columns``, if it arrived
+    facts: TraceFacts = None  # type: ignore[assignment]  # from the columns when not given
+
+    def __post_init__(self) -> None:
+        if self.facts is None:
+            if self.columns is None:
+                raise ValueError("a TraceView needs its facts or its columns")
+            self.facts = facts_of(self.columns, self.root)
 
     @property
     def span_count(self) -> int:
-        return len(self.columns["SpanId"])
+        return self.facts.span_count
 
 
 @dataclass(frozen=True)
@@ -87,6 +152,8 @@ class RateLimiter:
 
 
 def _attr(view: TraceView, key: str) -> list[Any]:
+    if view.columns is None:
+        raise ValueError("attribute policies need the trace's columns")
     values = []
     for column in ("SpanAttributes", "ResourceAttributes"):
         for attrs in view.columns.get(column, ()):
@@ -183,7 +250,7 @@ class StatusCodePolicy(TailPolicy):
 
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
         wanted = {s.lower() for s in self.status_codes}
-        return any(str(s).lower() in wanted for s in view.columns["StatusCode"]), 1.0
+        return not wanted.isdisjoint(view.facts.statuses), 1.0
 
 
 class LatencyPolicy(TailPolicy):
@@ -194,13 +261,9 @@ class LatencyPolicy(TailPolicy):
     scope: Literal["root", "any"] = Field("root", description="Which spans count: the root span or any span.")
 
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
-        cols = view.columns
         threshold_ns = float(self.threshold_ms) * 1_000_000
-        if self.scope == "root":
-            durations = [cols["Duration"][view.root]] if view.root is not None else []
-        else:
-            durations = cols["Duration"]
-        return any(d >= threshold_ns for d in durations), 1.0
+        duration = view.facts.root_duration if self.scope == "root" else view.facts.max_duration
+        return duration is not None and duration >= threshold_ns, 1.0
 
 
 class StringAttributePolicy(TailPolicy):
@@ -268,9 +331,7 @@ class RateLimitingPolicy(TailPolicy):
     spans_per_second: Positive = Field(description="Spans per second per service (> 0).")
 
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
-        cols = view.columns
-        service = cols["ServiceName"][view.root] if view.root is not None else (cols["ServiceName"] or [""])[0]
-        return limiter.take(id(self), service, view.span_count, float(self.spans_per_second), now_s), 1.0
+        return limiter.take(id(self), view.facts.service, view.span_count, float(self.spans_per_second), now_s), 1.0
 
 
 class AndPolicy(TailPolicy):

@@ -81,3 +81,69 @@ def test_dropping_every_span_writes_no_spans():
     decisions = {t: Decision(False, 1.0, "", 1) for t in set(python_batch.columns["TraceId"])}
     out, counts = assemble(decisions, set(decisions), native_batch, None, 13)
     assert out == {} and counts[("tail", "dropped_span")] == len(python_batch)
+
+
+def _hostile_request(rng):
+    """Spans of a few traces in any order: several roots or none, every status code (and codes
+    no enum has), durations of any sign, resources of other services."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    trace_ids = [rng.randbytes(16) for _ in range(4)] + [b""]
+    for r in range(rng.randint(1, 3)):
+        resource = request.resource_spans.add()
+        if rng.random() < 0.8:
+            attr = resource.resource.attributes.add()
+            attr.key, attr.value.string_value = "service.name", rng.choice(["a", "b", "ünï", ""])
+        scope = resource.scope_spans.add()
+        for _ in range(rng.randint(0, 12)):
+            span = scope.spans.add()
+            span.trace_id = rng.choice(trace_ids)
+            span.span_id = rng.randbytes(8)
+            if rng.random() < 0.6:
+                span.parent_span_id = rng.randbytes(8)
+            span.name = rng.choice(["GET /", "root", "x" * rng.randint(0, 40)])
+            span.status.code = rng.choice([0, 1, 2, 2, 3, 7, -1])
+            start = rng.randint(0, 2**63 - 1) if rng.random() < 0.2 else 1_760_000_000_000_000_000 + rng.randint(0, 10**12)
+            span.start_time_unix_nano = start
+            span.end_time_unix_nano = max(0, start + rng.randint(-10**9, 10**10))
+    return request.SerializeToString()
+
+
+def _facts_batches(rng, blocks):
+    """The same spans as a native batch of ``blocks`` blocks and as Python columns."""
+    from streams.otlp.batch import ColumnBatch
+
+    natives, pythons = [], []
+    for b in range(blocks):
+        messages = [RawMessage("otlp_spans", 0, b * 10 + i, _hostile_request(rng)) for i in range(rng.randint(1, 3))]
+        for on, into in ((True, natives), (False, pythons)):
+            stages = Stages(lambda topic: "otlp_proto", 1 << 24, None, native_spans=on)
+            batch = stages.run("traces", messages).batches.get("otel_traces")
+            if batch is not None:
+                into.append(batch)
+    if not natives:
+        return None, None
+    return native.NativeBatch.join(natives), ColumnBatch.join(pythons)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_trace_facts_of_the_blocks_are_those_of_the_columns(seed):
+    from streams.stages.tail import trace_facts
+
+    rng = random.Random(seed)
+    native_batch, python_batch = _facts_batches(rng, rng.randint(1, 4))
+    if native_batch is None:
+        return
+    assert len(native_batch.parts) >= 1
+    got, want = trace_facts(native_batch), trace_facts(python_batch)
+    assert list(got) == list(want)  # the same traces, in the order first seen
+    assert got == want
+    # and the plain policies decide alike on them, rate limits included
+    policies = parse_policies({"policies": [
+        {"type": "status_code", "status_codes": ["Ok"]}, {"type": "latency", "threshold_ms": 3000, "scope": "any"},
+        {"type": "latency", "threshold_ms": 900}, {"type": "span_count", "min_spans": 4, "max_spans": 6},
+        {"type": "rate_limiting", "spans_per_second": 9}]})
+    traces = list(want)
+    assert (decide(policies, traces, native_batch, RateLimiter(), 10**12)
+            == decide(policies, traces, python_batch, RateLimiter(), 10**12))
