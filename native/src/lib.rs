@@ -548,24 +548,22 @@ fn decode(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize,
     Ok(NativeBlock { block, errors, messages: slices.len(), pending: Vec::new() })
 }
 
-/// Decode a batch of OTLP ExportTraceServiceRequest protobuf payloads (one per Kafka message)
-/// into one NativeBlock of otel_traces. Never raises for a payload's contents: a message that
-/// cannot become rows is in `errors` with the reason and detail the Python decoder gives it, and
-/// none of its rows are kept. The GIL is released while decoding.
 /// A spans ("traces") or logs request cut into one request per trace at the wire level (see
 /// native/src/split.rs): [(trace id as hex, part bytes, records, latest end in ns)] in the order
 /// the traces first appear, records without a trace id under "". None when upb would not parse
 /// the request; ValueError("too_large", bytes) when the parts would add up to more than
-/// `max_total` bytes.
+/// `max_total` bytes. `validated`: redaction_inputs read this payload already (so it is valid),
+/// and it is not validated again.
 #[pyfunction]
-fn split_by_trace<'py>(py: Python<'py>, signal: &str, payload: &[u8], max_total: usize)
+#[pyo3(signature = (signal, payload, max_total, validated = false))]
+fn split_by_trace<'py>(py: Python<'py>, signal: &str, payload: &[u8], max_total: usize, validated: bool)
     -> PyResult<Option<Bound<'py, PyList>>> {
     let signal = match signal {
         "traces" => Signal::Traces,
         "logs" => Signal::Logs,
         other => return Err(PyValueError::new_err(format!("split_by_trace cuts traces or logs, not {other:?}"))),
     };
-    let parts = match py.allow_threads(|| split::split_by_trace(payload, signal, max_total)) {
+    let parts = match py.allow_threads(|| split::split_by_trace(payload, signal, max_total, validated)) {
         Ok(parts) => parts,
         Err(split::NotSplit::Invalid) => return Ok(None),
         Err(split::NotSplit::TooLarge(total)) => return Err(PyValueError::new_err(("too_large", total))),
@@ -578,6 +576,10 @@ fn split_by_trace<'py>(py: Python<'py>, signal: &str, payload: &[u8], max_total:
     Ok(Some(out))
 }
 
+/// Decode a batch of OTLP ExportTraceServiceRequest protobuf payloads (one per Kafka message)
+/// into one NativeBlock of otel_traces. Never raises for a payload's contents: a message that
+/// cannot become rows is in `errors` with the reason and detail the Python decoder gives it, and
+/// none of its rows are kept. The GIL is released while decoding.
 #[pyfunction]
 #[pyo3(signature = (payloads, max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES))]
 fn decode_traces(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize) -> PyResult<NativeBlock> {

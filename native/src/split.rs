@@ -121,13 +121,16 @@ pub enum NotSplit {
 }
 
 /// The parts of `payload`, one per trace id in the order first seen (records without a trace id
-/// under the empty id), adding up to at most `max_total` bytes.
-pub fn split_by_trace(payload: &[u8], signal: Signal, max_total: usize) -> Result<Vec<Part>, NotSplit> {
+/// under the empty id), adding up to at most `max_total` bytes. `validated`: the caller has
+/// validated `payload` already (a `walk` of it succeeded), so it is not validated again.
+pub fn split_by_trace(payload: &[u8], signal: Signal, max_total: usize, validated: bool) -> Result<Vec<Part>, NotSplit> {
     let root = match signal {
         Signal::Traces => Msg::Request,
         Signal::Logs => Msg::LogsRequest,
     };
-    validate(payload, root).map_err(|_| NotSplit::Invalid)?;
+    if !validated {
+        validate(payload, root).map_err(|_| NotSplit::Invalid)?;
+    }
     let (traces, resources) = split(payload, signal).map_err(|_| NotSplit::Invalid)?;
     if !payload.is_empty() && resources == 0 {
         return Err(NotSplit::Invalid); // only unknown fields: not telemetry (the protobuf path says so)

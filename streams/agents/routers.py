@@ -141,13 +141,15 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
     return send, pieces
 
 
-def _redaction(redact: Callable[[Any], Any] | None, labels: Any, signal: str, raw: RawMessage, k: Any, w: Any
-               ) -> Callable[[Any], Any] | None:
-    """``redact``, unless the native core shows the message holds nothing it would change."""
-    if (redact is not None and choose_encoding(raw, k.encoding_for(raw.topic)) == "otlp_proto"
+def _cut(signal: str, raw: RawMessage, redact: Callable[[Any], Any] | None, labels: Any, k: Any, w: Any
+         ) -> dict[str, tuple[bytes, int, int]]:
+    """``split_by_trace`` of one message, redacted first unless the native core shows it holds
+    nothing ``redact`` would change (a reading that validated it too: the cut does not again)."""
+    encoding = k.encoding_for(raw.topic)
+    if (redact is not None and choose_encoding(raw, encoding) == "otlp_proto"
             and not redaction_needed(labels, signal, raw.value, w.max_message_bytes)):
-        return None
-    return redact
+        return split_by_trace(signal, raw, encoding, None, validated=True)
+    return split_by_trace(signal, raw, encoding, redact)
 
 
 def _tail_record(tail_topic: faust.TopicT, signal: str, raw: RawMessage, route: int,
@@ -213,9 +215,7 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
         for index, event in enumerate(events):
             raw = raw_message(event)
             raws.append(raw)
-            parts, letter = _refusal(raw, w.max_message_bytes,
-                                     lambda: split_by_trace(signal, raw, k.encoding_for(raw.topic),
-                                                            _redaction(redact, labels, signal, raw, k, w)))
+            parts, letter = _refusal(raw, w.max_message_bytes, lambda: _cut(signal, raw, redact, labels, k, w))
             if letter is not None:
                 dead.append(letter)
                 ack_now.append(event)

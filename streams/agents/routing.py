@@ -139,7 +139,7 @@ SPLIT_MAX_TOTAL_BYTES = 64 * 1024 * 1024  # what cutting one message by trace ma
 
 def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
                    redact: Callable[[Any], Any] | None = None,
-                   max_total: int = SPLIT_MAX_TOTAL_BYTES) -> dict[str, tuple[bytes, int, int]]:
+                   max_total: int = SPLIT_MAX_TOTAL_BYTES, validated: bool = False) -> dict[str, tuple[bytes, int, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
     logs, how many, when the latest of them ended in Unix ms). ``redact`` changes the request in
     place before it is cut (the label policy's redaction: parts are buffered). Raises BadMessage,
@@ -149,13 +149,15 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
     A protobuf request with nothing to redact is cut by the native core at the wire level where it
     is built (``streams.otlp.native.split_by_trace``: the same records, resources and scopes in
     each part; it declines what protobuf would not parse, which the protobuf library then refuses
-    with its reason); otherwise by the protobuf library."""
+    with its reason); otherwise by the protobuf library. ``validated``: the native core read the
+    payload already (``redaction_needed`` answered without falling back), so the cut does not
+    validate it again."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
     encoding = choose_encoding(message, default_encoding)
     if redact is None and encoding == "otlp_proto" and native.available():
         try:
-            cut = native.split_by_trace(signal, message.value, max_total)
+            cut = native.split_by_trace(signal, message.value, max_total, validated)
         except ValueError as exc:
             raise BadMessage("too_large", f"cut by trace it makes {exc.args[1]} bytes, over the limit of "
                                           f"{max_total}") from None

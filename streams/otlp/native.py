@@ -79,12 +79,14 @@ def redaction_inputs(signal: str, payload: bytes, secrets: Sequence[str]) -> tup
     return _built().redaction_inputs(signal, payload, list(secrets))
 
 
-def split_by_trace(signal: str, payload: bytes, max_total: int) -> list[tuple[str, bytes, int, int]] | None:
+def split_by_trace(signal: str, payload: bytes, max_total: int, validated: bool = False
+                   ) -> list[tuple[str, bytes, int, int]] | None:
     """A protobuf spans or logs request cut into one request per trace at the wire level:
     [(trace id hex, part, records, latest end ns)], traces in the order first seen ("" for records
     without one). None when the protobuf library would not parse it; ``ValueError("too_large",
-    bytes)`` when the parts would add up to more than ``max_total`` bytes."""
-    return _built().split_by_trace(signal, payload, max_total)
+    bytes)`` when the parts would add up to more than ``max_total`` bytes. ``validated``:
+    ``redaction_inputs`` read this payload already (it is valid), so it is not read twice."""
+    return _built().split_by_trace(signal, payload, max_total, validated)
 
 
 def column_types(table: str = "otel_traces") -> dict[str, str]:

@@ -22,6 +22,7 @@ trace id pass.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,9 +43,11 @@ class SamplingError(ValueError):
 # ------------------------------------------------------------------ threshold arithmetic
 
 
+@functools.lru_cache(maxsize=4096)
 def probability_to_threshold(probability: float, precision: int = DEFAULT_PRECISION) -> int:
     """The 56-bit rejection threshold of a probability, rounded to ``precision`` hex digits
-    (more for small probabilities, so the significant digits keep their precision)."""
+    (more for small probabilities, so the significant digits keep their precision). Memoised:
+    policies and services ask for the same few rates once per trace."""
     if not (1 / MAX_THRESHOLD <= probability <= 1):
         raise SamplingError(f"sampling probability must be in [2^-56, 1], got {probability!r}")
     if probability == 1:

@@ -283,8 +283,11 @@ def split_disagreement(data: bytes, signal: str) -> str | None:
     cut = native.split_by_trace(signal, data, 1 << 40)
     if (python is None) != (cut is None):
         return f"only the {'native' if cut is None else 'protobuf'} cut by trace declines it"
-    if native.redaction_inputs(signal, data, ["token"]) is None and python is not None:
-        return "the redaction check declines what protobuf parses"  # (bytes of unknown fields only pass it)
+    if native.redaction_inputs(signal, data, ["token"]) is None:
+        if python is not None:
+            return "the redaction check declines what protobuf parses"  # (bytes of unknown fields only pass it)
+    elif native.split_by_trace(signal, data, 1 << 40, validated=True) != cut:
+        return "the cut of a request the redaction check read differs"
     if cut is None or python is None:
         return None
     if [t for t, _, _, _ in cut] != list(python):
