@@ -593,6 +593,21 @@ fn decode_logs(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: u
     decode(py, payloads, max_message_bytes, Signal::Logs)
 }
 
+/// Tail sampling's triage of one routed spans part, before it is decoded: (spans, statuses (bit c
+/// set when a span has STATUS_CODES[c]), longest duration, longest duration of a span without a
+/// parent or None, whether the decoder would refuse a span (a time past 2262, an id of the wrong
+/// size), the part cut to those root spans or None). None when the part does not parse. The GIL
+/// is released while reading.
+#[pyfunction]
+fn triage_spans<'py>(py: Python<'py>, payload: &[u8])
+    -> PyResult<Option<(u64, u8, u64, Option<u64>, bool, Option<Bound<'py, PyBytes>>)>> {
+    let Ok(t) = py.allow_threads(|| split::triage_spans(payload)) else {
+        return Ok(None);
+    };
+    let roots = t.roots.map(|r| PyBytes::new(py, &r));
+    Ok(Some((t.spans, t.statuses, t.max_duration, t.max_root_duration, t.suspicious, roots)))
+}
+
 /// What redaction could change in a spans ("traces") or logs request, read without building
 /// rows: (every distinct attribute key, at any depth; every distinct other string a detector may
 /// match (`maybe_sensitive` with `secrets`), from every string field of every message, entity
@@ -712,6 +727,7 @@ fn schema(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_by_trace, m)?)?;
+    m.add_function(wrap_pyfunction!(triage_spans, m)?)?;
     m.add_function(wrap_pyfunction!(redaction_inputs, m)?)?;
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;

@@ -210,3 +210,123 @@ fn split(payload: &[u8], signal: Signal) -> Result<(Vec<TraceOut<'_>>, usize), W
     }
     Ok((traces, resources))
 }
+
+/// What tail sampling's triage reads of one part of a trace (spans), before decoding it: bounds
+/// of the facts its policies decide on, and the part cut to its root spans.
+pub struct Triage {
+    pub spans: u64,
+    /// Bit `c` set when a span has status code `c` (codes no enum has count as Unset, as decoded).
+    pub statuses: u8,
+    pub max_duration: u64,
+    /// The longest duration of a span without a parent span id (a root), if there is one.
+    pub max_root_duration: Option<u64>,
+    /// A span the decoder would refuse (a time past 2262, an id of the wrong size): the part must
+    /// be decoded for its refusal to be seen.
+    pub suspicious: bool,
+    /// The request with only the root spans (their resources' and scopes' own fields as they
+    /// came), if there are any.
+    pub roots: Option<Vec<u8>>,
+}
+
+const MAX_TIMESTAMP_NS: u64 = i64::MAX as u64;
+
+fn bad_id(id: &[u8], size: usize) -> bool {
+    !id.is_empty() && id.len() != size
+}
+
+/// (is a root, status code as decoded, duration, would be refused) of one span.
+fn scan_span(span: &[u8]) -> Result<(bool, u8, u64, bool), WireError> {
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+    let (mut start, mut end, mut code) = (0u64, 0u64, 0u64);
+    let mut suspicious = false;
+    for f in fields(span, 3) {
+        let f = f?;
+        match (f.number, f.value) {
+            (1, Value::Len(s)) => trace_id = s,
+            (2, Value::Len(s)) => span_id = s,
+            (4, Value::Len(s)) => parent = s,
+            (7, Value::Fixed64(v)) => start = v,
+            (8, Value::Fixed64(v)) => end = v,
+            (11, Value::Len(event)) => {
+                let mut time = 0u64;
+                for g in fields(event, 4) {
+                    if let (1, Value::Fixed64(v)) = { let g = g?; (g.number, g.value) } {
+                        time = v;
+                    }
+                }
+                suspicious |= time > MAX_TIMESTAMP_NS;
+            }
+            (13, Value::Len(link)) => {
+                let (mut link_trace, mut link_span): (&[u8], &[u8]) = (b"", b"");
+                for g in fields(link, 4) {
+                    let g = g?;
+                    match (g.number, g.value) {
+                        (1, Value::Len(s)) => link_trace = s,
+                        (2, Value::Len(s)) => link_span = s,
+                        _ => {}
+                    }
+                }
+                suspicious |= bad_id(link_trace, 16) || bad_id(link_span, 8);
+            }
+            (15, Value::Len(status)) => {
+                for g in fields(status, 4) {
+                    if let (3, Value::Varint(v)) = { let g = g?; (g.number, g.value) } {
+                        code = v;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    suspicious |= start > MAX_TIMESTAMP_NS || end > MAX_TIMESTAMP_NS;
+    suspicious |= bad_id(trace_id, 16) || bad_id(span_id, 8) || bad_id(parent, 8);
+    let code = code as u32 as i32; // enums are int32 on the wire
+    let status = if (0..3).contains(&code) { code as u8 } else { 0 };
+    Ok((parent.is_empty(), status, end.saturating_sub(start), suspicious))
+}
+
+/// The triage of a spans request (one trace's part, as routed). Err for what does not parse.
+pub fn triage_spans(payload: &[u8]) -> Result<Triage, WireError> {
+    let mut t = Triage { spans: 0, statuses: 0, max_duration: 0, max_root_duration: None, suspicious: false, roots: None };
+    let mut roots = TraceOut { trace_id: b"", resources: Vec::new(), records: 0, end_ns: 0 };
+    for f in fields(payload, 0) {
+        let f = f?;
+        let (1, Value::Len(rs)) = (f.number, f.value) else { continue };
+        let mut resource = ResourceOut { head: Vec::new(), scopes: Vec::new() };
+        let mut scopes: Vec<&[u8]> = Vec::new();
+        for (number, value, raw) in raw_fields(rs, 1)? {
+            match (number, value) {
+                (2, Value::Len(ss)) => scopes.push(ss),
+                _ => resource.head.push(raw),
+            }
+        }
+        for ss in scopes {
+            let mut scope = ScopeOut { head: Vec::new(), records: Vec::new() };
+            for (number, value, raw) in raw_fields(ss, 2)? {
+                let (2, Value::Len(span)) = (number, value) else {
+                    scope.head.push(raw);
+                    continue;
+                };
+                let (root, status, duration, suspicious) = scan_span(span)?;
+                t.spans += 1;
+                t.statuses |= 1 << status;
+                t.max_duration = t.max_duration.max(duration);
+                t.suspicious |= suspicious;
+                if root {
+                    t.max_root_duration = Some(t.max_root_duration.map_or(duration, |d| d.max(duration)));
+                    scope.records.push(raw);
+                }
+            }
+            if !scope.records.is_empty() {
+                resource.scopes.push(scope);
+            }
+        }
+        if !resource.scopes.is_empty() {
+            roots.resources.push(resource);
+        }
+    }
+    if !roots.resources.is_empty() {
+        t.roots = Some(encode(&roots));
+    }
+    Ok(t)
+}

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -37,8 +38,8 @@ from streams.agents.keyed_state import ChangelogState
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, decode_traces_envelope, route_partition
-from streams.stages.tail import (Decision, TailIndex, assemble, bulk_key, decide, parse_bulk_key, parse_part_key,
-                                 part_key)
+from streams.stages.tail import (Decision, TailIndex, assemble, bulk_key, decide, may_keep, parse_bulk_key,
+                                 parse_part_key, part_key, trace_facts, triage_helps, triage_part)
 from streams.stages.tail_policies import RateLimiter, TailPolicy
 
 log = logging.getLogger("otelpipe.tail")
@@ -113,6 +114,35 @@ def record_parts(key: str, value: bytes, partition: int, partition_of: Callable[
     return env, out
 
 
+@dataclass
+class Decoded:
+    """What a round decoded: the spans and logs whose rows it may write, the refusals, the
+    messages the rows' ``ORIGIN`` name (per signal), the root spans of the traces dropped on their
+    triage, and the spans of the traces not decoded (by trace, as routed)."""
+
+    spans: ColumnBatch | None
+    logs: ColumnBatch | None
+    dead: list[DeadLetter]
+    msgs: dict[str, list[RawMessage]]
+    roots: ColumnBatch | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _joined(env: dict[str, Any], payloads: list[bytes]) -> list[RawMessage]:
+    """Payloads of one record as messages of its source: joined up to ``CONCAT_MAX_BYTES`` each."""
+    chunks: list[list[bytes]] = []
+    size = 0
+    for payload in payloads:
+        if not chunks or size + len(payload) > CONCAT_MAX_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(payload)
+        size += len(payload)
+    return [RawMessage(topic=env["source_topic"], partition=env["source_partition"], offset=env["source_offset"],
+                       value=b"".join(chunk), headers=(PROTOBUF_HEADER,), timestamp_ms=env["source_timestamp_ms"])
+            for chunk in chunks]
+
+
 class TailWorker:
     def __init__(self, *, stages: Stages, policies: tuple[TailPolicy, ...], parts: ChangelogState,
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
@@ -122,6 +152,7 @@ class TailWorker:
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
         self.stages = stages
         self.policies = policies
+        self.triage = triage_helps(policies)  # some trace can be dropped without decoding it
         self.parts = parts
         self.state = state
         self.settings = (int(decision_wait_s * 1000), max_traces, max_spans_per_trace, int(decision_cache_s * 1000))
@@ -295,53 +326,109 @@ class TailWorker:
                 out.setdefault(record, []).append(key)
         return [(record, wanted) for record, wanted in out.items() if self.parts.get(record) is not None]
 
-    def _decode(self, sources: list[tuple[str, list[str]]]) -> tuple[ColumnBatch | None, ColumnBatch | None,
-                                                                      list[DeadLetter], dict[str, list[RawMessage]]]:
-        """On the blocking thread: the parts' rows through the worker's stages (and the messages
-        decoded, which the rows' ``ORIGIN`` indices name, per signal). The wanted parts of one record
-        are decoded as one request, their payloads joined (a protobuf request's repeated fields
-        concatenate), up to ``CONCAT_MAX_BYTES`` each: one message per source message, not per trace."""
-        msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
+    def _decode(self, sources: list[tuple[str, list[str]]], known: dict[str, Decision], undecided: set[str]
+                ) -> Decoded:
+        """On the blocking thread: the rows a round needs, through the worker's stages, with the
+        messages decoded (which the rows' ``ORIGIN`` indices name, per signal).
+
+        A trace's spans are decoded when its rows may be written: it is kept (``known``), has logs
+        here (their span context), or may be kept by the policies (``undecided``). The other
+        traces' parts are only read (``triage_part``): a trace the policies cannot keep is dropped
+        on that reading, its root spans alone decoded for the decision's root service and name; a
+        trace decided drop before needs nothing. A part the decoder would refuse is decoded all
+        the same, so its refusal is seen. The wanted parts of one record are decoded as one
+        request, their payloads joined (a protobuf request's repeated fields concatenate), up to
+        ``CONCAT_MAX_BYTES`` each: one message per source message, not per trace."""
+        opened: list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]] = []  # (envelope, [(trace, signal, part)])
+        span_parts: dict[str, list[tuple[int, bytes]]] = {}  # trace → [(record number, part)]
+        with_logs: set[str] = set()
         for record, wanted in sources:
             value = self.parts.get(record)
             if value is None:
                 continue
-            _, signal = parse_part_key(wanted[0])
             if record.startswith("c/"):
                 env = decode_envelope(value)
-                payloads = [env["payload"]]
+                trace_id, signal = parse_part_key(wanted[0])
+                parts = [(trace_id, signal, env["payload"])]
             else:
                 env = decode_traces_envelope(value)
                 by_trace = {e["trace_id"]: e["payload"] for e in env["traces"]}
-                payloads = [p for p in (by_trace.get(parse_part_key(k)[0]) for k in wanted) if p is not None]
-            chunks: list[list[bytes]] = []
-            size = 0
-            for payload in payloads:
-                if not chunks or size + len(payload) > CONCAT_MAX_BYTES:
-                    chunks.append([])
-                    size = 0
-                chunks[-1].append(payload)
-                size += len(payload)
-            for chunk in chunks:
-                msgs[signal].append(RawMessage(topic=env["source_topic"], partition=env["source_partition"],
-                                               offset=env["source_offset"], value=b"".join(chunk),
-                                               headers=(PROTOBUF_HEADER,), timestamp_ms=env["source_timestamp_ms"]))
+                parts = []
+                for key in wanted:
+                    trace_id, signal = parse_part_key(key)
+                    if (payload := by_trace.get(trace_id)) is not None:
+                        parts.append((trace_id, signal, payload))
+            for trace_id, signal, payload in parts:
+                if signal == "logs":
+                    with_logs.add(trace_id)
+                else:
+                    span_parts.setdefault(trace_id, []).append((len(opened), payload))
+            opened.append((env, parts))
+        full, roots, skipped = self._plan(span_parts, with_logs, known, undecided)
+        msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
+        root_msgs: list[RawMessage] = []
+        for number, (env, parts) in enumerate(opened):
+            wanted = [(signal, payload) for trace_id, signal, payload in parts if signal == "logs" or trace_id in full]
+            for signal in ("traces", "logs"):
+                msgs[signal].extend(_joined(env, [p for s, p in wanted if s == signal]))
+            root_msgs.extend(_joined(env, [r for trace_id, signal, _ in parts if signal == "traces"
+                                           and (r := roots.get((number, trace_id)))]))
         spans = self.stages.run("traces", msgs["traces"]) if msgs["traces"] else None
         logs = self.stages.run("logs", msgs["logs"]) if msgs["logs"] else None
-        dead = (spans.dead_letters if spans else []) + (logs.dead_letters if logs else [])
-        return (spans.batches.get("otel_traces") if spans else None,
-                logs.batches.get("otel_logs") if logs else None, dead, msgs)
+        rooted = self.stages.run("traces", root_msgs) if root_msgs else None
+        dead = [d for result in (spans, logs, rooted) if result for d in result.dead_letters]
+        return Decoded(spans.batches.get("otel_traces") if spans else None,
+                       logs.batches.get("otel_logs") if logs else None, dead, msgs,
+                       rooted.batches.get("otel_traces") if rooted else None, skipped)
+
+    def _plan(self, span_parts: dict[str, list[tuple[int, bytes]]], with_logs: set[str], known: dict[str, Decision],
+              undecided: set[str]) -> tuple[set[str], dict[tuple[int, str], bytes], dict[str, int]]:
+        """(traces whose spans to decode, {(record number, trace dropped on its triage): its part
+        there cut to its roots}, {trace not decoded: its spans as routed})."""
+        full: set[str] = set()
+        roots: dict[tuple[int, str], bytes] = {}
+        skipped: dict[str, int] = {}
+        for trace_id, parts in span_parts.items():
+            decision = known.get(trace_id)
+            if trace_id in with_logs or (decision is not None and decision.keep):
+                full.add(trace_id)
+                continue
+            if decision is None and (trace_id not in undecided or not self.triage):
+                full.add(trace_id)
+                continue
+            read = [triage_part(payload) for _, payload in parts]
+            if any(r is None or r.suspicious for r in read):
+                full.add(trace_id)
+                continue
+            merged = read[0]
+            for r in read[1:]:
+                merged = merged.merged(r)  # type: ignore[union-attr]
+            if decision is None and may_keep(self.policies, trace_id, merged):  # type: ignore[arg-type]
+                full.add(trace_id)
+                continue
+            if decision is None:
+                for (number, _), r in zip(parts, read):
+                    if r.roots:  # type: ignore[union-attr]
+                        roots[(number, trace_id)] = r.roots[0]  # type: ignore[union-attr]
+            skipped[trace_id] = merged.spans  # type: ignore[union-attr]
+        return full, roots, skipped
 
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
         keys = [k for t in due for k in index.traces[t].parts]
         sources = self._sources(index, keys)
-        spans, logs, dead, msgs = await self.run_blocking(self._decode, sources)
         undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
-        fresh = decide(self.policies, undecided, spans, self.limiter, now_ms)
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
                      if why == "late_default"}
-        decisions = {t: index.decisions[t] for t in due if t in index.decisions} | fresh | defaulted
-        decisions = {t: d.with_parts(index.traces[t].parts) for t, d in decisions.items()}
+        known = {t: index.decisions[t] for t in due if t in index.decisions} | defaulted
+        decoded = await self.run_blocking(self._decode, sources, known, set(undecided))
+        triaged = {t for t in undecided if t in decoded.skipped}
+        fresh = decide(self.policies, [t for t in undecided if t not in triaged], decoded.spans, self.limiter, now_ms)
+        root_facts = trace_facts(decoded.roots)
+        for t in sorted(triaged):  # no policy can keep it: dropped, with its root as decoded
+            f = root_facts.get(t)
+            fresh[t] = Decision(False, 1.0, "", now_ms, f.root_service if f else "", f.root_span if f else "")
+        decisions = known | fresh
+        decisions = {t: decisions[t].with_parts(index.traces[t].parts) for t in due}
         for t, reason in due.items():
             m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
         spec = {"parts": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
@@ -349,8 +436,7 @@ class TailWorker:
         # (1) the round and its decisions, before any of its rows: two records, whatever the traces
         await self.state.put({f"b/{round_id}": orjson.dumps(spec),
                               f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
-        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False,
-                                decoded=(spans, logs, dead, msgs), sources=sources)
+        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources)
         for t, d in decisions.items():
             index.remember(t, d, record=f"d/{round_id}")
         index.late.difference_update(defaulted)
@@ -361,11 +447,12 @@ class TailWorker:
         if sources is None:
             sources = self._sources(index, round_parts(spec))
         keys = [k for _, wanted in sources for k in wanted]
-        if decoded is None:
-            decoded = await self.run_blocking(self._decode, sources)
-        spans, logs, dead, msgs = decoded
         decisions = {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
+        if decoded is None:
+            decoded = await self.run_blocking(self._decode, sources, decisions, set())
+        spans, logs, dead, msgs = decoded.spans, decoded.logs, decoded.dead, decoded.msgs
         batches, counts = assemble(decisions, set(spec["new"]), spans, logs, self.keep_log_severity)
+        counts[("tail", "dropped_span")] += sum(decoded.skipped.values())
         token = f"tail:{round_key[2:]}"
         dead = list(dead)
         for table, batch in batches.items():  # (2) the rows, with the round's tokens

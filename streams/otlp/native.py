@@ -89,6 +89,14 @@ def split_by_trace(signal: str, payload: bytes, max_total: int, validated: bool 
     return _built().split_by_trace(signal, payload, max_total, validated)
 
 
+def triage_spans(payload: bytes) -> tuple[int, int, int, int | None, bool, bytes | None] | None:
+    """Tail sampling's triage of one routed spans part, read without decoding it: (spans, statuses
+    (bit c set when a span has status Unset, Ok, Error), longest duration, longest duration of a
+    root span or None, whether the decoder would refuse a span, the part cut to its root spans or
+    None); None when it does not parse."""
+    return _built().triage_spans(payload)
+
+
 def column_types(table: str = "otel_traces") -> dict[str, str]:
     """{column of ``table`` (otel_traces, otel_logs): the Native type its data is sent as}."""
     return _built().column_types(table)

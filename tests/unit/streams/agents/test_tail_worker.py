@@ -294,3 +294,163 @@ def test_records_of_a_partition_this_worker_no_longer_owns_are_left_to_its_owner
     asyncio.run(worker.tick(now_ms=6000, owned=owned))
     asyncio.run(worker.tick(now_ms=10_000, owned=owned))
     assert _spans_written(written) == 2 and not parts_topic.records[2]
+
+
+# ---------------------------------------------------------------- triage: traces no policy can keep are not decoded
+
+import random  # noqa: E402
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+
+from streams.stages.sampling import HeadRates, HeadSampler  # noqa: E402
+
+TRIAGED_POLICIES = {"policies": [
+    {"type": "status_code", "status_codes": ["Error"]}, {"type": "latency", "threshold_ms": 800},
+    {"type": "latency", "threshold_ms": 4000, "scope": "any"}, {"type": "probabilistic", "rate": 0.2},
+    {"type": "and", "policies": [{"type": "span_count", "min_spans": 7}, {"type": "status_code", "status_codes": ["Ok"]}]}]}
+
+
+def _hostile_spans(rng, trace_ids, offset, suspicious=False):
+    """Spans of some of ``trace_ids`` under two services (one head-sampled at 50%): any number of
+    roots, every status (and codes no enum has), long and short, events and links."""
+    request = ExportTraceServiceRequest()
+    for service in ("front", "back"):
+        resource = request.resource_spans.add()
+        attr = resource.resource.attributes.add()
+        attr.key, attr.value.string_value = "service.name", service
+        scope = resource.scope_spans.add()
+        for _ in range(rng.randint(1, 8)):
+            span = scope.spans.add()
+            span.trace_id = rng.choice(trace_ids)
+            span.span_id = rng.randbytes(8)
+            if rng.random() < 0.6:
+                span.parent_span_id = rng.randbytes(8)
+            span.name = rng.choice(["GET /a", "GET /b", "work"])
+            span.status.code = rng.choice([0, 0, 0, 1, 2, 5])
+            span.start_time_unix_nano = 1_760_000_000_000_000_000 + offset * 10**9 + rng.randint(0, 10**9)
+            span.end_time_unix_nano = span.start_time_unix_nano + rng.choice([10**6, 10**8, 9 * 10**8, 5 * 10**9])
+            if rng.random() < 0.3:
+                event = span.events.add()
+                event.time_unix_nano = 2**63 + 5 if suspicious else span.start_time_unix_nano
+                event.name = "e"
+            if rng.random() < 0.2:
+                link = span.links.add()
+                link.trace_id, link.span_id = rng.randbytes(16), rng.randbytes(8)
+    return RawMessage("otlp_spans", 0, offset, request.SerializeToString())
+
+
+def _logs_of(rng, trace_ids, offset):
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add()
+    for trace_id in rng.sample(trace_ids, 3):
+        record = records.log_records.add()
+        record.trace_id, record.span_id = trace_id, rng.randbytes(8)
+        record.severity_number = rng.choice([9, 13, 17])
+        record.time_unix_nano = 1_760_000_000_000_000_000 + offset * 10**9
+        record.body.string_value = "hello"
+    return RawMessage("otlp_logs", 0, offset, request.SerializeToString())
+
+
+def _records(source, signal):
+    out = []
+    for trace_id, (payload, n, end_ms) in split_by_trace(signal, source, "otlp_proto").items():
+        if not trace_id:
+            continue
+        route = part_partition(3)(part_key(trace_id, signal, source.topic, source.partition, source.offset))
+        out.append((route, trace_id, payload, n, end_ms))
+    by_route = {}
+    for route, *trace in out:
+        by_route.setdefault(route, []).append(tuple(trace))
+    return [(route, bulk_key(route, signal, source.topic, source.partition, source.offset),
+             encode_traces_envelope(signal, source, route, traces)) for route, traces in sorted(by_route.items())]
+
+
+def _triage_run(seed, triage, suspicious=0.0, blank=()):
+    """Rows written (without the columns ``blank``), decisions, dead letters and the routed topic
+    of one run over a seeded mix; ``suspicious``: the share of messages with a span the decoder
+    refuses."""
+    rng = random.Random(seed)
+    trace_ids = [rng.randbytes(16) for _ in range(12)]
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    written, dead = [], []
+
+    async def run_blocking(fn, *args):
+        return fn(*args)
+
+    async def write(batch, token):
+        columns = {k: v for k, v in batch.columns.items() if k != "_origin" and k not in blank}
+        written.append((batch.table, sorted(repr(row) for row in zip(*(columns[k] for k in sorted(columns))))))
+        return []
+
+    async def dead_letters(letters):
+        dead.extend((d.message.topic, d.message.offset, d.reason, d.detail) for d in letters)
+
+    head = HeadSampler(HeadRates(services={"back": 0.5}))
+    worker = TailWorker(
+        stages=Stages(lambda t: "otlp_proto", 1 << 24, None, head=head),
+        policies=parse_policies(TRIAGED_POLICIES),
+        parts=StateStandIn(parts_topic, part_partition(3)), state=StateStandIn(state_topic, state_partition(3)),
+        decision_wait_s=1, max_traces=100, max_spans_per_trace=1000, decision_cache_s=60, keep_log_severity=13,
+        run_blocking=run_blocking, write=write, dead_letters=dead_letters)
+    assert worker.triage
+    worker.triage = triage
+    offset = 0
+    for step in range(6):  # parts arrive over time; some traces are decided, then get late parts
+        batch = []
+        for _ in range(3):
+            offset += 1
+            batch += _records(_hostile_spans(rng, trace_ids, offset, suspicious=rng.random() < suspicious), "traces")
+        if step % 2:
+            offset += 1
+            batch += _records(_logs_of(rng, trace_ids, offset), "logs")
+        _put(parts_topic, batch)
+        asyncio.run(worker.take([(p, offset * 10 + i, key, value) for i, (p, key, value) in enumerate(batch)],
+                                now_ms=step * 1500))
+        asyncio.run(worker.tick(now_ms=step * 1500 + 1200))
+    asyncio.run(worker.tick(now_ms=60_000))
+    decisions = {t: d for index in worker.indexes.values() for t, d in index.decisions.items()}
+    return sorted(written, key=repr), decisions, sorted(dead), parts_topic
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_triage_writes_and_decides_what_decoding_every_trace_does(seed):
+    with_triage, without = _triage_run(seed, True), _triage_run(seed, False)
+    assert with_triage[0] == without[0]  # the same rows in every table
+    assert with_triage[1] == without[1]  # the same decisions, root service and span name included
+    assert with_triage[2] == without[2] == []
+    assert not any(recs for recs in with_triage[3].records.values())  # every part done
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_triage_with_parts_the_decoder_refuses(seed):
+    """A refused part takes the other parts decoded with it (one request per record) to the dead
+    letters in both ways; a trace dropped on its triage beside it still has its root's names (read
+    apart), where decoding every trace left them empty: only those names may differ."""
+    blank = ("RootServiceName", "RootSpanName")
+    with_triage, without = _triage_run(seed, True, 0.3, blank), _triage_run(seed, False, 0.3, blank)
+    assert with_triage[0] == without[0]
+    assert with_triage[2] == without[2] and (seed > 3 or with_triage[2])  # the same refusals
+    def strip(decisions):
+        return {t: (d.keep, d.weight, d.policy, d.parts) for t, d in decisions.items()}
+    assert strip(with_triage[1]) == strip(without[1])
+    for t, d in without[1].items():
+        if d.keep or d.root_service:
+            assert (with_triage[1][t].root_service, with_triage[1][t].root_span) == (d.root_service, d.root_span)
+
+
+def test_triage_skips_the_traces_no_policy_can_keep():
+    rng = random.Random(5)
+    trace_ids = [rng.randbytes(16) for _ in range(40)]
+    worker = make_worker(TopicStandIn(), TopicStandIn(), [])
+    worker.policies = parse_policies(TRIAGED_POLICIES)
+    source = _hostile_spans(rng, trace_ids, 1)
+    [(_, _, value)] = [r for r in _records(source, "traces")][:1]
+    from streams.agents.routing import decode_traces_envelope
+    payloads = {e["trace_id"]: e["payload"] for e in decode_traces_envelope(value)["traces"]}
+    span_parts = {t: [(0, p)] for t, p in payloads.items()}
+    worker.triage = True
+    full, roots, skipped = worker._plan(span_parts, set(), {}, set(payloads))
+    assert skipped and full  # some traces read only, some decoded
+    assert set(skipped) | full == set(payloads) and not set(skipped) & full
+    assert {t for _, t in roots} <= set(skipped)
