@@ -285,13 +285,17 @@ fn scan_span(span: &[u8]) -> Result<(bool, u8, u64, bool), WireError> {
     Ok((parent.is_empty(), status, end.saturating_sub(start), suspicious))
 }
 
-/// The triage of a spans request (one trace's part, as routed). Err for what does not parse.
+/// The triage of a spans request (one trace's part, as routed). Err for what upb would not parse
+/// (anyone may write to the tail topic: the decoder then says why).
 pub fn triage_spans(payload: &[u8]) -> Result<Triage, WireError> {
+    validate(payload, Msg::Request)?;
     let mut t = Triage { spans: 0, statuses: 0, max_duration: 0, max_root_duration: None, suspicious: false, roots: None };
     let mut roots = TraceOut { trace_id: b"", resources: Vec::new(), records: 0, end_ns: 0 };
+    let mut resources = 0usize;
     for f in fields(payload, 0) {
         let f = f?;
         let (1, Value::Len(rs)) = (f.number, f.value) else { continue };
+        resources += 1;
         let mut resource = ResourceOut { head: Vec::new(), scopes: Vec::new() };
         let mut scopes: Vec<&[u8]> = Vec::new();
         for (number, value, raw) in raw_fields(rs, 1)? {
@@ -325,6 +329,8 @@ pub fn triage_spans(payload: &[u8]) -> Result<Triage, WireError> {
             roots.resources.push(resource);
         }
     }
+    // bytes that parse only as unknown fields: the decoder refuses them as not telemetry
+    t.suspicious |= !payload.is_empty() && resources == 0;
     if !roots.resources.is_empty() {
         t.roots = Some(encode(&roots));
     }

@@ -265,7 +265,7 @@ def native_disagreement(data: bytes, signal: str = "traces") -> str | None:
         if block.origins() != batch.columns[ORIGIN]:
             return f"origins {block.origins()!r:.100} vs {batch.columns[ORIGIN]!r:.100}"
         _expect(len(block.to_native()) > 0, "empty Native block")
-    return split_disagreement(data, signal)
+    return split_disagreement(data, signal) or (triage_disagreement(data) if signal == "traces" else None)
 
 
 def split_disagreement(data: bytes, signal: str) -> str | None:
@@ -304,6 +304,43 @@ def split_disagreement(data: bytes, signal: str) -> str | None:
         if (a is None) != (b is None) or (a is not None and any(not same(a.columns[n], b.columns[n])
                                                                 for n in TABLE_COLUMNS[table])):
             return f"trace {trace_id[:8]}: the parts' rows differ"
+    return None
+
+
+def triage_disagreement(data: bytes) -> str | None:
+    """How tail sampling's triage of a spans request (read without decoding) disagrees with its
+    decoded rows: a request the decoder takes must give the rows' exact span count, statuses and
+    longest durations (of all spans and of the roots), and its cut to the roots must decode to
+    exactly the root rows; one it refuses must be flagged (or not parse)."""
+    from streams.otlp import native
+
+    read = native.triage_spans(data)
+    decoded = decode_messages("traces", [RawMessage("fuzz", 0, 0, data)], "otlp_proto")
+    if decoded.dead_letters:
+        if read is not None and not read[4]:
+            return f"the decoder refuses it ({decoded.dead_letters[0].reason}), the triage does not flag it"
+        return None
+    if read is None:
+        return "the triage cannot read what the decoder takes"
+    spans, statuses, longest, longest_root, suspicious, roots = read
+    batch = decoded.batches.get("otel_traces")
+    cols = batch.columns if batch is not None else {"Duration": [], "StatusCode": [], "ParentSpanId": []}
+    want_statuses = sum(1 << ("Unset", "Ok", "Error").index(s) for s in set(cols["StatusCode"]))
+    root_durations = [d for d, parent in zip(cols["Duration"], cols["ParentSpanId"]) if not parent]
+    if (spans, statuses, longest, longest_root, suspicious) != (
+            len(cols["Duration"]), want_statuses, max(cols["Duration"], default=0), max(root_durations, default=None),
+            False):
+        return "the triage's bounds are not the decoded rows'"
+    if roots is None:
+        return None if not root_durations else "the triage cut no roots where the rows have some"
+    cut = decode_messages("traces", [RawMessage("fuzz", 0, 0, roots)], "otlp_proto")
+    rooted = cut.batches.get("otel_traces")
+    if cut.dead_letters or rooted is None:
+        return "the roots' cut does not decode"
+    keep = [i for i, parent in enumerate(cols["ParentSpanId"]) if not parent]
+    for name in TABLE_COLUMNS["otel_traces"]:
+        if not same(rooted.columns[name], [cols[name][i] for i in keep]):
+            return f"the roots' cut decodes to other rows ({name})"
     return None
 
 
