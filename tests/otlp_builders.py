@@ -212,3 +212,40 @@ def mutate_bytes(rng: random.Random, source: bytes, donors: list[bytes]) -> byte
         start = rng.randrange(len(data))
         data[start:start] = data[start:start + rng.randrange(1, 40)]
     return bytes(data)
+
+
+def mixed_spans_request(rng: random.Random, trace_ids: list[bytes], services: list[str | None], spans: tuple[int, int],
+                        start_ns: int, statuses: tuple[int, ...] = (0, 0, 0, 1, 2, 5), wild_times: float = 0.0,
+                        refused: bool = False) -> ExportTraceServiceRequest:
+    """Spans of ``trace_ids`` in any order, one resource per service (None: no service.name):
+    any number of roots per trace or none, the given status codes (codes no enum has included),
+    durations of many sizes, some events and links. ``wild_times``: the share of spans with any
+    start and an end before or after it; ``refused``: events past 2262, which the decoder refuses."""
+    request = ExportTraceServiceRequest()
+    for service in services:
+        resource = request.resource_spans.add()
+        if service is not None:
+            resource.resource.attributes.append(kv("service.name", string_value=service))
+        scope = resource.scope_spans.add()
+        for _ in range(rng.randint(*spans)):
+            span = scope.spans.add()
+            span.trace_id = rng.choice(trace_ids)
+            span.span_id = rng.randbytes(8)
+            if rng.random() < 0.6:
+                span.parent_span_id = rng.randbytes(8)
+            span.name = rng.choice(["GET /a", "GET /b", "work", "x" * rng.randint(0, 40)])
+            span.status.code = rng.choice(statuses)
+            if rng.random() < wild_times:
+                span.start_time_unix_nano = rng.randint(0, 2**63 - 1)
+                span.end_time_unix_nano = max(0, span.start_time_unix_nano + rng.randint(-10**9, 10**10))
+            else:
+                span.start_time_unix_nano = start_ns + rng.randint(0, 10**9)
+                span.end_time_unix_nano = span.start_time_unix_nano + rng.choice([10**6, 10**8, 9 * 10**8, 5 * 10**9])
+            if rng.random() < 0.3:
+                event = span.events.add()
+                event.time_unix_nano = 2**63 + 5 if refused else span.start_time_unix_nano
+                event.name = "e"
+            if rng.random() < 0.2:
+                link = span.links.add()
+                link.trace_id, link.span_id = rng.randbytes(16), rng.randbytes(8)
+    return request

@@ -12,7 +12,7 @@ from streams.otlp.batch import RawMessage
 from streams.stages.pipeline import Stages
 from streams.stages.tail import part_key
 from streams.stages.tail_policies import parse_policies
-from tests.otlp_builders import traces_request
+from tests.otlp_builders import mixed_spans_request, traces_request
 from tests.standins import StateStandIn, TopicStandIn
 
 
@@ -301,7 +301,6 @@ def test_records_of_a_partition_this_worker_no_longer_owns_are_left_to_its_owner
 import random  # noqa: E402
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest  # noqa: E402
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
 from streams.stages.sampling import HeadRates, HeadSampler  # noqa: E402
 
@@ -314,29 +313,8 @@ TRIAGED_POLICIES = {"policies": [
 def _hostile_spans(rng, trace_ids, offset, suspicious=False):
     """Spans of some of ``trace_ids`` under two services (one head-sampled at 50%): any number of
     roots, every status (and codes no enum has), long and short, events and links."""
-    request = ExportTraceServiceRequest()
-    for service in ("front", "back"):
-        resource = request.resource_spans.add()
-        attr = resource.resource.attributes.add()
-        attr.key, attr.value.string_value = "service.name", service
-        scope = resource.scope_spans.add()
-        for _ in range(rng.randint(1, 8)):
-            span = scope.spans.add()
-            span.trace_id = rng.choice(trace_ids)
-            span.span_id = rng.randbytes(8)
-            if rng.random() < 0.6:
-                span.parent_span_id = rng.randbytes(8)
-            span.name = rng.choice(["GET /a", "GET /b", "work"])
-            span.status.code = rng.choice([0, 0, 0, 1, 2, 5])
-            span.start_time_unix_nano = 1_760_000_000_000_000_000 + offset * 10**9 + rng.randint(0, 10**9)
-            span.end_time_unix_nano = span.start_time_unix_nano + rng.choice([10**6, 10**8, 9 * 10**8, 5 * 10**9])
-            if rng.random() < 0.3:
-                event = span.events.add()
-                event.time_unix_nano = 2**63 + 5 if suspicious else span.start_time_unix_nano
-                event.name = "e"
-            if rng.random() < 0.2:
-                link = span.links.add()
-                link.trace_id, link.span_id = rng.randbytes(16), rng.randbytes(8)
+    request = mixed_spans_request(rng, trace_ids, ["front", "back"], (1, 8), 1_760_000_000_000_000_000 + offset * 10**9,
+                                  refused=suspicious)
     return RawMessage("otlp_spans", 0, offset, request.SerializeToString())
 
 

@@ -11,6 +11,7 @@ from streams.stages.pipeline import Stages
 from streams.stages.tail import ATTRIBUTE_COLUMNS, Decision, RateLimiter, assemble, decide, policy_columns
 from streams.stages.tail_policies import parse_policies
 from streams.tools.workload import Workload
+from tests.otlp_builders import mixed_spans_request
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built (no cargo)")
 
@@ -85,29 +86,11 @@ def test_dropping_every_span_writes_no_spans():
 
 def _hostile_request(rng):
     """Spans of a few traces in any order: several roots or none, every status code (and codes
-    no enum has), durations of any sign, resources of other services."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    request = ExportTraceServiceRequest()
+    no enum has), durations of any sign, resources of other services or of none."""
     trace_ids = [rng.randbytes(16) for _ in range(4)] + [b""]
-    for r in range(rng.randint(1, 3)):
-        resource = request.resource_spans.add()
-        if rng.random() < 0.8:
-            attr = resource.resource.attributes.add()
-            attr.key, attr.value.string_value = "service.name", rng.choice(["a", "b", "ünï", ""])
-        scope = resource.scope_spans.add()
-        for _ in range(rng.randint(0, 12)):
-            span = scope.spans.add()
-            span.trace_id = rng.choice(trace_ids)
-            span.span_id = rng.randbytes(8)
-            if rng.random() < 0.6:
-                span.parent_span_id = rng.randbytes(8)
-            span.name = rng.choice(["GET /", "root", "x" * rng.randint(0, 40)])
-            span.status.code = rng.choice([0, 1, 2, 2, 3, 7, -1])
-            start = rng.randint(0, 2**63 - 1) if rng.random() < 0.2 else 1_760_000_000_000_000_000 + rng.randint(0, 10**12)
-            span.start_time_unix_nano = start
-            span.end_time_unix_nano = max(0, start + rng.randint(-10**9, 10**10))
-    return request.SerializeToString()
+    services = [rng.choice(["a", "b", "ünï", "", None]) for _ in range(rng.randint(1, 3))]
+    return mixed_spans_request(rng, trace_ids, services, (0, 12), 1_760_000_000_000_000_000 + rng.randint(0, 10**12),
+                               statuses=(0, 1, 2, 2, 3, 7, -1), wild_times=0.2).SerializeToString()
 
 
 def _facts_batches(rng, blocks):
