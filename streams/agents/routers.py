@@ -22,7 +22,7 @@ import faust
 from streams.agents import worker_metrics as m
 from streams.agents.routing import (PIECE_HEADER, PROTOBUF_HEADER, encode_envelope, encode_traces_envelope,
                                     halve_metrics, split_by_trace, split_metrics)
-from streams.agents.runtime import TOO_LARGE, Runtime, raw_message
+from streams.agents.runtime import TOO_LARGE, Runtime, raw_message, trim_heap
 from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
@@ -268,3 +268,5 @@ async def route_by_trace(rt: Runtime, tail_topic: faust.TopicT, partition_of_par
             await stream.ack(event)
         for key in [key for key in waiting if not rt.owns(key[0], key[1])]:
             del waiting[key]  # revoked: never acked here, read again by the next owner
+        del events, raws, sending, direct  # the batch's messages and parts, before the heap is trimmed
+        trim_heap()

@@ -34,6 +34,27 @@ TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeEr
 log = logging.getLogger("otelpipe.worker")
 
 
+_LIBC: Any = None
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    A router's batch holds its source messages and their parts at once (tens of MiB); once they
+    are freed, glibc keeps the pages for reuse, and the worker's resident memory would stay at that
+    high-water mark instead of following what it holds (the tail buffer)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
+
+
 def raw_message(event: Any) -> RawMessage:
     """A faust event as the stages see it: bytes, coordinates, headers, timestamp in ms."""
     msg = event.message

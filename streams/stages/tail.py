@@ -257,8 +257,6 @@ class TailIndex:
 
 VIEW_COLUMNS = ("TraceId", "SpanId", "ParentSpanId", "ServiceName", "SpanName", "StatusCode", "Duration", "Timestamp")
 ATTRIBUTE_COLUMNS = ("SpanAttributes", "ResourceAttributes")
-ASSEMBLE_COLUMNS = ("TraceId", "SpanId", "SpanName", "SpanKind", "SampleWeight", "Timestamp", "Duration",
-                    "StatusCode")
 _PLAIN_POLICIES = frozenset({"always", "probabilistic", "status_code", "latency", "span_count", "rate_limiting"})
 _ATTRIBUTE_POLICIES = frozenset({"string_attribute", "numeric_attribute", "boolean_attribute"})
 
