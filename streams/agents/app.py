@@ -26,7 +26,7 @@ from streams.agents.control_key import control_key
 from streams.agents.followers import ControlFollowers, follow_compacted_topic
 from streams.agents.routers import route_by_trace, route_metrics
 from streams.agents.routing import decode_envelope, virtual_message
-from streams.agents.runtime import Runtime
+from streams.agents.runtime import Runtime, trim_heap
 from streams.agents.slo_evaluator import SloEvaluator
 from streams.agents.web import add_pages
 from streams.agents.writers import commit_stage_state, consume_signal
@@ -217,6 +217,8 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
             await tail_worker.take(records, int(time.time() * 1000), owned=owned)
             for event in events:  # indexed; the part itself is durable on the routed topic
                 await stream.ack(event)
+            del events, records  # the fetched copies: the index keeps the values it needs
+            trim_heap()
 
     # The tail partitions this worker owns, from the rebalance callbacks: consumer.assignment()
     # keeps answering the old assignment until SyncGroup completes, so a tick during a rebalance
