@@ -139,7 +139,8 @@ SPLIT_MAX_TOTAL_BYTES = 64 * 1024 * 1024  # what cutting one message by trace ma
 
 def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
                    redact: Callable[[Any], Any] | None = None,
-                   max_total: int = SPLIT_MAX_TOTAL_BYTES, validated: bool = False) -> dict[str, tuple[bytes, int, int]]:
+                   max_total: int = SPLIT_MAX_TOTAL_BYTES, validated: bool = False,
+                   native_cut: bool = True) -> dict[str, tuple[bytes, int, int]]:
     """Trace id (hex; "" for logs without one) → (protobuf request with only that trace's spans or
     logs, how many, when the latest of them ended in Unix ms). ``redact`` changes the request in
     place before it is cut (the label policy's redaction: parts are buffered). Raises BadMessage,
@@ -149,23 +150,26 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
     A protobuf request with nothing to redact is cut by the native core at the wire level where it
     is built (``streams.otlp.native.split_by_trace``: the same records, resources and scopes in
     each part; it declines what protobuf would not parse, which the protobuf library then refuses
-    with its reason); otherwise by the protobuf library. ``validated``: the native core read the
-    payload already (``redaction_needed`` answered without falling back), so the cut does not
-    validate it again."""
+    with its reason). A request in JSON or one redacted is parsed by the protobuf library and, once
+    redacted, serialized and cut by the native core the same way. ``validated``: the native core
+    read the payload already (``redaction_needed`` answered without falling back), so the cut does
+    not validate it again. ``native_cut=False``: the protobuf library cuts (the reference the
+    native cut is tested against)."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")
     encoding = choose_encoding(message, default_encoding)
-    if redact is None and encoding == "otlp_proto" and native.available():
-        try:
-            cut = native.split_by_trace(signal, message.value, max_total, validated)
-        except ValueError as exc:
-            raise BadMessage("too_large", f"cut by trace it makes {exc.args[1]} bytes, over the limit of "
-                                          f"{max_total}") from None
+    native_cut = native_cut and native.available()
+    if redact is None and encoding == "otlp_proto" and native_cut:
+        cut = _native_cut(signal, message.value, max_total, validated)
         if cut is not None:
-            return {trace_id: (part, records, end_ns // 1_000_000) for trace_id, part, records, end_ns in cut}
+            return cut
     request = parse_request(signal, message.value, encoding)
     if redact is not None:
         redact(request)
+    if native_cut:
+        cut = _native_cut(signal, request.SerializeToString(), max_total, False)
+        if cut is not None:
+            return cut
     ends: dict[str, int] = defaultdict(int)
 
     def key_of(record: Any) -> str:
@@ -180,6 +184,17 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
     parts, counts = split_request(signal, request, key_of)
     return {trace_id: (part.SerializeToString(), counts[trace_id], ends[trace_id] // 1_000_000)
             for trace_id, part in parts.items()}
+
+
+def _native_cut(signal: str, payload: bytes, max_total: int, validated: bool) -> dict[str, tuple[bytes, int, int]] | None:
+    try:
+        cut = native.split_by_trace(signal, payload, max_total, validated)
+    except ValueError as exc:
+        raise BadMessage("too_large", f"cut by trace it makes {exc.args[1]} bytes, over the limit of "
+                                      f"{max_total}") from None
+    if cut is None:
+        return None
+    return {trace_id: (part, records, end_ns // 1_000_000) for trace_id, part, records, end_ns in cut}
 
 
 def _check_split_size(signal: str, request: Any, max_total: int) -> None:

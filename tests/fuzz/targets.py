@@ -276,8 +276,8 @@ def split_disagreement(data: bytes, signal: str) -> str | None:
     from streams.otlp import native
 
     try:
-        python = split_by_trace(signal, RawMessage("fuzz", 0, 0, data), "otlp_proto", redact=lambda request: 0,
-                                max_total=1 << 40)
+        python = split_by_trace(signal, RawMessage("fuzz", 0, 0, data), "otlp_proto", max_total=1 << 40,
+                                native_cut=False)
     except BadMessage:
         python = None
     cut = native.split_by_trace(signal, data, 1 << 40)

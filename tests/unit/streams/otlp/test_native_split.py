@@ -21,10 +21,10 @@ BIG = 1 << 30
 
 
 def _python(signal, payload):
-    """The protobuf library's cut (a redaction step that changes nothing takes that path)."""
+    """The protobuf library's cut."""
     try:
-        return split_by_trace(signal, RawMessage("t", 0, 0, payload), "otlp_proto", redact=lambda request: 0,
-                              max_total=BIG)
+        return split_by_trace(signal, RawMessage("t", 0, 0, payload), "otlp_proto", max_total=BIG,
+                              native_cut=False)
     except BadMessage as exc:
         return exc.reason
 
@@ -112,8 +112,37 @@ def test_a_resource_repeated_over_many_traces_is_refused_before_it_is_copied():
     payload = request.SerializeToString()
     with pytest.raises(ValueError, match="too_large"):
         native.split_by_trace("traces", payload, 8 * 1024 * 1024)
-    for redact in (None, lambda r: 0):  # the native cut and the protobuf library's both refuse it
+    # the native cut (of the request as it came, or redacted) and the protobuf library's all refuse it
+    for redact, native_cut in ((None, True), (lambda r: 0, True), (lambda r: 0, False)):
         with pytest.raises(BadMessage) as exc:
-            split_by_trace("traces", RawMessage("t", 0, 0, payload), "otlp_proto", redact, max_total=8 * 1024 * 1024)
+            split_by_trace("traces", RawMessage("t", 0, 0, payload), "otlp_proto", redact, max_total=8 * 1024 * 1024,
+                           native_cut=native_cut)
         assert exc.value.reason == "too_large"
     assert len(split_by_trace("traces", RawMessage("t", 0, 0, payload), "otlp_proto")) == 300  # the default allows it
+
+
+@pytest.mark.parametrize("signal", ["traces", "logs"])
+def test_a_redacted_or_json_request_is_cut_as_the_protobuf_library_cuts_it(signal):
+    """Parsed (JSON or protobuf), redacted, then serialized and cut natively: the same traces,
+    counts, ends and rows as the protobuf library's own cut of the redacted request."""
+    from tests.fuzz.make_corpus import otlp_json
+
+    def scrub(request):  # a redaction that changes every request: drops an attribute everywhere
+        resources = request.resource_spans if signal == "traces" else request.resource_logs
+        for resource in resources:
+            del resource.resource.attributes[:1]
+        return 1
+
+    workload = Workload(seed=5, extra_attributes=2)
+    for _ in range(3):
+        spans, logs = workload.trace_requests(12)
+        request = spans if signal == "traces" else logs
+        for encoding, payload in (("otlp_proto", request.SerializeToString()), ("otlp_json", otlp_json(request))):
+            message = RawMessage("t", 0, 0, payload)
+            native_parts = split_by_trace(signal, message, encoding, scrub, max_total=BIG)
+            python_parts = split_by_trace(signal, message, encoding, scrub, max_total=BIG, native_cut=False)
+            assert list(native_parts) == list(python_parts)
+            for trace_id, (part, records, end_ms) in native_parts.items():
+                want, want_records, want_end_ms = python_parts[trace_id]
+                assert (records, end_ms) == (want_records, want_end_ms)
+                assert _rows(signal, part) == _rows(signal, want)
