@@ -38,9 +38,9 @@ from streams.agents.keyed_state import ChangelogState
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, decode_traces_envelope, route_partition
-from streams.stages.tail import (Decision, TailIndex, assemble, bulk_key, decide, may_keep, parse_bulk_key,
-                                 parse_part_key, part_key, trace_facts, triage_helps, triage_part)
-from streams.stages.tail_policies import RateLimiter, TailPolicy
+from streams.stages.tail import (Decision, TailIndex, assemble, bulk_key, decide, parse_bulk_key, parse_part_key,
+                                 part_key, trace_facts, triage_part)
+from streams.stages.tail_policies import RateLimiter, TailPolicy, bounded, may_keep
 
 log = logging.getLogger("otelpipe.tail")
 
@@ -152,7 +152,7 @@ class TailWorker:
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
         self.stages = stages
         self.policies = policies
-        self.triage = triage_helps(policies)  # some trace can be dropped without decoding it
+        self.triage = bounded(policies)  # some trace can be dropped without decoding it
         self.parts = parts
         self.state = state
         self.settings = (int(decision_wait_s * 1000), max_traces, max_spans_per_trace, int(decision_cache_s * 1000))
@@ -397,20 +397,21 @@ class TailWorker:
                 full.add(trace_id)
                 continue
             read = [triage_part(payload) for _, payload in parts]
-            if any(r is None or r.suspicious for r in read):
+            triaged = [r for r in read if r is not None and not r.suspicious]
+            if len(triaged) < len(read):  # a part to decode for its refusal, or one the triage cannot read
                 full.add(trace_id)
                 continue
-            merged = read[0]
-            for r in read[1:]:
-                merged = merged.merged(r)  # type: ignore[union-attr]
-            if decision is None and may_keep(self.policies, trace_id, merged):  # type: ignore[arg-type]
+            bounds = triaged[0].bounds
+            for r in triaged[1:]:
+                bounds = bounds.merged(r.bounds)
+            if decision is None and may_keep(self.policies, trace_id, bounds):
                 full.add(trace_id)
                 continue
             if decision is None:
-                for (number, _), r in zip(parts, read):
-                    if r.roots:  # type: ignore[union-attr]
-                        roots[(number, trace_id)] = r.roots[0]  # type: ignore[union-attr]
-            skipped[trace_id] = merged.spans  # type: ignore[union-attr]
+                for (number, _), r in zip(parts, triaged):
+                    if r.roots is not None:
+                        roots[(number, trace_id)] = r.roots
+            skipped[trace_id] = bounds.spans
         return full, roots, skipped
 
     async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:

@@ -37,8 +37,7 @@ from typing import Any, Mapping
 from streams.otlp.batch import ColumnBatch
 from streams.otlp import native
 from streams.otlp.native import NativeBatch
-from streams.stages.sampling import probability_to_threshold, trace_randomness
-from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceFacts, TraceView, Verdict, evaluate, facts_of
+from streams.stages.tail_policies import RateLimiter, TailPolicy, TraceBounds, TraceFacts, TraceView, Verdict, evaluate
 
 SUMMARY_TABLE = "otel_trace_summary"
 SUMMARY_COLUMNS = ["TraceId", "Start", "Duration", "RootServiceName", "RootSpanName", "SpanCount",
@@ -307,9 +306,14 @@ def _view(trace_id: str, columns: Mapping[str, list[Any]], rows: list[int]) -> T
 
 def _native_facts(item: tuple) -> TraceFacts:
     _, spans, statuses, longest, root_duration, root_service, root_span, first_service, start, end, errors = item
-    names = frozenset(name for bit, name in enumerate(_STATUS_NAMES) if statuses >> bit & 1)
     service = root_service if root_duration is not None else first_service
-    return TraceFacts(spans, names, longest, root_duration, root_service, root_span, service, start, end, errors)
+    return TraceFacts(spans, _status_names(statuses), longest, root_duration, root_service, root_span, service, start,
+                      end, errors)
+
+
+def _status_names(statuses: int) -> frozenset[str]:
+    """The lowercase status names of a native block's bit set."""
+    return frozenset(name for bit, name in enumerate(_STATUS_NAMES) if statuses >> bit & 1)
 
 
 def trace_facts(spans: ColumnBatch | None) -> dict[str, TraceFacts]:
@@ -337,28 +341,13 @@ def trace_facts(spans: ColumnBatch | None) -> dict[str, TraceFacts]:
 
 @dataclass(frozen=True)
 class Triage:
-    """Bounds of a trace's facts, read from its routed parts before they are decoded
-    (``native.triage_spans``). The stages only drop spans and never change a span's trace id,
-    parent, status or times, so the trace as decoded has at most these spans, a subset of these
-    statuses, no longer durations and, if a root, one of these roots: a policy that cannot match
-    these bounds cannot match the trace."""
+    """What a round reads of one routed spans part before decoding it (``native.triage_spans``):
+    bounds of its facts, whether the decoder would refuse one of its spans (then it is decoded, so
+    that the refusal is seen), and the part cut to its root spans (None without one)."""
 
-    spans: int
-    statuses: frozenset[str]  # lowercase
-    max_duration: int | None
-    max_root_duration: int | None
-    suspicious: bool  # a span the decoder refuses: decode it, so that its refusal is seen
-    roots: tuple[bytes, ...]  # the parts cut to their root spans
-
-    def merged(self, other: Triage) -> Triage:
-        return Triage(self.spans + other.spans, self.statuses | other.statuses,
-                      _bound(max, self.max_duration, other.max_duration),
-                      _bound(max, self.max_root_duration, other.max_root_duration),
-                      self.suspicious or other.suspicious, self.roots + other.roots)
-
-
-def _bound(pick: Any, a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else pick(a, b)
+    bounds: TraceBounds
+    suspicious: bool
+    roots: bytes | None
 
 
 def triage_part(payload: bytes) -> Triage | None:
@@ -370,46 +359,8 @@ def triage_part(payload: bytes) -> Triage | None:
     if read is None:
         return None
     spans, statuses, longest, longest_root, suspicious, roots = read
-    return Triage(spans, frozenset(n for bit, n in enumerate(_STATUS_NAMES) if statuses >> bit & 1),
-                  longest if spans else None, longest_root, suspicious, (roots,) if roots else ())
-
-
-_BOUNDED = frozenset({"probabilistic", "status_code", "latency", "span_count"})
-
-
-def _bounded(policy: TailPolicy) -> bool:
-    """Whether ``may_keep`` can ever say no for this policy."""
-    if policy.type == "and":
-        return any(_bounded(child) for child in policy.policies)  # type: ignore[attr-defined]
-    return policy.type in _BOUNDED
-
-
-def triage_helps(policies: tuple[TailPolicy, ...]) -> bool:
-    """Whether some trace can be dropped by its triage alone: every policy is bounded (an
-    ``always``, attribute, rate-limiting or composite policy may keep any trace, or keeps by
-    state)."""
-    return bool(policies) and all(_bounded(p) for p in policies)
-
-
-def _may_match(policy: TailPolicy, trace_id: str, t: Triage) -> bool:
-    kind = policy.type
-    if kind == "probabilistic":
-        return trace_randomness(trace_id) >= probability_to_threshold(float(policy.rate))  # type: ignore[attr-defined]
-    if kind == "status_code":
-        return not {s.lower() for s in policy.status_codes}.isdisjoint(t.statuses)  # type: ignore[attr-defined]
-    if kind == "latency":
-        longest = t.max_root_duration if policy.scope == "root" else t.max_duration  # type: ignore[attr-defined]
-        return longest is not None and longest >= float(policy.threshold_ms) * 1_000_000  # type: ignore[attr-defined]
-    if kind == "span_count":
-        return t.spans >= policy.min_spans  # type: ignore[attr-defined]
-    if kind == "and":
-        return all(_may_match(child, trace_id, t) for child in policy.policies)  # type: ignore[attr-defined]
-    return True
-
-
-def may_keep(policies: tuple[TailPolicy, ...], trace_id: str, t: Triage) -> bool:
-    """False only when no policy can keep the trace, whatever the stages leave of its spans."""
-    return t.suspicious or any(_may_match(p, trace_id, t) for p in policies)
+    bounds = TraceBounds(spans, _status_names(statuses), longest if spans else None, longest_root)
+    return Triage(bounds, suspicious, roots)
 
 
 def _needs_columns(policies: tuple[TailPolicy, ...]) -> bool:
@@ -424,8 +375,9 @@ def decide(policies: tuple[TailPolicy, ...], trace_ids: list[str], spans: Column
     out: dict[str, Decision] = {}
     views: dict[str, TraceView] = {}
     if spans is not None and len(spans):
-        if _needs_columns(policies):
-            columns, wanted = _columns(spans, policy_columns(policies)), set(trace_ids)
+        names = policy_columns(policies)
+        if names is None or not set(ATTRIBUTE_COLUMNS).isdisjoint(names):  # attribute policies read columns
+            columns, wanted = _columns(spans, names), set(trace_ids)
             views = {t: _view(t, columns, rows) for t, rows in _rows_by_trace(columns).items() if t in wanted}
         else:
             views = {t: TraceView(t, None, facts=f) for t, f in trace_facts(spans).items()}

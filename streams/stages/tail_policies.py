@@ -33,7 +33,7 @@ the file, for editors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Callable, Literal, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ModelWrapValidatorHandler,
                       ValidationError, model_validator)
@@ -73,20 +73,34 @@ class TraceFacts:
             service = later.service
         return TraceFacts(
             self.span_count + later.span_count, self.statuses | later.statuses,
-            _max(self.max_duration, later.max_duration),
+            optional(max, self.max_duration, later.max_duration),
             self.root_duration if has_root else later.root_duration,
             self.root_service if has_root else later.root_service,
             self.root_span if has_root else later.root_span,
             service,
-            _min(self.start, later.start), _max(self.end, later.end), self.errors + later.errors)
+            optional(min, self.start, later.start), optional(max, self.end, later.end), self.errors + later.errors)
 
 
-def _max(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)
+def optional(pick: Callable[[int, int], int], a: int | None, b: int | None) -> int | None:
+    """``pick(a, b)``, or the one that is not None."""
+    return b if a is None else a if b is None else pick(a, b)
 
 
-def _min(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
+@dataclass(frozen=True)
+class TraceBounds:
+    """Bounds of a trace's facts, read before its spans are decoded and staged: at most these
+    spans, a subset of these statuses, no longer durations, and if a root, one of these roots
+    (the stages only drop spans; they never change a span's trace id, parent, status or times)."""
+
+    spans: int
+    statuses: frozenset[str]  # lowercase
+    max_duration: int | None
+    max_root_duration: int | None
+
+    def merged(self, other: TraceBounds) -> TraceBounds:
+        return TraceBounds(self.spans + other.spans, self.statuses | other.statuses,
+                           optional(max, self.max_duration, other.max_duration),
+                           optional(max, self.max_root_duration, other.max_root_duration))
 
 
 def facts_of(columns: dict[str, list[Any]], root: int | None) -> TraceFacts:
@@ -221,6 +235,17 @@ class TailPolicy(BaseModel):
         """(keeps the trace, probability that it did)."""
         raise NotImplementedError
 
+    @property
+    def bounded(self) -> bool:
+        """Whether ``may_match`` can say no: bounded policies decide on bounds alone (False only
+        when ``matches`` is False for every trace within them); the others may match any trace,
+        or keep by state (rate limits)."""
+        return False
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        """Whether ``matches`` can keep a trace whose facts lie within ``bounds``."""
+        return True
+
 
 class AlwaysPolicy(TailPolicy):
     """Keeps every trace."""
@@ -237,9 +262,19 @@ class ProbabilisticPolicy(TailPolicy):
     type: Literal["probabilistic"]
     rate: Rate = Field(description="The probability of keeping a trace, in [2^-56, 1].")
 
+    @property
+    def bounded(self) -> bool:
+        return True
+
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
         rate = float(self.rate)
-        return trace_randomness(view.trace_id) >= probability_to_threshold(rate), rate
+        return self._kept(view.trace_id), rate
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        return self._kept(trace_id)
+
+    def _kept(self, trace_id: str) -> bool:
+        return trace_randomness(trace_id) >= probability_to_threshold(float(self.rate))
 
 
 class StatusCodePolicy(TailPolicy):
@@ -249,8 +284,17 @@ class StatusCodePolicy(TailPolicy):
     status_codes: tuple[str, ...] = _list(("Error",), "Span statuses: Unset, Ok, Error.")
 
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
-        wanted = {s.lower() for s in self.status_codes}
-        return not wanted.isdisjoint(view.facts.statuses), 1.0
+        return self._any_of(view.facts.statuses), 1.0
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        return self._any_of(bounds.statuses)
+
+    def _any_of(self, statuses: frozenset[str]) -> bool:
+        return not {s.lower() for s in self.status_codes}.isdisjoint(statuses)
 
 
 class LatencyPolicy(TailPolicy):
@@ -261,9 +305,17 @@ class LatencyPolicy(TailPolicy):
     scope: Literal["root", "any"] = Field("root", description="Which spans count: the root span or any span.")
 
     def matches(self, view: TraceView, limiter: RateLimiter, now_s: int) -> tuple[bool, float]:
-        threshold_ns = float(self.threshold_ms) * 1_000_000
-        duration = view.facts.root_duration if self.scope == "root" else view.facts.max_duration
-        return duration is not None and duration >= threshold_ns, 1.0
+        return self._long(view.facts.root_duration if self.scope == "root" else view.facts.max_duration), 1.0
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        return self._long(bounds.max_root_duration if self.scope == "root" else bounds.max_duration)
+
+    def _long(self, duration: int | None) -> bool:
+        return duration is not None and duration >= float(self.threshold_ms) * 1_000_000
 
 
 class StringAttributePolicy(TailPolicy):
@@ -323,6 +375,13 @@ class SpanCountPolicy(TailPolicy):
         n = view.span_count
         return n >= self.min_spans and n <= (n if self.max_spans is None else self.max_spans), 1.0
 
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        return bounds.spans >= self.min_spans  # fewer spans may still fall under max_spans
+
 
 class RateLimitingPolicy(TailPolicy):
     """Per service of the root span, keeps traces while the service's spans this second stay under the limit."""
@@ -349,6 +408,13 @@ class AndPolicy(TailPolicy):
                 return False, 1.0
             probability = min(probability, prob)
         return True, probability
+
+    @property
+    def bounded(self) -> bool:
+        return any(child.bounded for child in self.policies)
+
+    def may_match(self, trace_id: str, bounds: TraceBounds) -> bool:
+        return all(child.may_match(trace_id, bounds) for child in self.policies)
 
 
 class CompositePolicy(TailPolicy):
@@ -491,6 +557,16 @@ def evaluate(policies: tuple[TailPolicy, ...], view: TraceView, limiter: RateLim
         if best is None or probability > best.probability:
             best = Verdict(True, probability, policy.name)
     return best if best is not None else Verdict(False, 1.0, "")
+
+
+def bounded(policies: tuple[TailPolicy, ...]) -> bool:
+    """Whether some trace can be dropped on its bounds alone: every policy is bounded."""
+    return bool(policies) and all(p.bounded for p in policies)
+
+
+def may_keep(policies: tuple[TailPolicy, ...], trace_id: str, bounds: TraceBounds) -> bool:
+    """False only when no policy can keep a trace whose facts lie within ``bounds``."""
+    return any(p.may_match(trace_id, bounds) for p in policies)
 
 
 def load_policies(path: str | None) -> tuple[TailPolicy, ...]:
