@@ -1,5 +1,10 @@
 """A command's settings: a /query token file that cannot be read or made is an error naming the
-setting and the path, printed like every other settings error, never a traceback."""
+setting and the path, printed like every other settings error, never a traceback.
+
+No Kafka or ClickHouse here (the settings are read, nothing connects; the chDB DSN only names a
+path). A directory in the file's place is real; "permission denied" is raised by a stand-in for
+``read_text`` / ``os.open`` on that one path, since these tests may run as root, whom file modes
+do not stop."""
 
 from __future__ import annotations
 

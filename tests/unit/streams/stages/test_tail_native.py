@@ -13,7 +13,8 @@ from streams.stages.tail_policies import parse_policies
 from streams.tools.workload import Workload
 from tests.otlp_builders import mixed_spans_request
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built (no cargo)")
+# Built with the package wherever cargo is (pip install -e .): these tests fail, not skip, without it.
+assert native.available(), "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
 
 POLICIES = [
     {"policies": [{"type": "status_code", "status_codes": ["Error"]}, {"type": "latency", "threshold_ms": 50},
@@ -130,3 +131,31 @@ def test_trace_facts_of_the_blocks_are_those_of_the_columns(seed):
     traces = list(want)
     assert (decide(policies, traces, native_batch, RateLimiter(), 10**12)
             == decide(policies, traces, python_batch, RateLimiter(), 10**12))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_policy_that_matches_a_trace_may_match_its_bounds(seed):
+    """``may_match`` says no only where ``matches`` does: on bounds taken from the trace's own facts
+    (the tightest bounds) and on the trace's spans with some dropped (head sampling)."""
+    from streams.stages.tail import trace_facts
+    from streams.stages.tail_policies import TraceBounds, TraceView, bounded, may_keep
+
+    rng = random.Random(seed)
+    native_batch, python_batch = _facts_batches(rng, 1)
+    if python_batch is None:
+        return
+    policies = parse_policies({"policies": [
+        {"type": "status_code", "status_codes": ["Ok"]}, {"type": "latency", "threshold_ms": 3000, "scope": "any"},
+        {"type": "latency", "threshold_ms": 900}, {"type": "span_count", "min_spans": 4, "max_spans": 6},
+        {"type": "probabilistic", "rate": 0.3},
+        {"type": "and", "policies": [{"type": "status_code"}, {"type": "always"}]}]})
+    assert bounded(policies) and not bounded(parse_policies({"policies": [{"type": "always"}]}))
+    for trace_id, f in trace_facts(python_batch).items():
+        roots = [] if f.root_duration is None else [f.root_duration]
+        bounds = TraceBounds(f.span_count, f.statuses, f.max_duration, max(roots, default=None))
+        view = TraceView(trace_id, None, facts=f)
+        for policy in policies:
+            if policy.matches(view, RateLimiter(), 0)[0]:
+                assert policy.may_match(trace_id, bounds), (policy.type, f)
+        if not may_keep(policies, trace_id, bounds):
+            assert not any(p.matches(view, RateLimiter(), 0)[0] for p in policies)
