@@ -6,6 +6,7 @@ mod anyvalue;
 mod block;
 mod columns;
 mod logs;
+mod redact;
 mod split;
 mod stages;
 mod tail;
@@ -648,6 +649,28 @@ fn redaction_inputs<'py>(py: Python<'py>, signal: &str, payload: &[u8], secrets:
     Ok(Some((as_list(&keys)?, as_list(&texts)?)))
 }
 
+/// The request redacted at the wire level with the decisions Python made (`redact.rs`): the keys
+/// whose attributes leave every list, and each string's new value (None: dropped). (bytes, values
+/// changed); None when the request does not parse or holds a message protobuf would merge in a
+/// way that could change a decision: the protobuf library's walk decides then.
+#[pyfunction]
+fn redact_request<'py>(py: Python<'py>, signal: &str, payload: &[u8], drop_keys: Vec<String>,
+                       replace: HashMap<String, Option<String>>) -> PyResult<Option<(Bound<'py, PyBytes>, usize)>> {
+    let root = match signal {
+        "traces" => validate::Msg::Request,
+        "logs" => validate::Msg::LogsRequest,
+        other => return Err(PyValueError::new_err(format!("redact_request rewrites traces or logs, not {other:?}"))),
+    };
+    let done = py.allow_threads(|| {
+        let decisions = redact::Decisions {
+            drop_keys: drop_keys.iter().map(|k| k.as_bytes()).collect(),
+            replace: replace.iter().map(|(k, v)| (k.as_bytes(), v.as_deref().map(str::as_bytes))).collect(),
+        };
+        redact::redact(payload, root, &decisions)
+    });
+    Ok(done.ok().map(|(bytes, changed)| (PyBytes::new(py, &bytes), changed)))
+}
+
 /// Whether a value may hold what the label stage's detectors look for (a no is exact; see text.rs).
 #[pyfunction]
 fn maybe_sensitive(value: &str, secrets: Vec<String>) -> bool {
@@ -729,6 +752,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(split_by_trace, m)?)?;
     m.add_function(wrap_pyfunction!(triage_spans, m)?)?;
     m.add_function(wrap_pyfunction!(redaction_inputs, m)?)?;
+    m.add_function(wrap_pyfunction!(redact_request, m)?)?;
     m.add_function(wrap_pyfunction!(decode_traces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_logs, m)?)?;
     m.add_function(wrap_pyfunction!(column_types, m)?)?;

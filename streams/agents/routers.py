@@ -14,6 +14,7 @@ written): a router crash re-routes it, and the copies carry the same source coor
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Awaitable, Callable
 
@@ -27,7 +28,7 @@ from streams.agents.signal_writer import SignalWriter
 from streams.otlp.batch import DeadLetter, RawMessage
 from streams.otlp.values import BadMessage
 from streams.otlp.decode import choose_encoding
-from streams.stages.redact_otlp import redact_request, redaction_needed
+from streams.stages.redact_otlp import redact_payload, redact_request
 from streams.stages.tail import bulk_key, part_key
 
 
@@ -143,12 +144,17 @@ def _metrics_part(routed_topic: faust.TopicT, raw: RawMessage, route: int, paylo
 
 def _cut(signal: str, raw: RawMessage, redact: Callable[[Any], Any] | None, labels: Any, k: Any, w: Any
          ) -> dict[str, tuple[bytes, int, int]]:
-    """``split_by_trace`` of one message, redacted first unless the native core shows it holds
-    nothing ``redact`` would change (a reading that validated it too: the cut does not again)."""
+    """``split_by_trace`` of one message, redacted first. A protobuf request is redacted by the
+    native core where it can (``redact_payload``); one it shows holds nothing to redact is cut
+    as it came, without validating it again (that reading validated it). Else the parsed request
+    is walked (``redact``)."""
     encoding = k.encoding_for(raw.topic)
-    if (redact is not None and choose_encoding(raw, encoding) == "otlp_proto"
-            and not redaction_needed(labels, signal, raw.value, w.max_message_bytes)):
-        return split_by_trace(signal, raw, encoding, None, validated=True)
+    if redact is not None and choose_encoding(raw, encoding) == "otlp_proto":
+        redacted = redact_payload(labels, signal, raw.value, w.max_message_bytes)
+        if redacted is raw.value:
+            return split_by_trace(signal, raw, encoding, None, validated=True)
+        if redacted is not None:
+            return split_by_trace(signal, dataclasses.replace(raw, value=redacted), encoding, None)
     return split_by_trace(signal, raw, encoding, redact)
 
 

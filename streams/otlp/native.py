@@ -79,6 +79,16 @@ def redaction_inputs(signal: str, payload: bytes, secrets: Sequence[str]) -> tup
     return _built().redaction_inputs(signal, payload, list(secrets))
 
 
+def redact_request(signal: str, payload: bytes, drop_keys: Iterable[str], replace: Mapping[str, str | None]
+                   ) -> tuple[bytes, int] | None:
+    """A protobuf spans or logs request redacted at the wire level with decisions made in Python:
+    attributes whose key is in ``drop_keys`` leave their lists, strings in ``replace`` take their new
+    value (None: dropped, as ``redact_otlp.redact_request`` drops or masks them). (bytes, values
+    changed), or None when the request does not parse or holds an attribute or AnyValue that
+    protobuf would merge from two values (the protobuf library's walk decides then)."""
+    return _built().redact_request(signal, payload, list(drop_keys), dict(replace))
+
+
 def split_by_trace(signal: str, payload: bytes, max_total: int, validated: bool = False
                    ) -> list[tuple[str, bytes, int, int]] | None:
     """A protobuf spans or logs request cut into one request per trace at the wire level:

@@ -17,7 +17,16 @@ depth goes through the policy's key rules (``LabelStage.key_drop``), every other
 no detector can match are passed over natively (``_native.maybe_sensitive``, exact when it says
 no). When it says no, the router skips the walk over the parsed request (most requests hold no
 secret); when in doubt (no native core, JSON, a request the core refuses, query-secret names it
-cannot match), it says yes.
+cannot match), it says yes; a policy that drops attributes without a key (an allow list) makes
+it say yes to every request.
+
+``redact_payload`` goes one step further: with those same decisions (per distinct key and string)
+the native core rewrites the request at the wire level (``_native.redact_request``: attributes
+whose key is dropped leave their lists, strings take their scrubbed value, and a dropped string
+leaves its attribute list or array or is masked, exactly where ``redact_request`` does those). It
+gives the request unchanged when nothing is to change, and None where ``redaction_needed`` is in
+doubt or the request holds an attribute or AnyValue sent with two values (protobuf merges those):
+the caller walks the parsed request then. The tests compare both ways byte for byte.
 """
 
 from __future__ import annotations
@@ -32,18 +41,50 @@ _KEY_VALUE = "opentelemetry.proto.common.v1.KeyValue"
 _ANY_VALUE = "opentelemetry.proto.common.v1.AnyValue"
 
 
-def redaction_needed(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bool:
-    """Whether ``redact_request`` may change the protobuf request ``payload`` (``signal`` traces or logs)."""
+def _decisions(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int
+               ) -> tuple[list[str], dict[str, str | None]] | None:
+    """The policy's decisions for what the protobuf request ``payload`` holds: (attribute keys it
+    drops, {string: new value or None}) of the keys and strings the native core found; None when
+    they cannot be known that way."""
     from streams.otlp import native
 
     secrets = labels.ascii_query_secrets()
     if signal not in ("traces", "logs") or secrets is None or not native.available() or len(payload) > max_message_bytes:
-        return True
+        return None
     found = native.redaction_inputs(signal, payload, secrets)
     if found is None:
-        return True  # refused: the protobuf library's parse says why
+        return None  # refused: the protobuf library's parse says why
     keys, texts = found
-    return any(labels.key_drop(key) for key in keys) or any(labels.scrub(text)[1] for text in texts)
+    drops = [key for key in dict.fromkeys((*keys, "")) if labels.key_drop(key)]  # "": an attribute without its key
+    replace = {}
+    for text in texts:
+        new, reason = labels.scrub(text)
+        if reason:
+            replace[text] = new
+    return drops, replace
+
+
+def redaction_needed(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bool:
+    """Whether ``redact_request`` may change the protobuf request ``payload`` (``signal`` traces or logs)."""
+    decisions = _decisions(labels, signal, payload, max_message_bytes)
+    return decisions is None or bool(decisions[0] or decisions[1])
+
+
+def redact_payload(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bytes | None:
+    """The protobuf request ``payload`` as ``redact_request`` would leave it, rewritten natively
+    (``payload`` itself when nothing changes), or None when the parsed request must be walked."""
+    decisions = _decisions(labels, signal, payload, max_message_bytes)
+    if decisions is None:
+        return None
+    drops, replace = decisions
+    if not drops and not replace:
+        return payload
+    from streams.otlp import native
+
+    done = native.redact_request(signal, payload, drops, replace)
+    if done is None:
+        return None
+    return payload if done[1] == 0 else done[0]
 
 
 def redact_request(labels: LabelStage, request: Any) -> int:

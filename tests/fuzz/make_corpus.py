@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue  # noqa: E402
 
 from tests.otlp_builders import field, kv, logs_request, metrics_request, traces_request, varint  # noqa: E402
+from tests.planted_secrets import requests_with_secrets  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 T2262 = 2**63  # one past the last DateTime64(9) instant
@@ -138,6 +139,7 @@ def traces_seeds() -> dict[str, bytes]:
         span.events.add(time_unix_nano=i, name=f"e{i}")
         span.links.add(trace_id=bytes([i]) * 16, span_id=bytes([i]) * 8)
     seeds["many_events_links"] = req.SerializeToString()
+    seeds["secrets_everywhere"] = next(requests_with_secrets("traces")).SerializeToString()
     return seeds
 
 
@@ -160,6 +162,7 @@ def logs_seeds() -> dict[str, bytes]:
     rec.observed_time_unix_nano = 1
     rec.trace_id = b"\x01" * 15
     seeds["bad_trace_id"] = req.SerializeToString()
+    seeds["secrets_everywhere"] = next(requests_with_secrets("logs")).SerializeToString()
     return seeds
 
 

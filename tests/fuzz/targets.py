@@ -265,7 +265,45 @@ def native_disagreement(data: bytes, signal: str = "traces") -> str | None:
         if block.origins() != batch.columns[ORIGIN]:
             return f"origins {block.origins()!r:.100} vs {batch.columns[ORIGIN]!r:.100}"
         _expect(len(block.to_native()) > 0, "empty Native block")
-    return split_disagreement(data, signal) or (triage_disagreement(data) if signal == "traces" else None)
+    return (split_disagreement(data, signal) or redaction_disagreement(data, signal)
+            or (triage_disagreement(data) if signal == "traces" else None))
+
+
+# a policy of detectors only, and one that keeps only some keys and drops what the detectors find
+REDACTION_POLICIES = ({}, {"redaction": {"mode": "allow", "allow_keys": ["service.*", "http.*", "str"],
+                                         "value_action": "drop"}})
+_REDACTION_STAGES: list[LabelStage] = []
+
+
+def redaction_disagreement(data: bytes, signal: str) -> str | None:
+    """How the router's native redaction (``redact_payload``) and the protobuf library's walk
+    (``redact_request``) disagree on a request (None: they agree): what the native rewrite writes
+    must parse to the request the walk leaves, under each policy; where it declines, the walk
+    decides, so only what it writes is compared."""
+    from google.protobuf.message import DecodeError
+
+    from streams.stages.redact_otlp import redact_payload, redact_request
+    from tests.planted_secrets import REQUESTS
+
+    if not _REDACTION_STAGES:
+        _REDACTION_STAGES.extend(LabelStage(parse_policy(p)) for p in REDACTION_POLICIES)
+    request_type = REQUESTS[signal]
+    for labels in _REDACTION_STAGES:
+        out = redact_payload(labels, signal, data, 1 << 24)
+        if out is None:
+            continue
+        try:
+            walked = request_type.FromString(data)
+        except DecodeError:
+            return "the native redaction rewrote a request protobuf refuses"
+        redact_request(labels, walked)
+        try:
+            mine = request_type.FromString(out)
+        except DecodeError:
+            return "the native redaction wrote a request protobuf refuses"
+        if mine.SerializeToString(deterministic=True) != walked.SerializeToString(deterministic=True):
+            return "the native redaction and the walk leave other requests"
+    return None
 
 
 def split_disagreement(data: bytes, signal: str) -> str | None:

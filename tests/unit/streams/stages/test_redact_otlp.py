@@ -137,3 +137,118 @@ def test_json_and_refused_requests_need_the_walk():
     labels = LabelStage(parse_policy({}))
     assert redaction_needed(labels, "traces", b"\xff\xff", 1 << 24)
     assert redaction_needed(labels, "metrics", b"", 1 << 24)
+
+
+# ------------------------------------------------- redact_payload: the same redaction, at the wire level
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
+
+from streams.stages.redact_otlp import redact_payload  # noqa: E402
+
+POLICIES = [{}, {"redaction": {"value_action": "hash"}}, {"redaction": {"value_action": "drop"}},
+            {"redaction": {"mode": "allow", "allow_keys": ["service.*", "http.*", "note"], "value_action": "drop"}},
+            {"redaction": {"block_keys": ["*secret*", "password", "note"]}}]
+
+
+def _walked(labels, signal, payload):
+    request = _request_type(signal).FromString(payload)
+    redact_request(labels, request)
+    return request.SerializeToString()
+
+
+def _request_type(signal):
+    from tests.planted_secrets import REQUESTS
+    return REQUESTS[signal]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("signal", ["traces", "logs"])
+def test_the_native_redaction_writes_the_bytes_the_walk_does_wherever_a_secret_is(signal, policy):
+    """Every place a secret can be planted (each string field, each attribute list: a blocked key,
+    a secret value), one at a time and all at once: the native rewrite equals the protobuf
+    library's walk and serialization, byte for byte."""
+    assert native.available(), NATIVE_MISSING
+    labels = LabelStage(parse_policy(policy))
+    everywhere = next(requests_with_secrets(signal))
+    cases = [everywhere.SerializeToString()]
+    clean = type(everywhere).FromString(cases[0])
+    redact_request(LabelStage(parse_policy({})), clean)
+    cases += [_plant(clean, path, how) for path, how in _places(clean)]
+    rewritten = 0
+    for payload in cases:
+        native_bytes = redact_payload(labels, signal, payload, 1 << 24)
+        assert native_bytes is not None
+        assert native_bytes == _walked(labels, signal, payload)
+        rewritten += native_bytes != payload
+    assert rewritten > 40
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_the_native_redaction_of_the_workload_equals_the_walk(policy):
+    assert native.available(), NATIVE_MISSING
+    from streams.tools.workload import Workload
+
+    labels = LabelStage(parse_policy(policy))
+    for distinct in (False, True):
+        workload = Workload(seed=11, extra_attributes=3, distinct_values=distinct)
+        for _ in range(4):
+            request, logs = workload.trace_requests(10)
+            for signal, message in (("traces", request), ("logs", logs)):
+                payload = message.SerializeToString()
+                native_bytes = redact_payload(labels, signal, payload, 1 << 24)
+                assert native_bytes == _walked(labels, signal, payload)
+                if native_bytes == payload:
+                    assert native_bytes is payload  # nothing to change: the request as it came
+
+
+def _attribute_request(*attributes: bytes) -> bytes:
+    """A spans request whose one span carries these encoded KeyValues."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "op"
+    head = request.SerializeToString()
+    # append the attributes (Span field 9) inside the span, re-encoding the three lengths
+    from tests.planted_secrets import SECRET_TEXT  # noqa: F401
+
+    span_bytes = span.SerializeToString() + b"".join(b"\x4a" + _varint(len(a)) + a for a in attributes)
+    scope = b"\x12" + _varint(len(span_bytes)) + span_bytes
+    resource = b"\x12" + _varint(len(scope)) + scope
+    assert head  # the plain request parses; the built one must too
+    return b"\x0a" + _varint(len(resource)) + resource
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _kv(key: str, value: AnyValue | None = None) -> bytes:
+    return KeyValue(key=key, value=value).SerializeToString() if value is not None else KeyValue(key=key).SerializeToString()
+
+
+def test_merged_values_are_left_to_the_walk_and_the_rest_matches_it():
+    """protobuf merges a message field sent twice: an attribute with two values, or a value with two
+    kinds, could change what the walk drops. The native rewrite declines those (the walk decides);
+    two keys likewise. A keyless attribute and one without a value are rewritten like the walk."""
+    assert native.available(), NATIVE_MISSING
+    labels = LabelStage(parse_policy({}))
+    secret = AnyValue(string_value=SECRET_TEXT)
+    merged = [
+        _kv("note", secret) + b"\x12" + _varint(2) + AnyValue(int_value=5).SerializeToString(),
+        _kv("note") + b"\x0a\x08password",  # two keys: the second wins
+        b"\x0a\x04note\x12" + _varint(len(secret.SerializeToString()) + 2)
+        + secret.SerializeToString() + b"\x18\x05",  # string and int in one value
+    ]
+    for attribute in merged:
+        payload = _attribute_request(attribute, _kv("password", AnyValue(string_value="x")))
+        assert native.redact_request("traces", payload, ["password"], {SECRET_TEXT: None}) is None
+        assert redact_payload(labels, "traces", payload, 1 << 24) is None
+    plain = _attribute_request(KeyValue(value=secret).SerializeToString(), _kv("nothing"),
+                               _kv("password", AnyValue(string_value="x")), _kv("note", secret))
+    assert redact_payload(labels, "traces", plain, 1 << 24) == _walked(labels, "traces", plain)
