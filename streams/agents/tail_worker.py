@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -430,25 +431,29 @@ class TailWorker:
             fresh[t] = Decision(False, 1.0, "", now_ms, f.root_service if f else "", f.root_span if f else "")
         decisions = known | fresh
         decisions = {t: decisions[t].with_parts(index.traces[t].parts) for t in due}
-        for t, reason in due.items():
-            m.TAIL_DECISIONS.labels(reason, "keep" if decisions[t].keep else "drop").inc()
+        outcomes = Counter((reason, "keep" if decisions[t].keep else "drop") for t, reason in due.items())
+        for labels, n in outcomes.items():
+            m.TAIL_DECISIONS.labels(*labels).inc(n)
         spec = {"parts": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
         round_id = f"{partition}/{uuid.uuid4().hex}"
         # (1) the round and its decisions, before any of its rows: two records, whatever the traces
         await self.state.put({f"b/{round_id}": orjson.dumps(spec),
                               f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
-        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources)
+        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources,
+                                decided=decisions)
         for t, d in decisions.items():
             index.remember(t, d, record=f"d/{round_id}")
         index.late.difference_update(defaulted)
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
-                           decoded: tuple | None = None, sources: list[tuple[str, list[str]]] | None = None) -> None:
+                           decoded: tuple | None = None, sources: list[tuple[str, list[str]]] | None = None,
+                           decided: dict[str, Decision] | None = None) -> None:
+        """Write a recorded round (``spec``); ``decided``: its decisions as objects, when at hand."""
         index = self._index(partition)
         if sources is None:
             sources = self._sources(index, round_parts(spec))
         keys = [k for _, wanted in sources for k in wanted]
-        decisions = {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
+        decisions = decided if decided is not None else {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
         if decoded is None:
             decoded = await self.run_blocking(self._decode, sources, decisions, set())
         spans, logs, dead, msgs = decoded.spans, decoded.logs, decoded.dead, decoded.msgs

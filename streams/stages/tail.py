@@ -30,6 +30,8 @@ The pieces here are pure; ``streams.agents.app`` wires them to Kafka and ClickHo
 
 from __future__ import annotations
 
+import functools
+
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -311,6 +313,7 @@ def _native_facts(item: tuple) -> TraceFacts:
                       end, errors)
 
 
+@functools.lru_cache(maxsize=None)  # eight bit sets
 def _status_names(statuses: int) -> frozenset[str]:
     """The lowercase status names of a native block's bit set."""
     return frozenset(name for bit, name in enumerate(_STATUS_NAMES) if statuses >> bit & 1)
