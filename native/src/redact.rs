@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::validate::{Kind, Msg};
-use crate::wire::{fields, Value, WireError, MAX_DEPTH};
+use crate::wire::{fields, Field, Value, WireError, MAX_DEPTH};
 
 pub const MASK: &[u8] = b"****";
 
@@ -82,6 +82,18 @@ fn put_len(out: &mut Vec<u8>, number: u32, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// The fields of a message, each with its bytes as they came (tag, length and value).
+fn each_field<'a>(buf: &'a [u8], depth: usize) -> impl Iterator<Item = Result<(Field<'a>, &'a [u8])>> + 'a {
+    let mut it = fields(buf, depth);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let field = it.next()?;
+        let raw = &buf[start..it.position()];
+        start = it.position();
+        Some(field.map(|f| (f, raw)).map_err(Declined::from))
+    })
+}
+
 /// The request `payload` (`root`: `Msg::Request` or `Msg::LogsRequest`) redacted, and how many
 /// values changed (as `redact_request` counts them).
 pub fn redact(payload: &[u8], root: Msg, decisions: &Decisions<'_>) -> Result<(Vec<u8>, usize)> {
@@ -98,12 +110,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
         if depth > MAX_DEPTH {
             return Err(WireError::TooDeep.into());
         }
-        let mut it = fields(buf, depth);
-        let mut start = 0;
-        while let Some(field) = it.next() {
-            let field = field?;
-            let raw = &buf[start..it.position()];
-            start = it.position();
+        for item in each_field(buf, depth) {
+            let (field, raw) = item?;
             let Value::Len(bytes) = field.value else {
                 out.extend_from_slice(raw);
                 continue;
@@ -188,13 +196,9 @@ impl<'d, 'r> Rewriter<'d, 'r> {
             self.changed += 1;
             return Ok(Outcome::Dropped(1));
         }
-        let mut it = fields(buf, depth);
-        let mut start = 0;
         let mut changed = 0;
-        while let Some(field) = it.next() {
-            let field = field?;
-            let raw = &buf[start..it.position()];
-            start = it.position();
+        for item in each_field(buf, depth) {
+            let (field, raw) = item?;
             match (field.number, field.value) {
                 (2, Value::Len(bytes)) => {
                     let mut body = Vec::new();
@@ -228,12 +232,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
             return Err(Declined::NotCanonical);
         }
         let before = self.changed;
-        let mut it = fields(buf, depth);
-        let mut start = 0;
-        while let Some(field) = it.next() {
-            let field = field?;
-            let raw = &buf[start..it.position()];
-            start = it.position();
+        for item in each_field(buf, depth) {
+            let (field, raw) = item?;
             match (field.number, field.value) {
                 (1, Value::Len(text)) => {
                     if std::str::from_utf8(text).is_err() {
@@ -269,24 +269,20 @@ impl<'d, 'r> Rewriter<'d, 'r> {
         Ok(Outcome::Kept(self.changed - before))
     }
 
-    /// An ArrayValue (items: `Msg::AnyValue`) or a KeyValueList (entries: `Msg::KeyValue`): field
-    /// 1 of either, each item kept, rewritten or left out.
-    fn list(&mut self, buf: &[u8], item: Msg, depth: usize, out: &mut Vec<u8>) -> Result<()> {
+    /// An ArrayValue (`of` `Msg::AnyValue`) or a KeyValueList (`of` `Msg::KeyValue`): field 1 of
+    /// either, each item kept, rewritten or left out.
+    fn list(&mut self, buf: &[u8], of: Msg, depth: usize, out: &mut Vec<u8>) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(WireError::TooDeep.into());
         }
-        let mut it = fields(buf, depth);
-        let mut start = 0;
-        while let Some(field) = it.next() {
-            let field = field?;
-            let raw = &buf[start..it.position()];
-            start = it.position();
+        for item in each_field(buf, depth) {
+            let (field, raw) = item?;
             let (1, Value::Len(bytes)) = (field.number, field.value) else {
                 out.extend_from_slice(raw);
                 continue;
             };
             let mut body = Vec::new();
-            let outcome = if item == Msg::KeyValue {
+            let outcome = if of == Msg::KeyValue {
                 self.attribute(bytes, depth + 1, &mut body)?
             } else {
                 self.any_value(bytes, Place::ArrayItem, depth + 1, &mut body)?

@@ -112,6 +112,24 @@ def test_redaction_is_needed_wherever_one_secret_is_and_not_once_redacted(signal
     assert missed == []
 
 
+def _workload_requests(seed, batches):
+    """(signal, protobuf request) of the benchmark's workload: spans and logs, with repeating and
+    with distinct values."""
+    from streams.tools.workload import Workload
+
+    for distinct in (False, True):
+        workload = Workload(seed=seed, extra_attributes=3, distinct_values=distinct)
+        for _ in range(batches):
+            request, logs = workload.trace_requests(10)
+            yield "traces", request.SerializeToString()
+            yield "logs", logs.SerializeToString()
+
+
+def _request_type(signal):
+    from tests.planted_secrets import REQUESTS
+    return REQUESTS[signal]
+
+
 @pytest.mark.parametrize("policy", [{}, {"redaction": {"value_action": "hash"}},
                                     {"redaction": {"allow_keys": ["service.*", "http.*"], "mode": "allow"}}])
 def test_when_no_redaction_is_needed_the_walk_changes_nothing_on_the_workload(policy):
@@ -120,15 +138,10 @@ def test_when_no_redaction_is_needed_the_walk_changes_nothing_on_the_workload(po
 
     labels = LabelStage(parse_policy(policy))
     skipped = 0
-    for distinct in (False, True):
-        workload = Workload(seed=5, extra_attributes=3, distinct_values=distinct)
-        for _ in range(6):
-            request, logs = workload.trace_requests(10)
-            for signal, message in (("traces", request), ("logs", logs)):
-                payload = message.SerializeToString()
-                if not redaction_needed(labels, signal, payload, 1 << 24):
-                    skipped += 1
-                    assert redact_request(labels, type(message).FromString(payload)) == 0
+    for signal, payload in _workload_requests(seed=5, batches=6):
+        if not redaction_needed(labels, signal, payload, 1 << 24):
+            skipped += 1
+            assert redact_request(labels, _request_type(signal).FromString(payload)) == 0
     if "mode" not in policy.get("redaction", {}):  # in allow mode keys go in every request
         assert skipped
 
@@ -144,6 +157,7 @@ def test_json_and_refused_requests_need_the_walk():
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
 
 from streams.stages.redact_otlp import redact_payload  # noqa: E402
+from tests.otlp_builders import field  # noqa: E402
 
 POLICIES = [{}, {"redaction": {"value_action": "hash"}}, {"redaction": {"value_action": "drop"}},
             {"redaction": {"mode": "allow", "allow_keys": ["service.*", "http.*", "note"], "value_action": "drop"}},
@@ -154,11 +168,6 @@ def _walked(labels, signal, payload):
     request = _request_type(signal).FromString(payload)
     redact_request(labels, request)
     return request.SerializeToString()
-
-
-def _request_type(signal):
-    from tests.planted_secrets import REQUESTS
-    return REQUESTS[signal]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -186,46 +195,23 @@ def test_the_native_redaction_writes_the_bytes_the_walk_does_wherever_a_secret_i
 @pytest.mark.parametrize("policy", POLICIES)
 def test_the_native_redaction_of_the_workload_equals_the_walk(policy):
     assert native.available(), NATIVE_MISSING
-    from streams.tools.workload import Workload
-
     labels = LabelStage(parse_policy(policy))
-    for distinct in (False, True):
-        workload = Workload(seed=11, extra_attributes=3, distinct_values=distinct)
-        for _ in range(4):
-            request, logs = workload.trace_requests(10)
-            for signal, message in (("traces", request), ("logs", logs)):
-                payload = message.SerializeToString()
-                native_bytes = redact_payload(labels, signal, payload, 1 << 24)
-                assert native_bytes == _walked(labels, signal, payload)
-                if native_bytes == payload:
-                    assert native_bytes is payload  # nothing to change: the request as it came
+    for signal, payload in _workload_requests(seed=11, batches=4):
+        native_bytes = redact_payload(labels, signal, payload, 1 << 24)
+        assert native_bytes == _walked(labels, signal, payload)
+        if native_bytes == payload:
+            assert native_bytes is payload  # nothing to change: the request as it came
 
 
 def _attribute_request(*attributes: bytes) -> bytes:
-    """A spans request whose one span carries these encoded KeyValues."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    """A spans request whose one span carries these encoded KeyValues (Span field 9)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-    request = ExportTraceServiceRequest()
-    span = request.resource_spans.add().scope_spans.add().spans.add()
-    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "op"
-    head = request.SerializeToString()
-    # append the attributes (Span field 9) inside the span, re-encoding the three lengths
-    from tests.planted_secrets import SECRET_TEXT  # noqa: F401
+    from tests.otlp_builders import field
 
-    span_bytes = span.SerializeToString() + b"".join(b"\x4a" + _varint(len(a)) + a for a in attributes)
-    scope = b"\x12" + _varint(len(span_bytes)) + span_bytes
-    resource = b"\x12" + _varint(len(scope)) + scope
-    assert head  # the plain request parses; the built one must too
-    return b"\x0a" + _varint(len(resource)) + resource
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    span = Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="op").SerializeToString()
+    span += b"".join(field(9, a) for a in attributes)
+    return field(1, field(2, field(2, span)))  # request.resource_spans.scope_spans.spans
 
 
 def _kv(key: str, value: AnyValue | None = None) -> bytes:
@@ -240,10 +226,9 @@ def test_merged_values_are_left_to_the_walk_and_the_rest_matches_it():
     labels = LabelStage(parse_policy({}))
     secret = AnyValue(string_value=SECRET_TEXT)
     merged = [
-        _kv("note", secret) + b"\x12" + _varint(2) + AnyValue(int_value=5).SerializeToString(),
-        _kv("note") + b"\x0a\x08password",  # two keys: the second wins
-        b"\x0a\x04note\x12" + _varint(len(secret.SerializeToString()) + 2)
-        + secret.SerializeToString() + b"\x18\x05",  # string and int in one value
+        _kv("note", secret) + field(2, AnyValue(int_value=5).SerializeToString()),  # two values
+        _kv("note") + field(1, b"password"),  # two keys: the second wins
+        b"\x0a\x04note" + field(2, secret.SerializeToString() + b"\x18\x05"),  # string and int in one value
     ]
     for attribute in merged:
         payload = _attribute_request(attribute, _kv("password", AnyValue(string_value="x")))
