@@ -17,20 +17,26 @@
 //! so a request with nothing to change comes back unchanged. protobuf merges a message field sent
 //! twice; where that could change a decision (an attribute with two keys or two values, an
 //! AnyValue with two values) this declines (`NotCanonical`) and the Python walk decides. No
-//! protobuf serializer writes either.
+//! protobuf serializer writes either. It declines messages nested past `MAX_REWRITE_DEPTH` too.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::validate::{Kind, Msg};
-use crate::wire::{fields, Field, Value, WireError, MAX_DEPTH};
+use crate::wire::{fields, Field, Value, WireError};
 
 pub const MASK: &[u8] = b"****";
+
+/// Messages nested deeper than this are left to the Python walk: each level of a rewritten
+/// message is written again by the level above it (a new length), so the work grows with depth
+/// times size. OTLP requests nest 6 deep, structured log bodies a few more.
+pub const MAX_REWRITE_DEPTH: usize = 32;
 
 /// Why a request is not rewritten here.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Declined {
     Wire(WireError),
     NotCanonical,
+    TooDeep,
 }
 
 impl From<WireError> for Declined {
@@ -107,8 +113,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
     /// A message of type `msg` (not an AnyValue, KeyValue, ArrayValue or KeyValueList: those are
     /// read where they sit) into `out`.
     fn message(&mut self, buf: &[u8], msg: Msg, depth: usize, out: &mut Vec<u8>) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(WireError::TooDeep.into());
+        if depth > MAX_REWRITE_DEPTH {
+            return Err(Declined::TooDeep);
         }
         for item in each_field(buf, depth) {
             let (field, raw) = item?;
@@ -168,8 +174,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
 
     /// One KeyValue of an attribute list.
     fn attribute(&mut self, buf: &[u8], depth: usize, out: &mut Vec<u8>) -> Result<Outcome> {
-        if depth > MAX_DEPTH {
-            return Err(WireError::TooDeep.into());
+        if depth > MAX_REWRITE_DEPTH {
+            return Err(Declined::TooDeep);
         }
         let mut key: &[u8] = b"";
         let (mut keys, mut values) = (0, 0);
@@ -219,8 +225,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
 
     /// One AnyValue: its string, or the items of its array, or the entries of its kvlist.
     fn any_value(&mut self, buf: &[u8], place: Place, depth: usize, out: &mut Vec<u8>) -> Result<Outcome> {
-        if depth > MAX_DEPTH {
-            return Err(WireError::TooDeep.into());
+        if depth > MAX_REWRITE_DEPTH {
+            return Err(Declined::TooDeep);
         }
         let mut values = 0;
         for field in fields(buf, depth) {
@@ -272,8 +278,8 @@ impl<'d, 'r> Rewriter<'d, 'r> {
     /// An ArrayValue (`of` `Msg::AnyValue`) or a KeyValueList (`of` `Msg::KeyValue`): field 1 of
     /// either, each item kept, rewritten or left out.
     fn list(&mut self, buf: &[u8], of: Msg, depth: usize, out: &mut Vec<u8>) -> Result<()> {
-        if depth > MAX_DEPTH {
-            return Err(WireError::TooDeep.into());
+        if depth > MAX_REWRITE_DEPTH {
+            return Err(Declined::TooDeep);
         }
         for item in each_field(buf, depth) {
             let (field, raw) = item?;

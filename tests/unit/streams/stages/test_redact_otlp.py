@@ -237,3 +237,20 @@ def test_merged_values_are_left_to_the_walk_and_the_rest_matches_it():
     plain = _attribute_request(KeyValue(value=secret).SerializeToString(), _kv("nothing"),
                                _kv("password", AnyValue(string_value="x")), _kv("note", secret))
     assert redact_payload(labels, "traces", plain, 1 << 24) == _walked(labels, "traces", plain)
+
+
+def test_deeply_nested_values_are_left_to_the_walk():
+    """Each level of a rewritten message is written again by the level above: past 32 levels the
+    native rewrite declines (the walk decides), so a producer cannot make it cost depth times size."""
+    assert native.available(), NATIVE_MISSING
+    labels = LabelStage(parse_policy({}))
+    value = AnyValue(string_value=SECRET_TEXT).SerializeToString()
+    shallow = None
+    for level in range(12):  # each kvlist level is three messages: AnyValue, KeyValueList, KeyValue
+        value = field(6, field(1, field(1, b"k") + field(2, value)))
+        payload = _attribute_request(field(1, b"a") + field(2, value))
+        if level == 7:
+            shallow = payload
+    assert redact_payload(labels, "traces", shallow, 1 << 24) == _walked(labels, "traces", shallow)
+    assert native.redact_request("traces", payload, [], {SECRET_TEXT: None}) is None
+    assert redact_payload(labels, "traces", payload, 1 << 24) is None
