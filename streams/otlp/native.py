@@ -84,8 +84,9 @@ def redact_request(signal: str, payload: bytes, drop_keys: Iterable[str], replac
     """A protobuf spans or logs request redacted at the wire level with decisions made in Python:
     attributes whose key is in ``drop_keys`` leave their lists, strings in ``replace`` take their new
     value (None: dropped, as ``redact_otlp.redact_request`` drops or masks them). (bytes, values
-    changed), or None when the request does not parse or holds an attribute or AnyValue that
-    protobuf would merge from two values (the protobuf library's walk decides then)."""
+    changed), or None when the request does not parse, holds an attribute or AnyValue that
+    protobuf would merge from two values, or nests more than 32 messages deep (the protobuf
+    library's walk decides then)."""
     return _built().redact_request(signal, payload, list(drop_keys), dict(replace))
 
 

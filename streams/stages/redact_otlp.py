@@ -25,8 +25,9 @@ the native core rewrites the request at the wire level (``_native.redact_request
 whose key is dropped leave their lists, strings take their scrubbed value, and a dropped string
 leaves its attribute list or array or is masked, exactly where ``redact_request`` does those). It
 gives the request unchanged when nothing is to change, and None where ``redaction_needed`` is in
-doubt or the request holds an attribute or AnyValue sent with two values (protobuf merges those):
-the caller walks the parsed request then. The tests compare both ways byte for byte.
+doubt, the request holds an attribute or AnyValue sent with two values (protobuf merges those),
+or it nests more than 32 messages deep: the caller walks the parsed request then. The tests
+compare both ways byte for byte.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ The pieces here are pure; ``streams.agents.app`` wires them to Kafka and ClickHo
 from __future__ import annotations
 
 import functools
-
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
