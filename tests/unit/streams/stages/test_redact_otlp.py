@@ -254,3 +254,43 @@ def test_deeply_nested_values_are_left_to_the_walk():
     assert redact_payload(labels, "traces", shallow, 1 << 24) == _walked(labels, "traces", shallow)
     assert native.redact_request("traces", payload, [], {SECRET_TEXT: None}) is None
     assert redact_payload(labels, "traces", payload, 1 << 24) is None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_native_redaction_equals_the_walk_on_random_plantings(seed):
+    """Workload requests with several secrets, blocked keys and nested values planted at random
+    places, under a random policy: the native rewrite and the walk write the same bytes."""
+    import random
+
+    from tests.planted_secrets import SECRETS
+
+    assert native.available(), NATIVE_MISSING
+    rng = random.Random(seed)
+    labels = LabelStage(parse_policy(rng.choice(POLICIES)))
+    texts = [text for text, _ in SECRETS.values()] + ["plain words", ""]
+    for signal, payload in _workload_requests(seed=seed, batches=1):
+        request = _request_type(signal).FromString(payload)
+        places = list(_places(request))
+        for _ in range(rng.randint(1, 8)):
+            path, how = rng.choice(places)
+            target = request
+            for name, index in path[:-1]:
+                target = getattr(target, name) if index is None else getattr(target, name)[index]
+            name = path[-1][0]
+            text = rng.choice(texts)
+            if how == "string":
+                if target.DESCRIPTOR.fields_by_name[name].is_repeated:
+                    getattr(target, name).append(text)
+                else:
+                    setattr(target, name, text)
+            elif how == "blocked_key":
+                getattr(target, name).add(key=rng.choice(["password", "cookie", "api_key", "note"])).value \
+                    .string_value = text
+            else:  # a nested value: a kvlist holding a blocked key and an array of texts
+                value = getattr(target, name).add(key="payload").value
+                value.kvlist_value.values.add(key="password").value.string_value = text
+                items = value.kvlist_value.values.add(key="list").value.array_value.values
+                for _ in range(rng.randint(0, 3)):
+                    items.add().string_value = rng.choice(texts)
+        planted = request.SerializeToString()
+        assert redact_payload(labels, signal, planted, 1 << 24) == _walked(labels, signal, planted)
