@@ -13,7 +13,8 @@
 //!   for other values, which Python templates (its patterns' `\d`, `\s` and `$` read more than
 //!   ASCII and line ends).
 
-const KEYWORDS: [&[u8]; 7] = [b"bearer", b"basic", b"passw", b"pwd", b"passphrase", b"secret", b"token"];
+// The keywords of `_MAYBE_SENSITIVE` (bearer, basic, passw, pwd, passphrase, secret, token, api.?key,
+// private.?key) are matched in `maybe_sensitive`, each from its first letter.
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
@@ -48,18 +49,34 @@ fn luhn(digits: &[u8]) -> bool {
 /// followed by at most one space or dash, that pass Luhn's check. Any such window of any chain of
 /// digits says yes (more often than the detector, which takes the longest run only).
 fn may_hold_a_card_number(s: &[u8]) -> bool {
-    let mut digits: Vec<u8> = Vec::new();
-    let mut i = 0;
-    let flush = |digits: &mut Vec<u8>| -> bool {
+    if s.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
+        return false; // no chain can be long enough
+    }
+    // a chain's digits, on the stack unless the chain is long
+    let mut small = [0u8; 64];
+    let mut long: Vec<u8> = Vec::new();
+    let mut n = 0usize;
+    let flush = |small: &[u8; 64], long: &mut Vec<u8>, n: &mut usize| -> bool {
+        let digits = if *n <= small.len() { &small[..*n] } else { &long[..] };
         let found = digits.len() >= 13
-            && (0..digits.len()).any(|a| (13..=19).any(|n| a + n <= digits.len() && luhn(&digits[a..a + n])));
-        digits.clear();
+            && (0..digits.len()).any(|a| (13..=19).any(|k| a + k <= digits.len() && luhn(&digits[a..a + k])));
+        *n = 0;
+        long.clear();
         found
     };
+    let mut i = 0;
     while i < s.len() {
         let c = s[i];
         if c.is_ascii_digit() {
-            digits.push(c);
+            if n < small.len() {
+                small[n] = c;
+            } else {
+                if n == small.len() {
+                    long.extend_from_slice(&small);
+                }
+                long.push(c);
+            }
+            n += 1;
             i += 1;
             // one space or dash between two digits keeps the chain
             if i + 1 < s.len() && matches!(s[i], b' ' | b'-') && s[i + 1].is_ascii_digit() {
@@ -67,12 +84,12 @@ fn may_hold_a_card_number(s: &[u8]) -> bool {
             }
             continue;
         }
-        if flush(&mut digits) {
+        if flush(&small, &mut long, &mut n) {
             return true;
         }
         i += 1;
     }
-    flush(&mut digits)
+    flush(&small, &mut long, &mut n)
 }
 
 /// See the module's text. `secrets`: the query-secret names, lowercase.
@@ -88,18 +105,27 @@ pub fn maybe_sensitive(s: &[u8], secrets: &[Vec<u8>]) -> bool {
         if c >= 0x80 || c == b'@' {
             return true;
         }
-        let lower = c.to_ascii_lowercase();
-        if matches!(lower, b'b' | b'p' | b's' | b't') && KEYWORDS.iter().any(|k| starts_with_ignore_case(&s[i..], k)) {
-            return true;
-        }
-        if (lower == b'a' && word_then_key(s, i, b"api")) || (lower == b'p' && word_then_key(s, i, b"private")) {
-            return true;
-        }
-        if matches!(c, b'?' | b'&' | b';') {
-            let rest = &s[i + 1..];
-            if secrets.iter().any(|name| starts_with_ignore_case(rest, name) && rest.get(name.len()) == Some(&b'=')) {
-                return true;
+        let rest = &s[i..];
+        // a keyword can only start with its own first letter: each letter checks its own
+        let hit = match c.to_ascii_lowercase() {
+            b'b' => starts_with_ignore_case(rest, b"bearer") || starts_with_ignore_case(rest, b"basic"),
+            b'p' => {
+                starts_with_ignore_case(rest, b"passw")
+                    || starts_with_ignore_case(rest, b"pwd")
+                    || starts_with_ignore_case(rest, b"passphrase")
+                    || word_then_key(s, i, b"private")
             }
+            b's' => starts_with_ignore_case(rest, b"secret"),
+            b't' => starts_with_ignore_case(rest, b"token"),
+            b'a' => word_then_key(s, i, b"api"),
+            b'?' | b'&' | b';' => {
+                let after = &s[i + 1..];
+                secrets.iter().any(|name| starts_with_ignore_case(after, name) && after.get(name.len()) == Some(&b'='))
+            }
+            _ => false,
+        };
+        if hit {
+            return true;
         }
     }
     false

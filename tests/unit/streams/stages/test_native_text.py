@@ -86,3 +86,46 @@ def test_a_non_ascii_query_secret_turns_the_filter_off():
     stage = LabelStage(LabelPolicy(redaction=RedactionPolicy(query_secrets=("ſig",))))
     assert stage.ascii_query_secrets() is None
     assert stage._maybe_sensitive.search("/a?sig=1")  # Python folds ſ onto s
+
+
+def _card_window(s: str) -> bool:
+    """The card part of maybe_sensitive, spelled out: some window of 13 to 19 digits of a chain of
+    digits (one space or dash allowed between two) passes Luhn's check."""
+    def luhn(digits: str) -> bool:
+        total = 0
+        for i, d in enumerate(reversed(digits)):
+            v = int(d) * (2 if i % 2 else 1)
+            total += v - 9 if v > 9 else v
+        return total % 10 == 0
+
+    chains, chain, i = [], "", 0
+    while i < len(s):
+        if s[i].isdigit():
+            chain += s[i]
+            i += 1
+            if i + 1 < len(s) and s[i] in " -" and s[i + 1].isdigit():
+                i += 1
+            continue
+        chains.append(chain)
+        chain = ""
+        i += 1
+    chains.append(chain)
+    return any(luhn(c[a:a + n]) for c in chains for n in range(13, 20) for a in range(len(c) - n + 1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_card_check_reads_chains_of_any_length(seed):
+    """Digits, separators and slashes only (nothing else can trigger): the native answer is the
+    card rule's, for chains short and long (past the 64 digits held on the stack)."""
+    import random
+
+    rng = random.Random(seed)
+    secrets = LabelStage(LabelPolicy()).ascii_query_secrets()
+    seen = set()
+    for _ in range(3000):
+        length = rng.choice([5, 12, 13, 16, 19, 40, 63, 64, 65, 66, 90, 200])
+        value = "".join(rng.choice("0123456789" * 6 + " -/") for _ in range(length))
+        expected = _card_window(value)
+        seen.add(expected)
+        assert _native.maybe_sensitive(value, secrets) == expected, value
+    assert seen == {True, False}
