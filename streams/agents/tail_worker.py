@@ -286,7 +286,7 @@ class TailWorker:
             if copies:
                 m.STAGE_CHANGES.labels("tail", "duplicate_part").inc(len(copies))
                 await self.parts.put({}, copies)
-            self._gauges()
+            # the buffer gauges are set on the tick (counting them walks every buffered trace)
             # Decisions happen in rounds on the worker's one-second tick, not per batch: fewer,
             # larger inserts (a round per batch spent a fifth of the worker in small inserts).
 
