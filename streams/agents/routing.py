@@ -152,8 +152,8 @@ def split_by_trace(signal: str, message: RawMessage, default_encoding: str,
     each part; it declines what protobuf would not parse, which the protobuf library then refuses
     with its reason). A request in JSON or one redacted is parsed by the protobuf library and, once
     redacted, serialized and cut by the native core the same way. ``validated``: the native core
-    read the payload already (``redaction_needed`` answered without falling back), so the cut does
-    not validate it again. ``native_cut=False``: the protobuf library cuts (the reference the
+    read the payload already (``redact_payload`` found nothing to change), so the cut does not
+    validate it again. ``native_cut=False``: the protobuf library cuts (the reference the
     native cut is tested against)."""
     if signal not in ("traces", "logs"):
         raise ValueError(f"split_by_trace handles traces and logs, not {signal!r}")

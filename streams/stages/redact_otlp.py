@@ -9,25 +9,20 @@ included) loses the keys the policy drops, and every string value passes the det
 rules and templating are left to the label stage, which runs again on the decided rows (redaction
 is idempotent: what it wrote, it leaves alone). Mutates the request; returns how many values changed.
 
-``redaction_needed`` says beforehand, from the native core, whether a protobuf request holds
-anything ``redact_request`` would change. The core walks the request as ``redact_request`` does,
-by the schema, without building rows (``_native.redaction_inputs``): every attribute key at any
-depth goes through the policy's key rules (``LabelStage.key_drop``), every other string field
-(AnyValue strings and entity references included) through the same ``LabelStage.scrub``. Strings
-no detector can match are passed over natively (``_native.maybe_sensitive``, exact when it says
-no). When it says no, the router skips the walk over the parsed request (most requests hold no
-secret); when in doubt (no native core, JSON, a request the core refuses, query-secret names it
-cannot match), it says yes; a policy that drops attributes without a key (an allow list) makes
-it say yes to every request.
-
-``redact_payload`` goes one step further: with those same decisions (per distinct key and string)
-the native core rewrites the request at the wire level (``_native.redact_request``: attributes
-whose key is dropped leave their lists, strings take their scrubbed value, and a dropped string
-leaves its attribute list or array or is masked, exactly where ``redact_request`` does those). It
-gives the request unchanged when nothing is to change, and None where ``redaction_needed`` is in
-doubt, the request holds an attribute or AnyValue sent with two values (protobuf merges those),
-or it nests more than 32 messages deep: the caller walks the parsed request then. The tests
-compare both ways byte for byte.
+``redact_payload`` is what the router uses. The native core walks the request as
+``redact_request`` does, by the schema, without building rows (``_native.redaction_inputs``):
+every attribute key at any depth goes through the policy's key rules (``LabelStage.key_drop``),
+every other string field (AnyValue strings and entity references included) through the same
+``LabelStage.scrub``; strings no detector can match are passed over natively
+(``_native.maybe_sensitive``, exact when it says no). With those decisions (once per distinct key
+and string) the core rewrites the request at the wire level (``_native.redact_request``:
+attributes whose key is dropped leave their lists, strings take their scrubbed value, and a
+dropped string leaves its attribute list or array or is masked, exactly where ``redact_request``
+does those). It gives the request itself when nothing is to change (most requests hold no
+secret), and None when the caller must walk the parsed request: no native core, JSON, a request
+the core refuses, query-secret names it cannot match, an attribute or AnyValue sent with two
+values (protobuf merges those), or one nested more than 32 messages deep. The tests compare both
+ways byte for byte.
 """
 
 from __future__ import annotations
@@ -63,12 +58,6 @@ def _decisions(labels: LabelStage, signal: str, payload: bytes, max_message_byte
         if reason:
             replace[text] = new
     return drops, replace
-
-
-def redaction_needed(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bool:
-    """Whether ``redact_request`` may change the protobuf request ``payload`` (``signal`` traces or logs)."""
-    decisions = _decisions(labels, signal, payload, max_message_bytes)
-    return decisions is None or bool(decisions[0] or decisions[1])
 
 
 def redact_payload(labels: LabelStage, signal: str, payload: bytes, max_message_bytes: int) -> bytes | None:

@@ -44,16 +44,16 @@ def test_buffered_parts_are_redacted(signal):
     assert any(m.encode() in p for p, _, _ in unredacted.values() for m in MARKERS)
 
 
-# ------------------------------------------------- redaction_needed: the router's check before the walk
+# ------------------------------------------------- redact_payload: the router's native redaction
 
 from google.protobuf.descriptor import FieldDescriptor  # noqa: E402
 
 from streams.otlp import native  # noqa: E402
-from streams.stages.redact_otlp import redaction_needed  # noqa: E402
+from streams.stages.redact_otlp import redact_payload  # noqa: E402
 from tests.planted_secrets import SECRET_TEXT  # noqa: E402
 
 # The check answers from the native core, built with the package wherever cargo is (pip install -e .):
-# without it every request is "needed" and the tests below fail, not skip.
+# without it every request is left to the walk and the tests below fail, not skip.
 NATIVE_MISSING = "streams.otlp._native is not built: install the Rust toolchain and pip install -e ."
 
 
@@ -100,14 +100,14 @@ def test_redaction_is_needed_wherever_one_secret_is_and_not_once_redacted(signal
     redact_request(labels, clean)  # every field still set, no secret left
     payload = clean.SerializeToString()
     assert redact_request(labels, type(clean).FromString(payload)) == 0
-    assert not redaction_needed(labels, signal, payload, 1 << 24)
+    assert redact_payload(labels, signal, payload, 1 << 24) is payload  # nothing to change: as it came
     places = list(_places(clean))
     assert len(places) > 40
     missed = []
     for path, how in places:
         planted = _plant(clean, path, how)
-        if redact_request(labels, type(clean).FromString(planted)) and not redaction_needed(labels, signal, planted,
-                                                                                               1 << 24):
+        if redact_request(labels, type(clean).FromString(planted)) and redact_payload(labels, signal, planted,
+                                                                                      1 << 24) is planted:
             missed.append((".".join(name for name, _ in path), how))
     assert missed == []
 
@@ -134,29 +134,26 @@ def _request_type(signal):
                                     {"redaction": {"allow_keys": ["service.*", "http.*"], "mode": "allow"}}])
 def test_when_no_redaction_is_needed_the_walk_changes_nothing_on_the_workload(policy):
     assert native.available(), NATIVE_MISSING
-    from streams.tools.workload import Workload
-
     labels = LabelStage(parse_policy(policy))
     skipped = 0
     for signal, payload in _workload_requests(seed=5, batches=6):
-        if not redaction_needed(labels, signal, payload, 1 << 24):
+        if redact_payload(labels, signal, payload, 1 << 24) is payload:
             skipped += 1
             assert redact_request(labels, _request_type(signal).FromString(payload)) == 0
-    if "mode" not in policy.get("redaction", {}):  # in allow mode keys go in every request
+    if "mode" not in policy.get("redaction", {}):  # an allow list drops keys from every request
         assert skipped
 
 
 def test_json_and_refused_requests_need_the_walk():
     labels = LabelStage(parse_policy({}))
-    assert redaction_needed(labels, "traces", b"\xff\xff", 1 << 24)
-    assert redaction_needed(labels, "metrics", b"", 1 << 24)
+    assert redact_payload(labels, "traces", b"\xff\xff", 1 << 24) is None
+    assert redact_payload(labels, "metrics", b"", 1 << 24) is None
 
 
 # ------------------------------------------------- redact_payload: the same redaction, at the wire level
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue  # noqa: E402
 
-from streams.stages.redact_otlp import redact_payload  # noqa: E402
 from tests.otlp_builders import field  # noqa: E402
 
 POLICIES = [{}, {"redaction": {"value_action": "hash"}}, {"redaction": {"value_action": "drop"}},
