@@ -549,6 +549,13 @@ fn decode(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: usize,
     Ok(NativeBlock { block, errors, messages: slices.len(), pending: Vec::new() })
 }
 
+/// `f`'s answer, or None if it panicked (a bug): the caller's reference path (the protobuf library)
+/// then decides, as the decoder refuses a message it panicked on instead of raising past the batch
+/// (PyO3 raises a panic as PanicException, which `except Exception` does not catch).
+fn unless_panicked<T>(f: impl FnOnce() -> T) -> Option<T> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
 /// A spans ("traces") or logs request cut into one request per trace at the wire level (see
 /// native/src/split.rs): [(trace id as hex, part bytes, records, latest end in ns)] in the order
 /// the traces first appear, records without a trace id under "". None when upb would not parse
@@ -564,10 +571,11 @@ fn split_by_trace<'py>(py: Python<'py>, signal: &str, payload: &[u8], max_total:
         "logs" => Signal::Logs,
         other => return Err(PyValueError::new_err(format!("split_by_trace cuts traces or logs, not {other:?}"))),
     };
-    let parts = match py.allow_threads(|| split::split_by_trace(payload, signal, max_total, validated)) {
-        Ok(parts) => parts,
-        Err(split::NotSplit::Invalid) => return Ok(None),
-        Err(split::NotSplit::TooLarge(total)) => return Err(PyValueError::new_err(("too_large", total))),
+    let cut = py.allow_threads(|| unless_panicked(|| split::split_by_trace(payload, signal, max_total, validated)));
+    let parts = match cut {
+        Some(Ok(parts)) => parts,
+        None | Some(Err(split::NotSplit::Invalid)) => return Ok(None),
+        Some(Err(split::NotSplit::TooLarge(total))) => return Err(PyValueError::new_err(("too_large", total))),
     };
     let out = PyList::empty(py);
     for part in parts {
@@ -602,7 +610,7 @@ fn decode_logs(py: Python<'_>, payloads: &Bound<'_, PyAny>, max_message_bytes: u
 #[pyfunction]
 fn triage_spans<'py>(py: Python<'py>, payload: &[u8])
     -> PyResult<Option<(u64, u8, u64, Option<u64>, bool, Option<Bound<'py, PyBytes>>)>> {
-    let Ok(t) = py.allow_threads(|| split::triage_spans(payload)) else {
+    let Some(Ok(t)) = py.allow_threads(|| unless_panicked(|| split::triage_spans(payload))) else {
         return Ok(None);
     };
     let roots = t.roots.map(|r| PyBytes::new(py, &r));
@@ -627,17 +635,19 @@ fn redaction_inputs<'py>(py: Python<'py>, signal: &str, payload: &[u8], secrets:
     let mut texts: Vec<&[u8]> = Vec::new();
     let mut seen_keys: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
     let mut seen_texts: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
-    let walked = validate::walk(payload, root, |msg, number, text| {
-        if msg == validate::Msg::KeyValue && number == 1 {
-            if seen_keys.insert(text) {
-                keys.push(text);
+    let walked = unless_panicked(|| {
+        validate::walk(payload, root, |msg, number, text| {
+            if msg == validate::Msg::KeyValue && number == 1 {
+                if seen_keys.insert(text) {
+                    keys.push(text);
+                }
+            } else if seen_texts.insert(text) && text::maybe_sensitive(text, &secrets) {
+                texts.push(text);
             }
-        } else if seen_texts.insert(text) && text::maybe_sensitive(text, &secrets) {
-            texts.push(text);
-        }
+        })
     });
-    if walked.is_err() {
-        return Ok(None);
+    if !matches!(walked, Some(Ok(()))) {
+        return Ok(None); // the protobuf library's parse and walk decide
     }
     let as_list = |items: &[&[u8]]| -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
@@ -666,9 +676,9 @@ fn redact_request<'py>(py: Python<'py>, signal: &str, payload: &[u8], drop_keys:
             drop_keys: drop_keys.iter().map(|k| k.as_bytes()).collect(),
             replace: replace.iter().map(|(k, v)| (k.as_bytes(), v.as_deref().map(str::as_bytes))).collect(),
         };
-        redact::redact(payload, root, &decisions)
+        unless_panicked(|| redact::redact(payload, root, &decisions))
     });
-    Ok(done.ok().map(|(bytes, changed)| (PyBytes::new(py, &bytes), changed)))
+    Ok(done.and_then(Result::ok).map(|(bytes, changed)| (PyBytes::new(py, &bytes), changed)))
 }
 
 /// Whether a value may hold what the label stage's detectors look for (a no is exact; see text.rs).

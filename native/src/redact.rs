@@ -65,8 +65,8 @@ enum Place {
 
 /// What became of an AnyValue or an attribute.
 enum Outcome {
-    Kept(usize),    // values changed inside
-    Dropped(usize), // it leaves its list
+    Kept(usize), // values changed inside
+    Dropped,     // it leaves its list
 }
 
 struct Rewriter<'d, 'r> {
@@ -200,7 +200,7 @@ impl<'d, 'r> Rewriter<'d, 'r> {
         }
         if self.decisions.drop_keys.contains(key) {
             self.changed += 1;
-            return Ok(Outcome::Dropped(1));
+            return Ok(Outcome::Dropped);
         }
         let mut changed = 0;
         for item in each_field(buf, depth) {
@@ -209,7 +209,7 @@ impl<'d, 'r> Rewriter<'d, 'r> {
                 (2, Value::Len(bytes)) => {
                     let mut body = Vec::new();
                     match self.any_value(bytes, Place::Attribute, depth + 1, &mut body)? {
-                        Outcome::Dropped(n) => return Ok(Outcome::Dropped(n)),
+                        Outcome::Dropped => return Ok(Outcome::Dropped),
                         Outcome::Kept(0) => out.extend_from_slice(raw),
                         Outcome::Kept(n) => {
                             changed += n;
@@ -249,7 +249,7 @@ impl<'d, 'r> Rewriter<'d, 'r> {
                         None => out.extend_from_slice(raw),
                         Some(None) if place != Place::Body => {
                             self.changed += 1;
-                            return Ok(Outcome::Dropped(self.changed - before));
+                            return Ok(Outcome::Dropped);
                         }
                         Some(new) => {
                             self.changed += 1;
@@ -294,7 +294,7 @@ impl<'d, 'r> Rewriter<'d, 'r> {
                 self.any_value(bytes, Place::ArrayItem, depth + 1, &mut body)?
             };
             match outcome {
-                Outcome::Dropped(_) => {}
+                Outcome::Dropped => {}
                 Outcome::Kept(0) => out.extend_from_slice(raw),
                 Outcome::Kept(_) => put_len(out, 1, &body),
             }
