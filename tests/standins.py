@@ -43,6 +43,10 @@ class StateStandIn:
         for p in partitions:
             self._data.pop(p, None)
 
+    async def put_atomic(self, sets):
+        """A transaction: every record, at once (a crash inside one leaves none)."""
+        await self.put(sets)
+
     async def put(self, sets, deletes=()):
         for key, value in sets.items():
             p = self.partition_of(key)

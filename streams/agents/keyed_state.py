@@ -9,7 +9,12 @@ routed topic. ``ChangelogState`` holds that state for the partitions this worker
 - ``get(key)`` reads the local copy (any thread; values are replaced, never mutated);
 - ``await put(sets, deletes)`` writes changes to the changelog (acks=all, idempotent producer)
   and waits until the broker has them, then updates the local copy. The worker calls it after the
-  batch's rows are in ClickHouse and before it acks the batch's offsets.
+  batch's rows are in ClickHouse and before it acks the batch's offsets;
+- ``await put_atomic(sets)`` writes records of several partitions in one Kafka transaction (a
+  producer of its own, a transactional id per instance): a restore, which reads committed records
+  only, sees all of them or none. An instance that dies inside a transaction leaves it open until
+  the broker aborts it (``TRANSACTION_TIMEOUT_MS``, well under any session timeout): a restore
+  meanwhile reads up to the open transaction (the last stable offset) and no further.
 
 The changelog partition of a key is the routed partition of its routing key
 (``partition_of``), so the worker that owns routed partition P restores exactly the state of the
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +42,11 @@ log = logging.getLogger("otelpipe.state")
 
 STATE_MAX_BYTES = 16 * 1024 * 1024  # one value (a metric's series in one window)
 TOPIC_CONFIGS = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
+TRANSACTION_TIMEOUT_MS = 10_000  # an open transaction of a dead instance is aborted after this
+
+
+class NoTransaction(Exception):
+    """A transaction that failed before its commit was asked for: none of its records is read."""
 
 
 class RocksPartition:
@@ -93,6 +104,7 @@ class ChangelogState:
         self._data: dict[int, Any] = {}
         self.end_offsets: dict[int, int] = {}  # where each restore stopped reading
         self._producer: AIOKafkaProducer | None = None
+        self._transactional: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------ reads
@@ -128,7 +140,8 @@ class ChangelogState:
             return
         async with self._lock:
             consumer = AIOKafkaConsumer(**connect_args(self.kafka), group_id=None, enable_auto_commit=False,
-                                        fetch_max_bytes=4 * STATE_MAX_BYTES, max_partition_fetch_bytes=STATE_MAX_BYTES)
+                                        fetch_max_bytes=4 * STATE_MAX_BYTES, max_partition_fetch_bytes=STATE_MAX_BYTES,
+                                        isolation_level="read_committed")
             await consumer.start()
             try:
                 tps = [TopicPartition(self.topic, p) for p in missing]
@@ -192,6 +205,60 @@ class ChangelogState:
             futures.append(await self._producer.send(self.topic, None, key=key.encode("utf-8", "surrogateescape"),
                                                      partition=self.partition_of(key)))
         await asyncio.gather(*futures)
+        self._applied(sets, deletes)
+
+    async def put_atomic(self, sets: dict[str, bytes]) -> None:
+        """Write ``sets`` (keys of any partitions) in one transaction, and wait for its commit.
+
+        ``NoTransaction`` when it failed before its commit was asked for (no producer, the broker
+        refusing transactions, a record refused): nothing of it will ever be read. An error of the
+        commit itself is raised as it is, since the broker may have committed."""
+        if not sets:
+            return
+        try:
+            if self._transactional is None:
+                producer = AIOKafkaProducer(**connect_args(self.kafka), acks="all", enable_idempotence=True,
+                                            transactional_id=f"{self.topic}.{uuid.uuid4().hex}",
+                                            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                                            max_request_size=STATE_MAX_BYTES, compression_type="lz4", linger_ms=0)
+                self._transactional = producer
+                await producer.start()
+            producer = self._transactional
+            await producer.begin_transaction()
+            for key, value in sets.items():
+                await producer.send(self.topic, value, key=key.encode("utf-8", "surrogateescape"),
+                                    partition=self.partition_of(key))
+        except Exception as exc:
+            await self._drop_transactional(abort=True)
+            raise NoTransaction(f"{type(exc).__name__}: {str(exc)[:200]} (transactional id {self.topic}.*)") from exc
+        except BaseException:
+            await self._drop_transactional(abort=True)
+            raise
+        try:
+            await producer.commit_transaction()
+        except BaseException:
+            await self._drop_transactional(abort=False)
+            raise
+        self._applied(sets, ())
+
+    async def _drop_transactional(self, abort: bool) -> None:
+        """The transactional producer goes (the next transaction starts a new one); an open
+        transaction is aborted if it can be, else the broker aborts it after its timeout."""
+        producer, self._transactional = self._transactional, None
+        if producer is None:
+            return
+        try:
+            if abort and producer._txn_manager is not None and producer._txn_manager.is_in_transaction():
+                await asyncio.wait_for(producer.abort_transaction(), TRANSACTION_TIMEOUT_MS / 1000)
+        except Exception as exc:  # the broker aborts it after the transaction timeout
+            log.warning("a transaction of %s left to the broker to abort (%s)", self.topic, type(exc).__name__)
+        finally:
+            try:
+                await producer.stop()
+            except Exception as exc:
+                log.warning("stopping a transactional producer of %s: %s", self.topic, type(exc).__name__)
+
+    def _applied(self, sets: dict[str, bytes], deletes: list[str] | tuple[str, ...]) -> None:
         for key, value in sets.items():  # a partition forgotten meanwhile is restored with these
             part = self._data.get(self.partition_of(key))
             if part is not None:
@@ -203,6 +270,7 @@ class ChangelogState:
 
     async def close(self) -> None:
         self.forget()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        for producer in (self._producer, self._transactional):
+            if producer is not None:
+                await producer.stop()
+        self._producer = self._transactional = None
