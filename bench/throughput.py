@@ -167,10 +167,12 @@ def ready_worker(env: dict[str, str], log_path: Path) -> Iterator[tuple[subproce
 
 
 def profile(pid: int, *extra: str) -> None:
-    """With OTELPIPE_BENCH_PROFILE=FILE, record 8 s of the worker with py-spy (raw stacks)."""
+    """With OTELPIPE_BENCH_PROFILE=FILE, record 8 s of the worker with py-spy (raw stacks); a ``{pid}``
+    in FILE is replaced by the worker's pid, so that each drain of a run keeps its own profile."""
     if os.environ.get("OTELPIPE_BENCH_PROFILE"):
         subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", "8", "-f", "raw",
-                          "-o", os.environ["OTELPIPE_BENCH_PROFILE"], "--nonblocking", *extra])
+                          "-o", os.environ["OTELPIPE_BENCH_PROFILE"].replace("{pid}", str(pid)), "--nonblocking",
+                          *extra])
 
 
 def drain(env: dict[str, str], log_path: Path, total_spans: int, tables: tuple[str, ...] = ("otel_traces",)
