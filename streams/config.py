@@ -411,6 +411,12 @@ class SamplingSettings(Section):
               "the parts of all its traces (fewer Kafka records). Releases before it read only one record per "
               "trace and clear the others as foreign: set false while such workers still run (a rolling "
               "upgrade), then back to true.")
+    tail_group_rounds: bool = setting(
+        True, "Tail sampling: a worker decides the due traces of all its tail partitions in one round (one insert "
+              "per table, not one per partition), recorded in one Kafka transaction. Set false for a broker that "
+              "does not allow transactions, and while workers of a release before it still run (they read "
+              "uncommitted records and know rounds of one partition only); a failed transaction also sends "
+              "rounds partition by partition for a while, on its own.")
     control_topic: Topic = setting(
         "otelpipe.sampling", "Compacted topic of runtime sampling rates (key: service, or * for the default) "
                              "that every worker follows.")

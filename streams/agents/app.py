@@ -203,7 +203,7 @@ def _add_tail_sampling(app: faust.App, rt: Runtime, spans_topic: faust.TopicT, l
         state=ChangelogState(k, settings.state_topic("tail-sampling"), state_partition(k.partitions)),
         decision_wait_s=s.decision_wait_s, max_traces=s.max_traces, max_spans_per_trace=s.max_spans_per_trace,
         decision_cache_s=s.decision_cache_s, keep_log_severity=s.keep_log_severity, late_default=s.late_default,
-        run_blocking=rt.on_clickhouse_thread, write=rt.write_with_token_until_done,
+        group_rounds=s.tail_group_rounds, run_blocking=rt.on_clickhouse_thread, write=rt.write_with_token_until_done,
         dead_letters=lambda dead: rt.publish_dead_letters("traces", dead),
     )
 

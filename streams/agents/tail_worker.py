@@ -23,6 +23,7 @@ Wiring around the pure pieces of ``streams.stages.tail`` (index, decisions, rows
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import uuid
@@ -35,7 +36,7 @@ import orjson
 from sinks.clickhouse import Refusal
 from streams.agents import worker_metrics as m
 from streams.otlp.batch import ColumnBatch, DeadLetter, RawMessage
-from streams.agents.keyed_state import ChangelogState
+from streams.agents.keyed_state import STATE_MAX_BYTES, ChangelogState, NoTransaction
 from streams.otlp.values import BadMessage
 from streams.stages.pipeline import Stages
 from streams.agents.routing import PROTOBUF_HEADER, decode_envelope, decode_traces_envelope, route_partition
@@ -51,8 +52,44 @@ def round_parts(spec: dict) -> list[str]:
     return spec.get("parts", spec.get("chunks", []))
 
 
+def round_spec(raw: bytes) -> dict[str, Any]:
+    """A recorded round (``b/``), checked: ValueError or TypeError when it is not one a worker wrote.
+    Anyone can produce to the topic, and a round that cannot be redone would stop its partition."""
+    spec = orjson.loads(raw)
+    if not isinstance(spec, dict) or not isinstance(spec.get("decisions"), dict):
+        raise ValueError("not a round")
+    for d in spec["decisions"].values():
+        Decision.from_dict(d)
+    names = [*round_parts(spec), *spec.get("new", [])]
+    if not isinstance(round_parts(spec), list) or not isinstance(spec.get("new", []), list) or not all(
+            isinstance(k, str) for k in names):
+        raise ValueError("a round's parts or traces that are not strings")
+    for key in round_parts(spec):
+        parse_part_key(key)
+    if "group" in spec:
+        group, held = spec["group"], spec.get("held")
+        if not isinstance(group, dict) or not isinstance(held, list):
+            raise ValueError("a group round without its partitions or parts")
+        for p, keys in group.items():
+            if not (p.isascii() and p.isdigit() and len(p) < 6 and isinstance(keys, list)
+                    and all(isinstance(k, str) for k in keys)):
+                raise ValueError("a group round naming no partition of the topic")
+        for topic, partition, offset, sent_ms, parts in held:
+            if not (isinstance(topic, str) and type(partition) is int and type(offset) is int
+                    and (sent_ms is None or type(sent_ms) is int) and isinstance(parts, list)):
+                raise ValueError("a group round's source that is not one")
+            for t, signal, part in parts:
+                if not (isinstance(t, str) and signal in ("traces", "logs") and isinstance(part, str)):
+                    raise ValueError("a group round's part that is not one")
+                base64.b64decode(part, validate=True)
+    return spec
+
+
 _HEX = frozenset("0123456789abcdef")
 CONCAT_MAX_BYTES = 4 * 1024 * 1024  # the parts of one record decoded as one request, up to this size
+GROUP_HELD_MAX_BYTES = 4 * 1024 * 1024  # a group's round holds at most this much OTLP (base64 in its record)
+GROUP_RECORD_MAX_BYTES = STATE_MAX_BYTES - 256 * 1024  # past this, the partitions' rounds are recorded one by one
+GROUP_RETRY_MS = 300_000  # after a transaction failed before its commit, rounds go one partition at a time this long
 
 
 def _named_partition(rest: str, partitions: int) -> int | None:
@@ -127,6 +164,8 @@ class Decoded:
     msgs: dict[str, list[RawMessage]]
     roots: ColumnBatch | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    opened: list = field(default_factory=list)  # [(envelope, [(trace, signal, part)])] as read
+    full: set[str] = field(default_factory=set)  # the traces whose spans were decoded
 
 
 def _joined(env: dict[str, Any], payloads: list[bytes]) -> list[RawMessage]:
@@ -148,6 +187,7 @@ class TailWorker:
     def __init__(self, *, stages: Stages, policies: tuple[TailPolicy, ...], parts: ChangelogState,
                  state: ChangelogState, decision_wait_s: float, max_traces: int, max_spans_per_trace: int,
                  decision_cache_s: float, keep_log_severity: int, late_default: str = "policies",
+                 group_rounds: bool = True,
                  run_blocking: Callable[..., Awaitable[Any]],
                  write: Callable[[ColumnBatch, str], Awaitable[list[Refusal]]],
                  dead_letters: Callable[[list[DeadLetter]], Awaitable[None]]):
@@ -164,6 +204,8 @@ class TailWorker:
         self.dead_letters = dead_letters
         self.indexes: dict[int, TailIndex] = {}
         self.limiter = RateLimiter()
+        self.group_rounds = group_rounds
+        self.groups_after_ms = 0  # rounds over several partitions after this time (a failed transaction waits)
         self.lock = asyncio.Lock()
 
     def _index(self, partition: int) -> TailIndex:
@@ -196,7 +238,7 @@ class TailWorker:
                     elif key.startswith("d/"):  # one trace's decision (before rounds recorded them)
                         index.remember(key[2:], Decision.from_dict(orjson.loads(raw)), record=key)
                     elif key.startswith("b/"):
-                        rounds.append((key, orjson.loads(raw)))
+                        rounds.append((key, round_spec(raw)))
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:
                     log.error("tail partition %d: state record skipped, it does not parse (%s)", p,
                               type(exc).__name__)
@@ -302,10 +344,13 @@ class TailWorker:
     # ------------------------------------------------------------ rounds
 
     async def _rounds(self, now_ms: int) -> None:
+        due = {p: d for p, index in list(self.indexes.items()) if (d := index.due(now_ms))}
+        # one round for every partition with due traces (one insert per table, not one per partition)
+        if not (len(due) > 1 and self.group_rounds and now_ms >= self.groups_after_ms
+                and await self._decide(due, now_ms)):
+            for partition, traces in due.items():
+                await self._decide({partition: traces}, now_ms)
         for partition, index in list(self.indexes.items()):
-            due = index.due(now_ms)
-            if due:
-                await self._decide(partition, index, due, now_ms)
             expired = index.expired_decisions(now_ms)
             if expired:
                 empty = [record for t in expired for record in index.forget_decision(t)]
@@ -327,22 +372,9 @@ class TailWorker:
                 out.setdefault(record, []).append(key)
         return [(record, wanted) for record, wanted in out.items() if self.parts.get(record) is not None]
 
-    def _decode(self, sources: list[tuple[str, list[str]]], known: dict[str, Decision], undecided: set[str]
-                ) -> Decoded:
-        """On the blocking thread: the rows a round needs, through the worker's stages, with the
-        messages decoded (which the rows' ``ORIGIN`` indices name, per signal).
-
-        A trace's spans are decoded when its rows may be written: it is kept (``known``), has logs
-        here (their span context), or may be kept by the policies (``undecided``). The other
-        traces' parts are only read (``triage_part``): a trace the policies cannot keep is dropped
-        on that reading, its root spans alone decoded for the decision's root service and name; a
-        trace decided drop before needs nothing. A part the decoder would refuse is decoded all
-        the same, so its refusal is seen. The wanted parts of one record are decoded as one
-        request, their payloads joined (a protobuf request's repeated fields concatenate), up to
-        ``CONCAT_MAX_BYTES`` each: one message per source message, not per trace."""
-        opened: list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]] = []  # (envelope, [(trace, signal, part)])
-        span_parts: dict[str, list[tuple[int, bytes]]] = {}  # trace → [(record number, part)]
-        with_logs: set[str] = set()
+    def _open(self, sources: list[tuple[str, list[str]]]) -> list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]]:
+        """The wanted parts of each source record: [(envelope, [(trace, signal, part)])]."""
+        opened: list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]] = []
         for record, wanted in sources:
             value = self.parts.get(record)
             if value is None:
@@ -359,13 +391,42 @@ class TailWorker:
                     trace_id, signal = parse_part_key(key)
                     if (payload := by_trace.get(trace_id)) is not None:
                         parts.append((trace_id, signal, payload))
+            opened.append((env, parts))
+        return opened
+
+    def _decode(self, sources: list[tuple[str, list[str]]], known: dict[str, Decision], undecided: set[str],
+                held_limit: int | None = None) -> Decoded | None:
+        return self._decode_opened(self._open(sources), known, undecided, held_limit)
+
+    def _decode_opened(self, opened: list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]],
+                       known: dict[str, Decision], undecided: set[str], held_limit: int | None = None
+                       ) -> Decoded | None:
+        """On the blocking thread: the rows a round needs, through the worker's stages, with the
+        messages decoded (which the rows' ``ORIGIN`` indices name, per signal).
+
+        A trace's spans are decoded when its rows may be written: it is kept (``known``), has logs
+        here (their span context), or may be kept by the policies (``undecided``). The other
+        traces' parts are only read (``triage_part``): a trace the policies cannot keep is dropped
+        on that reading, its root spans alone decoded for the decision's root service and name; a
+        trace decided drop before needs nothing. A part the decoder would refuse is decoded all
+        the same, so its refusal is seen. The wanted parts of one record are decoded as one
+        request, their payloads joined (a protobuf request's repeated fields concatenate), up to
+        ``CONCAT_MAX_BYTES`` each: one message per source message, not per trace.
+
+        With ``held_limit`` (a round over several partitions, whose record holds the parts it
+        decodes): None, before decoding anything, when those parts come to more bytes than that."""
+        span_parts: dict[str, list[tuple[int, bytes]]] = {}  # trace → [(record number, part)]
+        with_logs: set[str] = set()
+        for number, (env, parts) in enumerate(opened):
             for trace_id, signal, payload in parts:
                 if signal == "logs":
                     with_logs.add(trace_id)
                 else:
-                    span_parts.setdefault(trace_id, []).append((len(opened), payload))
-            opened.append((env, parts))
+                    span_parts.setdefault(trace_id, []).append((number, payload))
         full, roots, skipped = self._plan(span_parts, with_logs, known, undecided)
+        if held_limit is not None and sum(len(payload) for _, parts in opened for t, signal, payload in parts
+                                          if signal == "logs" or t in full) > held_limit:
+            return None
         msgs: dict[str, list[RawMessage]] = {"traces": [], "logs": []}
         root_msgs: list[RawMessage] = []
         for number, (env, parts) in enumerate(opened):
@@ -380,7 +441,7 @@ class TailWorker:
         dead = [d for result in (spans, logs, rooted) if result for d in result.dead_letters]
         return Decoded(spans.batches.get("otel_traces") if spans else None,
                        logs.batches.get("otel_logs") if logs else None, dead, msgs,
-                       rooted.batches.get("otel_traces") if rooted else None, skipped)
+                       rooted.batches.get("otel_traces") if rooted else None, skipped, opened, full)
 
     def _plan(self, span_parts: dict[str, list[tuple[int, bytes]]], with_logs: set[str], known: dict[str, Decision],
               undecided: set[str]) -> tuple[set[str], dict[tuple[int, str], bytes], dict[str, int]]:
@@ -415,14 +476,31 @@ class TailWorker:
             skipped[trace_id] = bounds.spans
         return full, roots, skipped
 
-    async def _decide(self, partition: int, index: TailIndex, due: dict[str, str], now_ms: int) -> None:
-        keys = [k for t in due for k in index.traces[t].parts]
-        sources = self._sources(index, keys)
-        undecided = [t for t, why in due.items() if t not in index.decisions and why != "late_default"]
+    async def _decide(self, due_by: dict[int, dict[str, str]], now_ms: int) -> bool:
+        """Decide the due traces of one partition, or of several in one round (a group): False when a
+        group's record would be too large, and nothing was recorded."""
+        indexes = {p: self.indexes[p] for p in due_by}
+        home = min(due_by)
+        group = len(due_by) > 1
+        partition_of = {t: p for p, due in due_by.items() for t in due}  # a trace routes to one partition
+        due = {t: why for traces in due_by.values() for t, why in traces.items()}
+        keys_by = {p: [k for t in traces for k in indexes[p].traces[t].parts] for p, traces in due_by.items()}
+        keys = [k for p in due_by for k in keys_by[p]]
+        sources = [s for p in due_by for s in self._sources(indexes[p], keys_by[p])]
+        undecided = [t for t, why in due.items()
+                     if t not in indexes[partition_of[t]].decisions and why != "late_default"]
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
                      if why == "late_default"}
-        known = {t: index.decisions[t] for t in due if t in index.decisions} | defaulted
-        decoded = await self.run_blocking(self._decode, sources, known, set(undecided))
+        known = {t: indexes[partition_of[t]].decisions[t] for t in due
+                 if t in indexes[partition_of[t]].decisions} | defaulted
+        decoded = await self.run_blocking(self._decode, sources, known, set(undecided),
+                                          GROUP_HELD_MAX_BYTES if group else None)
+        if decoded is None:
+            return False  # too much to hold: nothing decoded yet
+        held = _held(decoded) if group else []
+        held_bytes = sum(len(part) for _, _, _, _, parts in held for _, _, part in parts)
+        if group and held_bytes * 4 // 3 + 3 * sum(map(len, keys)) + 400 * len(due) > GROUP_RECORD_MAX_BYTES:
+            return False  # checked before deciding (a rate limit counts what it decides)
         triaged = {t for t in undecided if t in decoded.skipped}
         fresh = decide(self.policies, [t for t in undecided if t not in triaged], decoded.spans, self.limiter, now_ms)
         root_facts = trace_facts(decoded.roots)
@@ -430,32 +508,63 @@ class TailWorker:
             f = root_facts.get(t)
             fresh[t] = Decision(False, 1.0, "", now_ms, f.root_service if f else "", f.root_span if f else "")
         decisions = known | fresh
-        decisions = {t: decisions[t].with_parts(index.traces[t].parts) for t in due}
+        decisions = {t: decisions[t].with_parts(indexes[partition_of[t]].traces[t].parts) for t in due}
+        spec: dict[str, Any] = {"parts": keys, "new": sorted(fresh),
+                                "decisions": {t: d.as_dict() for t, d in decisions.items()}}
+        gid = uuid.uuid4().hex
+        round_id = f"{home}/{gid}"
+        # (1) the round and its decisions, before any of its rows
+        if not group:  # two records of one partition, whatever the traces
+            await self.state.put({f"b/{round_id}": orjson.dumps(spec),
+                                  f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
+        else:  # the round at home, with what its rows are made of; each partition's decisions: one transaction
+            spec["group"] = {str(p): keys_by[p] for p in due_by}
+            spec["held"] = [[topic, partition, offset, sent_ms, [[t, signal, base64.b64encode(part).decode("ascii")]
+                                                                  for t, signal, part in parts]]
+                            for topic, partition, offset, sent_ms, parts in held]
+            record = orjson.dumps(spec)
+            if len(record) > GROUP_RECORD_MAX_BYTES:  # past the estimate above: decided again one by one
+                return False
+            by_partition = {p: {t: spec["decisions"][t] for t in traces} for p, traces in due_by.items()}
+            try:
+                await self.state.put_atomic({f"b/{round_id}": record} | {
+                    f"d/{p}/{gid}": orjson.dumps({"decisions": by_partition[p]}) for p in due_by})
+            except NoTransaction as exc:  # nothing of it is read: the partitions' rounds go one by one
+                self.groups_after_ms = now_ms + GROUP_RETRY_MS
+                log.warning("tail rounds over several partitions need a Kafka transaction, which failed: %s. "
+                            "Rounds go partition by partition for %d s. The broker must allow transactions, and "
+                            "otelpipe's principal needs Write and Describe on its transactional ids.", exc,
+                            GROUP_RETRY_MS // 1000)
+                return False
         outcomes = Counter((reason, "keep" if decisions[t].keep else "drop") for t, reason in due.items())
         for labels, n in outcomes.items():
             m.TAIL_DECISIONS.labels(*labels).inc(n)
-        spec = {"parts": keys, "new": sorted(fresh), "decisions": {t: d.as_dict() for t, d in decisions.items()}}
-        round_id = f"{partition}/{uuid.uuid4().hex}"
-        # (1) the round and its decisions, before any of its rows: two records, whatever the traces
-        await self.state.put({f"b/{round_id}": orjson.dumps(spec),
-                              f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
-        await self._write_round(partition, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources,
+        await self._write_round(home, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources,
                                 decided=decisions)
         for t, d in decisions.items():
-            index.remember(t, d, record=f"d/{round_id}")
-        index.late.difference_update(defaulted)
+            p = partition_of[t]
+            indexes[p].remember(t, d, record=f"d/{p}/{gid}")
+        for p in due_by:
+            indexes[p].late.difference_update(defaulted)
+        return True
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
-                           decoded: tuple | None = None, sources: list[tuple[str, list[str]]] | None = None,
+                           decoded: Decoded | None = None, sources: list[tuple[str, list[str]]] | None = None,
                            decided: dict[str, Decision] | None = None) -> None:
-        """Write a recorded round (``spec``); ``decided``: its decisions as objects, when at hand."""
-        index = self._index(partition)
-        if sources is None:
-            sources = self._sources(index, round_parts(spec))
-        keys = [k for _, wanted in sources for k in wanted]
+        """Write a recorded round (``spec``) whose record is at home in ``partition``; ``decided``:
+        its decisions as objects, when at hand. A group's round is redone from the parts its record
+        holds (the other partitions' owners have cleared their parts as written already); of its
+        parts, those of the partitions held here are cleared."""
+        keys_by = ({int(p): keys for p, keys in spec["group"].items()} if "group" in spec
+                   else {partition: round_parts(spec)})
         decisions = decided if decided is not None else {t: Decision.from_dict(d) for t, d in spec["decisions"].items()}
         if decoded is None:
-            decoded = await self.run_blocking(self._decode, sources, decisions, set())
+            if "group" in spec:
+                decoded = await self.run_blocking(self._decode_opened, _opened_of(spec["held"]), decisions, set())
+            else:
+                sources = self._sources(self._index(partition), round_parts(spec))
+                decoded = await self.run_blocking(self._decode, sources, decisions, set())
+        assert decoded is not None  # (only a held limit makes it None)
         spans, logs, dead, msgs = decoded.spans, decoded.logs, decoded.dead, decoded.msgs
         batches, counts = assemble(decisions, set(spec["new"]), spans, logs, self.keep_log_severity)
         counts[("tail", "dropped_span")] += sum(decoded.skipped.values())
@@ -472,11 +581,41 @@ class TailWorker:
         for (stage, reason), n in counts.items():
             m.STAGE_CHANGES.labels(stage, reason).inc(n)
         # (3) records with nothing more to write are done, and so is the round
-        await self.parts.put({}, index.completed_by(keys))
+        written = 0
+        for p, keys in keys_by.items():
+            index = self.indexes.get(p)
+            if index is None:
+                continue  # a partition of the group held by another worker: its owner cleared its parts
+            held = sources if sources is not None else self._sources(index, keys)
+            keys = [k for _, wanted in held for k in wanted if self.parts.partition_of(k) == p]
+            await self.parts.put({}, index.completed_by(keys))
+            index.finish(keys)
+            written += len(keys)
         await self.state.put({}, [round_key])
-        index.finish(keys)
         if redo:
             record = "d/" + round_key[2:]
+            index = self._index(partition)
+            own = {parse_part_key(k)[0] for k in keys_by.get(partition, ())}
             for t, d in decisions.items():
-                index.remember(t, d, record=record if self.state.get(record) is not None else None)
-            log.warning("tail partition %d: redid round %s (%d parts)", partition, round_key, len(keys))
+                if t in own:
+                    index.remember(t, d, record=record if self.state.get(record) is not None else None)
+            log.warning("tail partition %d: redid round %s (%d parts)", partition, round_key, written)
+
+
+def _held(decoded: Decoded) -> list[tuple[str, int, int, int, list[tuple[str, str, bytes]]]]:
+    """What a group's round record holds so that its rows can be made again without the routed
+    topic: the parts of the traces whose spans were decoded, and every log part."""
+    out = []
+    for env, parts in decoded.opened:
+        kept = [(t, signal, part) for t, signal, part in parts if signal == "logs" or t in decoded.full]
+        if kept:
+            out.append((env["source_topic"], env["source_partition"], env["source_offset"],
+                        env["source_timestamp_ms"], kept))
+    return out
+
+
+def _opened_of(held: list) -> list[tuple[dict[str, Any], list[tuple[str, str, bytes]]]]:
+    """The parts a group's round record holds, as ``TailWorker._open`` gives them."""
+    return [({"source_topic": topic, "source_partition": partition, "source_offset": offset,
+              "source_timestamp_ms": sent_ms}, [(t, signal, base64.b64decode(part)) for t, signal, part in parts])
+            for topic, partition, offset, sent_ms, parts in held]

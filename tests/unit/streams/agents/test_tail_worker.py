@@ -21,6 +21,14 @@ class Crash(Exception):
 
 
 def make_worker(parts_topic, state_topic, written, crash_after=None):
+    return worker_over(StateStandIn(parts_topic, part_partition(3)), StateStandIn(state_topic, state_partition(3)),
+                       written, crash_after)
+
+
+def worker_over(parts_state, state, written, crash_after=None):
+    """A tail worker over three partitions, keeping every trace, whose inserts are recorded in
+    ``written`` as (token, table, rows); with ``crash_after``, inserts past that many raise Crash."""
+
     async def run_blocking(fn, *args):
         return fn(*args)
 
@@ -36,7 +44,7 @@ def make_worker(parts_topic, state_topic, written, crash_after=None):
     return TailWorker(
         stages=Stages(lambda t: "otlp_proto", 1 << 24, None),
         policies=parse_policies({"policies": [{"type": "always"}]}),
-        parts=StateStandIn(parts_topic, part_partition(3)), state=StateStandIn(state_topic, state_partition(3)),
+        parts=parts_state, state=state,
         decision_wait_s=1, max_traces=100, max_spans_per_trace=1000, decision_cache_s=60, keep_log_severity=13,
         run_blocking=run_blocking, write=write, dead_letters=dead)
 
@@ -432,3 +440,204 @@ def test_triage_skips_the_traces_no_policy_can_keep():
     assert skipped and full  # some traces read only, some decoded
     assert set(skipped) | full == set(payloads) and not set(skipped) & full
     assert {t for _, t in roots} <= set(skipped)
+
+
+# ---------------------------------------------------------------- rounds over several partitions (a group)
+
+
+def _group_setup(spans_each=2):
+    """Traces in all three partitions, one source message: (parts topic, state topic, records, traces)."""
+    traces = [t for p in (0, 1, 2) for t in _traces_routed_to(p, 2, salt=7 + p)]
+    parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+    records = bulk_records(RawMessage("otlp_spans", 0, 11, _request_with_traces(traces, spans_each).SerializeToString()))
+    assert sorted(p for p, _, _ in records) == [0, 1, 2]
+    _put(parts_topic, records)
+    return parts_topic, state_topic, records, traces
+
+
+def _state_keys(state_topic, prefix):
+    return sorted(k for recs in state_topic.records.values() for k in recs if k.startswith(prefix))
+
+
+def test_the_due_traces_of_every_partition_are_one_round_one_insert_per_table():
+    parts_topic, state_topic, records, traces = _group_setup()
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert sorted(t for _, t, _ in written) == ["otel_trace_summary", "otel_traces"]
+    assert _spans_written(written) == 2 * len(traces)
+    [token] = {tok.rsplit(":", 1)[0] for tok, _, _ in written}
+    home, gid = token.split(":")[1].split("/")
+    assert home == "0"
+    assert _state_keys(state_topic, "b/") == []  # the round is done
+    assert _state_keys(state_topic, "d/") == [f"d/{p}/{gid}" for p in (0, 1, 2)]  # each partition's decisions
+    assert not any(recs for recs in parts_topic.records.values())
+    asyncio.run(worker.take([(p, 5, key, value) for p, key, value in records], now_ms=6000))  # sent again
+    asyncio.run(worker.tick(now_ms=9000))
+    assert len(written) == 2  # recognised as written, in every partition
+
+
+@pytest.mark.parametrize("restorers", [((0, 1, 2),), ((0,), (1, 2)), ((1, 2), (0,)), ((2,), (0,), (1,))])
+def test_a_group_round_interrupted_by_a_crash_is_redone_by_its_home_whoever_holds_the_rest(restorers):
+    """The round's record is at home (its lowest partition) and holds the parts its rows are made of;
+    each partition's decisions are committed with it. After a crash, whichever workers restore the
+    partitions, in whichever order: the home's owner redoes the round with the same tokens and the
+    same rows, the others clear their parts as written, and nothing is decided or written twice."""
+    parts_topic, state_topic, records, traces = _group_setup()
+    first_written: list = []
+    first = make_worker(parts_topic, state_topic, first_written, crash_after=1)
+    asyncio.run(first.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    with pytest.raises(Crash):  # the spans are inserted, then the worker dies before the summary
+        asyncio.run(first.tick(now_ms=5000))
+    assert [t for _, t, _ in first_written] == ["otel_traces"]
+    assert len(_state_keys(state_topic, "b/")) == 1 and all(parts_topic.records[p] for p in (0, 1, 2))
+
+    outs = []
+    for partitions in restorers:
+        written: list = []
+        worker = make_worker(parts_topic, state_topic, written)
+        asyncio.run(worker.ensure(set(partitions), now_ms=6000))
+        outs.append((partitions, worker, written))
+    for partitions, worker, written in outs:
+        if 0 in partitions:
+            assert written[0] == first_written[0]  # same token, same rows: ClickHouse drops the copy
+            assert {t for _, t, _ in written} == {"otel_traces", "otel_trace_summary"}
+        else:
+            assert written == []  # its decisions came with the round: nothing to decide
+    assert _state_keys(state_topic, "b/") == []
+    assert not any(recs for recs in parts_topic.records.values())
+    for partitions, worker, written in outs:
+        asyncio.run(worker.tick(now_ms=20_000))
+        asyncio.run(worker.take([(p, 9, key, value) for p, key, value in records if p in partitions], now_ms=21_000))
+        asyncio.run(worker.tick(now_ms=40_000))
+    assert sum(len(w) for _, _, w in outs) == 2  # nothing decided twice, copies recognised
+
+
+def test_a_crash_while_a_group_round_is_recorded_leaves_nothing_and_the_traces_are_decided_once():
+    parts_topic, state_topic, records, traces = _group_setup()
+    first = make_worker(parts_topic, state_topic, [])
+
+    async def dies(sets):
+        raise Crash()  # the transaction is never committed: a restore reads none of it
+
+    first.state.put_atomic = dies
+    asyncio.run(first.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    with pytest.raises(Crash):
+        asyncio.run(first.tick(now_ms=5000))
+    assert not any(recs for recs in state_topic.records.values())
+    written: list = []
+    again = make_worker(parts_topic, state_topic, written)
+    asyncio.run(again.ensure({0, 1, 2}, now_ms=6000))
+    asyncio.run(again.tick(now_ms=9000))
+    assert _spans_written(written) == 2 * len(traces) and len(written) == 2
+
+
+def test_a_group_whose_record_would_be_too_large_is_decided_partition_by_partition(monkeypatch):
+    from streams.agents import tail_worker
+
+    monkeypatch.setattr(tail_worker, "GROUP_HELD_MAX_BYTES", 10)
+    parts_topic, state_topic, records, traces = _group_setup()
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    runs = []
+    run = worker.stages.run
+    worker.stages.run = lambda signal, messages: runs.append(signal) or run(signal, messages)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written}) == 3  # a round per partition
+    assert runs == ["traces"] * 3  # the group's parts were not decoded before it was given up
+    assert _spans_written(written) == 2 * len(traces)
+    assert not any(recs for recs in parts_topic.records.values())
+
+
+_GOOD_DECISION = {"keep": True, "weight": 1.0, "policy": "always", "decided_ms": 1}
+
+
+@pytest.mark.parametrize("record", [
+    b"not json", b"[1, 2]", b'{"parts": [], "new": []}', b'{"parts": [], "new": [], "decisions": []}',
+    b'{"parts": [7], "new": [], "decisions": {}}', b'{"parts": ["no-slashes"], "new": [], "decisions": {}}',
+    b'{"parts": [], "new": [], "decisions": {"a": {"keep": true}}}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"x": []}, "held": []}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": "ab"}, "held": []}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": []}}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": []}, "held": [["t", 0, 0]]}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": []}, "held": [["t", 0, 0, 0, [["a", "traces", "%%%"]]]]}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": []}, "held": [["t", 0, 0, 0, [["a", "metrics", ""]]]]}',
+    b'{"parts": [], "new": [], "decisions": {}, "group": {"1": []}, "held": [["t", "0", 0, 0, []]]}',
+])
+def test_a_round_record_that_is_not_ours_is_skipped_and_the_partition_goes_on(record):
+    """Anyone can produce to the state topic: a round record of the wrong shape is skipped on
+    restore (a redo that fails on it every time would stop the partition)."""
+    parts_topic, state_topic, records, traces = _group_setup()
+    state_topic.records.setdefault(1, {})["b/1/hostile"] = record
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert _spans_written(written) == 2 * len(traces)
+    assert not any(recs for recs in parts_topic.records.values())
+
+
+def test_a_well_formed_group_record_is_accepted_by_the_check():
+    from streams.agents.tail_worker import round_spec
+
+    spec = {"parts": ["c/ab/t/otlp_spans/0/1"], "new": ["ab"], "decisions": {"ab": _GOOD_DECISION},
+            "group": {"0": ["c/ab/t/otlp_spans/0/1"], "2": []},
+            "held": [["otlp_spans", 0, 1, 5, [["ab", "traces", "AAEC"]]]]}
+    import orjson
+
+    assert round_spec(orjson.dumps(spec)) == spec
+
+
+def test_a_transaction_refused_before_its_commit_sends_rounds_partition_by_partition_for_a_while():
+    from streams.agents.keyed_state import NoTransaction
+    from streams.agents.tail_worker import GROUP_RETRY_MS
+
+    parts_topic, state_topic, records, traces = _group_setup()
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    calls = []
+
+    async def refused(sets):
+        calls.append(sorted(sets))
+        raise NoTransaction("KafkaError: transactions are not allowed here")
+
+    worker.state.put_atomic = refused
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert len(calls) == 1
+    assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written}) == 3  # a round per partition
+    assert _spans_written(written) == 2 * len(traces)
+    assert not any(recs for recs in parts_topic.records.values())
+    assert worker.groups_after_ms == 5000 + GROUP_RETRY_MS
+
+    more = bulk_records(RawMessage("otlp_spans", 0, 12, _request_with_traces(traces, 1).SerializeToString()))
+    _put(parts_topic, more)
+    asyncio.run(worker.take([(p, 2, key, value) for p, key, value in more], now_ms=6000))
+    asyncio.run(worker.tick(now_ms=9000))
+    assert len(calls) == 1  # not tried again yet
+    del worker.state.put_atomic  # the stand-in's own: transactions work again
+    again = bulk_records(RawMessage("otlp_spans", 0, 13, _request_with_traces(traces, 1).SerializeToString()))
+    _put(parts_topic, again)
+    asyncio.run(worker.take([(p, 3, key, value) for p, key, value in again], now_ms=5000 + GROUP_RETRY_MS))
+    before = len(written)
+    asyncio.run(worker.tick(now_ms=10_000 + GROUP_RETRY_MS))
+    assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written[before:]}) == 1  # then one round again
+    assert len(calls) == 1 and _spans_written(written) == 4 * len(traces)
+
+
+def test_with_group_rounds_off_each_partition_has_its_own_round():
+    parts_topic, state_topic, records, traces = _group_setup()
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    worker.group_rounds = False  # sampling.tail_group_rounds = false
+
+    async def no_transactions(sets):
+        raise AssertionError("a transaction with group rounds off")
+
+    worker.state.put_atomic = no_transactions
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    asyncio.run(worker.tick(now_ms=5000))
+    assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written}) == 3
+    assert _spans_written(written) == 2 * len(traces)
