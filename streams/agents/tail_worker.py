@@ -66,6 +66,8 @@ def round_spec(raw: bytes) -> dict[str, Any]:
         raise ValueError("a round's parts or traces that are not strings")
     for key in round_parts(spec):
         parse_part_key(key)
+    if not set(spec.get("new", [])) <= spec["decisions"].keys():
+        raise ValueError("a round's new trace without its decision")
     if "group" in spec:
         group, held = spec["group"], spec.get("held")
         if not isinstance(group, dict) or not isinstance(held, list):
@@ -74,6 +76,8 @@ def round_spec(raw: bytes) -> dict[str, Any]:
             if not (p.isascii() and p.isdigit() and len(p) < 6 and isinstance(keys, list)
                     and all(isinstance(k, str) for k in keys)):
                 raise ValueError("a group round naming no partition of the topic")
+            for key in keys:
+                parse_part_key(key)
         for topic, partition, offset, sent_ms, parts in held:
             if not (isinstance(topic, str) and type(partition) is int and type(offset) is int
                     and (sent_ms is None or type(sent_ms) is int) and isinstance(parts, list)):

@@ -87,8 +87,12 @@ class Decision:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Decision":
+        """ValueError, TypeError or KeyError when ``d`` is not a decision as ``as_dict`` writes it."""
+        parts = d.get("parts", [])
+        if not isinstance(parts, list) or not all(isinstance(k, str) for k in parts):
+            raise ValueError("a decision's parts that are not part keys")
         return cls(bool(d["keep"]), float(d["weight"]), str(d["policy"]), int(d["decided_ms"]),
-                   str(d.get("root_service", "")), str(d.get("root_span", "")), tuple(d.get("parts", ())))
+                   str(d.get("root_service", "")), str(d.get("root_span", "")), tuple(parts))
 
     def with_parts(self, keys: list[str]) -> "Decision":
         return Decision(self.keep, self.weight, self.policy, self.decided_ms, self.root_service, self.root_span,

@@ -641,3 +641,45 @@ def test_with_group_rounds_off_each_partition_has_its_own_round():
     asyncio.run(worker.tick(now_ms=5000))
     assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written}) == 3
     assert _spans_written(written) == 2 * len(traces)
+
+
+def _mutations(value, rng, depth=0):
+    """Copies of a JSON value with one place replaced by a value of another kind."""
+    hostile = [None, True, -1, 2**70, 1.5, "", "x/y", "c/ab/t/otlp_spans/0/1", [], {}, [1, "a"], {"a": None}]
+    if isinstance(value, dict) and value:
+        key = rng.choice(sorted(value))
+        inner = rng.random() < 0.6 and depth < 6
+        return {**value, key: _mutations(value[key], rng, depth + 1) if inner else rng.choice(hostile)}
+    if isinstance(value, list) and value:
+        i = rng.randrange(len(value))
+        inner = rng.random() < 0.6 and depth < 6
+        return [*value[:i], _mutations(value[i], rng, depth + 1) if inner else rng.choice(hostile), *value[i + 1:]]
+    return rng.choice(hostile)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_mutated_group_record_is_skipped_or_redone_and_never_stops_the_restore(seed):
+    """Round records of every shape near a real one: the check refuses it (skipped) or the redo runs
+    to its end; no exception leaves ``ensure``, which would be retried forever."""
+    import json
+    import random
+
+    import orjson
+
+    parts_topic, state_topic, records, traces = _group_setup()
+    first = make_worker(parts_topic, state_topic, [], crash_after=0)
+    asyncio.run(first.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    with pytest.raises(Crash):
+        asyncio.run(first.tick(now_ms=5000))
+    [(key, raw)] = [(k, v) for recs in state_topic.records.values() for k, v in recs.items() if k.startswith("b/")]
+    spec = orjson.loads(raw)
+    rng = random.Random(seed)
+    for _ in range(150):
+        mutated = _mutations(spec, rng)
+        state = TopicStandIn()
+        state.records = {p: dict(recs) for p, recs in state_topic.records.items()}
+        state.records[0][key] = json.dumps(mutated).encode()
+        worker = make_worker(TopicStandIn(), state, [])
+        worker.parts.topic.records = {p: dict(recs) for p, recs in parts_topic.records.items()}
+        asyncio.run(worker.ensure({0, 1, 2}, now_ms=6000))
+        asyncio.run(worker.tick(now_ms=9000))
