@@ -42,6 +42,8 @@ log = logging.getLogger("otelpipe.state")
 
 STATE_MAX_BYTES = 16 * 1024 * 1024  # one value (a metric's series in one window)
 TOPIC_CONFIGS = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX_BYTES)}
+# zstd (level 3 in aiokafka): about 5x the speed of aiokafka's lz4 (level 9) on round records, and smaller
+STATE_COMPRESSION = "zstd"
 TRANSACTION_TIMEOUT_MS = 10_000  # an open transaction of a dead instance is aborted after this
 
 
@@ -194,7 +196,7 @@ class ChangelogState:
             return
         if self._producer is None:
             self._producer = AIOKafkaProducer(**connect_args(self.kafka), acks="all", enable_idempotence=True,
-                                              max_request_size=STATE_MAX_BYTES, compression_type="lz4",
+                                              max_request_size=STATE_MAX_BYTES, compression_type=STATE_COMPRESSION,
                                               linger_ms=0)
             await self._producer.start()
         futures = []
@@ -220,7 +222,8 @@ class ChangelogState:
                 producer = AIOKafkaProducer(**connect_args(self.kafka), acks="all", enable_idempotence=True,
                                             transactional_id=f"{self.topic}.{uuid.uuid4().hex}",
                                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                                            max_request_size=STATE_MAX_BYTES, compression_type="lz4", linger_ms=0)
+                                            max_request_size=STATE_MAX_BYTES, compression_type=STATE_COMPRESSION,
+                                            linger_ms=0)
                 self._transactional = producer
                 await producer.start()
             producer = self._transactional
