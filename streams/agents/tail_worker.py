@@ -490,7 +490,8 @@ class TailWorker:
         due = {t: why for traces in due_by.values() for t, why in traces.items()}
         keys_by = {p: [k for t in traces for k in indexes[p].traces[t].parts] for p, traces in due_by.items()}
         keys = [k for p in due_by for k in keys_by[p]]
-        sources = [s for p in due_by for s in self._sources(indexes[p], keys_by[p])]
+        sources_by = {p: self._sources(indexes[p], keys_by[p]) for p in due_by}
+        sources = [s for p in due_by for s in sources_by[p]]
         undecided = [t for t, why in due.items()
                      if t not in indexes[partition_of[t]].decisions and why != "late_default"]
         defaulted = {t: Decision(self.late_default == "keep", 1.0, "late_default", now_ms) for t, why in due.items()
@@ -543,7 +544,7 @@ class TailWorker:
         outcomes = Counter((reason, "keep" if decisions[t].keep else "drop") for t, reason in due.items())
         for labels, n in outcomes.items():
             m.TAIL_DECISIONS.labels(*labels).inc(n)
-        await self._write_round(home, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources,
+        await self._write_round(home, f"b/{round_id}", spec, now_ms, redo=False, decoded=decoded, sources=sources_by,
                                 decided=decisions)
         for t, d in decisions.items():
             p = partition_of[t]
@@ -553,10 +554,12 @@ class TailWorker:
         return True
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
-                           decoded: Decoded | None = None, sources: list[tuple[str, list[str]]] | None = None,
+                           decoded: Decoded | None = None,
+                           sources: dict[int, list[tuple[str, list[str]]]] | None = None,
                            decided: dict[str, Decision] | None = None) -> None:
         """Write a recorded round (``spec``) whose record is at home in ``partition``; ``decided``:
-        its decisions as objects, when at hand. A group's round is redone from the parts its record
+        its decisions as objects, and ``sources`` the records holding its parts by partition, when
+        at hand. A group's round is redone from the parts its record
         holds (the other partitions' owners have cleared their parts as written already); of its
         parts, those of the partitions held here are cleared."""
         keys_by = ({int(p): keys for p, keys in spec["group"].items()} if "group" in spec
@@ -566,8 +569,8 @@ class TailWorker:
             if "group" in spec:
                 decoded = await self.run_blocking(self._decode_opened, _opened_of(spec["held"]), decisions, set())
             else:
-                sources = self._sources(self._index(partition), round_parts(spec))
-                decoded = await self.run_blocking(self._decode, sources, decisions, set())
+                sources = {partition: self._sources(self._index(partition), round_parts(spec))}
+                decoded = await self.run_blocking(self._decode, sources[partition], decisions, set())
         assert decoded is not None  # (only a held limit makes it None)
         spans, logs, dead, msgs = decoded.spans, decoded.logs, decoded.dead, decoded.msgs
         batches, counts = assemble(decisions, set(spec["new"]), spans, logs, self.keep_log_severity)
@@ -590,8 +593,8 @@ class TailWorker:
             index = self.indexes.get(p)
             if index is None:
                 continue  # a partition of the group held by another worker: its owner cleared its parts
-            held = sources if sources is not None else self._sources(index, keys)
-            keys = [k for _, wanted in held for k in wanted if self.parts.partition_of(k) == p]
+            held = sources[p] if sources is not None else self._sources(index, keys)
+            keys = [k for _, wanted in held for k in wanted]
             await self.parts.put({}, index.completed_by(keys))
             index.finish(keys)
             written += len(keys)
