@@ -45,6 +45,9 @@ TOPIC_CONFIGS = {"cleanup.policy": "compact", "max.message.bytes": str(STATE_MAX
 # zstd (level 3 in aiokafka): about 5x the speed of aiokafka's lz4 (level 9) on round records, and smaller
 STATE_COMPRESSION = "zstd"
 TRANSACTION_TIMEOUT_MS = 10_000  # an open transaction of a dead instance is aborted after this
+# Starting a transactional producer waits for the broker's transaction coordinator; a broker that
+# cannot host one (its transaction log needs more replicas than it has) never answers: give up then.
+TRANSACTION_PREPARE_S = 30.0
 
 
 class NoTransaction(Exception):
@@ -107,6 +110,7 @@ class ChangelogState:
         self.end_offsets: dict[int, int] = {}  # where each restore stopped reading
         self._producer: AIOKafkaProducer | None = None
         self._transactional: AIOKafkaProducer | None = None
+        self.prepare_s = TRANSACTION_PREPARE_S
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------ reads
@@ -218,22 +222,12 @@ class ChangelogState:
         if not sets:
             return
         try:
-            if self._transactional is None:
-                producer = AIOKafkaProducer(**connect_args(self.kafka), acks="all", enable_idempotence=True,
-                                            transactional_id=f"{self.topic}.{uuid.uuid4().hex}",
-                                            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                                            max_request_size=STATE_MAX_BYTES, compression_type=STATE_COMPRESSION,
-                                            linger_ms=0)
-                self._transactional = producer
-                await producer.start()
-            producer = self._transactional
-            await producer.begin_transaction()
-            for key, value in sets.items():
-                await producer.send(self.topic, value, key=key.encode("utf-8", "surrogateescape"),
-                                    partition=self.partition_of(key))
+            producer = await asyncio.wait_for(self._begin(sets), self.prepare_s)
         except Exception as exc:
             await self._drop_transactional(abort=True)
-            raise NoTransaction(f"{type(exc).__name__}: {str(exc)[:200]} (transactional id {self.topic}.*)") from exc
+            why = (f"no transaction coordinator answered in {self.prepare_s:g} s" if isinstance(exc, TimeoutError)
+                   else f"{type(exc).__name__}: {str(exc)[:200]}")
+            raise NoTransaction(f"{why} (transactional id {self.topic}.*)") from exc
         except BaseException:
             await self._drop_transactional(abort=True)
             raise
@@ -243,6 +237,21 @@ class ChangelogState:
             await self._drop_transactional(abort=False)
             raise
         self._applied(sets, ())
+
+    async def _begin(self, sets: dict[str, bytes]) -> AIOKafkaProducer:
+        """A transaction begun with ``sets`` sent (not committed), on the instance's producer."""
+        if self._transactional is None:
+            self._transactional = AIOKafkaProducer(
+                **connect_args(self.kafka), acks="all", enable_idempotence=True,
+                transactional_id=f"{self.topic}.{uuid.uuid4().hex}", transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                max_request_size=STATE_MAX_BYTES, compression_type=STATE_COMPRESSION, linger_ms=0)
+            await self._transactional.start()
+        producer = self._transactional
+        await producer.begin_transaction()
+        for key, value in sets.items():
+            await producer.send(self.topic, value, key=key.encode("utf-8", "surrogateescape"),
+                                partition=self.partition_of(key))
+        return producer
 
     async def _drop_transactional(self, abort: bool) -> None:
         """The transactional producer goes (the next transaction starts a new one); an open
@@ -257,7 +266,7 @@ class ChangelogState:
             log.warning("a transaction of %s left to the broker to abort (%s)", self.topic, type(exc).__name__)
         finally:
             try:
-                await producer.stop()
+                await asyncio.wait_for(producer.stop(), TRANSACTION_TIMEOUT_MS / 1000)
             except Exception as exc:
                 log.warning("stopping a transactional producer of %s: %s", self.topic, type(exc).__name__)
 

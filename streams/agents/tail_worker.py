@@ -93,7 +93,8 @@ _HEX = frozenset("0123456789abcdef")
 CONCAT_MAX_BYTES = 4 * 1024 * 1024  # the parts of one record decoded as one request, up to this size
 GROUP_HELD_MAX_BYTES = 4 * 1024 * 1024  # a group's round holds at most this much OTLP (base64 in its record)
 GROUP_RECORD_MAX_BYTES = STATE_MAX_BYTES - 256 * 1024  # past this, the partitions' rounds are recorded one by one
-GROUP_RETRY_MS = 300_000  # after a transaction failed before its commit, rounds go one partition at a time this long
+GROUP_RETRY_MS = 300_000  # after a transaction failed before its commit, rounds go one partition at a time this long,
+GROUP_RETRY_MAX_MS = 3_600_000  # doubled after each failure in a row, up to this
 
 
 def _named_partition(rest: str, partitions: int) -> int | None:
@@ -210,6 +211,7 @@ class TailWorker:
         self.limiter = RateLimiter()
         self.group_rounds = group_rounds
         self.groups_after_ms = 0  # rounds over several partitions after this time (a failed transaction waits)
+        self.group_failures = 0  # transactions failed in a row
         self.lock = asyncio.Lock()
 
     def _index(self, partition: int) -> TailIndex:
@@ -535,12 +537,16 @@ class TailWorker:
                 await self.state.put_atomic({f"b/{round_id}": record} | {
                     f"d/{p}/{gid}": orjson.dumps({"decisions": by_partition[p]}) for p in due_by})
             except NoTransaction as exc:  # nothing of it is read: the partitions' rounds go one by one
-                self.groups_after_ms = now_ms + GROUP_RETRY_MS
+                wait_ms = min(GROUP_RETRY_MS << self.group_failures, GROUP_RETRY_MAX_MS)
+                self.group_failures += 1
+                self.groups_after_ms = now_ms + wait_ms
                 log.warning("tail rounds over several partitions need a Kafka transaction, which failed: %s. "
-                            "Rounds go partition by partition for %d s. The broker must allow transactions, and "
-                            "otelpipe's principal needs Write and Describe on its transactional ids.", exc,
-                            GROUP_RETRY_MS // 1000)
+                            "Rounds go partition by partition for %d s. The broker must allow transactions (its "
+                            "transaction.state.log.replication.factor and min.isr at most its brokers), and "
+                            "otelpipe's principal needs Write and Describe on its transactional ids; or set "
+                            "sampling.tail_group_rounds = false.", exc, wait_ms // 1000)
                 return False
+            self.group_failures = 0
         outcomes = Counter((reason, "keep" if decisions[t].keep else "drop") for t, reason in due.items())
         for labels, n in outcomes.items():
             m.TAIL_DECISIONS.labels(*labels).inc(n)

@@ -118,3 +118,36 @@ def test_a_transaction_refused_before_its_commit_says_so_and_leaves_nothing(kafk
             await delete_topics(kafka_bootstrap, [topic])
 
     asyncio.run(run())
+
+
+def test_a_transaction_whose_coordinator_never_answers_is_given_up(kafka_bootstrap, monkeypatch):
+    """A broker whose transaction log cannot be made (it needs more replicas than there are brokers)
+    never answers a transactional producer's start: the transaction is given up, not waited for."""
+
+    async def run() -> None:
+        topic = await _topic(kafka_bootstrap)
+        try:
+            writer = ChangelogState(kafka_bootstrap, topic, _partition_of)
+            writer.prepare_s = 1.0
+
+            async def never(self):
+                await asyncio.sleep(3600)
+
+            monkeypatch.setattr(AIOKafkaProducer, "start", never)
+            try:
+                await asyncio.wait_for(writer.put_atomic({"b/0/r": b"round"}), 30)
+            except NoTransaction as exc:
+                assert "no transaction coordinator answered in 1 s" in str(exc)
+            else:
+                raise AssertionError("a producer that never started took a transaction")
+            monkeypatch.undo()
+            await writer.put_atomic({"d/2/next": b"ok"})
+            await writer.close()
+            reader = ChangelogState(kafka_bootstrap, topic, _partition_of)
+            await asyncio.wait_for(reader.restore({0, 1, 2}), 60)
+            assert reader.keys() == ["d/2/next"]
+            await reader.close()
+        finally:
+            await delete_topics(kafka_bootstrap, [topic])
+
+    asyncio.run(run())

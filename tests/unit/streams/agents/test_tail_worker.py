@@ -449,7 +449,8 @@ def _group_setup(spans_each=2):
     """Traces in all three partitions, one source message: (parts topic, state topic, records, traces)."""
     traces = [t for p in (0, 1, 2) for t in _traces_routed_to(p, 2, salt=7 + p)]
     parts_topic, state_topic = TopicStandIn(), TopicStandIn()
-    records = bulk_records(RawMessage("otlp_spans", 0, 11, _request_with_traces(traces, spans_each).SerializeToString()))
+    request = _request_with_traces(traces, spans_each)
+    records = bulk_records(RawMessage("otlp_spans", 0, 11, request.SerializeToString()))
     assert sorted(p for p, _, _ in records) == [0, 1, 2]
     _put(parts_topic, records)
     return parts_topic, state_topic, records, traces
@@ -625,6 +626,30 @@ def test_a_transaction_refused_before_its_commit_sends_rounds_partition_by_parti
     asyncio.run(worker.tick(now_ms=10_000 + GROUP_RETRY_MS))
     assert len({tok.rsplit(":", 1)[0] for tok, _, _ in written[before:]}) == 1  # then one round again
     assert len(calls) == 1 and _spans_written(written) == 4 * len(traces)
+    assert worker.group_failures == 0
+
+
+def test_transactions_failing_in_a_row_are_tried_again_less_and_less_often():
+    from streams.agents.keyed_state import NoTransaction
+    from streams.agents.tail_worker import GROUP_RETRY_MAX_MS, GROUP_RETRY_MS
+
+    parts_topic, state_topic, records, traces = _group_setup()
+    worker = make_worker(parts_topic, state_topic, [])
+
+    async def refused(sets):
+        raise NoTransaction("no transaction coordinator answered in 30 s")
+
+    worker.state.put_atomic = refused
+    now, waits = 0, []
+    for offset in range(8):
+        request = _request_with_traces(traces, 1).SerializeToString()
+        more = bulk_records(RawMessage("otlp_spans", 0, 20 + offset, request))
+        _put(parts_topic, more)
+        now = max(now, worker.groups_after_ms)
+        asyncio.run(worker.take([(p, offset + 1, key, value) for p, key, value in more], now_ms=now))
+        asyncio.run(worker.tick(now_ms=now + 5000))
+        waits.append(worker.groups_after_ms - (now + 5000))
+    assert waits == [min(GROUP_RETRY_MS << i, GROUP_RETRY_MAX_MS) for i in range(8)]
 
 
 def test_with_group_rounds_off_each_partition_has_its_own_round():
