@@ -406,11 +406,18 @@ TAIL_POLICIES = parse_policies({"policies": [
 _TRACE = "5b8efff798038103d269b633813fc60c"
 
 
-def _tail_worker(parts: TopicStandIn, written: list, dead: list, late_default: str) -> TailWorker:
+class _Crash(Exception):
+    """The worker dies between two inserts of a round (planned)."""
+
+
+def _tail_worker(parts: TopicStandIn, written: list, dead: list, late_default: str,
+                 state: TopicStandIn | None = None, crash_after: int | None = None) -> TailWorker:
     async def run_blocking(fn, *args):
         return fn(*args)
 
     async def write(batch, token):
+        if crash_after is not None and len(written) >= crash_after:
+            raise _Crash()
         written.append((token, batch))
         return []  # ClickHouse refused none of the rows
 
@@ -421,7 +428,7 @@ def _tail_worker(parts: TopicStandIn, written: list, dead: list, late_default: s
         stages=Stages(lambda topic: "otlp_proto", 1 << 24, None),
         policies=TAIL_POLICIES,
         parts=StateStandIn(parts, part_partition(TAIL_PARTITIONS)),
-        state=StateStandIn(TopicStandIn(), state_partition(TAIL_PARTITIONS)),
+        state=StateStandIn(state if state is not None else TopicStandIn(), state_partition(TAIL_PARTITIONS)),
         decision_wait_s=1, max_traces=100, max_spans_per_trace=1000, decision_cache_s=60, keep_log_severity=13,
         late_default=late_default, run_blocking=run_blocking, write=write, dead_letters=dead_letters)
 
@@ -486,6 +493,57 @@ def tail_restored(data: bytes, part: tuple[str, int, str], loop: asyncio.Abstrac
     _check_tail_round(written, dead, _parts_in(key, data, partition))
 
 
+def _companion(partition: int) -> tuple[str, int, bytes]:
+    """(key, partition, value) of a well-formed bulk record of one slow trace (kept), routed to a
+    partition other than ``partition``: with it, a round covers two partitions (a group)."""
+    from streams.agents.routing import encode_traces_envelope, split_by_trace
+    from tests.otlp_builders import traces_request
+
+    for i in range(64):
+        trace = (0xC0FFEE + i).to_bytes(16, "big")
+        route = part_partition(TAIL_PARTITIONS)(part_key(trace.hex(), "traces", "fuzz", 0, 9))
+        if route != partition:
+            break
+    request = traces_request(2)
+    for span in request.resource_spans[0].scope_spans[0].spans:
+        span.trace_id = trace
+    source = RawMessage("fuzz", 0, 9, request.SerializeToString())
+    [(trace_id, (payload, n, end_ms))] = split_by_trace("traces", source, "otlp_proto").items()
+    return (bulk_key(route, "traces", "fuzz", 0, 9), route,
+            encode_traces_envelope("traces", source, route, [(trace_id, payload, n, end_ms)]))
+
+
+def tail_in_a_group(data: bytes, part: tuple[str, int, str], loop: asyncio.AbstractEventLoop) -> None:
+    """The record and a kept trace of another partition are due in one round (a group), and the
+    worker dies after the round's first insert: the next worker redoes the round from what its
+    record holds, writing the same rows under the same token, and nothing else."""
+    key, partition, late_default = part
+    other_key, other, other_value = _companion(partition)
+    topic, state = TopicStandIn(), TopicStandIn()
+    topic.records = {partition: {key: data}, other: {other_key: other_value}}
+    written: list = []
+    dead: list = []
+    first = _tail_worker(topic, written, dead, late_default, state=state, crash_after=1)
+    loop.run_until_complete(first.take([(partition, 1, key, data), (other, 1, other_key, other_value)], now_ms=0))
+    try:
+        loop.run_until_complete(first.tick(now_ms=10**9))
+        crashed = False
+    except _Crash:
+        crashed = True
+    again_written: list = []
+    again_dead: list = []
+    again = _tail_worker(topic, again_written, again_dead, late_default, state=state)
+    loop.run_until_complete(again.ensure({0, 1, 2}, now_ms=10**9 + 1))
+    if crashed:
+        _expect(bool(again_written) and again_written[0][0] == written[0][0]
+                and len(again_written[0][1]) == len(written[0][1]),
+                "the redo of a round did not write its first insert's rows under its token")
+    loop.run_until_complete(again.tick(now_ms=2 * 10**9))
+    parts = _parts_in(key, data, partition) + 1
+    _check_tail_round(written, dead, parts)
+    _check_tail_round(again_written, again_dead, parts)
+
+
 def envelope_of(data: bytes) -> dict[str, Any] | None:
     """decode_envelope's answer (None: BadMessage); any other exception propagates."""
     try:
@@ -500,7 +558,7 @@ def envelope_of(data: bytes) -> dict[str, Any] | None:
 def check_envelope(data: bytes) -> None:
     """decode_envelope raises BadMessage only; the tail worker takes the record (on arrival, and
     restored after a restart, envelope or not), as one part or as a bulk record, through a round
-    without raising."""
+    without raising; and through a round over two partitions interrupted by a crash and redone."""
     env = envelope_of(data)
     loop = asyncio.new_event_loop()
     try:
@@ -508,6 +566,7 @@ def check_envelope(data: bytes) -> None:
             for part in (_part(env, first), _bulk_part(first)):
                 tail_on_arrival(data, part, loop)
                 tail_restored(data, part, loop)
+                tail_in_a_group(data, part, loop)
     finally:
         loop.close()
 
