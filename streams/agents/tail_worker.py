@@ -212,6 +212,7 @@ class TailWorker:
         self.group_rounds = group_rounds
         self.groups_after_ms = 0  # rounds over several partitions after this time (a failed transaction waits)
         self.group_failures = 0  # transactions failed in a row
+        self.orphans: list[str] = []  # records of rounds whose write failed with an unknown outcome
         self.lock = asyncio.Lock()
 
     def _index(self, partition: int) -> TailIndex:
@@ -350,6 +351,9 @@ class TailWorker:
     # ------------------------------------------------------------ rounds
 
     async def _rounds(self, now_ms: int) -> None:
+        if self.orphans:  # the records of a round whose write failed, maybe written: deleted first
+            await self.state.put({}, list(self.orphans))
+            self.orphans.clear()
         due = {p: d for p, index in list(self.indexes.items()) if (d := index.due(now_ms))}
         # one round for every partition with due traces (one insert per table, not one per partition)
         if not (len(due) > 1 and self.group_rounds and now_ms >= self.groups_after_ms
@@ -522,8 +526,8 @@ class TailWorker:
         round_id = f"{home}/{gid}"
         # (1) the round and its decisions, before any of its rows
         if not group:  # two records of one partition, whatever the traces
-            await self.state.put({f"b/{round_id}": orjson.dumps(spec),
-                                  f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})})
+            await self._record({f"b/{round_id}": orjson.dumps(spec),
+                                f"d/{round_id}": orjson.dumps({"decisions": spec["decisions"]})}, atomic=False)
         else:  # the round at home, with what its rows are made of; each partition's decisions: one transaction
             spec["group"] = {str(p): keys_by[p] for p in due_by}
             spec["held"] = [[topic, partition, offset, sent_ms, [[t, signal, base64.b64encode(part).decode("ascii")]
@@ -534,8 +538,8 @@ class TailWorker:
                 return False
             by_partition = {p: {t: spec["decisions"][t] for t in traces} for p, traces in due_by.items()}
             try:
-                await self.state.put_atomic({f"b/{round_id}": record} | {
-                    f"d/{p}/{gid}": orjson.dumps({"decisions": by_partition[p]}) for p in due_by})
+                await self._record({f"b/{round_id}": record} | {
+                    f"d/{p}/{gid}": orjson.dumps({"decisions": by_partition[p]}) for p in due_by}, atomic=True)
             except NoTransaction as exc:  # nothing of it is read: the partitions' rounds go one by one
                 wait_ms = min(GROUP_RETRY_MS << self.group_failures, GROUP_RETRY_MAX_MS)
                 self.group_failures += 1
@@ -558,6 +562,22 @@ class TailWorker:
         for p in due_by:
             indexes[p].late.difference_update(defaulted)
         return True
+
+    async def _record(self, records: dict[str, bytes], atomic: bool) -> None:
+        """Write a round's records. When the write fails in a way that leaves its outcome unknown
+        (the broker may have them), the round is not written and its traces are decided again: its
+        records are deleted first, before any other round, so that no restore redoes it after its
+        traces were written under another round's tokens."""
+        try:
+            if atomic:
+                await self.state.put_atomic(records)
+            else:
+                await self.state.put(records)
+        except NoTransaction:
+            raise  # none of it will ever be read
+        except Exception:
+            self.orphans.extend(records)
+            raise
 
     async def _write_round(self, partition: int, round_key: str, spec: dict[str, Any], now_ms: int, redo: bool,
                            decoded: Decoded | None = None,

@@ -708,3 +708,42 @@ def test_a_mutated_group_record_is_skipped_or_redone_and_never_stops_the_restore
         worker.parts.topic.records = {p: dict(recs) for p, recs in parts_topic.records.items()}
         asyncio.run(worker.ensure({0, 1, 2}, now_ms=6000))
         asyncio.run(worker.tick(now_ms=9000))
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_a_round_whose_records_may_have_been_written_is_deleted_before_its_traces_are_decided_again(group):
+    """The write of a round's records fails after the broker took them (a commit or an ack whose
+    answer was lost): the round is not written; before the next round its records are deleted, so
+    that no restore redoes it after its traces were written under the next round's tokens."""
+    if group:
+        parts_topic, state_topic, records, traces = _group_setup()
+    else:
+        traces = _traces_routed_to(1, 3, salt=5)
+        parts_topic, state_topic = TopicStandIn(), TopicStandIn()
+        records = bulk_records(RawMessage("otlp_spans", 0, 7, _request_with_traces(traces).SerializeToString()))
+        _put(parts_topic, records)
+    written: list = []
+    worker = make_worker(parts_topic, state_topic, written)
+    name = "put_atomic" if group else "put"
+    wrote = getattr(worker.state, name)
+    failed = []
+
+    async def lost_answer(sets, *deletes):
+        await wrote(sets, *deletes)
+        if sets and not failed:
+            failed.append(sorted(sets))
+            raise ConnectionError("the broker's answer was lost")
+
+    setattr(worker.state, name, lost_answer)
+    asyncio.run(worker.take([(p, 1, key, value) for p, key, value in records], now_ms=0))
+    with pytest.raises(ConnectionError):
+        asyncio.run(worker.tick(now_ms=5000))
+    assert written == [] and _state_keys(state_topic, "b/")  # on the topic, not written
+    asyncio.run(worker.tick(now_ms=6000))
+    assert _spans_written(written) == 2 * len(traces)
+    assert not any(k in recs for recs in state_topic.records.values() for k in failed[0])  # deleted
+    again: list = []
+    restarted = make_worker(parts_topic, state_topic, again)
+    asyncio.run(restarted.ensure({0, 1, 2}, now_ms=7000))
+    asyncio.run(restarted.tick(now_ms=20_000))
+    assert again == []  # nothing redone, nothing decided twice
