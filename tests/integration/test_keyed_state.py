@@ -93,6 +93,16 @@ def test_a_restore_reads_up_to_a_transaction_left_open_and_not_past_it(kafka_boo
     asyncio.run(run())
 
 
+async def _only_the_next_is_read(kafka_bootstrap: str, topic: str, writer: ChangelogState) -> None:
+    """After a failed transaction: the writer's next one works, and a restore reads it alone."""
+    await writer.put_atomic({"d/2/next": b"ok"})
+    await writer.close()
+    reader = ChangelogState(kafka_bootstrap, topic, _partition_of)
+    await asyncio.wait_for(reader.restore({0, 1, 2}), 60)
+    assert reader.keys() == ["d/2/next"]
+    await reader.close()
+
+
 def test_a_transaction_refused_before_its_commit_says_so_and_leaves_nothing(kafka_bootstrap):
     """A record the producer refuses (larger than a state value may be) fails the transaction before
     its commit: ``NoTransaction``, none of its records is read, and the next transaction works."""
@@ -108,12 +118,7 @@ def test_a_transaction_refused_before_its_commit_says_so_and_leaves_nothing(kafk
                 assert "MessageSizeTooLarge" in str(exc)
             else:
                 raise AssertionError("a record over the limit was taken")
-            await writer.put_atomic({"d/2/next": b"ok"})
-            await writer.close()
-            reader = ChangelogState(kafka_bootstrap, topic, _partition_of)
-            await asyncio.wait_for(reader.restore({0, 1, 2}), 60)
-            assert reader.keys() == ["d/2/next"]
-            await reader.close()
+            await _only_the_next_is_read(kafka_bootstrap, topic, writer)
         finally:
             await delete_topics(kafka_bootstrap, [topic])
 
@@ -141,12 +146,7 @@ def test_a_transaction_whose_coordinator_never_answers_is_given_up(kafka_bootstr
             else:
                 raise AssertionError("a producer that never started took a transaction")
             monkeypatch.undo()
-            await writer.put_atomic({"d/2/next": b"ok"})
-            await writer.close()
-            reader = ChangelogState(kafka_bootstrap, topic, _partition_of)
-            await asyncio.wait_for(reader.restore({0, 1, 2}), 60)
-            assert reader.keys() == ["d/2/next"]
-            await reader.close()
+            await _only_the_next_is_read(kafka_bootstrap, topic, writer)
         finally:
             await delete_topics(kafka_bootstrap, [topic])
 
